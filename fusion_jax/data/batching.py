@@ -1,0 +1,143 @@
+"""Fixed-shape batches from unpadded utterances.
+
+Speech lengths fall into a few buckets (each a compiled shape); text is padded
+to one length. Every batch is a dict of NumPy arrays::
+
+  speech       [B, T_bucket, Ds] float32     speech_mask  [B, T_bucket] float32
+  text         [B, L, Dt] float32            text_mask    [B, L] float32
+  label        [B] int32                     example_mask [B] float32 (0 = padding row)
+  index        [B] int32 (row in the split, -1 for padding rows)
+
+A batch that is not full is padded with masked examples, never dropped, so
+every utterance appears exactly once per pass. Training order is a pure
+function of ``(seed, epoch)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from fusion_jax.data.splits import Split
+
+
+def _round_up(n: int, multiple: int) -> int:
+  return int(-(-int(n) // multiple) * multiple)
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchShapes:
+  """The compiled shapes: speech bucket lengths (ascending) and one text length."""
+  speech_buckets: tuple
+  text_length: int
+
+  def bucket_of(self, length: int) -> int:
+    for b, limit in enumerate(self.speech_buckets):
+      if length <= limit:
+        return b
+    raise ValueError(f"speech length {length} exceeds the largest bucket "
+                     f"{self.speech_buckets[-1]}")
+
+
+def plan_shapes(splits: Sequence[Split], num_buckets: int = 4, multiple: int = 8,
+                fit_on: int = 0) -> BatchShapes:
+  """Chooses bucket lengths from speech-length quantiles.
+
+  Args:
+    splits: every split that will be batched (all must fit the largest bucket).
+    num_buckets: how many speech shapes to compile (1 = pad to one length).
+    multiple: bucket lengths are rounded up to this.
+    fit_on: which split's lengths set the quantiles (0 = the first, training).
+
+  Returns:
+    Bucket boundaries at equal-count quantiles of ``splits[fit_on]``, the last
+    covering the longest utterance of any split.
+  """
+  longest = max(int(s.speech_lengths.max()) for s in splits)
+  text_length = _round_up(max(int(s.text_lengths.max()) for s in splits), multiple)
+  lengths = splits[fit_on].speech_lengths
+  qs = np.quantile(lengths, np.linspace(0, 1, num_buckets + 1)[1:-1]) if num_buckets > 1 \
+      else np.array([])
+  buckets = sorted({_round_up(q, multiple) for q in qs} | {_round_up(longest, multiple)})
+  return BatchShapes(speech_buckets=tuple(buckets), text_length=text_length)
+
+
+def _assign(split: Split, shapes: BatchShapes) -> np.ndarray:
+  return np.array([shapes.bucket_of(n) for n in split.speech_lengths], np.int64)
+
+
+def batch_indices(split: Split, shapes: BatchShapes, batch_size: int, *, shuffle: bool,
+                  seed: int = 0, epoch: int = 0) -> list:
+  """Plans a pass: a list of ``(bucket, rows)`` with ``len(rows) <= batch_size``.
+
+  With ``shuffle``, rows are permuted within buckets and batches are
+  interleaved, from ``numpy.random.default_rng([seed, epoch])``.
+  """
+  buckets = _assign(split, shapes)
+  rng = np.random.default_rng([seed, epoch]) if shuffle else None
+  order = rng.permutation(len(split)) if shuffle else np.arange(len(split))
+  plan = []
+  for b in range(len(shapes.speech_buckets)):
+    rows = order[buckets[order] == b]
+    plan += [(b, rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)]
+  if shuffle:
+    plan = [plan[i] for i in rng.permutation(len(plan))]
+  return plan
+
+
+def make_batch(split: Split, rows: Sequence[int], speech_length: int, text_length: int,
+               batch_size: int) -> dict:
+  """Pads the utterances ``rows`` of ``split`` into one fixed-shape batch."""
+  ds, dt = split.speech[0].shape[1], split.text[0].shape[1]
+  batch = dict(
+      speech=np.zeros((batch_size, speech_length, ds), np.float32),
+      speech_mask=np.zeros((batch_size, speech_length), np.float32),
+      text=np.zeros((batch_size, text_length, dt), np.float32),
+      text_mask=np.zeros((batch_size, text_length), np.float32),
+      label=np.zeros((batch_size,), np.int32),
+      example_mask=np.zeros((batch_size,), np.float32),
+      index=np.full((batch_size,), -1, np.int32))
+  for j, r in enumerate(rows):
+    s, t = split.speech[r], split.text[r]
+    batch["speech"][j, :s.shape[0]] = s
+    batch["speech_mask"][j, :s.shape[0]] = 1
+    batch["text"][j, :t.shape[0]] = t
+    batch["text_mask"][j, :t.shape[0]] = 1
+    batch["label"][j] = split.labels[r]
+    batch["example_mask"][j] = 1
+    batch["index"][j] = r
+  return batch
+
+
+def iterate_batches(split: Split, shapes: BatchShapes, batch_size: int, *, shuffle: bool,
+                    seed: int = 0, epoch: int = 0) -> Iterator[dict]:
+  """Yields every utterance of ``split`` exactly once, in fixed-shape batches."""
+  for b, rows in batch_indices(split, shapes, batch_size, shuffle=shuffle, seed=seed,
+                               epoch=epoch):
+    yield make_batch(split, rows, shapes.speech_buckets[b], shapes.text_length, batch_size)
+
+
+def padding_fraction(split: Split, shapes: BatchShapes, batch_size: int) -> dict:
+  """Fraction of speech frames that are padding, three ways.
+
+  Returns:
+    ``buckets`` (this module's batches), ``batch_max`` (pad each batch to its
+    longest utterance, a DataLoader with a collate function) and ``global_max``
+    (the original: every utterance padded to the longest of the file), each as
+    padded / total frames, computed over one shuffled pass.
+  """
+  lengths = split.speech_lengths
+  real = float(lengths.sum())
+  total_buckets = total_batch_max = 0.0
+  for b, rows in batch_indices(split, shapes, batch_size, shuffle=True):
+    total_buckets += batch_size * shapes.speech_buckets[b]
+  rng = np.random.default_rng(0)
+  order = rng.permutation(len(split))
+  for i in range(0, len(order), batch_size):
+    chunk = lengths[order[i:i + batch_size]]
+    total_batch_max += len(chunk) * chunk.max()
+  total_global = len(lengths) * float(lengths.max())
+  return dict(buckets=1 - real / total_buckets, batch_max=1 - real / total_batch_max,
+              global_max=1 - real / total_global)
