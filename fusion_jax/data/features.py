@@ -123,7 +123,7 @@ def _from_padded(path, obj, expected_dim) -> ModalityFeatures:
   bad = ~((m == 0) | (m == 1))
   if bad.any():
     r = int(np.argwhere(bad)[0][0])
-    raise DataError(path, f"mask holds {m[bad][0]!r}; a mask must be 0 (padding) or 1 "
+    raise DataError(path, f"mask holds {m[bad][0].item()!r}; a mask must be 0 (padding) or 1 "
                     "(real frame)", field="m", row=r)
   real = m.astype(bool)
   empty = ~real.any(axis=1)

@@ -1,0 +1,37 @@
+"""Shared test helpers. Tests never read ../shared; data is generated or a tiny fixture."""
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fusion_jax import data
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+CLASSES = ["angry", "disgust", "fear", "happy", "neutral", "pleasant_surprise", "sad"]
+
+
+def write_split(tmp_path, name="train", n=6, ds=4, dt=3, seed=0, labels=None,
+                speech_lengths=None, text_lengths=None):
+  """Writes a small split in the original layout. Returns (speech, text, csv) paths."""
+  rng = np.random.default_rng(seed)
+  labels = np.arange(n) % len(CLASSES) if labels is None else np.asarray(labels)
+  s_len = speech_lengths or list(rng.integers(1, 9, size=n))
+  t_len = text_lengths or list(rng.integers(1, 5, size=n))
+  speech = [rng.standard_normal((k, ds)).astype(np.float32) for k in s_len]
+  text = [rng.standard_normal((k, dt)).astype(np.float32) for k in t_len]
+  paths = (tmp_path / f"{name}_speech.pt", tmp_path / f"{name}_text.pt",
+           tmp_path / f"{name}_split.csv")
+  data.save_original_layout(paths[0], speech, labels)
+  data.save_original_layout(paths[1], text, labels)
+  pd.DataFrame(dict(path=[f"audio/{name}_{i:03d}.wav" for i in range(n)], label=labels,
+                    emotion_name=[CLASSES[k] if k < len(CLASSES) else f"class{k}" for k in labels],
+                    transcript=[f"say the word {i}" for i in range(n)])).to_csv(paths[2],
+                                                                              index=False)
+  return tuple(str(p) for p in paths)
+
+
+@pytest.fixture
+def split_files(tmp_path):
+  return write_split(tmp_path)

@@ -1,0 +1,225 @@
+"""Models: parity with the PyTorch original, and behaviour of every variant."""
+
+import ast
+import dataclasses
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fusion_jax import configs, data, models
+from fusion_jax.models import convert
+from tests.conftest import FIXTURES
+
+PARITY = np.load(os.path.join(FIXTURES, "parity.npz"))
+PCFG = ast.literal_eval(str(PARITY["config"]))
+INPUTS = tuple(PARITY[k] for k in ("speech", "speech_mask", "text", "text_mask"))
+
+
+def _parity_state(variant):
+  prefix = f"{variant}/state/"
+  return {k[len(prefix):]: PARITY[k] for k in PARITY.files if k.startswith(prefix)}
+
+
+def _parity_config():
+  return models.ModelConfig(**{k: PCFG[k] for k in (
+      "speech_dim", "text_dim", "hidden", "layers", "heads", "f_hidden", "classifier_hidden",
+      "dropout")})
+
+
+@pytest.mark.parametrize("variant", models.VARIANTS)
+def test_parity_with_pytorch_original(variant):
+  """Same weights, same padded inputs (garbage in padding): logits within 1e-5."""
+  model = models.build_model(_parity_config(), variant, PCFG["classes"])
+  params = convert.convert_torch_state_dict(_parity_state(variant))
+  logits, aux = jax.jit(model.apply)({"params": params}, *INPUTS)
+  ref = PARITY[f"{variant}/logits"]
+  np.testing.assert_allclose(logits, ref, rtol=1e-5, atol=1e-6)
+  assert np.max(np.abs(logits - ref)) / np.max(np.abs(ref)) < 1e-5
+  if variant in models.FUSION_VARIANTS:
+    np.testing.assert_allclose(aux["fusion/fused"], PARITY[f"{variant}/fused"], rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_allclose(aux["temporal/pooled"], PARITY[f"{variant}/temporal_pooled"],
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(aux["contextual/pooled"],
+                               PARITY[f"{variant}/contextual_pooled"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", models.VARIANTS)
+def test_original_checkpoint_converts_to_the_same_logits(variant):
+  path = os.path.join(FIXTURES, "torch_checkpoints", f"best_{variant}_model.pt")
+  ckpt = models.load_torch_checkpoint(path, base_config=models.ModelConfig(heads=PCFG["heads"]))
+  assert ckpt["variant"] == variant and ckpt["num_classes"] == PCFG["classes"]
+  assert ckpt["class_names"][0] == "angry" and ckpt["epoch"] == 3
+  model = models.build_model(ckpt["model_config"], variant, ckpt["num_classes"])
+  logits, _ = model.apply({"params": ckpt["params"]}, *INPUTS)
+  np.testing.assert_allclose(logits, PARITY[f"{variant}/logits"], rtol=1e-5, atol=1e-6)
+
+
+def test_converter_rejects_a_state_dict_that_does_not_fit(tmp_path):
+  state = _parity_state("gated")
+  del state["fusion.speech_gate.0.bias"]
+  state["fusion.text_proj.weight"] = state["fusion.text_proj.weight"][:, :5]
+  path = tmp_path / "best_gated_model.pt"
+  data.save_torch_file({"model_state_dict": state, "fusion_type": "gated"}, path)
+  with pytest.raises(data.DataError) as e:
+    models.load_torch_checkpoint(path, base_config=models.ModelConfig(heads=4))
+  msg = str(e.value)
+  assert "best_gated_model.pt" in msg and "model_state_dict" in msg
+  assert "missing" in msg and "speech_gate" in msg and "shape" in msg
+
+
+def test_converter_rejects_unknown_keys():
+  with pytest.raises(ValueError, match="extra_head.weight"):
+    convert.convert_torch_state_dict({"extra_head.weight": np.zeros((2, 2))})
+
+
+@pytest.mark.parametrize("variant,expected", [
+    ("cross_attention", 19.3e6), ("concatenation", 16.6e6), ("gated", 18.0e6),
+    ("weighted", 17.1e6)])
+def test_default_parameter_counts_match_the_original_design(variant, expected):
+  model = models.build_model(configs.default().model, variant, 7)
+  shapes = jax.eval_shape(lambda: models.init_params(model, jax.random.key(0)))
+  assert abs(models.count_params(shapes) - expected) < 0.05e6
+  enc = models.count_params(shapes["temporal_block"])
+  assert abs(enc - 7.9e6) < 0.05e6
+
+
+# ------------------------------------------------------- behaviour per variant
+TINY = models.ModelConfig.from_config(configs.tiny().model)
+
+
+def _batch(rng, b=3, ts=7, tt=5, s_len=(7, 1, 4), t_len=(5, 2, 1), cfg=TINY):
+  s = rng.standard_normal((b, ts, cfg.speech_dim)).astype(np.float32)
+  t = rng.standard_normal((b, tt, cfg.text_dim)).astype(np.float32)
+  sm = (np.arange(ts)[None] < np.array(s_len)[:, None]).astype(np.float32)
+  tm = (np.arange(tt)[None] < np.array(t_len)[:, None]).astype(np.float32)
+  return s, sm, t, tm
+
+
+@pytest.fixture(scope="module", params=models.VARIANTS)
+def variant_model(request):
+  model = models.build_model(TINY, request.param, 7)
+  return request.param, model, models.init_params(model, jax.random.key(1))
+
+
+def test_shapes_and_finite(variant_model):
+  variant, model, params = variant_model
+  s, sm, t, tm = _batch(np.random.default_rng(0))
+  logits, aux = model.apply({"params": params}, s, sm, t, tm)
+  assert logits.shape == (3, 7) and logits.dtype == jnp.float32
+  assert np.isfinite(logits).all()
+  if variant != "text_only":
+    assert aux["temporal/sequence"].shape == (3, 7, TINY.speech_dim)
+    assert aux["temporal/pooled"].shape == (3, TINY.speech_dim)
+  if variant != "speech_only":
+    assert aux["contextual/pooled"].shape == (3, TINY.text_dim)
+  if variant in models.FUSION_VARIANTS:
+    assert aux["fusion/fused"].shape == (3, TINY.f_hidden)
+  if variant == "cross_attention":
+    w = aux["fusion/speech_to_text_attention"]
+    assert w.shape == (3, 7, 5)
+    np.testing.assert_allclose(w.sum(-1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(w)[2, :, 1:], 0.0)  # text row 2 has 1 token
+  if variant == "gated":
+    g = aux["fusion/speech_gate"]
+    assert g.shape == (3, TINY.f_hidden) and (g > 0).all() and (g < 1).all()
+  if variant == "weighted":
+    np.testing.assert_allclose(aux["fusion/modality_weights"].sum(-1), 1.0, rtol=1e-6)
+  for v in aux.values():
+    assert np.isfinite(np.asarray(v, np.float32)).all()
+
+
+def test_padding_invariance(variant_model):
+  """Changing padded frames or tokens (or adding more padding) changes nothing."""
+  variant, model, params = variant_model
+  rng = np.random.default_rng(1)
+  s, sm, t, tm = _batch(rng)
+  logits, aux = model.apply({"params": params}, s, sm, t, tm)
+  s2 = np.where(sm[..., None] > 0, s, 1e4 * rng.standard_normal(s.shape)).astype(np.float32)
+  t2 = np.where(tm[..., None] > 0, t, -1e4).astype(np.float32)
+  logits2, aux2 = model.apply({"params": params}, s2, sm, t2, tm)
+  np.testing.assert_allclose(logits2, logits, rtol=1e-5, atol=1e-6)
+  # More padding (a longer bucket), filled with noise, gives the same result.
+  longer = lambda x, m, n: (
+      np.concatenate([x, rng.standard_normal((x.shape[0], n, x.shape[2]))], 1).astype(
+          np.float32), np.concatenate([m, np.zeros((m.shape[0], n), np.float32)], 1))
+  logits3, _ = model.apply({"params": params}, *longer(s, sm, 9), *longer(t, tm, 3))
+  np.testing.assert_allclose(logits3, logits, rtol=1e-5, atol=1e-6)
+  for key in ("temporal/sequence", "contextual/sequence"):
+    if key in aux:
+      np.testing.assert_allclose(aux2[key], aux[key], rtol=1e-5, atol=1e-6)
+
+
+def test_gradients_reach_the_blocks(variant_model):
+  variant, model, params = variant_model
+  s, sm, t, tm = _batch(np.random.default_rng(2))
+
+  def loss(p):
+    logits, _ = model.apply({"params": p}, s, sm, t, tm, train=True,
+                            rngs={"dropout": jax.random.key(0)})
+    return jnp.sum(logits ** 2)
+
+  grads = jax.grad(loss)(params)
+  norm = lambda tree: float(sum(jnp.sum(g ** 2) for g in jax.tree_util.tree_leaves(tree)))
+  if variant != "text_only":
+    assert norm(grads["temporal_block"]) > 0
+  if variant != "speech_only":
+    assert norm(grads["contextual_block"]) > 0
+  assert ("contextual_block" in params) == (variant != "speech_only")
+
+
+def test_dropout_is_active_only_in_training(variant_model):
+  _, model, params = variant_model
+  s, sm, t, tm = _batch(np.random.default_rng(3))
+  run = lambda key: model.apply({"params": params}, s, sm, t, tm, train=True,
+                                rngs={"dropout": jax.random.key(key)})[0]
+  assert not np.allclose(run(0), run(1))
+  np.testing.assert_array_equal(run(0), run(0))
+
+
+def test_bfloat16_compute_within_tolerance(variant_model):
+  """bf16 matmuls (float32 params, LayerNorm and softmax): logits within 0.05 + 5%."""
+  variant, model, params = variant_model
+  s, sm, t, tm = _batch(np.random.default_rng(4))
+  ref, _ = model.apply({"params": params}, s, sm, t, tm)
+  bf = models.build_model(dataclasses.replace(TINY, dtype="bfloat16"), variant, 7)
+  out, _ = bf.apply({"params": params}, s, sm, t, tm)
+  assert out.dtype == jnp.float32
+  np.testing.assert_allclose(out, ref, rtol=0.05, atol=0.05)
+  assert np.abs(np.asarray(out) - np.asarray(ref)).max() > 0  # bf16 really ran
+
+
+def test_input_projection_and_positions():
+  cfg = dataclasses.replace(TINY, model_dim=8, positional_encoding=True)
+  model = models.build_model(cfg, "cross_attention", 7)
+  params = models.init_params(model, jax.random.key(0))
+  assert params["temporal_block"]["input_proj"]["kernel"].shape == (TINY.speech_dim, 8)
+  s, sm, t, tm = _batch(np.random.default_rng(5))
+  logits, aux = model.apply({"params": params}, s, sm, t, tm)
+  assert aux["temporal/sequence"].shape[-1] == 8 and np.isfinite(logits).all()
+  # With positions, order matters; without, the model is permutation invariant.
+  perm = np.array([0, 2, 1, 3, 4, 5, 6])
+  logits_p, _ = model.apply({"params": params}, s[:, perm], sm, t, tm)
+  assert not np.allclose(logits_p[0], logits[0], atol=1e-6)
+
+
+def test_registry_lookup_names_valid_heads():
+  assert models.get_fusion_head("gated") is models.FUSION_HEADS["gated"]
+  with pytest.raises(ValueError, match="valid: .*concatenation"):
+    models.get_fusion_head("attention")
+  with pytest.raises(ValueError, match="unknown variant 'fused'"):
+    models.parse_variants("gated,fused")
+  assert models.parse_variants("all") == list(models.VARIANTS)
+
+
+def test_masked_mean_against_numpy():
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((3, 5, 2)).astype(np.float32)
+  m = np.array([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]], np.float32)
+  got = models.masked_mean(x, m)
+  for i in range(2):
+    np.testing.assert_allclose(got[i], x[i][m[i] > 0].mean(0), rtol=1e-6)
+  np.testing.assert_array_equal(got[2], 0.0)  # fully padded row: zeros, not NaN
