@@ -47,6 +47,7 @@ def default() -> ml_collections.ConfigDict:
       seeds="0",               # comma-separated; several seeds give mean ± std
       variants="cross_attention,concatenation,gated,weighted",
       progress_every=0,        # print a progress line every N steps (0 = about 10 per epoch)
+      checkpoint_every_seconds=60.0,  # "latest" (resume) checkpoint cadence; always at the end
   ))
 
   c.eval = ml_collections.ConfigDict(dict(
@@ -99,7 +100,8 @@ def demo() -> ml_collections.ConfigDict:
   c.model.f_hidden = 64
   c.model.classifier_hidden = 64
   c.model.dropout = 0.2
-  c.train.epochs = 12
+  c.train.epochs = 10
+  c.data.num_buckets = 3
   c.optim.learning_rate = 1e-3
   c.train.variants = "all"
   return c

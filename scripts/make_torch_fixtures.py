@@ -234,7 +234,39 @@ def parity_fixture():
         "class_names": ["angry", "disgust", "fear", "happy", "neutral"],
         "fusion_type": variant,
     }, os.path.join(ckpt_dir, f"best_{variant}_model.pt"))
+  out.update(optimization_references())
   np.savez_compressed(os.path.join(OUT, "parity.npz"), **out)
+
+
+def optimization_references():
+  """Adam with L2 weight decay, label-smoothed cross-entropy, ReduceLROnPlateau."""
+  rng = np.random.default_rng(1)
+  ref = {}
+  p0 = rng.standard_normal(6).astype(np.float32)
+  grads = rng.standard_normal((4, 6)).astype(np.float32)
+  param = torch.nn.Parameter(torch.from_numpy(p0.copy()))
+  opt = torch.optim.Adam([param], lr=1e-3, weight_decay=1e-4)
+  for g in grads:
+    param.grad = torch.from_numpy(g.copy())
+    opt.step()
+  ref.update({"optim/p0": p0, "optim/grads": grads, "optim/p_final": param.detach().numpy().copy()})
+  logits = rng.standard_normal((5, 7)).astype(np.float32)
+  labels = rng.integers(0, 7, size=5)
+  ce = torch.nn.CrossEntropyLoss(label_smoothing=0.1, reduction="none")
+  ref.update({"loss/logits": logits, "loss/labels": labels,
+              "loss/per_example": ce(torch.from_numpy(logits), torch.from_numpy(labels)).numpy()})
+  metric = np.concatenate([np.linspace(0.2, 0.6, 5), np.full(6, 0.6), [0.61, 0.6000001],
+                           np.full(9, 0.55), [0.7, 0.7, 0.70005, 0.71]])
+  sched_opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)
+  sched = torch.optim.lr_scheduler.ReduceLROnPlateau(sched_opt, mode="max", factor=0.5,
+                                                     patience=3)
+  lrs = []
+  for m in metric:
+    lrs.append(sched_opt.param_groups[0]["lr"])
+    sched.step(float(m))
+  lrs.append(sched_opt.param_groups[0]["lr"])
+  ref.update({"plateau/metric": metric, "plateau/lr": np.array(lrs)})
+  return ref
 
 
 def torch_save_fixtures():

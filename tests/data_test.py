@@ -261,7 +261,8 @@ def test_demo_generator_writes_the_original_layout(tmp_path):
 def test_demo_signal_lives_where_asked(tmp_path, signal):
   """A nearest-centroid probe on pooled features finds the class signal."""
   spec = data.DemoSpec(signal=signal, sizes=(("train", 280), ("val", 140)), speech_dim=16,
-                       text_dim=16, speech_length=(20, 40), text_length=(5, 10))
+                       text_dim=16, speech_length=(20, 40), text_length=(5, 10),
+                       strength=0.35, speech_median=30, text_median=7)
   p = data.make_demo_dataset(tmp_path, spec)
   tr = data.load_split("train", p["train"]["speech"], p["train"]["text"], p["train"]["csv"])
   va = data.load_split("val", p["val"]["speech"], p["val"]["text"], p["val"]["csv"])

@@ -42,26 +42,46 @@ class BatchShapes:
 
 
 def plan_shapes(splits: Sequence[Split], num_buckets: int = 4, multiple: int = 8,
-                fit_on: int = 0) -> BatchShapes:
-  """Chooses bucket lengths from speech-length quantiles.
+                fit_on: int = 0, batch_size: int = 32) -> BatchShapes:
+  """Chooses speech bucket lengths that minimise padded frames.
 
   Args:
     splits: every split that will be batched (all must fit the largest bucket).
     num_buckets: how many speech shapes to compile (1 = pad to one length).
-    multiple: bucket lengths are rounded up to this.
-    fit_on: which split's lengths set the quantiles (0 = the first, training).
+    multiple: bucket lengths are multiples of this.
+    fit_on: which split's lengths drive the choice (0 = the first, training).
+    batch_size: batches are padded to this many rows, so a bucket holding few
+      utterances costs a whole batch; the choice accounts for it.
 
   Returns:
-    Bucket boundaries at equal-count quantiles of ``splits[fit_on]``, the last
-    covering the longest utterance of any split.
+    The bucket lengths minimising ``sum over buckets of ceil(n_b / batch) *
+    batch * length_b`` on ``splits[fit_on]`` (dynamic programming over the
+    rounded lengths), the last covering the longest utterance of any split.
   """
-  longest = max(int(s.speech_lengths.max()) for s in splits)
+  longest = _round_up(max(int(s.speech_lengths.max()) for s in splits), multiple)
   text_length = _round_up(max(int(s.text_lengths.max()) for s in splits), multiple)
-  lengths = splits[fit_on].speech_lengths
-  qs = np.quantile(lengths, np.linspace(0, 1, num_buckets + 1)[1:-1]) if num_buckets > 1 \
-      else np.array([])
-  buckets = sorted({_round_up(q, multiple) for q in qs} | {_round_up(longest, multiple)})
-  return BatchShapes(speech_buckets=tuple(buckets), text_length=text_length)
+  rounded = np.array([_round_up(n, multiple) for n in splits[fit_on].speech_lengths])
+  cands = np.unique(np.append(rounded, longest))
+  counts = np.array([(rounded == c).sum() for c in cands], np.int64)
+  cum = np.concatenate([[0], np.cumsum(counts)])
+  n, k = len(cands), max(1, min(num_buckets, len(cands)))
+  # cost[i, j]: one bucket of length cands[j] holding candidates i..j.
+  held = cum[None, 1:] - cum[:-1, None]
+  cost = np.where(np.arange(n)[None] >= np.arange(n)[:, None],
+                  np.ceil(held / batch_size) * batch_size * cands[None], np.inf)
+  level_cost, level_start = [cost[0]], [np.zeros(n, np.int64)]
+  for _ in range(1, k):  # level b: exactly b+1 buckets cover candidates 0..j
+    total = np.concatenate([np.full((1, n), np.inf), level_cost[-1][:-1, None] + cost[1:]], 0)
+    start = np.argmin(total, axis=0)  # where the last bucket begins
+    level_cost.append(total[start, np.arange(n)])
+    level_start.append(start)
+  b = int(np.argmin([c[n - 1] for c in level_cost]))
+  buckets, j = [], n - 1
+  while b >= 0:
+    buckets.append(int(cands[j]))
+    j = int(level_start[b][j]) - 1
+    b -= 1
+  return BatchShapes(speech_buckets=tuple(sorted(set(buckets))), text_length=text_length)
 
 
 def _assign(split: Split, shapes: BatchShapes) -> np.ndarray:

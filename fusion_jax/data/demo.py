@@ -39,9 +39,11 @@ class DemoSpec:
   speech_dim: int = 64
   text_dim: int = 64
   sizes: tuple = (("train", 280), ("val", 105), ("test", 105))
-  speech_length: tuple = (50, 400)   # min, max frames (lognormal around ~150)
-  text_length: tuple = (5, 60)       # min, max tokens (lognormal around ~18)
-  strength: float = 0.35             # class-signal amplitude per frame (noise std 1)
+  speech_length: tuple = (50, 400)   # min, max frames
+  text_length: tuple = (5, 60)       # min, max tokens
+  speech_median: float = 100.0       # lengths are lognormal around these, clipped to the range
+  text_median: float = 18.0
+  strength: float = 0.1              # class-signal amplitude per frame (noise std 1)
   seed: int = 0
   class_names: tuple = TESS_CLASSES
 
@@ -86,8 +88,8 @@ def make_demo_dataset(out_dir, spec: DemoSpec = DemoSpec()) -> dict:
       s_keys, t_keys = labels // 2, labels % 2
     else:
       s_keys = t_keys = labels
-    s_len = _lengths(rng, n, *spec.speech_length, median=150)
-    t_len = _lengths(rng, n, *spec.text_length, median=18)
+    s_len = _lengths(rng, n, *spec.speech_length, median=spec.speech_median)
+    t_len = _lengths(rng, n, *spec.text_length, median=spec.text_median)
     speech = _sequences(rng, s_len, spec.speech_dim, speech_protos, s_keys, spec.strength,
                         speech_on)
     # Text tokens are fewer than frames: a stronger per-token cue keeps the two

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Sets up .venv/ and runs the whole pipeline on the embedded synthetic demo data:
+# demo data (original .pt/.csv layout) -> train every variant -> evaluate on test -> embedding analysis.
+# Output: demo_run/{data,models,results}. A few minutes on 2 CPU cores; reruns reuse checkpoints.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+PY=.venv/bin/python
+OUT=${DEMO_DIR:-demo_run}
+export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
+$PY experiments/make_demo_data.py --out_dir "$OUT/data" --signal both
+$PY experiments/train.py --config configs/demo.py --data_dir "$OUT/data" \
+    --model_dir "$OUT/models" --results_dir "$OUT/results"
+if [ -f experiments/evaluate.py ]; then
+  $PY experiments/evaluate.py --config configs/demo.py --data_dir "$OUT/data" \
+      --model_dir "$OUT/models" --results_dir "$OUT/results"
+fi
+if [ -f experiments/analyze_embeddings.py ]; then
+  $PY experiments/analyze_embeddings.py --config configs/demo.py --data_dir "$OUT/data" \
+      --model_dir "$OUT/models" --results_dir "$OUT/results"
+fi
+echo "Done. Reports and plots: $OUT/results"

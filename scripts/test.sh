@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Sets up .venv/ (scripts/setup.sh) and runs the test suite. Fails when no test ran.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh || exit 1
+export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
+.venv/bin/python -m pytest tests "$@"
+rc=$?
+if [ "$rc" -eq 5 ]; then
+  echo "error: pytest collected no tests" >&2
+  exit 1
+fi
+exit "$rc"

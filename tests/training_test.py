@@ -1,0 +1,211 @@
+"""Training: optimisation against PyTorch, plateau, checkpoints, resume, determinism, traces."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fusion_jax import checkpoint, configs, data, training
+from tests.conftest import FIXTURES
+
+REF = np.load(os.path.join(FIXTURES, "parity.npz"))
+
+
+def test_adam_with_l2_matches_torch():
+  cfg = configs.default().optim
+  cfg.unlock()
+  opt = training.make_optimizer(cfg)
+  p = jnp.asarray(REF["optim/p0"])
+  state = opt.init(p)
+  for g in REF["optim/grads"]:
+    updates, state = opt.update(jnp.asarray(g), state, p)
+    p = p - 1e-3 * updates
+  np.testing.assert_allclose(p, REF["optim/p_final"], rtol=1e-6, atol=1e-7)
+
+
+def test_label_smoothed_loss_matches_torch():
+  got = training.smoothed_cross_entropy(jnp.asarray(REF["loss/logits"]),
+                                        jnp.asarray(REF["loss/labels"]), 0.1)
+  np.testing.assert_allclose(got, REF["loss/per_example"], rtol=1e-6)
+
+
+def test_plateau_matches_torch_reduce_lr_on_plateau():
+  plateau = training.Plateau(lr=1e-4, factor=0.5, patience=3)
+  lrs = [plateau.lr]
+  for m in REF["plateau/metric"]:
+    lrs.append(plateau.step(float(m)))
+  np.testing.assert_allclose(lrs, REF["plateau/lr"], rtol=1e-12)
+
+
+def test_plateau_halves_after_patience_and_never_otherwise():
+  rising = training.Plateau(lr=1.0, patience=3)
+  assert all(rising.step(0.1 * i) == 1.0 for i in range(1, 30))
+  flat = training.Plateau(lr=1.0, patience=3)
+  lrs = [flat.step(0.5) for _ in range(13)]
+  # epoch 1 improves on -inf; epochs 2-5 are 4 bad epochs (> patience 3): halve at 5
+  assert lrs[:4] == [1.0] * 4 and lrs[4] == 0.5 and lrs[5:8] == [0.5] * 3 and lrs[8] == 0.25
+  state = flat.to_json()
+  again = training.Plateau(lr=9.0)
+  again.load_json(state)
+  assert again.step(0.5) == flat.step(0.5)
+
+
+# ------------------------------------------------------------ small runs
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+  d = tmp_path_factory.mktemp("tinydata")
+  spec = data.DemoSpec(sizes=(("train", 40), ("val", 21), ("test", 21)), speech_dim=16,
+                       text_dim=16, speech_length=(8, 40), text_length=(2, 9), strength=0.3,
+                       speech_median=20, text_median=5)
+  p = data.make_demo_dataset(d, spec)
+  names = data.class_names_from_csv(p["train"]["csv"])
+  load = lambda s: data.load_split(s, p[s]["speech"], p[s]["text"], p[s]["csv"],
+                                   class_names=names)
+  return dict(paths=p, dir=str(d), names=names, train=load("train"), val=load("val"))
+
+
+def _cfg(epochs=4, every=0.0):
+  cfg = configs.tiny()
+  cfg.train.epochs = epochs
+  cfg.train.checkpoint_every_seconds = every
+  return cfg
+
+
+@pytest.fixture(scope="module")
+def trainer(tiny_data):
+  return training.make_trainer(_cfg(), "gated", len(tiny_data["names"]))
+
+
+def _run(tiny_data, trainer, model_dir, seed=0, epochs=4, every=0.0, after_epoch=None):
+  return training.train_variant(_cfg(epochs, every), "gated", seed, tiny_data["train"],
+                                tiny_data["val"], tiny_data["names"], str(model_dir),
+                                trainer=trainer, log=lambda m: None, after_epoch=after_epoch)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tiny_data, trainer, tmp_path_factory):
+  d = tmp_path_factory.mktemp("ref")
+  return _run(tiny_data, trainer, d), d
+
+
+def _m(history):
+  """The metric part of a history (timings differ from run to run)."""
+  return {k: v for k, v in history.items() if k not in ("epoch_seconds", "samples_per_second")}
+
+
+def _params(model_dir, names):
+  params, meta = training.restore_best(str(model_dir), "gated", 0, len(names))
+  return params, meta
+
+
+def test_same_seed_same_metrics(tiny_data, trainer, reference_run, tmp_path):
+  ref, _ = reference_run
+  again = _run(tiny_data, trainer, tmp_path)
+  assert _m(again.history) == _m(ref.history)
+  other = _run(tiny_data, trainer, tmp_path / "s1", seed=1)
+  assert other.history["train_loss"] != ref.history["train_loss"]
+
+
+class _Interrupt(Exception):
+  pass
+
+
+@pytest.mark.parametrize("every", [0.0, 1e9])
+def test_interrupted_run_resumes_to_the_same_result(tiny_data, trainer, reference_run,
+                                                    tmp_path, every):
+  """Killed after epoch 2 (every=0: latest saved each epoch; 1e9: only at the end)."""
+  ref, ref_dir = reference_run
+
+  def stop(epoch):
+    if epoch == 2:
+      raise _Interrupt()
+
+  with pytest.raises(_Interrupt):
+    _run(tiny_data, trainer, tmp_path, every=every, after_epoch=stop)
+  resumed = _run(tiny_data, trainer, tmp_path, every=every)
+  assert resumed.resumed_from_epoch == (2 if every == 0.0 else 0)
+  assert _m(resumed.history) == _m(ref.history)
+  assert resumed.best_epoch == ref.best_epoch
+  np.testing.assert_array_equal(resumed.best_confusion, ref.best_confusion)
+  got, _ = _params(tmp_path, tiny_data["names"])
+  want, _ = _params(ref_dir, tiny_data["names"])
+  jax.tree_util.tree_map(np.testing.assert_array_equal, got, want)
+  # A finished run is not retrained.
+  done = _run(tiny_data, trainer, tmp_path, every=every)
+  assert done.resumed_from_epoch == 4 and _m(done.history) == _m(ref.history)
+
+
+def test_best_checkpoint_round_trip(tiny_data, trainer, reference_run):
+  ref, ref_dir = reference_run
+  params, meta = _params(ref_dir, tiny_data["names"])
+  assert meta["best_epoch"] == ref.best_epoch and meta["variant"] == "gated"
+  assert meta["class_names"] == tiny_data["names"]
+  assert meta["config"]["model"]["speech_dim"] == 16
+  np.testing.assert_array_equal(np.asarray(meta["confusion_matrix"]), ref.best_confusion)
+  shapes = training.plan_shapes(_cfg(), tiny_data["train"], tiny_data["val"])
+  stats = trainer.evaluate(params, tiny_data["val"], shapes, 16)
+  assert stats["accuracy"] == pytest.approx(ref.best_val_acc)
+  np.testing.assert_array_equal(stats["confusion"], ref.best_confusion)
+
+
+def test_orbax_save_restore_equality(tmp_path):
+  ck = checkpoint.RunCheckpoints(str(tmp_path))
+  tree = {"a": jnp.arange(5.0), "b": {"c": jnp.ones((2, 3), jnp.bfloat16)},
+          "step": jnp.array(7, jnp.int32)}
+  assert ck.save("latest", 3, tree, {"x": [1, 2]})
+  assert not ck.save("latest", 3, tree, {"x": [1, 2]})  # existing step: skipped
+  state, meta = ck.restore("latest", checkpoint.abstract_like(tree))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, state, tree)
+  assert meta == {"x": [1, 2]} and state["b"]["c"].dtype == jnp.bfloat16
+  assert ck.restore("best", checkpoint.abstract_like(tree)) is None
+  assert not [f for f in os.listdir(tmp_path / "latest") if "tmp" in f]
+  ck.close()
+
+
+def test_resume_refuses_a_different_config(tiny_data, trainer, reference_run):
+  _, ref_dir = reference_run
+  cfg = _cfg()
+  cfg.optim.learning_rate = 0.5
+  with pytest.raises(ValueError, match="different config"):
+    training.train_variant(cfg, "gated", 0, tiny_data["train"], tiny_data["val"],
+                           tiny_data["names"], str(ref_dir), log=lambda m: None)
+
+
+def test_train_step_traced_once_per_bucket(tiny_data):
+  cfg = _cfg(epochs=2)
+  t = training.make_trainer(cfg, "concatenation", 7)
+  planned = training.plan_shapes(cfg, tiny_data["train"], tiny_data["val"])
+  shapes = data.BatchShapes((16, 24, planned.speech_buckets[-1]), planned.text_length)
+  used = {shapes.speech_buckets[b] for b, _ in data.batch_indices(
+      tiny_data["train"], shapes, cfg.train.batch_size, shuffle=True)}
+  assert len(used) >= 2  # mixed lengths, several buckets
+  state = t.init_state(jax.random.key(0), 1e-3)
+  for epoch in range(2):
+    acc = training._zeros_acc()
+    for batch in data.iterate_batches(tiny_data["train"], shapes, cfg.train.batch_size,
+                                      shuffle=True, seed=0, epoch=epoch):
+      state, acc = t.train_step(state, acc, batch, jax.random.key(1))
+    assert t.trace_count == len(used) and t.compile_count == len(used)
+  assert int(jax.device_get(acc["count"])) == len(tiny_data["train"])
+
+
+def test_metrics_jsonl_has_no_duplicates_after_resume(tiny_data, trainer, tmp_path):
+  path = tmp_path / "metrics.jsonl"
+
+  def stop(epoch):
+    if epoch == 3:
+      raise _Interrupt()
+
+  with pytest.raises(_Interrupt):
+    training.train_variant(_cfg(), "gated", 0, tiny_data["train"], tiny_data["val"],
+                           tiny_data["names"], str(tmp_path / "m"), trainer=trainer,
+                           log=lambda m: None, metrics_path=str(path), after_epoch=stop)
+  training.train_variant(_cfg(), "gated", 0, tiny_data["train"], tiny_data["val"],
+                         tiny_data["names"], str(tmp_path / "m"), trainer=trainer,
+                         log=lambda m: None, metrics_path=str(path))
+  rows = [json.loads(l) for l in path.read_text().splitlines()]
+  assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+  assert {"train_loss", "val_acc", "learning_rate", "samples_per_second"} <= set(rows[0])
