@@ -124,12 +124,12 @@ class Trainer:
 
   Args:
     model: an :class:`~fusion_jax.models.EmotionRecognizer`.
-    optimizer: from :func:`make_optimizer`.
+    optimizer: from :func:`make_optimizer`; None for evaluation only.
     label_smoothing: as ``torch.nn.CrossEntropyLoss(label_smoothing=...)``.
     mesh: a ``data`` mesh (see :mod:`fusion_jax.sharding`); None = one device.
   """
 
-  def __init__(self, model, optimizer, label_smoothing: float = 0.1, mesh=None):
+  def __init__(self, model, optimizer=None, label_smoothing: float = 0.1, mesh=None):
     self.model = model
     self.optimizer = optimizer
     self.num_classes = model.num_classes
@@ -204,6 +204,8 @@ class Trainer:
     return len(self._compiled)
 
   def init_state(self, rng, learning_rate: float) -> TrainState:
+    if self.optimizer is None:
+      raise ValueError("this Trainer was built without an optimizer (evaluation only)")
     params = model_lib.init_params(self.model, rng)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
                        opt_state=self.optimizer.init(params),

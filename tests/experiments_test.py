@@ -91,9 +91,57 @@ def test_train_bad_input_is_one_clear_line(trained, tmp_path):
                   "--model_dir", "--results_dir", "--config", "--variants", "--seeds",
                   "--num_devices"]),
     ("make_demo_data.py", ["--out_dir", "--signal", "--speech_dim"]),
+    ("evaluate.py", ["--test_speech_features", "--test_text_features", "--csv_path",
+                     "--test_csv_path", "--model_dir", "--results_dir", "--batch_size",
+                     "--config", "--variants", "--seeds", "--ablation"]),
+    ("convert_features.py", ["--input", "--output"]),
+    ("padding_stats.py", ["--speech_features", "--num_buckets"]),
 ])
 def test_help_is_complete(script, expected):
   proc = run(script, "--help", check=False)
   assert proc.returncode in (0, 1)  # absl exits 1 after --help
   for flag in expected:
     assert flag in proc.stdout, flag
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained):
+  d, _ = trained
+  proc = run("evaluate.py", f"--data_dir={d}/data", "--config=configs/tiny.py",
+             f"--model_dir={d}/models", f"--results_dir={d}/results", "--batch_size=16",
+             "--compilation_cache_dir=")
+  return d, proc.stdout
+
+
+def test_evaluate_writes_every_expected_file(evaluated):
+  d, stdout = evaluated
+  out = d / "results" / "test_results"
+  for v in VARIANTS:
+    assert_png(out / f"{v}_test_confusion_matrix.png")
+    assert_png(out / f"{v}_reliability_diagram.png")
+    df = pd.read_csv(out / f"{v}_predictions.csv")
+    assert len(df) == 14 and {"file", "true", "predicted", "p_angry"} <= set(df.columns)
+  for name in ("modality_reliance.png", "fusion_gain_per_class.png"):
+    assert_png(out / name)
+  report = (out / "test_metrics_comparison.txt").read_text()
+  assert "chosen on validation" in report
+  for v in VARIANTS:
+    assert v in report
+  for name in data.TESS_CLASSES:
+    assert name in report
+  failures = (out / "failure_cases_report.txt").read_text()
+  test_files = set(pd.read_csv(d / "data" / "test_split.csv")["path"])
+  named = [f for f in test_files if f in failures]
+  assert named and "sample_" not in failures
+  summary = json.loads((out / "test_summary.json").read_text())
+  assert set(summary["variants"]) == set(VARIANTS) and "modality_ablation" in summary
+  assert "TEST METRICS COMPARISON" in stdout
+
+
+def test_evaluate_without_checkpoints_fails_clearly(tmp_path, trained):
+  d, _ = trained
+  proc = run("evaluate.py", f"--data_dir={d}/data", "--config=configs/tiny.py",
+             f"--model_dir={tmp_path}/none", f"--results_dir={tmp_path}/r",
+             "--compilation_cache_dir=", check=False)
+  assert proc.returncode == 2 and "no trained variants" in proc.stderr
+  assert not (tmp_path / "r" / "test_results").exists()

@@ -1,0 +1,118 @@
+"""Evaluation: migration from PyTorch checkpoints, honest ranking, modality removal."""
+
+import ast
+import json
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fusion_jax import configs, data, evaluation, metrics, models, training
+from tests.conftest import FIXTURES
+
+PARITY = np.load(os.path.join(FIXTURES, "parity.npz"))
+PCFG = ast.literal_eval(str(PARITY["config"]))
+NAMES5 = ["angry", "disgust", "fear", "happy", "neutral"]
+
+
+def test_original_pytorch_checkpoints_reproduce_pytorch_predictions(tmp_path):
+  model_dir = tmp_path / "models"
+  model_dir.mkdir()
+  for v in models.VARIANTS:
+    shutil.copy(os.path.join(FIXTURES, "torch_checkpoints", f"best_{v}_model.pt"), model_dir)
+  labels = np.array([0, 3, 1, 4])
+  test = data.split_from_arrays("test", PARITY["speech"], PARITY["speech_mask"],
+                                PARITY["text"], PARITY["text_mask"], labels,
+                                paths=[f"clip_{i}.wav" for i in range(4)])
+  cfg = configs.tiny()
+  cfg.model.heads = PCFG["heads"]  # what the weights cannot tell
+  summary = evaluation.evaluate(cfg, test, NAMES5, str(model_dir), str(tmp_path / "res"),
+                                ablation="none", log=lambda m: None)
+  assert set(summary["ranking_on_validation"]) == set(models.VARIANTS)
+  for v in models.VARIANTS:
+    df = pd.read_csv(tmp_path / "res" / "test_results" / f"{v}_predictions.csv")
+    probs = df[[f"p_{n}" for n in NAMES5]].to_numpy()
+    logits = PARITY[f"{v}/logits"]
+    want = np.exp(logits - logits.max(1, keepdims=True))
+    want /= want.sum(1, keepdims=True)
+    np.testing.assert_allclose(probs, want, rtol=1e-5, atol=1e-6)
+    assert list(df["file"]) == [f"clip_{i}.wav" for i in range(4)]
+    assert summary["variants"][v]["val_acc"] == [0.75]  # the checkpoint's own val_acc
+
+
+def _pred(variant, val_acc, correct_frac, labels, k=3, seed="0"):
+  rng = np.random.default_rng(int(val_acc * 100))
+  n = len(labels)
+  preds = labels.copy()
+  wrong = rng.permutation(n)[: int(round((1 - correct_frac) * n))]
+  preds[wrong] = (labels[wrong] + 1) % k
+  probs = np.full((n, k), 0.1)
+  probs[np.arange(n), preds] = 0.8
+  run = evaluation.Run(variant, seed, {}, None, val_acc, "test")
+  return evaluation.Predictions(run, probs, labels)
+
+
+def test_winner_is_chosen_on_validation_even_when_test_disagrees():
+  labels = np.arange(60) % 3
+  preds = [_pred("gated", 0.90, 0.70, labels), _pred("weighted", 0.80, 0.85, labels),
+           _pred("concatenation", 0.70, 0.60, labels)]
+  text, summary = evaluation.test_metrics_report(preds, ["a", "b", "c"])
+  assert summary["ranking_on_validation"] == ["gated", "weighted", "concatenation"]
+  assert summary["selected"] == "gated" and summary["test_winner"] == "weighted"
+  assert "Selected (best on validation): GATED" in text
+  assert "on test, weighted scores highest; the selected variant stays gated" in text
+  # per-class figures in the summary equal sklearn-checked metrics on the same predictions
+  pc = metrics.per_class(preds[1].confusion())
+  np.testing.assert_allclose(summary["variants"]["weighted"]["test"][0]["per_class"]["f1"],
+                             pc["f1"])
+
+
+def test_failure_report_names_real_files_and_transcripts():
+  labels = np.arange(30) % 3
+  split = data.Split("test", [np.zeros((2, 2), np.float32)] * 30,
+                     [np.zeros((1, 2), np.float32)] * 30, labels,
+                     paths=[f"actor{i % 2}/clip_{i:03d}.wav" for i in range(30)],
+                     transcripts=[f"words {i}" for i in range(30)])
+  preds = [_pred("gated", 0.9, 0.6, labels), _pred("weighted", 0.8, 0.7, labels)]
+  text = evaluation.failure_report(preds, split, ["a", "b", "c"])
+  assert "sample_" not in text
+  wrong = np.flatnonzero(preds[0].preds != labels)
+  assert f"actor{wrong[0] % 2}/clip_{wrong[0]:03d}.wav" in text
+  assert f'"words {wrong[0]}"' in text
+  assert "Misclassified by every variant" in text and "Only weighted misclassifies" in text
+  counts = pd.Series([f"{l}→{p}" for l, p in zip(labels[wrong], preds[0].preds[wrong])])
+  top = counts.value_counts().index[0].split("→")
+  assert f"1. {['a', 'b', 'c'][int(top[0])]} → {['a', 'b', 'c'][int(top[1])]}" in text
+
+
+@pytest.mark.parametrize("signal,carrier", [("speech", "speech"), ("text", "text")])
+def test_removing_the_modality_that_carries_the_signal_hurts(tmp_path, signal, carrier):
+  spec = data.DemoSpec(signal=signal, sizes=(("train", 84), ("val", 35), ("test", 35)),
+                       speech_dim=16, text_dim=16, speech_length=(6, 20), text_length=(3, 8),
+                       speech_median=10, text_median=5, strength=0.6)
+  p = data.make_demo_dataset(tmp_path / "d", spec)
+  names = data.class_names_from_csv(p["train"]["csv"])
+  load = lambda s: data.load_split(s, p[s]["speech"], p[s]["text"], p[s]["csv"],
+                                   class_names=names)
+  train, val, test = load("train"), load("val"), load("test")
+  cfg = configs.tiny()
+  cfg.train.epochs = 8
+  training.train_variant(cfg, "concatenation", 0, train, val, names, str(tmp_path / "m"),
+                         log=lambda m: None)
+  summary = evaluation.evaluate(cfg, test, names, str(tmp_path / "m"), str(tmp_path / "r"),
+                                variants=["concatenation"], train=train, log=lambda m: None)
+  row = summary["modality_ablation"]["variants"]["concatenation"]
+  other = "text" if carrier == "speech" else "speech"
+  assert row["full"] > 0.5
+  assert row[f"drop_without_{carrier}"] > 0.25
+  assert row[f"drop_without_{carrier}"] > row[f"drop_without_{other}"] + 0.2
+  assert row["relies_on"] == carrier
+  report = (tmp_path / "r" / "test_results" / "modality_ablation.txt").read_text()
+  assert "mean training frame" in report
+
+
+def test_missing_checkpoints_are_named(tmp_path):
+  with pytest.raises(FileNotFoundError, match=r"no best checkpoint for gated seed\(s\) \[3\]"):
+    evaluation.load_runs(str(tmp_path), ["gated"], [3], 7)
