@@ -11,12 +11,8 @@ export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
 $PY experiments/make_demo_data.py --out_dir "$OUT/data" --signal both
 $PY experiments/train.py --config configs/demo.py --data_dir "$OUT/data" \
     --model_dir "$OUT/models" --results_dir "$OUT/results"
-if [ -f experiments/evaluate.py ]; then
-  $PY experiments/evaluate.py --config configs/demo.py --data_dir "$OUT/data" \
-      --model_dir "$OUT/models" --results_dir "$OUT/results"
-fi
-if [ -f experiments/analyze_embeddings.py ]; then
-  $PY experiments/analyze_embeddings.py --config configs/demo.py --data_dir "$OUT/data" \
-      --model_dir "$OUT/models" --results_dir "$OUT/results"
-fi
+$PY experiments/evaluate.py --config configs/demo.py --data_dir "$OUT/data" \
+    --model_dir "$OUT/models" --results_dir "$OUT/results"
+$PY experiments/analyze_embeddings.py --config configs/demo.py --data_dir "$OUT/data" \
+    --model_dir "$OUT/models" --results_dir "$OUT/results" --split test
 echo "Done. Reports and plots: $OUT/results"

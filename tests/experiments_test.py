@@ -95,6 +95,8 @@ def test_train_bad_input_is_one_clear_line(trained, tmp_path):
                      "--test_csv_path", "--model_dir", "--results_dir", "--batch_size",
                      "--config", "--variants", "--seeds", "--ablation"]),
     ("convert_features.py", ["--input", "--output"]),
+    ("analyze_embeddings.py", ["--model_dir", "--results_dir", "--split", "--variants",
+                               "--methods", "--max_per_class", "--config"]),
     ("padding_stats.py", ["--speech_features", "--num_buckets"]),
 ])
 def test_help_is_complete(script, expected):
@@ -145,3 +147,29 @@ def test_evaluate_without_checkpoints_fails_clearly(tmp_path, trained):
              "--compilation_cache_dir=", check=False)
   assert proc.returncode == 2 and "no trained variants" in proc.stderr
   assert not (tmp_path / "r" / "test_results").exists()
+
+
+def test_analyze_embeddings_writes_every_expected_file(evaluated):
+  d, _ = evaluated
+  proc = run("analyze_embeddings.py", f"--data_dir={d}/data", "--config=configs/tiny.py",
+             f"--model_dir={d}/models", f"--results_dir={d}/results", "--split=test",
+             "--methods=tsne,umap,pca", "--compilation_cache_dir=")
+  out = d / "results" / "separability"
+  for v in VARIANTS:
+    for block in ("temporal", "contextual", "fusion"):
+      for m in ("tsne", "umap", "pca"):
+        path = out / f"{v}_{block}_{m}.png"
+        if block in {"speech_only": ("temporal",), "text_only": ("contextual",)}.get(
+            v, ("temporal", "contextual", "fusion")):
+          assert_png(path)
+        else:
+          assert not path.exists()
+  for name in ("fusion_comparison_all.png", "gated_gates_by_class.png",
+               "weighted_modality_weights_by_class.png", "cross_attention_attention_map.png"):
+    assert_png(out / name)
+  report = (out / "separability_report.txt").read_text()
+  for v in VARIANTS:
+    assert v in report
+  js = json.loads((out / "separability.json").read_text())
+  assert set(js["results"]["gated"]) == {"temporal", "contextual", "fusion"}
+  assert "t-SNE" in proc.stdout  # a progress line per projection

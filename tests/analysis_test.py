@@ -1,0 +1,76 @@
+"""Embedding analysis: the plotted vectors are the model's aux; numbers track the signal."""
+
+import jax
+import numpy as np
+import pytest
+
+from fusion_jax import analysis, configs, data, evaluation, models, training
+
+
+def _split(n=12, seed=0):
+  rng = np.random.default_rng(seed)
+  return data.Split("x", [rng.standard_normal((int(k), 16)).astype(np.float32)
+                          for k in rng.integers(1, 20, n)],
+                    [rng.standard_normal((int(k), 16)).astype(np.float32)
+                     for k in rng.integers(1, 6, n)], np.arange(n) % 3,
+                    paths=[f"f{i}.wav" for i in range(n)])
+
+
+@pytest.mark.parametrize("variant", ["gated", "speech_only"])
+def test_embeddings_equal_the_models_aux(variant):
+  cfg = configs.tiny()
+  mc = models.ModelConfig.from_config(cfg.model)
+  model = models.build_model(mc, variant, 3)
+  params = models.init_params(model, jax.random.key(0))
+  run = evaluation.Run(variant, "0", params, mc, 0.0, "test")
+  split = _split()
+  shapes = data.plan_shapes([split], 2, batch_size=4)
+  emb = analysis.extract(run, split, shapes, 4, 3)
+  for i in (0, 5, 11):  # each utterance alone, unpadded
+    s, t = split.speech[i][None], split.text[i][None]
+    _, aux = model.apply({"params": params}, s, np.ones(s.shape[:2], np.float32), t,
+                         np.ones(t.shape[:2], np.float32))
+    for block in analysis.blocks_of(variant):
+      np.testing.assert_allclose(emb[block][i], aux[analysis.BLOCKS[block][0]][0], rtol=1e-5,
+                                 atol=1e-5)
+    if variant == "gated":
+      np.testing.assert_allclose(emb["fusion/speech_gate"][i], aux["fusion/speech_gate"][0],
+                                 rtol=1e-5, atol=1e-6)
+
+
+def test_subsample_per_class_is_seeded_and_capped():
+  labels = np.array([0] * 10 + [1] * 3 + [2] * 7)
+  rows = analysis.subsample(labels, 4)
+  assert np.bincount(labels[rows]).tolist() == [4, 3, 4]
+  np.testing.assert_array_equal(rows, analysis.subsample(labels, 4))
+  assert len(analysis.subsample(labels, 0)) == 20
+
+
+def test_separability_tracks_the_modality_that_carries_the_signal(tmp_path):
+  spec = data.DemoSpec(signal="speech", sizes=(("train", 84), ("val", 42)), speech_dim=16,
+                       text_dim=16, speech_length=(6, 20), text_length=(3, 8),
+                       speech_median=10, text_median=5, strength=0.6)
+  p = data.make_demo_dataset(tmp_path / "d", spec)
+  names = data.class_names_from_csv(p["train"]["csv"])
+  load = lambda s: data.load_split(s, p[s]["speech"], p[s]["text"], p[s]["csv"],
+                                   class_names=names)
+  train, val = load("train"), load("val")
+  cfg = configs.tiny()
+  cfg.train.epochs = 6
+  training.train_variant(cfg, "concatenation", 0, train, val, names, str(tmp_path / "m"),
+                         log=lambda m: None)
+  runs = evaluation.load_runs(str(tmp_path / "m"), ["concatenation"], [0], len(names))
+  res = analysis.analyze(cfg, runs, val, names, str(tmp_path / "r"), methods=["pca"],
+                         max_per_class=5, log=lambda m: None)["concatenation"]
+  assert res["temporal"]["knn_accuracy"] > res["contextual"]["knn_accuracy"] + 0.2
+  assert res["temporal"]["linear_probe_accuracy"] > res["contextual"][
+      "linear_probe_accuracy"] + 0.2
+  assert res["temporal"]["silhouette"] > res["contextual"]["silhouette"]
+  assert res["temporal"]["n"] == 35  # 5 per class, 7 classes
+  report = (tmp_path / "r" / "separability" / "separability_report.txt").read_text()
+  assert "subsampled to at most 5 per class: 35 of 42" in report
+
+
+def test_unknown_projection_is_refused():
+  with pytest.raises(ValueError, match="valid: .*tsne"):
+    analysis.project(np.zeros((5, 2)), "isomap")
