@@ -46,12 +46,11 @@ flags.adopt_module_key_flags(cli)
 def main(argv):
   del argv
   config = FLAGS.config
-  d, split = FLAGS.data_dir, FLAGS.split
-  pick = lambda value, name: value or (os.path.join(d, name) if d else None)
-  speech = pick(FLAGS.speech_features, f"{split}_speech.pt")
-  text = pick(FLAGS.text_features, f"{split}_text.pt")
-  csv = pick(FLAGS.csv_path, "train_split.csv")
-  split_csv = pick(FLAGS.split_csv_path, f"{split}_split.csv")
+  split = FLAGS.split
+  speech = cli.data_path(FLAGS.speech_features, f"{split}_speech.pt")
+  text = cli.data_path(FLAGS.text_features, f"{split}_text.pt")
+  csv = cli.data_path(FLAGS.csv_path, "train_split.csv")
+  split_csv = cli.data_path(FLAGS.split_csv_path, f"{split}_split.csv")
   missing = [f for f, v in (("--speech_features", speech), ("--text_features", text),
                             ("--csv_path", csv)) if not v]
   if missing:

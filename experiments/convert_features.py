@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # pylint: disable=wrong-import-position
 
-from fusion_jax import data  # pylint: disable=wrong-import-position
+from fusion_jax import cli, data  # pylint: disable=wrong-import-position
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("input", None, "Input feature file (.pt or .npz).", required=True)
@@ -38,8 +38,7 @@ def main(argv):
     else:
       raise data.DataError(FLAGS.output, "output must end in .npz or .pt")
   except data.DataError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(str(e))
   lengths = feats.lengths
   print(f"{FLAGS.input} -> {FLAGS.output}: {len(feats)} utterances, dim {feats.dim}, "
         f"{int(lengths.sum())} frames (min {lengths.min()}, max {lengths.max()})")

@@ -54,12 +54,10 @@ def main(argv):
   if FLAGS.batch_size is not None:
     with config.unlocked():
       config.eval.batch_size = FLAGS.batch_size
-  d = FLAGS.data_dir
-  pick = lambda value, name: value or (os.path.join(d, name) if d else None)
-  speech = pick(FLAGS.test_speech_features, "test_speech.pt")
-  text = pick(FLAGS.test_text_features, "test_text.pt")
-  csv = pick(FLAGS.csv_path, "train_split.csv")
-  test_csv = pick(FLAGS.test_csv_path, "test_split.csv")
+  speech = cli.data_path(FLAGS.test_speech_features, "test_speech.pt")
+  text = cli.data_path(FLAGS.test_text_features, "test_text.pt")
+  csv = cli.data_path(FLAGS.csv_path, "train_split.csv")
+  test_csv = cli.data_path(FLAGS.test_csv_path, "test_split.csv")
   missing = [f for f, v in (("--test_speech_features", speech), ("--test_text_features", text),
                             ("--csv_path", csv)) if not v]
   if missing:
@@ -73,7 +71,7 @@ def main(argv):
     test = data.load_split("test", speech, text, test_csv if test_csv and os.path.exists(
         test_csv) else None, class_names=class_names)
     train = None
-    tr_s, tr_t = pick(FLAGS.train_speech_features, "train_speech.pt"), pick(
+    tr_s, tr_t = cli.data_path(FLAGS.train_speech_features, "train_speech.pt"), cli.data_path(
         FLAGS.train_text_features, "train_text.pt")
     if FLAGS.ablation == "mean" and tr_s and tr_t and os.path.exists(tr_s) and os.path.exists(
         tr_t):

@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # pylint: disable=wrong-import-position
 
-from fusion_jax import data  # pylint: disable=wrong-import-position
+from fusion_jax import cli, data  # pylint: disable=wrong-import-position
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("speech_features", "demo_run/data/train_speech.pt", "Speech features.")
@@ -30,8 +30,7 @@ def main(argv):
   try:
     split = data.load_split("train", FLAGS.speech_features, FLAGS.text_features)
   except data.DataError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(str(e))
   lens = split.speech_lengths
   print(f"{len(split)} utterances, speech frames: min {lens.min()}, median "
         f"{int(sorted(lens)[len(lens) // 2])}, mean {lens.mean():.0f}, max {lens.max()}")

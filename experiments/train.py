@@ -49,18 +49,16 @@ flags.adopt_module_key_flags(cli)
 
 
 def _paths():
-  d = FLAGS.data_dir
-  pick = lambda value, name: value or (os.path.join(d, name) if d else None)
   flag_of = dict(train_speech="train_speech_features", train_text="train_text_features",
                  val_speech="val_speech_features", val_text="val_text_features",
                  csv="csv_path")
-  paths = {k: pick(FLAGS[f].value, f"{k}.pt" if k != "csv" else "train_split.csv")
+  paths = {k: cli.data_path(FLAGS[f].value, f"{k}.pt" if k != "csv" else "train_split.csv")
            for k, f in flag_of.items()}
   missing = [f"--{flag_of[k]}" for k, v in paths.items() if not v]
   if missing:
     cli.fail(f"missing {', '.join(missing)} (or give --data_dir DIR holding "
              "{train,val}_{speech,text}.pt and train_split.csv)")
-  val_csv = FLAGS.val_csv_path or (os.path.join(d, "val_split.csv") if d else None)
+  val_csv = cli.data_path(FLAGS.val_csv_path, "val_split.csv")
   if val_csv is None:
     guess = os.path.join(os.path.dirname(paths["csv"]), "val_split.csv")
     val_csv = guess if os.path.exists(guess) and "train" in os.path.basename(paths["csv"]) \

@@ -9,8 +9,8 @@ pay for JAX start-up::
 import importlib
 
 __version__ = "0.1.0"
-_SUBMODULES = ("data", "models", "training", "evaluation", "analysis", "metrics", "plots",
-               "checkpoint", "configs", "sharding", "reports")
+_SUBMODULES = ("analysis", "benchmark", "checkpoint", "cli", "configs", "data", "evaluation",
+               "io_utils", "metrics", "models", "plots", "reports", "sharding", "training")
 
 
 def __getattr__(name):

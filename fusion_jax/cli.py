@@ -59,6 +59,14 @@ def variants_and_seeds(config):
   return variants, seeds
 
 
+def data_path(value, name: str):
+  """A path flag's value, else ``DATA_DIR/name`` when ``--data_dir`` is given, else None."""
+  if value:
+    return value
+  data_dir = FLAGS["data_dir"].value if "data_dir" in FLAGS else None
+  return os.path.join(data_dir, name) if data_dir else None
+
+
 def fail(message: str) -> None:
   """Exits with a one-line error (no traceback) for problems the user can fix."""
   print(f"error: {message}", file=sys.stderr, flush=True)

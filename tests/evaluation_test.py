@@ -1,7 +1,6 @@
 """Evaluation: migration from PyTorch checkpoints, honest ranking, modality removal."""
 
 import ast
-import json
 import os
 import shutil
 

@@ -209,3 +209,20 @@ def test_metrics_jsonl_has_no_duplicates_after_resume(tiny_data, trainer, tmp_pa
   rows = [json.loads(l) for l in path.read_text().splitlines()]
   assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
   assert {"train_loss", "val_acc", "learning_rate", "samples_per_second"} <= set(rows[0])
+
+
+def test_several_seeds_give_mean_std_and_paired_tests(tiny_data, tmp_path):
+  cfg = _cfg(epochs=2)
+  summary = training.train_and_evaluate(
+      cfg, tiny_data["train"], tiny_data["val"], tiny_data["names"], str(tmp_path / "m"),
+      str(tmp_path / "r"), variants=["gated", "concatenation"], seeds=[0, 1, 2],
+      log=lambda m: None)
+  for v in ("gated", "concatenation"):
+    s = summary["variants"][v]
+    accs = [s["seeds"][k]["best_val_acc"] for k in ("0", "1", "2")]
+    assert s["best_val_acc_mean"] == pytest.approx(np.mean(accs))
+    assert s["best_val_acc_std"] == pytest.approx(np.std(accs, ddof=1))
+  assert summary["comparisons"][0]["n"] == 3
+  report = (tmp_path / "r" / "fusion_variants_comparison.txt").read_text()
+  assert "Paired t-tests over 3 seeds" in report and "±" in report
+  assert ("exceeds seed noise" in report) or ("within seed noise" in report)

@@ -76,6 +76,13 @@ class FusionProjection(nn.Module):
     return layer_norm("norm")(x)
 
 
+def _pooled_projections(features, dtype, speech, speech_mask, text, text_mask):
+  """Masked-mean each modality and project it (``speech_proj``/``text_proj`` of the caller)."""
+  s = Linear(features, dtype, name="speech_proj")(masked_mean(speech, speech_mask))
+  t = Linear(features, dtype, name="text_proj")(masked_mean(text, text_mask))
+  return s, t
+
+
 class CrossAttentionFusion(nn.Module):
   """Bidirectional cross-attention: speech attends to text and text to speech."""
   features: int
@@ -108,9 +115,8 @@ class ConcatenationFusion(nn.Module):
 
   @nn.compact
   def __call__(self, speech, speech_mask, text, text_mask, *, deterministic):
-    s = Linear(self.features // 2, self.dtype, name="speech_proj")(masked_mean(speech,
-                                                                               speech_mask))
-    t = Linear(self.features // 2, self.dtype, name="text_proj")(masked_mean(text, text_mask))
+    s, t = _pooled_projections(self.features // 2, self.dtype, speech, speech_mask, text,
+                               text_mask)
     fused = FusionProjection(self.features, self.dropout, self.dtype, name="fusion_proj")(
         jnp.concatenate([s, t], axis=-1), deterministic=deterministic)
     return fused, {}
@@ -136,8 +142,7 @@ class GatedFusion(nn.Module):
 
   @nn.compact
   def __call__(self, speech, speech_mask, text, text_mask, *, deterministic):
-    s = Linear(self.features, self.dtype, name="speech_proj")(masked_mean(speech, speech_mask))
-    t = Linear(self.features, self.dtype, name="text_proj")(masked_mean(text, text_mask))
+    s, t = _pooled_projections(self.features, self.dtype, speech, speech_mask, text, text_mask)
     g_s = _Gate(self.features, self.dtype, name="speech_gate")(s)
     g_t = _Gate(self.features, self.dtype, name="text_gate")(t)
     fused = FusionProjection(self.features, self.dropout, self.dtype, name="fusion_proj")(
@@ -164,8 +169,7 @@ class WeightedFusion(nn.Module):
 
   @nn.compact
   def __call__(self, speech, speech_mask, text, text_mask, *, deterministic):
-    s = Linear(self.features, self.dtype, name="speech_proj")(masked_mean(speech, speech_mask))
-    t = Linear(self.features, self.dtype, name="text_proj")(masked_mean(text, text_mask))
+    s, t = _pooled_projections(self.features, self.dtype, speech, speech_mask, text, text_mask)
     scorer = _Scorer(self.features, self.dtype, name="attention")
     w = jax.nn.softmax(jnp.concatenate([scorer(s), scorer(t)], axis=-1), axis=-1)
     fused = FusionProjection(self.features, self.dropout, self.dtype, name="fusion_proj")(
