@@ -21,7 +21,7 @@ import numpy as np
 from fusion_jax import io_utils, plots, reports
 from fusion_jax.data import batching
 from fusion_jax.data.splits import Split
-from fusion_jax.evaluation import Run, predict
+from fusion_jax.evaluation import Run, check_dims, predict
 from fusion_jax.models import model as model_lib
 
 BLOCKS = {  # name -> (aux key, the original's title)
@@ -207,6 +207,7 @@ def analyze(config, runs: Sequence[Run], split: Split, class_names: Sequence[str
       raise ValueError(f"unknown projection {m!r}; valid: {list(METHODS)}")
   k = len(class_names)
   an = config.analysis
+  check_dims(runs, split)
   rows = subsample(split.labels, max_per_class)
   sub = split.take(rows)
   labels = sub.labels

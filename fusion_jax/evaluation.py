@@ -122,6 +122,19 @@ def load_runs(model_dir: str, variants: Sequence[str], seeds: Optional[Sequence[
   return runs
 
 
+def check_dims(runs: Sequence[Run], split: Split) -> None:
+  """Raises ``ValueError`` naming the feature file whose dim a checkpoint cannot take."""
+  dims = {"speech": split.speech[0].shape[1], "text": split.text[0].shape[1]}
+  for run in runs:
+    want = {"speech": run.model_config.speech_dim, "text": run.model_config.text_dim}
+    unused = {"speech_only": "text", "text_only": "speech"}.get(run.variant)
+    for m in ("speech", "text"):
+      if m != unused and dims[m] != want[m]:
+        raise ValueError(
+            f"{split.sources.get(m) or split.name}: {m} features are {dims[m]}-d but "
+            f"{run.source} was trained on {want[m]}-d {m} features")
+
+
 # ------------------------------------------------------------------ prediction
 def predict(run: Run, split: Split, shapes: batching.BatchShapes, batch_size: int,
             num_classes: int, mesh=None, aux_keys: Sequence[str] = (),
@@ -383,6 +396,7 @@ def evaluate(config, test: Split, class_names: Sequence[str], model_dir: str,
   if not variants:
     raise FileNotFoundError(f"no trained variants in {model_dir}")
   runs = load_runs(model_dir, variants, seeds, k, config, log)
+  check_dims(runs, test)
   bs = config.eval.batch_size
   shapes = batching.plan_shapes([test], config.data.num_buckets, config.data.bucket_multiple,
                                 batch_size=bs)

@@ -115,3 +115,14 @@ def test_removing_the_modality_that_carries_the_signal_hurts(tmp_path, signal, c
 def test_missing_checkpoints_are_named(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"no best checkpoint for gated seed\(s\) \[3\]"):
     evaluation.load_runs(str(tmp_path), ["gated"], [3], 7)
+
+
+def test_feature_dim_mismatch_names_the_file():
+  mc = models.ModelConfig(speech_dim=768, text_dim=768)
+  runs = [evaluation.Run("gated", "0", {}, mc, 0.9, "models/gated/seed_0")]
+  split = data.Split("test", [np.zeros((3, 64), np.float32)], [np.zeros((2, 768), np.float32)],
+                     np.zeros(1, int), sources={"speech": "test_speech.pt"})
+  with pytest.raises(ValueError, match=r"test_speech.pt: speech features are 64-d but "
+                     r"models/gated/seed_0 was trained on 768-d"):
+    evaluation.check_dims(runs, split)
+  evaluation.check_dims([evaluation.Run("text_only", "0", {}, mc, 0.9, "x")], split)

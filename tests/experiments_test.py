@@ -38,8 +38,8 @@ def trained(tmp_path_factory):
   run("make_demo_data.py", f"--out_dir={d}/data", "--speech_dim=16", "--text_dim=16",
       "--train_size=28", "--val_size=14", "--test_size=14")
   proc = run("train.py", f"--data_dir={d}/data", "--config=configs/tiny.py", "--variants=all",
-             "--epochs=2", f"--model_dir={d}/models", f"--results_dir={d}/results",
-             "--compilation_cache_dir=")
+             "--epochs=2", "--config.data.num_buckets=1", f"--model_dir={d}/models",
+             f"--results_dir={d}/results", "--compilation_cache_dir=")
   return d, proc.stdout
 
 
@@ -69,7 +69,8 @@ def test_train_writes_every_expected_file(trained):
 def test_train_rerun_resumes_instead_of_retraining(trained):
   d, _ = trained
   proc = run("train.py", f"--data_dir={d}/data", "--config=configs/tiny.py",
-             "--variants=gated", "--epochs=2", f"--model_dir={d}/models",
+             "--variants=gated", "--epochs=2", "--config.data.num_buckets=1",
+             f"--model_dir={d}/models",
              f"--results_dir={d}/results_again", "--compilation_cache_dir=")
   assert "already trained" in proc.stdout and "epoch 01" not in proc.stdout
 
@@ -98,6 +99,8 @@ def test_train_bad_input_is_one_clear_line(trained, tmp_path):
     ("analyze_embeddings.py", ["--model_dir", "--results_dir", "--split", "--variants",
                                "--methods", "--max_per_class", "--config"]),
     ("padding_stats.py", ["--speech_features", "--num_buckets"]),
+    ("benchmark.py", ["--batch_size", "--dtype", "--num_buckets", "--num_devices",
+                      "--feature_dim", "--json_out"]),
 ])
 def test_help_is_complete(script, expected):
   proc = run(script, "--help", check=False)
@@ -111,6 +114,7 @@ def evaluated(trained):
   d, _ = trained
   proc = run("evaluate.py", f"--data_dir={d}/data", "--config=configs/tiny.py",
              f"--model_dir={d}/models", f"--results_dir={d}/results", "--batch_size=16",
+             "--config.data.num_buckets=1",
              "--compilation_cache_dir=")
   return d, proc.stdout
 
@@ -153,7 +157,8 @@ def test_analyze_embeddings_writes_every_expected_file(evaluated):
   d, _ = evaluated
   proc = run("analyze_embeddings.py", f"--data_dir={d}/data", "--config=configs/tiny.py",
              f"--model_dir={d}/models", f"--results_dir={d}/results", "--split=test",
-             "--methods=tsne,umap,pca", "--compilation_cache_dir=")
+             "--methods=tsne,umap,pca", "--config.data.num_buckets=1",
+             "--compilation_cache_dir=")
   out = d / "results" / "separability"
   for v in VARIANTS:
     for block in ("temporal", "contextual", "fusion"):
@@ -173,3 +178,21 @@ def test_analyze_embeddings_writes_every_expected_file(evaluated):
   js = json.loads((out / "separability.json").read_text())
   assert set(js["results"]["gated"]) == {"temporal", "contextual", "fusion"}
   assert "t-SNE" in proc.stdout  # a progress line per projection
+
+
+def test_benchmark_prints_table_and_writes_json(tmp_path):
+  out = tmp_path / "bench.json"
+  proc = run("benchmark.py", "--config=configs/tiny.py", "--feature_dim=16",
+             "--num_utterances=24", "--variants=concatenation", "--repeats=1",
+             "--batch_size=8", "--eval_batch_size=16", "--num_buckets=1",
+             f"--json_out={out}", "--compilation_cache_dir=")
+  assert "train/s" in proc.stdout and "concatenation" in proc.stdout
+  res = json.loads(out.read_text())
+  r = res["results"][0]
+  for field in ("train_samples_per_s", "eval_samples_per_s", "compile_s", "compiled_shapes",
+                "padding_fraction", "executed_flops_per_sample", "useful_flops_per_sample",
+                "achieved_tflops", "peak_host_mb", "peak_device_mb"):
+    assert field in r, field
+  assert r["train_samples_per_s"] > 0 and r["executed_flops_per_sample"] > r[
+      "useful_flops_per_sample"] > 0
+  assert res["settings"]["num_buckets"] == 1 and res["machine"]["platform"] == "cpu"

@@ -26,7 +26,7 @@ CHECK = textwrap.dedent("""
                        [rng.standard_normal((int(k), 16)).astype(np.float32)
                         for k in rng.integers(1, 6, n)], rng.integers(0, 7, n))
     cfg = configs.tiny()
-    shapes = data.plan_shapes([split], 2, batch_size=8)
+    shapes = data.plan_shapes([split], 1, batch_size=8)
     batches = list(data.iterate_batches(split, shapes, 8, shuffle=True, seed=0))
     out = {}
     for ndev in (1, 8):

@@ -213,6 +213,7 @@ def test_metrics_jsonl_has_no_duplicates_after_resume(tiny_data, trainer, tmp_pa
 
 def test_several_seeds_give_mean_std_and_paired_tests(tiny_data, tmp_path):
   cfg = _cfg(epochs=2)
+  cfg.data.num_buckets = 1
   summary = training.train_and_evaluate(
       cfg, tiny_data["train"], tiny_data["val"], tiny_data["names"], str(tmp_path / "m"),
       str(tmp_path / "r"), variants=["gated", "concatenation"], seeds=[0, 1, 2],
