@@ -83,12 +83,20 @@ def _pooled_projections(features, dtype, speech, speech_mask, text, text_mask):
   return s, t
 
 
-class CrossAttentionFusion(nn.Module):
-  """Bidirectional cross-attention: speech attends to text and text to speech."""
+class FusionHead(nn.Module):
+  """The interface of every fusion head (so the registry's entries are interchangeable).
+
+  ``__call__(speech [B, T, Ds], speech_mask [B, T], text [B, L, Dt], text_mask [B, L], *,
+  deterministic) -> (fused [B, features], aux dict)``.
+  """
   features: int
   num_heads: int
   dropout: float
   dtype: Any = jnp.float32
+
+
+class CrossAttentionFusion(FusionHead):
+  """Bidirectional cross-attention: speech attends to text and text to speech."""
 
   @nn.compact
   def __call__(self, speech, speech_mask, text, text_mask, *, deterministic):
@@ -106,12 +114,8 @@ class CrossAttentionFusion(nn.Module):
                    "fusion/speech_vector": s_vec, "fusion/text_vector": t_vec}
 
 
-class ConcatenationFusion(nn.Module):
+class ConcatenationFusion(FusionHead):
   """Pool, project each modality to F/2, concatenate, project."""
-  features: int
-  num_heads: int
-  dropout: float
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, speech, speech_mask, text, text_mask, *, deterministic):
@@ -133,12 +137,8 @@ class _Gate(nn.Module):
         jnp.float32))
 
 
-class GatedFusion(nn.Module):
+class GatedFusion(FusionHead):
   """Sigmoid gates per modality: ``FP(g_s ⊙ ŝ + g_t ⊙ t̂)``."""
-  features: int
-  num_heads: int
-  dropout: float
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, speech, speech_mask, text, text_mask, *, deterministic):
@@ -160,12 +160,8 @@ class _Scorer(nn.Module):
     return Linear(1, self.dtype, name="dense2")(h).astype(jnp.float32)
 
 
-class WeightedFusion(nn.Module):
+class WeightedFusion(FusionHead):
   """One shared scorer; softmax over the two modalities: ``FP(w_s ŝ + w_t t̂)``."""
-  features: int
-  num_heads: int
-  dropout: float
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, speech, speech_mask, text, text_mask, *, deterministic):
