@@ -51,10 +51,7 @@ def main(argv):
   text = cli.data_path(FLAGS.text_features, f"{split}_text.pt")
   csv = cli.data_path(FLAGS.csv_path, "train_split.csv")
   split_csv = cli.data_path(FLAGS.split_csv_path, f"{split}_split.csv")
-  missing = [f for f, v in (("--speech_features", speech), ("--text_features", text),
-                            ("--csv_path", csv)) if not v]
-  if missing:
-    cli.fail(f"missing {', '.join(missing)} (or give --data_dir)")
+  cli.require(speech_features=speech, text_features=text, csv_path=csv)
   from fusion_jax import analysis, data, evaluation, models, training  # pylint: disable=import-outside-toplevel
   try:
     variants = models.parse_variants(FLAGS.variants) if FLAGS.variants else \

@@ -58,10 +58,7 @@ def main(argv):
   text = cli.data_path(FLAGS.test_text_features, "test_text.pt")
   csv = cli.data_path(FLAGS.csv_path, "train_split.csv")
   test_csv = cli.data_path(FLAGS.test_csv_path, "test_split.csv")
-  missing = [f for f, v in (("--test_speech_features", speech), ("--test_text_features", text),
-                            ("--csv_path", csv)) if not v]
-  if missing:
-    cli.fail(f"missing {', '.join(missing)} (or give --data_dir)")
+  cli.require(test_speech_features=speech, test_text_features=text, csv_path=csv)
   from fusion_jax import data, evaluation, models, training  # pylint: disable=import-outside-toplevel
   try:
     variants = models.parse_variants(FLAGS.variants) if FLAGS.variants else None

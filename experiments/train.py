@@ -54,10 +54,8 @@ def _paths():
                  csv="csv_path")
   paths = {k: cli.data_path(FLAGS[f].value, f"{k}.pt" if k != "csv" else "train_split.csv")
            for k, f in flag_of.items()}
-  missing = [f"--{flag_of[k]}" for k, v in paths.items() if not v]
-  if missing:
-    cli.fail(f"missing {', '.join(missing)} (or give --data_dir DIR holding "
-             "{train,val}_{speech,text}.pt and train_split.csv)")
+  cli.require("or give --data_dir DIR holding {train,val}_{speech,text}.pt and "
+              "train_split.csv", **{flag_of[k]: v for k, v in paths.items()})
   val_csv = cli.data_path(FLAGS.val_csv_path, "val_split.csv")
   if val_csv is None:
     guess = os.path.join(os.path.dirname(paths["csv"]), "val_split.csv")

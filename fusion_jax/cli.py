@@ -67,6 +67,13 @@ def data_path(value, name: str):
   return os.path.join(data_dir, name) if data_dir else None
 
 
+def require(hint: str = "or give --data_dir", **flag_values) -> None:
+  """Fails with one line listing every ``--flag`` whose value is empty."""
+  missing = [f"--{name}" for name, value in flag_values.items() if not value]
+  if missing:
+    fail(f"missing {', '.join(missing)} ({hint})")
+
+
 def fail(message: str) -> None:
   """Exits with a one-line error (no traceback) for problems the user can fix."""
   print(f"error: {message}", file=sys.stderr, flush=True)

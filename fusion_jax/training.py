@@ -25,7 +25,6 @@ import math
 import os
 import sys
 import time
-import warnings
 from typing import Any, Callable, Optional, Sequence
 
 import flax
@@ -194,9 +193,7 @@ class Trainer:
                                                                        else -1])))
     if sig not in self._compiled:
       t0 = time.perf_counter()
-      with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*donated buffers were not usable.*")
-        self._compiled[sig] = fn.lower(*args).compile()
+      self._compiled[sig] = fn.lower(*args).compile()
       self.compile_seconds += time.perf_counter() - t0
     return self._compiled[sig]
 
@@ -238,10 +235,8 @@ class Trainer:
 
   def train_step(self, state, acc, batch, base_key):
     batch = sharding.shard_batch(batch, self.mesh)
-    fn = self._compiled_fn("train", self._train, state, acc, batch, base_key)
-    with warnings.catch_warnings():
-      warnings.filterwarnings("ignore", message=".*donated buffers were not usable.*")
-      return fn(state, acc, batch, base_key)
+    return self._compiled_fn("train", self._train, state, acc, batch, base_key)(
+        state, acc, batch, base_key)
 
   def eval_step(self, params, batch):
     batch = sharding.shard_batch(batch, self.mesh)

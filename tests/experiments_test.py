@@ -196,3 +196,35 @@ def test_benchmark_prints_table_and_writes_json(tmp_path):
   assert r["train_samples_per_s"] > 0 and r["executed_flops_per_sample"] > r[
       "useful_flops_per_sample"] > 0
   assert res["settings"]["num_buckets"] == 1 and res["machine"]["platform"] == "cpu"
+
+
+def test_missing_paths_are_listed_in_one_line(tmp_path):
+  proc = run("train.py", "--csv_path=a.csv", f"--model_dir={tmp_path}/m", check=False)
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  assert ("missing --train_speech_features, --train_text_features, --val_speech_features, "
+          "--val_text_features (or give --data_dir") in proc.stderr
+  proc = run("evaluate.py", "--test_speech_features=x.pt", check=False)
+  assert proc.returncode == 2 and "missing --test_text_features, --csv_path" in proc.stderr
+
+
+def test_convert_features_round_trip(trained, tmp_path):
+  d, _ = trained
+  src = d / "data" / "val_text.pt"
+  run("convert_features.py", f"--input={src}", f"--output={tmp_path}/t.npz")
+  proc = run("convert_features.py", f"--input={tmp_path}/t.npz", f"--output={tmp_path}/t.pt")
+  assert "14 utterances, dim 16" in proc.stdout
+  a, b = data.load_features(src), data.load_features(tmp_path / "t.pt")
+  assert all((x == y).all() for x, y in zip(a.sequences, b.sequences))
+  assert (a.labels == b.labels).all()
+  bad = run("convert_features.py", f"--input={src}", f"--output={tmp_path}/t.txt", check=False)
+  assert bad.returncode == 2 and "t.txt: output must end in .npz or .pt" in bad.stderr
+  assert not (tmp_path / "t.txt").exists()
+
+
+def test_padding_stats_prints_the_comparison(trained):
+  d, _ = trained
+  proc = run("padding_stats.py", f"--speech_features={d}/data/train_speech.pt",
+             f"--text_features={d}/data/train_text.pt", "--batch_size=8", "--num_buckets=1,3")
+  lines = [l for l in proc.stdout.splitlines() if l.strip().startswith(("1 ", "3 "))]
+  assert len(lines) == 2 and all(l.count("%") == 3 for l in lines)
+  assert "28 utterances" in proc.stdout
