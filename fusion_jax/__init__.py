@@ -10,6 +10,7 @@ import importlib
 
 __version__ = "0.1.0"
 _SUBMODULES = ("analysis", "benchmark", "checkpoint", "cli", "configs", "data", "evaluation",
+               "features",
                "io_utils", "metrics", "models", "plots", "reports", "sharding", "training")
 
 

@@ -1,0 +1,102 @@
+"""Reading audio without extra dependencies: PCM ``.wav`` through the standard library.
+
+Other containers (flac, mp3, mp4 …) are read through ``soundfile`` when it is
+installed (it comes with the ``features`` extra); the core never needs it.
+"""
+
+from __future__ import annotations
+
+import os
+import wave
+
+import numpy as np
+
+from fusion_jax.data.errors import DataError
+
+SILENCE_RMS = 1e-4   # below this root-mean-square amplitude (full scale = 1) a clip is silent
+
+
+def _read_pcm_wav(path: str):
+  with wave.open(path, "rb") as w:
+    channels, width, rate, n = w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
+    raw = w.readframes(n)
+  if width == 1:
+    x = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128.0) / 128.0
+  elif width == 2:
+    x = np.frombuffer(raw, "<i2").astype(np.float32) / 32768.0
+  elif width == 3:
+    b = np.frombuffer(raw, np.uint8).reshape(-1, 3).astype(np.int32)
+    v = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
+    v = np.where(v >= 1 << 23, v - (1 << 24), v)
+    x = v.astype(np.float32) / float(1 << 23)
+  elif width == 4:
+    x = np.frombuffer(raw, "<i4").astype(np.float32) / float(1 << 31)
+  else:
+    raise DataError(path, f"unsupported sample width {width} bytes", field="sampwidth")
+  return x.reshape(-1, channels), rate
+
+
+def read_audio(path, sample_rate: int = 16000, *, min_seconds: float = 0.05) -> np.ndarray:
+  """Reads a clip as mono float32 in [-1, 1] at ``sample_rate``.
+
+  Args:
+    path: a PCM ``.wav`` (any other format needs ``soundfile``).
+    sample_rate: the rate the extractor expects; other rates are resampled
+      (polyphase, scipy).
+    min_seconds: shorter clips are an error.
+
+  Returns:
+    ``[num_samples]`` float32.
+
+  Raises:
+    DataError: unreadable file, unsupported format, empty, too short or silent clip.
+  """
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise DataError(path, "audio file not found", hint="check the manifest's path column "
+                    "and --audio_root")
+  try:
+    if path.lower().endswith(".wav"):
+      try:
+        x, rate = _read_pcm_wav(path)
+      except wave.Error:  # float or extensible wav: let soundfile try
+        x, rate = _read_soundfile(path)
+    else:
+      x, rate = _read_soundfile(path)
+  except DataError:
+    raise
+  except (EOFError, OSError, ValueError, RuntimeError) as e:
+    raise DataError(path, f"unreadable audio ({type(e).__name__}: {e})") from None
+  x = x.mean(axis=1) if x.ndim == 2 else x
+  if rate != sample_rate:
+    from scipy import signal  # pylint: disable=import-outside-toplevel
+    g = np.gcd(int(rate), int(sample_rate))
+    x = signal.resample_poly(x, sample_rate // g, rate // g).astype(np.float32)
+  if x.size < min_seconds * sample_rate:
+    raise DataError(path, f"clip is {x.size / sample_rate:.3f} s long, shorter than "
+                    f"{min_seconds} s", field="duration")
+  rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+  if not np.isfinite(rms) or rms < SILENCE_RMS:
+    raise DataError(path, f"clip is silent (RMS {rms:.2e} < {SILENCE_RMS:g} of full scale)",
+                    field="samples", hint="drop it from the manifest or check the recording")
+  return np.ascontiguousarray(x, np.float32)
+
+
+def _read_soundfile(path: str):
+  try:
+    import soundfile  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise DataError(path, "only PCM .wav is read without extra packages",
+                    hint="pip install soundfile, or convert to 16-bit PCM wav") from None
+  x, rate = soundfile.read(path, dtype="float32", always_2d=True)
+  return x, rate
+
+
+def write_wav(path, samples: np.ndarray, sample_rate: int = 16000) -> None:
+  """Writes mono float samples in [-1, 1] as 16-bit PCM (tests, fixtures)."""
+  pcm = np.clip(np.round(np.asarray(samples, np.float64) * 32767.0), -32768, 32767)
+  with wave.open(os.fspath(path), "wb") as w:
+    w.setnchannels(1)
+    w.setsampwidth(2)
+    w.setframerate(sample_rate)
+    w.writeframes(pcm.astype("<i2").tobytes())

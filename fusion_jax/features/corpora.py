@@ -1,0 +1,127 @@
+"""Manifests of public corpora: RAVDESS speech (file-name coding) and MELD transcripts.
+
+  >>> m = ravdess_manifest("data/ravdess16k")      # 16 actors × 60 clips → 960 rows
+  >>> m.frame[["id", "emotion", "speaker", "transcript"]].head()
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import unicodedata
+from typing import Optional
+
+import pandas as pd
+
+from fusion_jax.data.errors import DataError
+from fusion_jax.features.extract import Manifest, manifest_from_frame
+
+RAVDESS_EMOTIONS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust",
+                    "surprised")
+RAVDESS_STATEMENTS = {1: "Kids are talking by the door", 2: "Dogs are sitting by the door"}
+_RAVDESS_NAME = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)$")
+
+MELD_EMOTIONS = ("neutral", "joy", "surprise", "anger", "sadness", "disgust", "fear")
+
+
+def parse_ravdess_name(path: str) -> dict:
+  """Fields of a RAVDESS file name ``MM-VC-EE-II-SS-RR-AA.wav``.
+
+  Raises:
+    DataError: a name that does not follow the coding (naming the part at fault).
+  """
+  stem = os.path.splitext(os.path.basename(path))[0]
+  m = _RAVDESS_NAME.match(stem)
+  if not m:
+    raise DataError(path, "not a RAVDESS file name (expected MM-VC-EE-II-SS-RR-AA.wav, "
+                    "seven two-digit fields)", field="file name")
+  modality, channel, emotion, intensity, statement, repetition, actor = map(int, m.groups())
+  checks = [("emotion", emotion, 1, 8), ("intensity", intensity, 1, 2),
+            ("statement", statement, 1, 2), ("repetition", repetition, 1, 2),
+            ("actor", actor, 1, 24)]
+  for name, value, lo, hi in checks:
+    if not lo <= value <= hi:
+      raise DataError(path, f"{name} code {value:02d} is outside {lo:02d}..{hi:02d}",
+                      field=name)
+  return dict(modality=modality, vocal_channel=channel, emotion=RAVDESS_EMOTIONS[emotion - 1],
+              intensity="strong" if intensity == 2 else "normal", statement=statement,
+              repetition=repetition, actor=actor, gender="female" if actor % 2 == 0 else "male",
+              transcript=RAVDESS_STATEMENTS[statement])
+
+
+def ravdess_manifest(root, *, speech_only: bool = True) -> Manifest:
+  """Every RAVDESS clip under ``root`` (``Actor_XX/*.wav``), labelled from its name.
+
+  Args:
+    root: the corpus folder.
+    speech_only: keep vocal channel 01 (speech), drop song (02).
+
+  Returns:
+    A :class:`~fusion_jax.features.extract.Manifest` with columns ``id, path,
+    transcript, label, emotion, speaker`` (``Actor_XX``) and the name's fields.
+  """
+  root = os.fspath(root)
+  files = sorted(os.path.abspath(f) for f in
+                 glob.glob(os.path.join(root, "**", "*.wav"), recursive=True))
+  if not files:
+    raise DataError(root, "no .wav files found", hint="point --ravdess_dir at the folder that "
+                    "holds Actor_01 … Actor_24")
+  records = []
+  for f in files:
+    info = parse_ravdess_name(f)
+    if speech_only and info["vocal_channel"] != 1:
+      continue
+    records.append(dict(path=f, id=os.path.splitext(os.path.basename(f))[0],
+                        label=info.pop("emotion"), speaker=f"Actor_{info['actor']:02d}",
+                        **info))
+  frame = pd.DataFrame.from_records(records)
+  return manifest_from_frame(frame, os.path.join(root, "<RAVDESS file names>"),
+                             class_names=RAVDESS_EMOTIONS)
+
+
+def clean_meld_text(text: str) -> str:
+  """MELD's transcripts carry Windows-1252 mojibake (``\\x92`` for ’, ``\\x85`` for …)."""
+  if any(0x80 <= ord(c) <= 0x9F for c in text):
+    try:
+      text = text.encode("latin-1").decode("cp1252")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+      pass
+  return unicodedata.normalize("NFKC", text).strip()
+
+
+def meld_manifest(csv_path, *, audio_dir: Optional[str] = None,
+                  audio_ext: str = ".wav") -> Manifest:
+  """One MELD split CSV (``train_sent_emo.csv`` …) as a manifest.
+
+  Args:
+    csv_path: MELD's CSV (columns Utterance, Speaker, Emotion, Dialogue_ID, Utterance_ID).
+    audio_dir: a folder of ``dia{D}_utt{U}`` audio clips, when a user has them;
+      without it rows carry no audio path (text features only).
+    audio_ext: the clips' extension.
+
+  Returns:
+    A manifest with ids ``dia{D}_utt{U}``, ``speaker`` = the dialogue (so
+    folds never split a conversation) and ``character`` = the speaking character.
+  """
+  csv_path = os.fspath(csv_path)
+  try:
+    df = pd.read_csv(csv_path, keep_default_na=False, dtype=str)
+  except FileNotFoundError:
+    raise DataError(csv_path, "file not found") from None
+  need = ["Utterance", "Emotion", "Dialogue_ID", "Utterance_ID"]
+  missing = [c for c in need if c not in df.columns]
+  if missing:
+    raise DataError(csv_path, f"missing MELD column(s) {missing}", field=missing[0])
+  for col in ("Dialogue_ID", "Utterance_ID"):
+    bad = ~df[col].str.fullmatch(r"\d+")
+    if bad.any():
+      r = int(bad.to_numpy().nonzero()[0][0])
+      raise DataError(csv_path, f"{col} {df[col].iloc[r]!r} is not a number", field=col, row=r)
+  ids = "dia" + df["Dialogue_ID"] + "_utt" + df["Utterance_ID"]
+  paths = [os.path.join(audio_dir, i + audio_ext) for i in ids] if audio_dir else [""] * len(df)
+  frame = pd.DataFrame(dict(
+      id=ids, path=paths, transcript=[clean_meld_text(t) for t in df["Utterance"]],
+      label=df["Emotion"].str.strip().str.lower(), speaker="dia" + df["Dialogue_ID"],
+      character=df.get("Speaker", "")))
+  return manifest_from_frame(frame, csv_path, class_names=MELD_EMOTIONS)

