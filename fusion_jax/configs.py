@@ -107,4 +107,44 @@ def demo() -> ml_collections.ConfigDict:
   return c
 
 
-PRESETS = {"default": default, "tiny": tiny, "demo": demo}
+def ravdess() -> ml_collections.ConfigDict:
+  """The RAVDESS recipe: ~600 training clips per fold, so a narrow model, 30 epochs.
+
+  ``speech_dim``/``text_dim`` are set from the feature files at run time. Inputs
+  are projected to ``model_dim`` (so 25-d eGeMAPS and 384-d Whisper states share
+  one architecture) and get sinusoidal positions. Chosen before looking at any
+  test fold (BUILD_NOTES.md, RAVDESS recipe).
+  """
+  c = default()
+  c.model.model_dim = 128
+  c.model.hidden = 64
+  c.model.heads = 4
+  c.model.f_hidden = 128
+  c.model.classifier_hidden = 128
+  c.model.dropout = 0.3
+  c.model.positional_encoding = True
+  c.data.num_buckets = 3
+  c.optim.learning_rate = 5e-4
+  c.train.epochs = 30
+  c.train.batch_size = 32
+  c.train.seeds = "0,1"
+  c.train.variants = "all"
+  c.analysis.methods = "tsne,pca"
+  return c
+
+
+def meld() -> ml_collections.ConfigDict:
+  """The MELD text recipe: MiniLM token states (384-d), 7 classes, ~10k training lines."""
+  c = ravdess()
+  c.model.positional_encoding = False   # MiniLM states already carry positions
+  c.train.epochs = 15
+  c.train.batch_size = 64
+  c.train.seeds = "0,1,2"
+  c.train.variants = "text_only"
+  c.data.num_buckets = 3
+  c.analysis.methods = "pca"
+  c.analysis.max_per_class = 200
+  return c
+
+
+PRESETS = {"default": default, "tiny": tiny, "demo": demo, "ravdess": ravdess, "meld": meld}

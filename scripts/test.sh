@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Sets up .venv/ (scripts/setup.sh) and runs the test suite. Fails when no test ran.
+# Sets up .venv/ (scripts/setup.sh --features, so the extractor tests run on real weights)
+# and runs the test suite. Fails when no test ran.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh || exit 1
+bash scripts/setup.sh --features || exit 1
 export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
 .venv/bin/python -m pytest tests "$@"
 rc=$?

@@ -337,3 +337,18 @@ def write_split_csv(path, frame: pd.DataFrame) -> None:
                       "group": frame["speaker"]})
   with io_utils.atomic_open(path, "w", encoding="utf-8", newline="") as f:
     out.to_csv(f, index=False)
+
+
+def subset_feature_file(path, keep_ids, original_layout: Optional[str] = None) -> int:
+  """Rewrites a native feature file keeping only ``keep_ids`` (order kept). Returns rows kept.
+
+  Used to keep speech and text files row-aligned when each lost different utterances.
+  """
+  feats = features_lib.load_features(path)
+  rows = [i for i, uid in enumerate(feats.ids) if uid in keep_ids]
+  if len(rows) != len(feats):
+    feats = feats.take(rows)
+    features_lib.save_features(path, feats)
+    if original_layout:
+      features_lib.save_original_layout(original_layout, feats.sequences, feats.labels)
+  return len(rows)

