@@ -40,7 +40,7 @@ flags.DEFINE_string("ravdess_dir", None, "RAVDESS folder holding Actor_XX/*.wav 
 flags.DEFINE_string("work_dir", "runs/ravdess", "Features, checkpoints, reports and tables.")
 flags.DEFINE_string("speech_extractor", "whisper", "logmel, egemaps, compare or whisper.")
 flags.DEFINE_integer("pool", None, "Average this many consecutive speech frames (default: "
-                     "logmel 4 → 25/s, egemaps/compare 2 → 50/s, whisper 2 → 25/s).")
+                     "logmel, egemaps, compare 8; whisper 4: all 12.5 frames/s).")
 flags.DEFINE_string("text_extractor", "minilm", "Text features (minilm).")
 flags.DEFINE_integer("folds", 4, "Speaker-independent folds over the actors found.")
 flags.DEFINE_integer("val_speakers", 2, "Validation actors per fold (from the next block).")
@@ -52,7 +52,7 @@ flags.DEFINE_integer("limit_per_actor", 0, "Use only this many clips per actor (
 cli.define_common_flags("ravdess.py")
 flags.adopt_module_key_flags(cli)
 
-DEFAULT_POOL = {"logmel": 4, "egemaps": 2, "compare": 2, "whisper": 2}
+DEFAULT_POOL = {"logmel": 8, "egemaps": 8, "compare": 8, "whisper": 4}
 PUBLISHED = [("EmoBox wav2vec2-base (UA)", 0.543), ("EmoBox HuBERT-base (UA)", 0.654),
              ("EmoBox WavLM-large (UA)", 0.720), ("EmoBox Whisper-large-v3 (UA)", 0.753),
              ("eGeMAPS functionals + LR (acc)", 0.50)]

@@ -14,7 +14,6 @@ fold's training speakers only.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Optional, Sequence
@@ -201,3 +200,24 @@ def functionals_baseline(features: np.ndarray, labels: np.ndarray, groups: Seque
                                                          "weighted_f1")}
   out["runs"] = runs
   return out
+
+
+def sentence_vector_baseline(train: Split, test: Split, num_classes: int, *, C: float = 1.0,
+                             seed: int = 0) -> dict:
+  """Mean-pooled, L2-normalised token states + logistic regression (train → test).
+
+  With MiniLM token states this is all-MiniLM-L6-v2's own sentence embedding
+  (mean pooling over real tokens, then normalisation) under a linear classifier.
+  """
+  from sklearn.linear_model import LogisticRegression  # pylint: disable=import-outside-toplevel
+
+  def vectors(split):
+    v = np.stack([t.mean(0) for t in split.text]).astype(np.float64)
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+  clf = LogisticRegression(C=C, max_iter=5000, random_state=seed)
+  clf.fit(vectors(train), train.labels)
+  pred = clf.predict(vectors(test))
+  s = metrics.summary(metrics.confusion_matrix(test.labels, pred, num_classes))
+  one = lambda x: dict(mean=float(x), std=0.0, n=1)
+  return {k: one(s[k]) for k in ("accuracy", "uar", "macro_f1", "weighted_f1")}

