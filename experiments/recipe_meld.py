@@ -87,7 +87,8 @@ def main(argv):
   cli.require("the folder with MELD's *_sent_emo.csv", meld_dir=FLAGS.meld_dir)
   if bool(FLAGS.train_speech_features) != bool(FLAGS.dev_speech_features):
     cli.fail("give both --train_speech_features and --dev_speech_features, or neither")
-  from fusion_jax import evaluation, features, io_utils, models, recipes, training  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from fusion_jax import evaluation, features, io_utils, recipes, training
   from fusion_jax.data.errors import DataError  # pylint: disable=import-outside-toplevel
   t0 = time.time()
   config = FLAGS.config
@@ -134,9 +135,9 @@ def main(argv):
                                   ablation="mean" if has_speech else "none")
     rows = {}
     for v, s in summary["variants"].items():
-      rows[v] = {k: recipes._summarise([t[k] for t in s["test"]])  # pylint: disable=protected-access
+      rows[v] = {k: recipes.summarise([t[k] for t in s["test"]])
                  for k in ("accuracy", "uar", "macro_f1", "weighted_f1")}
-      rows[v]["val_acc"] = recipes._summarise(s["val_acc"])  # pylint: disable=protected-access
+      rows[v]["val_acc"] = recipes.summarise(s["val_acc"])
     if FLAGS.baseline:
       rows["minilm_mean_pool_lr"] = recipes.sentence_vector_baseline(train, dev, len(names))
     table = _table(rows, extractor, extract_seconds, time.time() - t0)
@@ -146,7 +147,6 @@ def main(argv):
         train_size=len(train), val_size=len(val), dev_size=len(dev)))
     io_utils.write_text(os.path.join(FLAGS.work_dir, "meld_results.txt"), table)
     print("\n" + table, flush=True)
-    del models
   except (DataError, ImportError, ValueError) as e:
     cli.fail(str(e))
 

@@ -1,4 +1,5 @@
-r"""RAVDESS recipe: wav files → features → speaker-independent folds → train, evaluate, analyse.
+r"""RAVDESS recipe: wav files → features → speaker-independent folds → train, evaluate, analyse
+(every variant and an eGeMAPS + logistic regression baseline).
 
 One command, offline:
 

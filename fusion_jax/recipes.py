@@ -98,7 +98,8 @@ def load_corpus(speech_path, text_path, csv_path, name: str = "corpus") -> Split
   return load_split(name, speech_path, text_path, csv_path)
 
 
-def _summarise(values: Sequence[float]) -> dict:
+def summarise(values: Sequence[float]) -> dict:
+  """``{mean, std, n}`` of a list of scores (std with ddof=1; 0 for one value)."""
   mean, std = metrics.mean_std(list(values))
   return dict(mean=mean, std=std, n=len(values))
 
@@ -147,7 +148,7 @@ def cross_validate(config, split: Split, folds: Sequence[Fold], work_dir: str,
   out = dict(folds=[dataclasses.asdict(f) for f in folds], class_names=list(class_names),
              seconds=time.perf_counter() - t0, variants={})
   for v, rs in runs.items():
-    out["variants"][v] = {k: _summarise([r[k] for r in rs])
+    out["variants"][v] = {k: summarise([r[k] for r in rs])
                           for k in ("val_acc", "accuracy", "uar", "macro_f1", "weighted_f1")}
     out["variants"][v]["runs"] = rs
   io_utils.write_json(os.path.join(work_dir, "cv_summary.json"), out)
@@ -196,7 +197,7 @@ def functionals_baseline(features: np.ndarray, labels: np.ndarray, groups: Seque
     s = metrics.summary(metrics.confusion_matrix(labels[test], pred, num_classes))
     runs.append(dict(fold=fold.index, seed=seed, accuracy=s["accuracy"], uar=s["uar"],
                      macro_f1=s["macro_f1"], weighted_f1=s["weighted_f1"]))
-  out = {k: _summarise([r[k] for r in runs]) for k in ("accuracy", "uar", "macro_f1",
+  out = {k: summarise([r[k] for r in runs]) for k in ("accuracy", "uar", "macro_f1",
                                                          "weighted_f1")}
   out["runs"] = runs
   return out

@@ -2,6 +2,7 @@
 WordPiece, the Flax BERT and JAX Whisper encoders against NumPy float64 forward passes,
 manifests, resumable extraction with per-file errors, and real RAVDESS/MELD fixtures."""
 
+import dataclasses
 import json
 import os
 import wave
@@ -236,9 +237,7 @@ def random_bert(tmp_path, cfg=bert.BertConfig(vocab_size=len(VOCAB), hidden_size
   d = tmp_path / "bert"
   d.mkdir()
   safetensors_io.save_safetensors(str(d / "model.safetensors"), sd)
-  (d / "config.json").write_text(json.dumps(dict(vars(cfg) if hasattr(cfg, "__dict__") else
-                                                 {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
-                                                 hidden_act="gelu")))
+  (d / "config.json").write_text(json.dumps(dict(dataclasses.asdict(cfg), hidden_act="gelu")))
   (d / "tokenizer.json").write_text(json.dumps({"model": {
       "type": "WordPiece", "unk_token": "[UNK]", "vocab": {t: i for i, t in enumerate(VOCAB)}},
       "normalizer": {"lowercase": True}}))

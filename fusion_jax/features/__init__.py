@@ -17,6 +17,7 @@ from fusion_jax.features.extract import (ExtractionResult, Manifest, extract, ma
                                          read_manifest, write_split_csv)
 from fusion_jax.features.extractors import EXTRACTORS, Extractor, make_extractor
 
-__all__ = ["audio", "corpora", "extract_module", "extractors", "logmel", "safetensors_io", "tokenizer",
+__all__ = ["audio", "corpora", "extract_module", "extractors", "logmel", "safetensors_io",
+           "tokenizer",
            "ExtractionResult", "Manifest", "extract", "manifest_from_frame", "read_manifest",
            "write_split_csv", "EXTRACTORS", "Extractor", "make_extractor"]

@@ -236,7 +236,7 @@ def extract(manifest: Manifest, extractor: Extractor, out_path, *, batch_size: i
   parts = _parts_dir(out_path)
   fingerprint = dict(extractor.fingerprint(), manifest=os.path.abspath(manifest.source))
   meta_path = os.path.join(parts, "extractor.json")
-  if os.path.isdir(parts) and resume:
+  if os.path.isdir(parts) and resume and os.path.exists(meta_path):
     with open(meta_path, encoding="utf-8") as f:
       previous = json.load(f)
     if previous != json.loads(json.dumps(fingerprint)):
@@ -259,7 +259,8 @@ def extract(manifest: Manifest, extractor: Extractor, out_path, *, batch_size: i
   todo = [r for r, row in enumerate(rows) if row["id"] not in done]
   reused = len(rows) - len(todo)
   if reused:
-    log(f"Resuming: {reused} of {len(rows)} utterances already extracted in {parts}")
+    log(f"Resuming: {reused} of {len(rows)} utterances already extracted (earlier run of "
+        f"{out_path})")
   failures: list = []
   bar = Progress(len(todo), f"{extractor.name} ({extractor.modality})", enabled=progress)
   part_no = len(glob.glob(os.path.join(parts, "part-*.npz")))

