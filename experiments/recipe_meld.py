@@ -95,6 +95,10 @@ def main(argv):
   try:
     variants, seeds = cli.variants_and_seeds(config)
     has_speech = bool(FLAGS.train_speech_features)
+    if not has_speech and not FLAGS.variants and variants != ["text_only"]:
+      print(f"No speech features: training text_only (the config lists {variants}).",
+            flush=True)
+      variants = ["text_only"]
     needs_speech = [v for v in variants if v != "text_only"]
     if needs_speech and not has_speech:
       cli.fail(f"variants {needs_speech} need speech features: give --train_speech_features "
