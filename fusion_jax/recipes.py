@@ -3,7 +3,7 @@
   from fusion_jax import recipes
   split = recipes.load_corpus("ravdess_whisper.npz", "ravdess_minilm.npz", "ravdess.csv")
   folds = recipes.group_folds(split.groups, num_folds=4)
-  table = recipes.cross_validate(config, split, folds, "work/ravdess")
+  summary = recipes.cross_validate(config, split, folds, "work/ravdess", class_names)
 
 Folds never share a speaker (``split.groups``). Inside each fold, validation
 speakers (held out of training too) choose the checkpoint; test speakers are
@@ -52,7 +52,7 @@ def group_folds(groups: Sequence[str], num_folds: int, val_groups: int = 2) -> l
   folds = []
   for k in range(num_folds):
     nxt = blocks[(k + 1) % num_folds]
-    val = tuple(nxt[:min(val_groups, len(nxt) - 0)])
+    val = tuple(nxt[:val_groups])
     test = tuple(blocks[k])
     train = tuple(s for s in speakers if s not in test and s not in val)
     if not train:

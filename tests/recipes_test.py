@@ -63,16 +63,16 @@ def test_cross_validate_writes_table_and_summary(tmp_path):
   cfg.train.epochs = 2
   cfg.analysis.methods = "pca"
   out = recipes.cross_validate(cfg, split, folds, str(tmp_path), ["a", "b"],
-                               variants=["speech_only", "concatenation"], seeds=[0],
+                               variants=["concatenation"], seeds=[0],
                                analyse_folds=(1,), log=lambda s: None)
   saved = json.load(open(tmp_path / "cv_summary.json"))
-  assert saved["variants"].keys() == out["variants"].keys() == {"speech_only", "concatenation"}
+  assert saved["variants"].keys() == out["variants"].keys() == {"concatenation"}
   for v in out["variants"].values():
     assert v["accuracy"]["n"] == 2 and sorted(r["fold"] for r in v["runs"]) == [0, 1]
     accs = [r["accuracy"] for r in v["runs"]]
     assert v["accuracy"]["mean"] == pytest.approx(np.mean(accs))
   table = (tmp_path / "cv_results.txt").read_text()
-  assert "speech_only" in table and "Test UAR" in table
+  assert "concatenation" in table and "Test UAR" in table
   assert os.path.isdir(tmp_path / "fold_1" / "results" / "separability")
   assert not os.path.exists(tmp_path / "fold_0" / "results" / "separability")
 
