@@ -239,12 +239,7 @@ def test_padding_stats_prints_the_comparison(trained):
 
 
 # ------------------------------------------------------------------ feature extraction, recipes
-def has(module):
-  try:
-    __import__(module)
-    return True
-  except ImportError:
-    return False
+from tests.features_test import has  # pylint: disable=wrong-import-position
 
 
 def test_extract_features_binary_lists_bad_files_and_keeps_modalities_aligned(tmp_path):
