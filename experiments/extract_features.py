@@ -117,7 +117,7 @@ def main(argv):
             flush=True)
       keep = set(manifest.frame["id"][~manifest.frame["id"].isin(failed)])
       for modality, _ in jobs:
-        features.extract_module.subset_feature_file(
+        features.subset_feature_file(
             f"{prefix}_{modality}.npz", keep,
             f"{prefix}_{modality}.pt" if FLAGS.original_layout else None)
     features.write_split_csv(f"{prefix}_split.csv",

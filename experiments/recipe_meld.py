@@ -107,7 +107,7 @@ def main(argv):
     train_m, train_text, train_csv = _prepare("train", "train_sent_emo.csv", features, extractor)
     _, dev_text, dev_csv = _prepare("dev", "dev_sent_emo.csv", features, extractor)
     extract_seconds = time.time() - t0
-    cli.setup_jax()
+    mesh = cli.setup_jax()
     names = train_m.class_names
     train = _split("train", train_m, train_text, FLAGS.train_speech_features, train_csv)
     dev = _split("dev", train_m, dev_text, FLAGS.dev_speech_features, dev_csv)
@@ -133,9 +133,9 @@ def main(argv):
     results = os.path.join(FLAGS.work_dir, "results")
     models_dir = os.path.join(FLAGS.work_dir, "models")
     training.train_and_evaluate(config, train, val, names, models_dir, results,
-                                variants=variants, seeds=seeds)
+                                variants=variants, seeds=seeds, mesh=mesh)
     summary = evaluation.evaluate(config, dev, names, models_dir, results, variants=variants,
-                                  seeds=seeds, train=train,
+                                  seeds=seeds, train=train, mesh=mesh,
                                   ablation="mean" if has_speech else "none")
     rows = {}
     for v, s in summary["variants"].items():

@@ -86,12 +86,11 @@ def main(argv):
       failed |= {f.id for f in res.failures}
     kept = manifest.frame[~manifest.frame["id"].isin(failed)]
     for p in paths.values():
-      features.extract_module.subset_feature_file(p, set(kept["id"]))
+      features.subset_feature_file(p, set(kept["id"]))
     csv = os.path.join(fdir, "ravdess_split.csv")
     features.write_split_csv(csv, kept)
     extract_seconds = time.time() - t0
     mesh = cli.setup_jax()
-    del mesh  # one device path; the recipe's runs are small
     split = recipes.load_corpus(paths["speech"], paths["text"], csv, name="ravdess")
     with config.unlocked():
       config.model.speech_dim = int(split.speech[0].shape[1])
@@ -100,7 +99,7 @@ def main(argv):
     analyse = [int(f) for f in FLAGS.analyse_folds.split(",") if f.strip()]
     summary = recipes.cross_validate(config, split, folds, FLAGS.work_dir,
                                      manifest.class_names, variants=variants, seeds=seeds,
-                                     analyse_folds=analyse)
+                                     analyse_folds=analyse, mesh=mesh)
     extra = {}
     if FLAGS.baseline:
       try:
@@ -128,16 +127,12 @@ def _baseline(manifest, kept, folds, recipes, features):
   from fusion_jax import io_utils  # pylint: disable=import-outside-toplevel
   cache = os.path.join(FLAGS.work_dir, "features", "ravdess_egemaps_functionals.npz")
   ids = list(kept["id"])
-  if os.path.exists(cache):
+  x = None
+  if os.path.exists(cache):   # reuse when it holds exactly these clips
     with np.load(cache) as z:
-      if list(z["ids"]) == ids:
-        x = z["x"]
-      else:
-        x = None
-  else:
-    x = None
+      x = z["x"] if list(z["ids"]) == ids else None
   if x is None:
-    bar = features.extract_module.Progress(len(kept), "eGeMAPS functionals")
+    bar = features.Progress(len(kept), "eGeMAPS functionals")
     rows = []
     for p in kept["path"]:
       rows.append(features.extractors.opensmile_functionals(features.audio.read_audio(p)))

@@ -107,8 +107,10 @@ def summarise(values: Sequence[float]) -> dict:
 def cross_validate(config, split: Split, folds: Sequence[Fold], work_dir: str,
                    class_names: Sequence[str], *, variants: Optional[Sequence[str]] = None,
                    seeds: Optional[Sequence[int]] = None, analyse_folds: Sequence[int] = (0,),
-                   ablation: str = "mean", log=print) -> dict:
+                   ablation: str = "mean", mesh=None, log=print) -> dict:
   """Trains, evaluates (and analyses) every variant × seed on every fold.
+
+  ``mesh``: the device mesh (:func:`fusion_jax.sharding.make_mesh`); None = one device.
 
   Writes under ``work_dir/fold_{k}/``: ``models/``, ``results/`` (the original's
   training plots and reports), ``results/test_results/`` (test reports) and, for
@@ -130,10 +132,10 @@ def cross_validate(config, split: Split, folds: Sequence[Fold], work_dir: str,
     fdir = os.path.join(work_dir, f"fold_{fold.index}")
     model_dir, results_dir = os.path.join(fdir, "models"), os.path.join(fdir, "results")
     training.train_and_evaluate(config, tr, va, class_names, model_dir, results_dir,
-                                variants=variants, seeds=seeds, log=log)
+                                variants=variants, seeds=seeds, mesh=mesh, log=log)
     summary = evaluation.evaluate(config, te, class_names, model_dir, results_dir,
                                   variants=variants, seeds=seeds, train=tr, ablation=ablation,
-                                  log=log)
+                                  mesh=mesh, log=log)
     for v, s in summary["variants"].items():
       for seed, t, val in zip(s["seeds"], s["test"], s["val_acc"]):
         runs.setdefault(v, []).append(dict(
@@ -144,7 +146,7 @@ def cross_validate(config, split: Split, folds: Sequence[Fold], work_dir: str,
                                     else None, len(class_names), config, log)
       analysis.analyze(config, loaded, te, class_names, results_dir,
                        methods=[m for m in str(config.analysis.methods).split(",") if m],
-                       max_per_class=config.analysis.max_per_class, log=log)
+                       max_per_class=config.analysis.max_per_class, mesh=mesh, log=log)
   out = dict(folds=[dataclasses.asdict(f) for f in folds], class_names=list(class_names),
              seconds=time.perf_counter() - t0, variants={})
   for v, rs in runs.items():

@@ -72,9 +72,7 @@ def test_log_mel_jax_equals_numpy_and_tone_lands_in_its_band():
   a = logmel.log_mel(x, cfg)
   b = np.asarray(logmel.log_mel(jnp.asarray(x), cfg, xp=jnp))
   np.testing.assert_allclose(a, b, atol=2e-3)
-  centres = mel_centres = logmel.mel_to_hz(np.linspace(logmel.hz_to_mel(20), logmel.hz_to_mel(8000),
-                                                       82))[1:-1]
-  del mel_centres
+  centres = logmel.mel_to_hz(np.linspace(logmel.hz_to_mel(20), logmel.hz_to_mel(8000), 82))[1:-1]
   assert abs(centres[a[5].argmax()] - 2000.0) < 150.0
 
 

@@ -12,12 +12,12 @@ four need optional packages (``pip install -e '.[features]'``).
 """
 
 from fusion_jax.features import audio, corpora, extractors, logmel, safetensors_io, tokenizer
-from fusion_jax.features import extract as extract_module
-from fusion_jax.features.extract import (ExtractionResult, Manifest, extract, manifest_from_frame,
-                                         read_manifest, write_split_csv)
+from fusion_jax.features.extract import (ExtractionResult, Manifest, Progress, extract,
+                                         manifest_from_frame, read_manifest,
+                                         subset_feature_file, write_split_csv)
 from fusion_jax.features.extractors import EXTRACTORS, Extractor, make_extractor
 
-__all__ = ["audio", "corpora", "extract_module", "extractors", "logmel", "safetensors_io",
-           "tokenizer",
-           "ExtractionResult", "Manifest", "extract", "manifest_from_frame", "read_manifest",
-           "write_split_csv", "EXTRACTORS", "Extractor", "make_extractor"]
+__all__ = ["audio", "corpora", "extractors", "logmel", "safetensors_io", "tokenizer",
+           "ExtractionResult", "Manifest", "Progress", "extract", "manifest_from_frame",
+           "read_manifest", "subset_feature_file", "write_split_csv", "EXTRACTORS", "Extractor",
+           "make_extractor"]
