@@ -4,31 +4,32 @@ r"""Training/evaluation throughput, memory and FLOPs per variant on generated da
   python experiments/benchmark.py --feature_dim 256 --dtype bfloat16 --num_buckets 6
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python experiments/benchmark.py --num_devices 8
 
-Data: --num_utterances utterances, speech lengths lognormal with mean
+Data: --num_utterances utterances of --feature_dim features (default: the config's
+model.speech_dim, 768 in configs/default.py), speech lengths lognormal with mean
 --mean_speech_frames (default 180, wav2vec2 at 50 Hz), text mean --mean_text_tokens (20).
+Model, batch sizes, dtype and buckets come from --config; --batch_size, --dtype,
+--num_buckets, --eval_batch_size are aliases of its fields.
 Prints a table and writes --json_out. Training samples/s is the median over --repeats
 timed epochs after a warm-up epoch that compiles every bucket (compile reported apart).
 --dump_data writes the generated split as .npz for scripts/torch_throughput.py.
 """
 
 import dataclasses
-import os
+import json
 import platform
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags
 
-from absl import app, flags  # pylint: disable=wrong-import-position
-
-from fusion_jax import cli  # pylint: disable=wrong-import-position
+from fusion_jax import cli
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("batch_size", 32, "Training batch size.")
-flags.DEFINE_integer("eval_batch_size", 64, "Evaluation batch size.")
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (params stay "
-                  "float32).")
-flags.DEFINE_integer("num_buckets", 4, "Speech-length buckets (compiled shapes).")
-flags.DEFINE_integer("feature_dim", 768, "Speech and text feature dim (the original: 768).")
+cli.alias("batch_size", "train.batch_size", int, "Training batch size.")
+cli.alias("eval_batch_size", "eval.batch_size", int, "Evaluation batch size.")
+cli.alias("dtype", "model.dtype", str, "Compute dtype: float32 or bfloat16 (params stay "
+          "float32).")
+cli.alias("num_buckets", "data.num_buckets", int, "Speech-length buckets (compiled shapes).")
+flags.DEFINE_integer("feature_dim", None, "Speech and text feature dim of the generated data "
+                     "(default: the config's model.speech_dim; the original: 768).")
 flags.DEFINE_integer("num_utterances", 64, "Generated utterances per epoch (64 keeps a CPU run "
                      "of the four fusion heads at 768-d to minutes; 256+ for steadier numbers).")
 flags.DEFINE_float("mean_speech_frames", 180.0, "Mean speech length in frames.")
@@ -42,34 +43,36 @@ flags.adopt_module_key_flags(cli)
 
 def main(argv):
   del argv
+  config = cli.config_from_flags()
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from fusion_jax import benchmark, io_utils, models  # pylint: disable=import-outside-toplevel
-  config = FLAGS.config
-  with config.unlocked():
-    config.model.speech_dim = config.model.text_dim = FLAGS.feature_dim
-    config.model.dtype = FLAGS.dtype
-    config.train.batch_size = FLAGS.batch_size
-    config.eval.batch_size = FLAGS.eval_batch_size
-    config.data.num_buckets = FLAGS.num_buckets
-  split = benchmark.synthetic_split(FLAGS.num_utterances, FLAGS.feature_dim, FLAGS.feature_dim,
-                                    FLAGS.mean_speech_frames, FLAGS.mean_text_tokens)
+  from fusion_jax import benchmark, experiment, io_utils, models  # pylint: disable=import-outside-toplevel
+  dim = FLAGS.feature_dim or config.model.speech_dim
+  split = benchmark.synthetic_split(FLAGS.num_utterances, dim, dim, FLAGS.mean_speech_frames,
+                                    FLAGS.mean_text_tokens)
   if FLAGS.dump_data:
     np.savez(FLAGS.dump_data, speech_lengths=split.speech_lengths,
-             text_lengths=split.text_lengths, labels=split.labels, feature_dim=FLAGS.feature_dim,
-             seed=0)
+             text_lengths=split.text_lengths, labels=split.labels, feature_dim=dim, seed=0)
     print(f"wrote {FLAGS.dump_data}")
     return
-  mesh = cli.setup_jax()
-  variants = models.parse_variants(FLAGS.variants or "fusion")
+  try:
+    mesh = cli.setup_jax(config)
+    exp = experiment.Experiment.create(config, [f"class{k}" for k in range(7)], train=split,
+                                       mesh=mesh)
+    # Default: the original's four heads (the config's variant list is for training).
+    variants = exp.variants if cli.explicit("train.variants") else models.parse_variants(
+        "original")
+  except ValueError as e:
+    cli.fail(str(e))
+  cfg = exp.config
   lens = split.speech_lengths
   print(f"{len(split)} utterances, speech frames mean {lens.mean():.0f} (min {lens.min()}, "
-        f"max {lens.max()}), text tokens mean {split.text_lengths.mean():.0f}; dim "
-        f"{FLAGS.feature_dim}, dtype {FLAGS.dtype}, batch {FLAGS.batch_size}, "
-        f"{FLAGS.num_buckets} buckets, {mesh.devices.size} device(s)", flush=True)
+        f"max {lens.max()}), text tokens mean {split.text_lengths.mean():.0f}; dim {dim}, "
+        f"dtype {cfg.model.dtype}, batch {cfg.train.batch_size}, {cfg.data.num_buckets} "
+        f"buckets, {mesh.devices.size} device(s)", flush=True)
   results = []
   for v in variants:
-    results.append(benchmark.run_variant(config, v, split, mesh=mesh, repeats=FLAGS.repeats))
+    results.append(benchmark.run_variant(exp, v, split, repeats=FLAGS.repeats))
     print(benchmark.table(results[-1:]).splitlines()[-1], flush=True)
   print()
   print(benchmark.table(results))
@@ -78,12 +81,13 @@ def main(argv):
       machine=dict(platform=dev.platform, device_kind=dev.device_kind,
                    devices=int(mesh.devices.size), cpu=platform.processor(),
                    python=platform.python_version(), jax=jax.__version__),
-      settings=dict(batch_size=FLAGS.batch_size, eval_batch_size=FLAGS.eval_batch_size,
-                    dtype=FLAGS.dtype, num_buckets=FLAGS.num_buckets,
-                    feature_dim=FLAGS.feature_dim, num_utterances=FLAGS.num_utterances,
+      settings=dict(batch_size=cfg.train.batch_size, eval_batch_size=cfg.eval.batch_size,
+                    dtype=cfg.model.dtype, num_buckets=cfg.data.num_buckets,
+                    feature_dim=dim, num_utterances=FLAGS.num_utterances,
                     mean_speech_frames=FLAGS.mean_speech_frames,
                     mean_text_tokens=FLAGS.mean_text_tokens, repeats=FLAGS.repeats,
-                    model=dict(config.model)),
+                    model=dict(cfg.model)),
+      config=json.loads(cfg.to_json_best_effort()),
       results=[dataclasses.asdict(r) for r in results]))
   print(f"wrote {FLAGS.json_out}")
 

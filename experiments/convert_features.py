@@ -8,14 +8,9 @@ stores utterances unpadded (features [sum T, D], lengths [N], labels [N], ids);
 a .pt output is the original's padded dict {'x', 'm', 'y'}.
 """
 
-import os
-import sys
+from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app, flags  # pylint: disable=wrong-import-position
-
-from fusion_jax import cli, data  # pylint: disable=wrong-import-position
+from fusion_jax import cli, data
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("input", None, "Input feature file (.pt or .npz).", required=True)

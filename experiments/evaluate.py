@@ -18,30 +18,27 @@ modality_ablation.txt, modality_reliance.png, fusion_gain_per_class.png,
 test_summary.json.
 """
 
-import os
-import sys
+from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app, flags  # pylint: disable=wrong-import-position
-
-from fusion_jax import cli  # pylint: disable=wrong-import-position
+from fusion_jax import cli
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("test_speech_features", None, "Test speech features (.pt or .npz).")
-flags.DEFINE_string("test_text_features", None, "Test text features (.pt or .npz).")
-flags.DEFINE_string("csv_path", None, "Training split CSV: the class names come from it.")
-flags.DEFINE_string("test_csv_path", None, "Test split CSV: file names and transcripts for the "
-                    "failure report; its labels are checked against the feature files.")
-flags.DEFINE_string("model_dir", "models/fusion_pipeline", "Where the checkpoints are.")
-flags.DEFINE_string("results_dir", "results", "Outputs go to RESULTS_DIR/test_results.")
-flags.DEFINE_integer("batch_size", None, "Evaluation batch size (default config.eval.batch_size)."
-                     " It need not match training.")
-flags.DEFINE_string("data_dir", None, "Directory with test_{speech,text}.pt, train_split.csv, "
-                    "test_split.csv (and train_*.pt for the modality fill); fills missing paths.")
-flags.DEFINE_string("train_speech_features", None, "Training speech features, only for the "
-                    "mean frame that replaces a removed modality (default: DATA_DIR's).")
-flags.DEFINE_string("train_text_features", None, "Training text features (same use).")
+for _name, _help in (
+    ("test_speech_features", "Test speech features (.pt or .npz)."),
+    ("test_text_features", "Test text features (.pt or .npz)."),
+    ("csv_path", "Training split CSV: the class names come from it."),
+    ("test_csv_path", "Test split CSV: file names and transcripts for the failure report; its "
+     "labels are checked against the feature files."),
+    ("model_dir", "Where the checkpoints are."),
+    ("results_dir", "Outputs go to RESULTS_DIR/test_results."),
+    ("data_dir", "Directory with test_{speech,text}.pt, train_split.csv, test_split.csv (and "
+     "train_*.pt for the modality fill); fills missing paths."),
+    ("train_speech_features", "Training speech features, only for the mean frame that "
+     "replaces a removed modality (default: DATA_DIR's)."),
+    ("train_text_features", "Training text features (same use).")):
+  cli.alias(_name, f"paths.{_name}", str, _help)
+cli.alias("batch_size", "eval.batch_size", int, "Evaluation batch size; it need not match "
+          "training.")
 flags.DEFINE_enum("ablation", "mean", ["mean", "zero", "none"], "How a removed modality is "
                   "filled: mean training frame, zero frame, or skip the modality ablation.")
 cli.define_common_flags()
@@ -50,32 +47,29 @@ flags.adopt_module_key_flags(cli)
 
 def main(argv):
   del argv
-  config = FLAGS.config
-  if FLAGS.batch_size is not None:
-    with config.unlocked():
-      config.eval.batch_size = FLAGS.batch_size
-  speech = cli.data_path(FLAGS.test_speech_features, "test_speech.pt")
-  text = cli.data_path(FLAGS.test_text_features, "test_text.pt")
-  csv = cli.data_path(FLAGS.csv_path, "train_split.csv")
-  test_csv = cli.data_path(FLAGS.test_csv_path, "test_split.csv")
+  config = cli.config_from_flags()
+  speech = cli.data_path(config, "test_speech_features", "test_speech.pt")
+  text = cli.data_path(config, "test_text_features", "test_text.pt")
+  csv = cli.data_path(config, "csv_path", "train_split.csv")
+  test_csv = cli.existing(cli.data_path(config, "test_csv_path", "test_split.csv"))
   cli.require(test_speech_features=speech, test_text_features=text, csv_path=csv)
-  from fusion_jax import data, evaluation, models, training  # pylint: disable=import-outside-toplevel
+  from fusion_jax import data, evaluation, experiment  # pylint: disable=import-outside-toplevel
   try:
-    variants = models.parse_variants(FLAGS.variants) if FLAGS.variants else None
-    seeds = training.parse_seeds(FLAGS.seeds) if FLAGS.seeds else None
-    mesh = cli.setup_jax()
-    class_names = data.class_names_from_csv(csv)
-    test = data.load_split("test", speech, text, test_csv if test_csv and os.path.exists(
-        test_csv) else None, class_names=class_names)
+    mesh = cli.setup_jax(config)
+    names = data.class_names_from_csv(csv)
+    test = data.load_split("test", speech, text, test_csv, class_names=names)
     train = None
-    tr_s, tr_t = cli.data_path(FLAGS.train_speech_features, "train_speech.pt"), cli.data_path(
-        FLAGS.train_text_features, "train_text.pt")
-    if FLAGS.ablation == "mean" and tr_s and tr_t and os.path.exists(tr_s) and os.path.exists(
-        tr_t):
+    tr_s = cli.existing(cli.data_path(config, "train_speech_features", "train_speech.pt"))
+    tr_t = cli.existing(cli.data_path(config, "train_text_features", "train_text.pt"))
+    if FLAGS.ablation == "mean" and tr_s and tr_t:
       train = data.load_split("train", tr_s, tr_t)
-    evaluation.evaluate(config, test, class_names, FLAGS.model_dir, FLAGS.results_dir,
-                        variants=variants, seeds=seeds, train=train, ablation=FLAGS.ablation,
-                        mesh=mesh)
+    exp = experiment.Experiment.create(config, names, mesh=mesh,
+                                       model_dir=config.paths.model_dir,
+                                       results_dir=config.paths.results_dir)
+    explicit = cli.explicit("train.variants")
+    evaluation.evaluate(exp, test, variants=exp.variants if explicit else None,
+                        seeds=exp.seeds if cli.explicit("train.seeds") else None, train=train,
+                        ablation=FLAGS.ablation)
   except (data.DataError, ValueError, FileNotFoundError) as e:
     cli.fail(str(e))
 

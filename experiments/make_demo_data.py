@@ -8,14 +8,9 @@ Files: {train,val,test}_speech.pt, {train,val,test}_text.pt (torch.save dicts
 carries the class: both, speech, text or complementary.
 """
 
-import os
-import sys
+from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app, flags  # pylint: disable=wrong-import-position
-
-from fusion_jax import data  # pylint: disable=wrong-import-position
+from fusion_jax import data
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out_dir", "demo_run/data", "Output directory.")

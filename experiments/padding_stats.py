@@ -9,14 +9,9 @@ longest utterance (one shape per batch: a recompile per batch under jit);
 "global max" = the original's files, every utterance padded to the longest.
 """
 
-import os
-import sys
+from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app, flags  # pylint: disable=wrong-import-position
-
-from fusion_jax import cli, data  # pylint: disable=wrong-import-position
+from fusion_jax import cli, data
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("speech_features", "demo_run/data/train_speech.pt", "Speech features.")

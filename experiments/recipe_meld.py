@@ -25,14 +25,11 @@ reports), WORK/meld_results.txt and WORK/meld_summary.json.
 """
 
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags
 
-from absl import app, flags  # pylint: disable=wrong-import-position
-
-from fusion_jax import cli  # pylint: disable=wrong-import-position
+from fusion_jax import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("meld_dir", None, "Folder with MELD's train_sent_emo.csv and dev_sent_emo.csv.")
@@ -57,49 +54,45 @@ PUBLISHED = [("text-CNN (weighted F1)", 0.550), ("bc-LSTM (weighted F1)", 0.564)
              ("frozen MiniLM + LR (weighted F1)", 0.56)]
 
 
-def _split(name, manifest, text_path, speech_path, csv_path):
-  import dataclasses  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  from fusion_jax import data  # pylint: disable=import-outside-toplevel
-  if speech_path:
-    return data.load_split(name, speech_path, text_path, csv_path,
-                           class_names=manifest.class_names)
-  split = data.load_split(name, text_path, text_path, csv_path, class_names=manifest.class_names)
-  return dataclasses.replace(split, speech=[np.zeros((1, 1), np.float32)] * len(split),
-                             sources=dict(split.sources, speech="<none: one zero frame>"))
-
-
 def _prepare(tag, csv_name, features, extractor):
   manifest = features.corpora.meld_manifest(os.path.join(FLAGS.meld_dir, csv_name))
   if FLAGS.limit:
     manifest.frame = manifest.frame.iloc[:FLAGS.limit].reset_index(drop=True)
   fdir = os.path.join(FLAGS.work_dir, "features")
-  text_path = os.path.join(fdir, f"meld_{tag}_{extractor.name}.npz")
-  res = features.extract(manifest, extractor, text_path, batch_size=256)
-  kept = manifest.frame[~manifest.frame["id"].isin({f.id for f in res.failures})]
-  csv = os.path.join(fdir, f"meld_{tag}_split.csv")
-  features.write_split_csv(csv, kept.assign(path=kept["id"]))
-  return manifest, text_path, csv
+  out = features.extract_aligned(
+      manifest, {"text": (extractor, os.path.join(fdir, f"meld_{tag}_{extractor.name}.npz"))},
+      os.path.join(fdir, f"meld_{tag}_split.csv"), batch_size=256)
+  return manifest, out.paths["text"], out.split_csv
+
+
+def _load(name, names, text_path, speech_path, csv_path):
+  from fusion_jax import data, recipes  # pylint: disable=import-outside-toplevel
+  if speech_path:
+    return data.load_split(name, speech_path, text_path, csv_path, class_names=names)
+  return recipes.without_speech(data.load_split(name, text_path, text_path, csv_path,
+                                                class_names=names))
 
 
 def main(argv):
   del argv
+  config = cli.config_from_flags()
   cli.require("the folder with MELD's *_sent_emo.csv", meld_dir=FLAGS.meld_dir)
   if bool(FLAGS.train_speech_features) != bool(FLAGS.dev_speech_features):
     cli.fail("give both --train_speech_features and --dev_speech_features, or neither")
   # pylint: disable=import-outside-toplevel
-  from fusion_jax import evaluation, features, io_utils, recipes, training
-  from fusion_jax.data.errors import DataError  # pylint: disable=import-outside-toplevel
+  from fusion_jax import evaluation, experiment, features, io_utils, models, recipes, training
+  from fusion_jax.data.errors import DataError
   t0 = time.time()
-  config = FLAGS.config
   try:
-    variants, seeds = cli.variants_and_seeds(config)
     has_speech = bool(FLAGS.train_speech_features)
-    if not has_speech and not FLAGS.variants and variants != ["text_only"]:
+    variants = models.parse_variants(config.train.variants)
+    if not has_speech and not cli.explicit("train.variants") and variants != ["text_only"]:
       print(f"No speech features: training text_only (the config lists {variants}).",
             flush=True)
+      with config.unlocked():
+        config.train.variants = "text_only"
       variants = ["text_only"]
-    needs_speech = [v for v in variants if v != "text_only"]
+    needs_speech = [v for v in variants if models.get_variant(v).reads("speech")]
     if needs_speech and not has_speech:
       cli.fail(f"variants {needs_speech} need speech features: give --train_speech_features "
                "and --dev_speech_features, or --variants=text_only")
@@ -107,36 +100,25 @@ def main(argv):
     train_m, train_text, train_csv = _prepare("train", "train_sent_emo.csv", features, extractor)
     _, dev_text, dev_csv = _prepare("dev", "dev_sent_emo.csv", features, extractor)
     extract_seconds = time.time() - t0
-    mesh = cli.setup_jax()
+    mesh = cli.setup_jax(config)
     names = train_m.class_names
-    train = _split("train", train_m, train_text, FLAGS.train_speech_features, train_csv)
-    dev = _split("dev", train_m, dev_text, FLAGS.dev_speech_features, dev_csv)
+    train = _load("train", names, train_text, FLAGS.train_speech_features, train_csv)
+    dev = _load("dev", names, dev_text, FLAGS.dev_speech_features, dev_csv)
     if FLAGS.max_tokens:
-      cut = sum(int(t.shape[0] > FLAGS.max_tokens) for t in train.text + dev.text)
+      cut = recipes.truncate_text([train, dev], FLAGS.max_tokens)
       print(f"--max_tokens={FLAGS.max_tokens}: {cut} of {len(train) + len(dev)} lines "
             "truncated", flush=True)
-      for sp in (train, dev):
-        sp.text = [t[:FLAGS.max_tokens] for t in sp.text]
     if FLAGS.select_on == "train_holdout":
-      import numpy as np  # pylint: disable=import-outside-toplevel
-      dialogues = sorted(set(train.groups))
-      rng = np.random.default_rng(0)
-      held = set(rng.choice(dialogues, max(1, int(len(dialogues) * FLAGS.holdout_fraction)),
-                            replace=False))
-      rows = np.array([g in held for g in train.groups])
-      val, train = train.take(np.flatnonzero(rows), "val"), train.take(np.flatnonzero(~rows))
+      train, val = recipes.holdout_split(train, FLAGS.holdout_fraction)
     else:
       val = dev
-    with config.unlocked():
-      config.model.speech_dim = int(train.speech[0].shape[1])
-      config.model.text_dim = int(train.text[0].shape[1])
     results = os.path.join(FLAGS.work_dir, "results")
-    models_dir = os.path.join(FLAGS.work_dir, "models")
-    training.train_and_evaluate(config, train, val, names, models_dir, results,
-                                variants=variants, seeds=seeds, mesh=mesh)
-    summary = evaluation.evaluate(config, dev, names, models_dir, results, variants=variants,
-                                  seeds=seeds, train=train, mesh=mesh,
-                                  ablation="mean" if has_speech else "none")
+    exp = experiment.Experiment.create(config, names, train=train, val=val, mesh=mesh,
+                                       model_dir=os.path.join(FLAGS.work_dir, "models"),
+                                       results_dir=results)
+    training.train_and_evaluate(exp, train, val)
+    summary = evaluation.evaluate(exp, dev, variants=exp.variants, seeds=exp.seeds,
+                                  train=train, ablation="mean" if has_speech else "none")
     rows = {}
     for v, s in summary["variants"].items():
       rows[v] = {k: recipes.summarise([t[k] for t in s["test"]])
@@ -146,7 +128,7 @@ def main(argv):
       rows["minilm_mean_pool_lr"] = recipes.sentence_vector_baseline(train, dev, len(names))
     table = _table(rows, extractor, extract_seconds, time.time() - t0)
     io_utils.write_json(os.path.join(FLAGS.work_dir, "meld_summary.json"), dict(
-        rows=rows, class_names=names, select_on=FLAGS.select_on, seeds=seeds,
+        rows=rows, class_names=names, select_on=FLAGS.select_on, seeds=exp.seeds,
         extractor=extractor.fingerprint(), seconds=time.time() - t0,
         train_size=len(train), val_size=len(val), dev_size=len(dev)))
     io_utils.write_text(os.path.join(FLAGS.work_dir, "meld_results.txt"), table)
@@ -156,14 +138,14 @@ def main(argv):
 
 
 def _table(rows, extractor, extract_seconds, total):
-  fmt = lambda d: f"{d['mean']:.3f} ± {d['std']:.3f}" if d else "-"
+  from fusion_jax import reports  # pylint: disable=import-outside-toplevel
   head = f"{'Model':<24} {'Dev acc':>15} {'Weighted F1':>15} {'Macro F1':>15} {'runs':>5}"
   lines = [f"MELD dev (checkpoints selected on {FLAGS.select_on}"
            + ("; dev figures are optimistic" if FLAGS.select_on == "dev" else "") + ")",
            head, "-" * len(head)]
   for v, r in rows.items():
-    lines.append(f"{v:<24} {fmt(r['accuracy']):>15} {fmt(r['weighted_f1']):>15} "
-                 f"{fmt(r['macro_f1']):>15} {r['accuracy']['n']:>5}")
+    lines.append(f"{v:<24} {reports.cell(r['accuracy']):>15} {reports.cell(r['weighted_f1']):>15} "
+                 f"{reports.cell(r['macro_f1']):>15} {r['accuracy']['n']:>5}")
   lines += ["", "Published (DESIGN.md §3; MELD test split, for orientation):"]
   lines += [f"  {n:<34} {v:.3f}" for n, v in PUBLISHED]
   lines += ["", f"Text features: {extractor.name} ({extractor.dim}-d token states). Total "

@@ -26,14 +26,11 @@ baseline and the published numbers of DESIGN.md §3 beside them).
 """
 
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags
 
-from absl import app, flags  # pylint: disable=wrong-import-position
-
-from fusion_jax import cli  # pylint: disable=wrong-import-position
+from fusion_jax import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("ravdess_dir", None, "RAVDESS folder holding Actor_XX/*.wav "
@@ -61,13 +58,12 @@ PUBLISHED = [("EmoBox wav2vec2-base (UA)", 0.543), ("EmoBox HuBERT-base (UA)", 0
 
 def main(argv):
   del argv
+  config = cli.config_from_flags()
   cli.require("the RAVDESS folder with Actor_XX/*.wav", ravdess_dir=FLAGS.ravdess_dir)
-  from fusion_jax import features, io_utils, recipes  # pylint: disable=import-outside-toplevel
+  from fusion_jax import experiment, features, io_utils, recipes, reports  # pylint: disable=import-outside-toplevel
   from fusion_jax.data.errors import DataError  # pylint: disable=import-outside-toplevel
   t0 = time.time()
-  config = FLAGS.config
   try:
-    variants, seeds = cli.variants_and_seeds(config)
     manifest = features.corpora.ravdess_manifest(FLAGS.ravdess_dir)
     if FLAGS.limit_per_actor:
       manifest.frame = manifest.frame.groupby("speaker", sort=False).head(
@@ -78,39 +74,37 @@ def main(argv):
     pool = FLAGS.pool or DEFAULT_POOL.get(FLAGS.speech_extractor, 1)
     speech_ex = features.make_extractor(FLAGS.speech_extractor, pool=pool)
     text_ex = features.make_extractor(FLAGS.text_extractor)
-    paths = {}
-    failed = set()
-    for modality, ex in (("speech", speech_ex), ("text", text_ex)):
-      paths[modality] = os.path.join(fdir, f"ravdess_{ex.name}.npz")
-      res = features.extract(manifest, ex, paths[modality])
-      failed |= {f.id for f in res.failures}
-    kept = manifest.frame[~manifest.frame["id"].isin(failed)]
-    for p in paths.values():
-      features.subset_feature_file(p, set(kept["id"]))
-    csv = os.path.join(fdir, "ravdess_split.csv")
-    features.write_split_csv(csv, kept)
+    out = features.extract_aligned(
+        manifest, {"speech": (speech_ex, os.path.join(fdir, f"ravdess_{speech_ex.name}.npz")),
+                   "text": (text_ex, os.path.join(fdir, f"ravdess_{text_ex.name}.npz"))},
+        os.path.join(fdir, "ravdess_split.csv"))
     extract_seconds = time.time() - t0
-    mesh = cli.setup_jax()
-    split = recipes.load_corpus(paths["speech"], paths["text"], csv, name="ravdess")
-    with config.unlocked():
-      config.model.speech_dim = int(split.speech[0].shape[1])
-      config.model.text_dim = int(split.text[0].shape[1])
+    mesh = cli.setup_jax(config)
+    split = recipes.load_corpus(out.paths["speech"], out.paths["text"], out.split_csv,
+                                name="ravdess")
+    exp = experiment.Experiment.create(config, manifest.class_names, train=split, mesh=mesh)
     folds = recipes.group_folds(split.groups, FLAGS.folds, FLAGS.val_speakers)
     analyse = [int(f) for f in FLAGS.analyse_folds.split(",") if f.strip()]
-    summary = recipes.cross_validate(config, split, folds, FLAGS.work_dir,
-                                     manifest.class_names, variants=variants, seeds=seeds,
-                                     analyse_folds=analyse, mesh=mesh)
+    summary = recipes.cross_validate(exp, split, folds, FLAGS.work_dir, analyse_folds=analyse)
     extra = {}
     if FLAGS.baseline:
       try:
-        extra["egemaps_functionals_lr"] = _baseline(manifest, kept, folds, recipes, features)
+        x = recipes.cached_functionals(
+            list(out.frame["path"]), list(out.frame["id"]),
+            os.path.join(fdir, "ravdess_egemaps_functionals.npz"),
+            lambda p: features.extractors.opensmile_functionals(features.audio.read_audio(p)))
+        extra["egemaps_functionals_lr"] = b = recipes.functionals_baseline(
+            x, out.frame["label"].to_numpy(), list(out.frame["speaker"]), folds,
+            len(manifest.class_names))
+        print(f"eGeMAPS functionals + LR: accuracy {reports.cell(b['accuracy'])}, UAR "
+              f"{reports.cell(b['uar'])}", flush=True)
       except ImportError as e:
         print(f"Skipping the eGeMAPS + LR baseline: {e}", flush=True)
     summary["baselines"] = extra
     summary["extractors"] = dict(speech=speech_ex.fingerprint(), text=text_ex.fingerprint())
     summary["extract_seconds"] = extract_seconds
     summary["total_seconds"] = time.time() - t0
-    table = recipes.cv_table(summary, extra) + "\nPublished (DESIGN.md §3; other protocols, " \
+    table = reports.cv_table(summary, extra) + "\nPublished (DESIGN.md §3; other protocols, " \
         "for orientation):\n" + "\n".join(f"  {n:<34} {v:.3f}" for n, v in PUBLISHED) + \
         f"\n\nSpeech features: {speech_ex.name} ({speech_ex.dim}-d, " \
         f"{speech_ex.frame_rate:g} frames/s); text: {text_ex.name} ({text_ex.dim}-d). " \
@@ -120,32 +114,6 @@ def main(argv):
     print("\n" + table, flush=True)
   except (DataError, ImportError, ValueError) as e:
     cli.fail(str(e))
-
-
-def _baseline(manifest, kept, folds, recipes, features):
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  from fusion_jax import io_utils  # pylint: disable=import-outside-toplevel
-  cache = os.path.join(FLAGS.work_dir, "features", "ravdess_egemaps_functionals.npz")
-  ids = list(kept["id"])
-  x = None
-  if os.path.exists(cache):   # reuse when it holds exactly these clips
-    with np.load(cache) as z:
-      x = z["x"] if list(z["ids"]) == ids else None
-  if x is None:
-    bar = features.Progress(len(kept), "eGeMAPS functionals")
-    rows = []
-    for p in kept["path"]:
-      rows.append(features.extractors.opensmile_functionals(features.audio.read_audio(p)))
-      bar.update(1)
-    x = np.stack(rows)
-    with io_utils.atomic_open(cache, "wb") as f:
-      np.savez(f, x=x, ids=np.array(ids))
-  out = recipes.functionals_baseline(x, kept["label"].to_numpy(), list(kept["speaker"]), folds,
-                                     len(manifest.class_names))
-  print(f"eGeMAPS functionals + LR: accuracy {out['accuracy']['mean']:.3f} ± "
-        f"{out['accuracy']['std']:.3f}, UAR {out['uar']['mean']:.3f} ± {out['uar']['std']:.3f}",
-        flush=True)
-  return out
 
 
 if __name__ == "__main__":

@@ -3,15 +3,15 @@
 Submodules are imported lazily, so ``from fusion_jax import data`` does not
 pay for JAX start-up::
 
-  from fusion_jax import data, models, training, evaluation, analysis
+  from fusion_jax import data, models, experiment, training, evaluation, analysis
 """
 
 import importlib
 
 __version__ = "0.1.0"
 _SUBMODULES = ("analysis", "benchmark", "checkpoint", "cli", "configs", "data", "evaluation",
-               "features",
-               "io_utils", "metrics", "models", "plots", "reports", "sharding", "training")
+               "experiment", "features", "io_utils", "metrics", "models", "plots", "recipes",
+               "reports", "runs", "sharding", "steps", "training")
 
 
 def __getattr__(name):

@@ -6,40 +6,34 @@ vectors and the fused vector come from the model's ``aux`` in one jitted pass
 drawn with one colour per class, as the original does, and — what the original
 lacks — measured: silhouette score, cross-validated k-NN accuracy and
 cross-validated linear-probe accuracy in the block's own space (standardised).
-The fusion heads' internals are summarised per class (gates, modality weights,
-an attention map).
+
+Fusion heads' internals are found by their ``aux`` names, whatever the head
+(see :mod:`fusion_jax.models.heads`): gates (``fusion/*_gate``), modality
+weights (``fusion/modality_weights``) and attention maps (``fusion/*_attention``)
+are drawn per class, so a new head that emits them is analysed with no change here.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
 import os
 import time
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
-from fusion_jax import io_utils, plots, reports
-from fusion_jax.data import batching
+from fusion_jax import io_utils, plots, reports, runs
 from fusion_jax.data.splits import Split
-from fusion_jax.evaluation import Run, check_dims, predict
-from fusion_jax.models import model as model_lib
+from fusion_jax.experiment import Experiment
+from fusion_jax.models import registry
 
-BLOCKS = {  # name -> (aux key, the original's title)
-    "temporal": ("temporal/pooled", "Temporal Modeling Block (Speech)"),
-    "contextual": ("contextual/pooled", "Contextual Modeling Block (Text)"),
-    "fusion": ("fusion/fused", "Fusion Block"),
-}
-HEAD_KEYS = ("fusion/speech_gate", "fusion/text_gate", "fusion/modality_weights")
+# Per-utterance head internals drawn by class; attention maps are taken for one utterance.
+GATES = "fusion/*_gate"
+MODALITY_WEIGHTS = "fusion/modality_weights"
+ATTENTION_MAPS = "fusion/*_attention"
 METHODS = ("tsne", "umap", "pca")
 METHOD_TITLES = {"tsne": "t-SNE", "umap": "UMAP", "pca": "PCA"}
-
-
-def blocks_of(variant: str) -> list:
-  if variant == "speech_only":
-    return ["temporal"]
-  if variant == "text_only":
-    return ["contextual"]
-  return ["temporal", "contextual", "fusion"]
 
 
 def subsample(labels: np.ndarray, max_per_class: int, seed: int = 0) -> np.ndarray:
@@ -54,20 +48,37 @@ def subsample(labels: np.ndarray, max_per_class: int, seed: int = 0) -> np.ndarr
   return np.sort(np.concatenate(keep))
 
 
-def extract(run: Run, split: Split, shapes: batching.BatchShapes, batch_size: int,
-            num_classes: int, mesh=None, trainer=None) -> dict:
-  """The block vectors (and head internals) of every utterance, in split order.
+def extract(exp: Experiment, run: runs.Run, split: Split, shapes=None) -> dict:
+  """The block vectors (and per-utterance head internals) of every utterance, in split order.
 
   Returns:
-    ``{block: [N, D]}`` for the variant's blocks, plus present head keys
-    (e.g. ``fusion/speech_gate [N, F]``) and ``probs [N, K]``.
+    ``{block: [N, D]}`` for the variant's blocks (``temporal``, ``contextual``,
+    ``fusion``), present gates / modality weights (e.g. ``fusion/speech_gate [N, F]``)
+    and ``probs [N, K]``.
   """
-  keys = [BLOCKS[b][0] for b in blocks_of(run.variant)] + list(HEAD_KEYS)
-  probs, aux = predict(run, split, shapes, batch_size, num_classes, mesh=mesh,
-                       aux_keys=keys, trainer=trainer)
-  out = {b: aux[BLOCKS[b][0]] for b in blocks_of(run.variant)}
-  out.update({k: v for k, v in aux.items() if k in HEAD_KEYS})
+  blocks = registry.get(run.variant).blocks
+  keys = [registry.BLOCKS[b][0] for b in blocks] + [GATES, MODALITY_WEIGHTS]
+  steps = exp.steps(run.variant, run.model_config)
+  probs, aux = exp.predict(steps, run.params, split, keys, shapes)
+  out = {b: aux.pop(registry.BLOCKS[b][0]) for b in blocks}
+  out.update(aux)
   out["probs"] = probs
+  return out
+
+
+def attention_maps(exp: Experiment, run: runs.Run, split: Split, row: int) -> dict:
+  """``{aux key: [Tq, Tk]}`` attention maps of utterance ``row``, cropped to its lengths."""
+  steps = exp.steps(run.variant, run.model_config)
+  if not any(fnmatch.fnmatchcase(k, ATTENTION_MAPS) for k in steps.aux_keys()):
+    return {}
+  one = split.take([row])
+  _, aux = exp.predict(steps, run.params, one, (ATTENTION_MAPS,))
+  lengths = {"speech": int(one.speech_lengths[0]), "text": int(one.text_lengths[0])}
+  out = {}
+  for key, att in sorted(aux.items()):
+    if att.ndim == 3:   # [1, Tq, Tk]; "fusion/speech_to_text_attention": queries are speech
+      q, _, k = key.split("/")[1][:-len("_attention")].partition("_to_")
+      out[key] = att[0][:lengths.get(q, att.shape[1]), :lengths.get(k, att.shape[2])]
   return out
 
 
@@ -114,131 +125,135 @@ def separability(x: np.ndarray, labels: np.ndarray, k: int = 5, folds: int = 5,
       folds=folds, n=int(len(x)))
 
 
-def _scatter(ax, xy, labels, class_names, title):
-  for k, name in enumerate(class_names):
-    sel = labels == k
-    if sel.any():
-      ax.scatter(xy[sel, 0], xy[sel, 1], s=14, alpha=0.75, label=name,
-                 color=plots.COLORS[k % len(plots.COLORS)])
-  ax.set_title(title, fontsize=11, fontweight="bold")
-  ax.set_xticks([])
-  ax.set_yticks([])
+def head_internals(emb: dict, labels: np.ndarray, class_names: Sequence[str]) -> dict:
+  """Per-class means of the head's gates and modality weights (JSON-able)."""
+  present = [k for k in range(len(class_names)) if (labels == k).any()]
+  out = {}
+  for key, x in emb.items():
+    if key.startswith("fusion/") and x.ndim == 2:
+      v = x.mean(1) if key.endswith("_gate") else x[:, 0]   # gate mean / speech weight
+      out[key] = dict(mean=float(v.mean()),
+                      by_class={class_names[k]: float(v[labels == k].mean()) for k in present})
+  return out
 
 
-def _head_figures(variant, emb, labels, class_names, split, rows, out_dir) -> list:
-  """One figure per head's internals and a few summary lines."""
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+def _internals_lines(variant: str, internals: dict, maps: dict) -> list:
   lines = []
-  if variant == "gated":
-    gs = emb["fusion/speech_gate"].mean(1)
-    gt = emb["fusion/text_gate"].mean(1)
-    fig, ax = plt.subplots(figsize=(max(8, len(class_names) * 1.3), 5))
-    pos = np.arange(len(class_names))
-    ax.boxplot([gs[labels == k] for k in range(len(class_names))], positions=pos - 0.18,
-               widths=0.3, patch_artist=True, boxprops=dict(facecolor="tab:blue", alpha=0.5))
-    ax.boxplot([gt[labels == k] for k in range(len(class_names))], positions=pos + 0.18,
-               widths=0.3, patch_artist=True, boxprops=dict(facecolor="tab:orange", alpha=0.5))
-    ax.set_xticks(pos, class_names, rotation=30, ha="right")
-    ax.set_ylabel("mean gate value")
-    ax.set_title("Gated fusion: mean gate per modality and class (blue speech, orange text)",
-                 fontweight="bold")
-    plots.save(fig, os.path.join(out_dir, "gated_gates_by_class.png"))
-    lines.append("gated: mean gate speech {:.3f}, text {:.3f}; by class: {}".format(
-        gs.mean(), gt.mean(), ", ".join(f"{n} {gs[labels == k].mean():.2f}/"
-                                        f"{gt[labels == k].mean():.2f}"
-                                        for k, n in enumerate(class_names)
-                                        if (labels == k).any())))
-  elif variant == "weighted":
-    ws = emb["fusion/modality_weights"][:, 0]
-    fig, ax = plt.subplots(figsize=(max(8, len(class_names) * 1.3), 5))
-    ax.boxplot([ws[labels == k] for k in range(len(class_names))], patch_artist=True)
-    ax.set_xticks(np.arange(1, len(class_names) + 1), class_names, rotation=30, ha="right")
-    ax.axhline(0.5, color="k", ls="--", lw=0.8)
-    ax.set_ylabel("speech weight w_s (text = 1 - w_s)")
-    ax.set_title("Weighted fusion: modality weight per class", fontweight="bold")
-    plots.save(fig, os.path.join(out_dir, "weighted_modality_weights_by_class.png"))
-    lines.append("weighted: mean speech weight {:.3f}; by class: {}".format(
-        ws.mean(), ", ".join(f"{n} {ws[labels == k].mean():.2f}"
-                             for k, n in enumerate(class_names) if (labels == k).any())))
-  elif variant == "cross_attention" and "attention_example" in emb:
-    att, i, s_len, t_len = emb["attention_example"]
-    fig, ax = plt.subplots(figsize=(7, 5))
-    im = ax.imshow(att[:s_len, :t_len].T, aspect="auto", cmap="viridis", origin="lower")
-    fig.colorbar(im, ax=ax, label="attention weight")
-    ax.set_xlabel("speech frame (query)")
-    ax.set_ylabel("text token (key)")
-    name = split.file_name(int(rows[i]))
-    ax.set_title(f"Speech→text cross-attention\n{name} (true "
-                 f"{class_names[int(labels[i])]})", fontsize=10, fontweight="bold")
-    plots.save(fig, os.path.join(out_dir, "cross_attention_attention_map.png"))
-    ent = -(att[:s_len, :t_len] * np.log(att[:s_len, :t_len] + 1e-12)).sum(1).mean()
-    lines.append(f"cross_attention: example {name}: {s_len} frames × {t_len} tokens; mean "
-                 f"attention entropy {ent:.2f} nats (uniform: {np.log(t_len):.2f})")
+  gates = {k: v for k, v in internals.items() if k.endswith("_gate")}
+  if gates:
+    mods = [k.split("/")[1].replace("_gate", "") for k in gates]
+    by = ", ".join(f"{n} " + "/".join(f"{g['by_class'][n]:.2f}" for g in gates.values())
+                   for n in next(iter(gates.values()))["by_class"])
+    lines.append(f"{variant}: mean gate " + ", ".join(
+        f"{m} {g['mean']:.3f}" for m, g in zip(mods, gates.values())) + f"; by class: {by}")
+  if MODALITY_WEIGHTS in internals:
+    w = internals[MODALITY_WEIGHTS]
+    lines.append(f"{variant}: mean speech weight {w['mean']:.3f}; by class: " + ", ".join(
+        f"{n} {x:.2f}" for n, x in w["by_class"].items()))
+  for key, (att, name) in maps.items():
+    q, k = att.shape
+    ent = -(att * np.log(att + 1e-12)).sum(1).mean()
+    lines.append(f"{variant}: {key.split('/')[1]} of {name}: {q} queries × {k} keys; mean "
+                 f"entropy {ent:.2f} nats (uniform: {np.log(k):.2f})")
   return lines
 
 
-def _attention_example(run, split, rows, shapes, batch_size, num_classes, mesh, trainer):
-  """Speech→text attention of the first analysed utterance (one extra small batch)."""
-  r = int(rows[0])
-  one = split.take([r])
-  one_shapes = batching.BatchShapes((shapes.speech_buckets[-1],), shapes.text_length)
-  _, aux = predict(run, one, one_shapes, batch_size, num_classes, mesh=mesh,
-                   aux_keys=("fusion/speech_to_text_attention",), trainer=trainer)
-  return (aux["fusion/speech_to_text_attention"][0], 0, int(one.speech_lengths[0]),
-          int(one.text_lengths[0]))
+def _head_figures(variant, emb, labels, class_names, maps, out_dir) -> None:
+  """Gates and modality weights per class; the attention maps of one utterance."""
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  k = len(class_names)
+  pos = np.arange(k)
+  gates = {key: x.mean(1) for key, x in emb.items() if key.startswith("fusion/")
+           and key.endswith("_gate")}
+  if gates:
+    fig, ax = plt.subplots(figsize=(max(8, k * 1.3), 5))
+    width = 0.6 / len(gates)
+    for i, ((key, g), color) in enumerate(zip(gates.items(), ("tab:blue", "tab:orange",
+                                                                "tab:green"))):
+      ax.boxplot([g[labels == c] for c in range(k)], widths=width, patch_artist=True,
+                 positions=pos + (i - (len(gates) - 1) / 2) * (width + 0.05),
+                 boxprops=dict(facecolor=color, alpha=0.5))
+    ax.set_xticks(pos, class_names, rotation=30, ha="right")
+    ax.set_ylabel("mean gate value")
+    legend = ", ".join(f"{c} {key.split('/')[1].replace('_gate', '')}"
+                       for key, c in zip(gates, ("blue", "orange", "green")))
+    ax.set_title(f"{variant}: mean gate per modality and class ({legend})", fontweight="bold")
+    plots.save(fig, os.path.join(out_dir, f"{variant}_gates_by_class.png"))
+  if MODALITY_WEIGHTS in emb:
+    ws = emb[MODALITY_WEIGHTS][:, 0]
+    fig, ax = plt.subplots(figsize=(max(8, k * 1.3), 5))
+    ax.boxplot([ws[labels == c] for c in range(k)], patch_artist=True)
+    ax.set_xticks(np.arange(1, k + 1), class_names, rotation=30, ha="right")
+    ax.axhline(0.5, color="k", ls="--", lw=0.8)
+    ax.set_ylabel("speech weight w_s (text = 1 - w_s)")
+    ax.set_title(f"{variant}: modality weight per class", fontweight="bold")
+    plots.save(fig, os.path.join(out_dir, f"{variant}_modality_weights_by_class.png"))
+  if maps:
+    fig, axes = plt.subplots(1, len(maps), figsize=(7 * len(maps), 5), squeeze=False)
+    for ax, (key, (att, name)) in zip(axes[0], maps.items()):
+      im = ax.imshow(att.T, aspect="auto", cmap="viridis", origin="lower")
+      fig.colorbar(im, ax=ax, label="attention weight")
+      src, dst = key.split("/")[1].replace("_attention", "").split("_to_")
+      ax.set_xlabel(f"{src} position (query)")
+      ax.set_ylabel(f"{dst} position (key)")
+      ax.set_title(f"{src}→{dst} attention\n{name}", fontsize=10, fontweight="bold")
+    plots.save(fig, os.path.join(out_dir, f"{variant}_attention_map.png"))
 
 
-def analyze(config, runs: Sequence[Run], split: Split, class_names: Sequence[str],
-            results_dir: str, *, methods: Sequence[str] = ("tsne", "umap", "pca"),
-            max_per_class: int = 0, mesh=None, log=print) -> dict:
-  """Writes ``results_dir/separability/`` for every run (first seed of each variant).
+def analyze(exp: Experiment, runs_: Sequence[runs.Run], split: Split, *,
+            methods: Optional[Sequence[str]] = None,
+            max_per_class: Optional[int] = None) -> dict:
+  """Writes ``exp.results_dir/separability/`` for every run (first seed of each variant).
+
+  Args:
+    methods: projections (default ``config.analysis.methods``).
+    max_per_class: subsample each class (default ``config.analysis.max_per_class``; 0 = all).
 
   Returns:
-    ``{variant: {block: {silhouette, knn_accuracy, linear_probe_accuracy, ...}}}``,
-    also written to ``separability/separability.json`` with the report text in
-    ``separability_report.txt``.
+    ``{"split", "subsample", "knn_k", "results": {variant: {block: {silhouette,
+    knn_accuracy, linear_probe_accuracy, ...}}}, "head_internals": [...], "internals":
+    {variant: {aux key: {mean, by_class}}}}``, also written to
+    ``separability/separability.json`` (the text in ``separability_report.txt``).
   """
-  from fusion_jax import training  # pylint: disable=import-outside-toplevel
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  out_dir = os.path.join(results_dir, "separability")
+  an, log = exp.config.analysis, exp.log
+  if methods is None:
+    methods = [m.strip() for m in str(an.methods).split(",") if m.strip()]
+  max_per_class = an.max_per_class if max_per_class is None else max_per_class
+  out_dir = os.path.join(exp.results_dir, "separability")
   os.makedirs(out_dir, exist_ok=True)
   for m in methods:
     if m not in METHODS:
       raise ValueError(f"unknown projection {m!r}; valid: {list(METHODS)}")
-  k = len(class_names)
-  an = config.analysis
-  check_dims(runs, split)
+  class_names = exp.class_names
+  runs.check_dims(runs_, split)
   rows = subsample(split.labels, max_per_class)
   sub = split.take(rows)
   labels = sub.labels
   note = (f"subsampled to at most {max_per_class} per class: {len(rows)} of {len(split)} "
           "utterances" if len(rows) < len(split) else f"all {len(split)} utterances")
   log(f"Analysing split '{split.name}': {note}")
-  bs = config.eval.batch_size
-  shapes = batching.plan_shapes([sub], config.data.num_buckets, config.data.bucket_multiple,
-                                batch_size=bs)
-  seen, results, fused, fused_tsne, head_lines = set(), {}, {}, {}, []
-  for run in runs:
+  shapes = exp.plan(sub)
+  seen, results, fused, fused_tsne, lines, internals = set(), {}, {}, {}, [], {}
+  for run in runs_:
     if run.variant in seen:
       continue  # one seed per variant: pictures of one model
     seen.add(run.variant)
-    model = model_lib.build_model(run.model_config, run.variant, k)
-    trainer = training.Trainer(model, mesh=mesh)
     t0 = time.perf_counter()
-    emb = extract(run, sub, shapes, bs, k, mesh=mesh, trainer=trainer)
+    emb = extract(exp, run, sub, shapes)
     log(f"[{run.variant}] embeddings of {len(sub)} utterances in "
         f"{time.perf_counter() - t0:.1f}s")
     results[run.variant] = {}
     if "fusion" in emb:
       fused[run.variant] = emb["fusion"]
-    for block in blocks_of(run.variant):
+    for block in registry.get(run.variant).blocks:
       x = emb[block]
       results[run.variant][block] = separability(x, labels, an.knn_k, an.cv_folds)
       for method in methods:
         t0 = time.perf_counter()
         xy = project(x, method, perplexity=an.tsne_perplexity)
         fig, ax = plt.subplots(figsize=(8, 6.5))
-        _scatter(ax, xy, labels, class_names, f"{BLOCKS[block][1]} - "
+        _scatter(ax, xy, labels, class_names, f"{registry.BLOCKS[block][1]} - "
                  f"{METHOD_TITLES[method]}\n{run.variant} ({split.name} split)")
         ax.legend(fontsize=8, markerscale=1.5, loc="best")
         plots.save(fig, os.path.join(out_dir, f"{run.variant}_{block}_{method}.png"))
@@ -246,10 +261,11 @@ def analyze(config, runs: Sequence[Run], split: Split, class_names: Sequence[str
           fused_tsne[run.variant] = xy
         log(f"  {run.variant} {block} {METHOD_TITLES[method]}: "
             f"{time.perf_counter() - t0:.1f}s")
-    if run.variant == "cross_attention":
-      emb["attention_example"] = _attention_example(run, sub, rows, shapes, bs, k, mesh,
-                                                    trainer)
-    head_lines += _head_figures(run.variant, emb, labels, class_names, split, rows, out_dir)
+    name = f"{sub.file_name(0)} (true {class_names[int(labels[0])]})"
+    maps = {k: (m, name) for k, m in attention_maps(exp, run, sub, 0).items()}
+    internals[run.variant] = head_internals(emb, labels, class_names)
+    lines += _internals_lines(run.variant, internals[run.variant], maps)
+    _head_figures(run.variant, emb, labels, class_names, maps, out_dir)
   fusion_variants = [v for v in results if "fusion" in results[v]]
   if fusion_variants:
     n = len(fusion_variants)
@@ -264,34 +280,23 @@ def analyze(config, runs: Sequence[Run], split: Split, class_names: Sequence[str
     axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5))
     fig.suptitle("Fusion Block (t-SNE) - all variants", fontsize=14, fontweight="bold", y=1.04)
     plots.save(fig, os.path.join(out_dir, "fusion_comparison_all.png"))
-  text = _report(results, split, note, head_lines, an)
+  result = dict(split=split.name, subsample=note, knn_k=an.knn_k, results=results,
+                head_internals=lines, internals=internals,
+                model_configs={r.variant: dataclasses.asdict(exp.compute_config(r.model_config))
+                               for r in runs_ if r.variant in results})
+  text = reports.separability(result)
   io_utils.write_text(os.path.join(out_dir, "separability_report.txt"), text)
-  io_utils.write_json(os.path.join(out_dir, "separability.json"),
-                      dict(split=split.name, subsample=note, results=results,
-                           head_internals=head_lines))
+  io_utils.write_json(os.path.join(out_dir, "separability.json"), result)
   log(text)
-  return results
+  return result
 
 
-def _report(results, split, note, head_lines, an) -> str:
-  rule, thin = reports.RULE, reports.THIN
-  out = [rule, "SEPARABILITY REPORT", rule, "",
-         f"Split: {split.name}; {note}. Measured in each block's own space (standardised): "
-         f"silhouette score, {an.knn_k}-NN accuracy and a linear probe (logistic "
-         "regression), both cross-validated (stratified folds). Chance is 1/K.", "",
-         f"{'Variant':<18} {'Block':<12} {'Silhouette':>11} {'k-NN acc':>9} {'Probe acc':>10}",
-         thin]
-  for v, blocks in results.items():
-    for b, r in blocks.items():
-      out.append(f"{v:<18} {b:<12} {r['silhouette']:>11.3f} {r['knn_accuracy']:>9.3f} "
-                 f"{r['linear_probe_accuracy']:>10.3f}")
-  out += ["", "Does fusion separate classes better than either block alone?"]
-  for v, blocks in results.items():
-    if "fusion" in blocks:
-      f, s, t = (blocks[b]["knn_accuracy"] for b in ("fusion", "temporal", "contextual"))
-      verdict = "yes" if f > max(s, t) else "no"
-      out.append(f"  {v}: fused k-NN {f:.3f} vs speech {s:.3f}, text {t:.3f} → {verdict}")
-  if head_lines:
-    out += ["", "Fusion head internals:"] + [f"  {line}" for line in head_lines]
-  out += ["", rule]
-  return "\n".join(out) + "\n"
+def _scatter(ax, xy, labels, class_names, title):
+  for k, name in enumerate(class_names):
+    sel = labels == k
+    if sel.any():
+      ax.scatter(xy[sel, 0], xy[sel, 1], s=14, alpha=0.75, label=name,
+                 color=plots.COLORS[k % len(plots.COLORS)])
+  ax.set_title(title, fontsize=11, fontweight="bold")
+  ax.set_xticks([])
+  ax.set_yticks([])

@@ -16,9 +16,12 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
-from fusion_jax import sharding, training
+from fusion_jax import sharding
+from fusion_jax import steps as steps_lib
 from fusion_jax.data import batching
 from fusion_jax.data.splits import Split
+from fusion_jax.experiment import Experiment
+from fusion_jax.models import model as model_lib
 
 
 def synthetic_split(n: int, speech_dim: int, text_dim: int, mean_speech: float = 180.0,
@@ -34,31 +37,6 @@ def synthetic_split(n: int, speech_dim: int, text_dim: int, mean_speech: float =
       speech=[rng.standard_normal((int(k), speech_dim)).astype(np.float32) for k in s_len],
       text=[rng.standard_normal((int(k), text_dim)).astype(np.float32) for k in t_len],
       labels=rng.integers(0, num_classes, n))
-
-
-def analytic_forward_flops(cfg, speech_len: int, text_len: int, variant: str) -> float:
-  """Useful (unpadded) forward FLOPs of one utterance: matmuls and attention only."""
-  def encoder(t, d_in):
-    d = cfg.model_dim or d_in
-    f = 2.0 * t * d_in * d if cfg.model_dim else 0.0
-    per_layer = 2 * t * 4 * d * d + 2 * 2 * t * t * d + 2 * 2 * t * d * 4 * cfg.hidden
-    return f + cfg.layers * per_layer, d
-  flops = 0.0
-  ds = dt = 0
-  if variant != "text_only":
-    f, ds = encoder(speech_len, cfg.speech_dim)
-    flops += f
-  if variant != "speech_only":
-    f, dt = encoder(text_len, cfg.text_dim)
-    flops += f
-  F = cfg.f_hidden
-  if variant == "cross_attention":
-    flops += 2 * (speech_len * ds + text_len * dt) * F              # projections
-    flops += 2 * 4 * F * F * (speech_len + text_len) + 2 * 2 * 2 * speech_len * text_len * F
-    flops += 2 * 2 * F * F
-  elif variant in ("concatenation", "gated", "weighted"):
-    flops += 2 * (ds + dt) * F + 2 * F * F * (4 if variant == "gated" else 1)
-  return flops
 
 
 @dataclasses.dataclass
@@ -88,90 +66,75 @@ def _peak_device_mb() -> Optional[float]:
   return stats["peak_bytes_in_use"] / 2**20
 
 
-def _flops(compiled) -> float:
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else {}
-  return float((cost or {}).get("flops", 0.0))
+def run_variant(exp: Experiment, variant: str, split: Split, *, repeats: int = 3) -> Result:
+  """Times whole training epochs (after a compile/warm-up epoch) and evaluation passes.
 
-
-def run_variant(config, variant: str, split: Split, *, mesh=None, repeats: int = 3,
-                log=print) -> Result:
-  """Times whole training epochs (after a compile/warm-up epoch) and evaluation passes."""
-  mesh = mesh or sharding.make_mesh(1)
-  bs, eval_bs = config.train.batch_size, config.eval.batch_size
-  shapes = training.plan_shapes(config, split)
-  trainer = training.make_trainer(config, variant, 7, mesh)
-  state = trainer.init_state(jax.random.key(0), config.optim.learning_rate)
+  ``exp`` is built on ``split`` (its dims and batch shapes); compile times and
+  XLA's FLOP counts come from the experiment's compile ledger.
+  """
+  cfg, log = exp.config, exp.log
+  shapes = exp.training_shapes(split)
+  steps = exp.steps(variant)
+  state = sharding.replicate(steps.init_state(jax.random.key(0), cfg.optim.learning_rate),
+                             exp.mesh)
   key = jax.random.key(1)
   n = len(split)
+  compiled_before = exp.ledger.seconds
 
   def epoch(e):
     nonlocal state
-    acc = sharding.replicate(training._zeros_acc(), mesh)  # pylint: disable=protected-access
+    bs = cfg.train.batch_size
+    acc = sharding.replicate(steps_lib.zero_metrics(), exp.mesh)
     times = []
     for b, rows in batching.batch_indices(split, shapes, bs, shuffle=True, seed=0, epoch=e):
-      batch = batching.make_batch(split, rows, shapes.speech_buckets[b], shapes.text_length, bs)
+      batch = exp.shard(batching.make_batch(split, rows, shapes.speech_buckets[b],
+                                            shapes.text_length, bs))
       t0 = time.perf_counter()
-      state, acc = trainer.train_step(state, acc, batch, key)
+      state, acc = exp.ledger(steps.train, state, acc, batch, key)
       jax.block_until_ready(acc)
-      times.append((time.perf_counter() - t0, len(rows), b))
+      times.append(time.perf_counter() - t0)
     return times
 
   t0 = time.perf_counter()
   epoch(0)  # compiles every bucket
   warm = time.perf_counter() - t0
-  train_compile = trainer.compile_seconds
-  log(f"  [{variant}] warm-up epoch {warm:.1f}s (compile {train_compile:.1f}s, "
-      f"{trainer.compile_count} shapes)")
+  train_entries = exp.ledger.entries(steps.owner, "train")
+  log(f"  [{variant}] warm-up epoch {warm:.1f}s (compile "
+      f"{exp.ledger.seconds - compiled_before:.1f}s, {len(train_entries)} shapes)")
   epoch_rates, step_ms = [], []
   for r in range(repeats):
     times = epoch(r + 1)
-    total = sum(t for t, _, _ in times)
-    epoch_rates.append(n / total)
-    step_ms += [1000 * t for t, _, _ in times]
+    epoch_rates.append(n / sum(times))
+    step_ms += [1000 * t for t in times]
   # executed FLOPs of one epoch from XLA's cost analysis of each compiled bucket
-  plan = batching.batch_indices(split, shapes, bs, shuffle=True, seed=0, epoch=1)
-  per_bucket = {}
-  for sig, compiled in trainer._compiled.items():  # pylint: disable=protected-access
-    if sig[0] == "train":
-      per_bucket[_speech_len(sig)] = _flops(compiled)
+  plan = batching.batch_indices(split, shapes, cfg.train.batch_size, shuffle=True, seed=0,
+                                epoch=1)
+  per_bucket = {e.batch_shapes["speech"][1]: e.flops() for e in train_entries}
   executed = sum(per_bucket.get(shapes.speech_buckets[b], 0.0) for b, _ in plan)
-  useful = sum(3 * analytic_forward_flops(_model_cfg(config), int(s), int(t), variant)
+  model_cfg = exp.model_config
+  useful = sum(3 * model_lib.forward_flops(model_cfg, variant, int(s), int(t))
                for s, t in zip(split.speech_lengths, split.text_lengths))
   train_rate = float(np.median(epoch_rates))
-  # evaluation
   cache: dict = {}
-  trainer.evaluate(state.params, split, shapes, eval_bs, cache=cache)  # compile + transfer
+  exp.evaluate_split(steps, state.params, split, shapes, cache=cache)  # compile + transfer
   eval_rates = []
   for _ in range(repeats):
     t0 = time.perf_counter()
-    trainer.evaluate(state.params, split, shapes, eval_bs, cache=cache)
+    exp.evaluate_split(steps, state.params, split, shapes, cache=cache)
     eval_rates.append(n / (time.perf_counter() - t0))
-  pad = batching.padding_fraction(split, shapes, bs)["buckets"]
+  pad = batching.padding_fraction(split, shapes, cfg.train.batch_size)["buckets"]
   return Result(
       variant=variant, train_samples_per_s=train_rate,
       train_step_ms_median=float(np.median(step_ms)),
       eval_samples_per_s=float(np.median(eval_rates)),
-      compile_s=trainer.compile_seconds, compiled_shapes=trainer.compile_count,
+      compile_s=exp.ledger.seconds - compiled_before,
+      compiled_shapes=len(exp.ledger.entries(steps.owner)),
       padding_fraction=pad, executed_flops_per_sample=executed / n,
       useful_flops_per_sample=useful / n,
       achieved_tflops=executed / n * train_rate / 1e12,
       peak_host_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
       peak_device_mb=_peak_device_mb(),
-      params=sum(x.size for x in jax.tree_util.tree_leaves(state.params)))
-
-
-def _speech_len(sig) -> int:
-  """Speech length of a compiled train step's signature (its batch's ``speech`` leaf)."""
-  shapes = [s for s, _ in sig[2]]
-  three_d = [s for s in shapes if len(s) == 3]
-  return int(three_d[0][1])  # batch dict leaves sorted by key: speech before text
-
-
-def _model_cfg(config):
-  from fusion_jax.models.model import ModelConfig  # pylint: disable=import-outside-toplevel
-  return ModelConfig.from_config(config.model)
+      params=model_lib.count_params(state.params))
 
 
 def table(results: Sequence[Result]) -> str:

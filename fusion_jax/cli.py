@@ -1,9 +1,19 @@
-"""Flags and start-up shared by the binaries in ``experiments/`` (absl + ml_collections)."""
+"""Flags and start-up shared by the binaries in ``experiments/`` (absl + ml_collections).
+
+One config tree describes a run; flags are either ``--config.<field>=value``
+overrides or documented *aliases* of config fields (the original's ``--epochs``,
+``--batch_size`` and path flags, ``--variants``, ``--num_devices`` ...). An alias
+given on the command line sets its field; an alias left out changes nothing, so
+an explicit ``--config.…`` override is never replaced by a flag's default. Giving
+both an alias and the override of the same field with different values is an error.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
+from typing import Optional
 
 from absl import flags
 from ml_collections import config_flags
@@ -11,40 +21,115 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                             "configs")
+_ALIASES: dict = {}   # flag name -> config fields it sets
+_DEFINE = {str: flags.DEFINE_string, int: flags.DEFINE_integer, float: flags.DEFINE_float,
+           bool: flags.DEFINE_bool}
+
+
+def alias(name: str, fields, kind=str, help_text: str = "", module_name=None) -> None:
+  """Defines ``--name`` as an alias of config field(s), e.g. ``alias("epochs", "train.epochs",
+  int, "Training epochs")``. Its default is None: unset means "what the config says"."""
+  fields = (fields,) if isinstance(fields, str) else tuple(fields)
+  target = ", ".join(f"--config.{f}" for f in fields)
+  _DEFINE[kind](name, None, f"{help_text} Alias of {target} (default: the config's value).",
+                module_name=module_name)
+  _ALIASES[name] = fields
 
 
 def define_common_flags(default_config: str = "default.py") -> None:
-  """``--config``, ``--variants``, ``--seeds``, devices and compilation cache."""
+  """``--config``, ``--variants``, ``--seeds``, devices, compilation cache, ``--module_import``."""
   config_flags.DEFINE_config_file(
       "config", os.path.join(REPO_CONFIGS, default_config),
       "ml_collections config file; override fields with --config.<field>=value, e.g. "
       "--config.model.dtype=bfloat16 (configs/default.py = the original's hyperparameters, "
       "configs/tiny.py = tests, configs/demo.py = the README demo).", lock_config=True)
-  flags.DEFINE_string("variants", None, "Comma-separated variants: cross_attention, "
-                      "concatenation, gated, weighted, speech_only, text_only; 'fusion' = the "
-                      "four fusion heads; 'all' = fusion heads and both baselines. Default: "
-                      "config.train.variants.")
-  flags.DEFINE_string("seeds", None, "Comma-separated seeds, e.g. 0,1,2 (default: "
-                      "config.train.seeds). Each seed is a separate run; reports give mean ± std.")
-  flags.DEFINE_integer("num_devices", 0, "Devices for data parallelism (0 = all visible). The "
-                       "batch size must be divisible by it.")
-  flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host).")
-  flags.DEFINE_string("compilation_cache_dir",
-                      os.path.join(os.path.expanduser("~"), ".cache", "fusion_jax", "xla"),
-                      "Persistent XLA compilation cache ('' to disable): reruns skip compiling.")
+  from fusion_jax.models import registry  # pylint: disable=import-outside-toplevel
+  here = __name__
+  alias("variants", "train.variants", str, "Comma-separated variants, or 'fusion' (every "
+        "fusion head), 'original' (the original's four heads), 'all' (with the unimodal "
+        f"baselines). Registered: {registry.describe()}.", module_name=here)
+  alias("seeds", "train.seeds", str, "Comma-separated seeds, e.g. 0,1,2. Each seed is a "
+        "separate run; reports give mean ± std and paired tests.", module_name=here)
+  alias("num_devices", "runtime.num_devices", int, "Devices for data parallelism (0 = all "
+        "visible). The batch size must be divisible by it.", module_name=here)
+  alias("distributed", "runtime.distributed", bool, "Call jax.distributed.initialize() "
+        "(multi-host).", module_name=here)
+  alias("compilation_cache_dir", "runtime.compilation_cache_dir", str, "Persistent XLA "
+        "compilation cache ('' to disable): reruns skip compiling.", module_name=here)
+  flags.DEFINE_multi_string("module_import", [], "Python module(s) to import first, e.g. one "
+                            "that registers a fusion head with "
+                            "fusion_jax.models.register_variant.", module_name=here)
 
 
-def setup_jax():
+def overrides() -> dict:
+  """``{field: value}`` of every ``--config.<field>=`` given on the command line."""
+  return dict(config_flags.get_override_values(FLAGS["config"]))
+
+
+def given(flag: str) -> bool:
+  return flag in FLAGS and FLAGS[flag].present > 0
+
+
+def explicit(field: str) -> bool:
+  """Whether ``field`` was set on the command line (its override or one of its aliases)."""
+  return field in overrides() or any(given(f) and field in fs for f, fs in _ALIASES.items())
+
+
+def _get(config, field: str):
+  node = config
+  for part in field.split("."):
+    node = node[part]
+  return node
+
+
+def _set(config, field: str, value) -> None:
+  *parents, leaf = field.split(".")
+  node = config
+  for part in parents:
+    node = node[part]
+  node[leaf] = value
+
+
+def config_from_flags():
+  """The ``--config`` tree with every alias given on the command line applied.
+
+  Also imports ``--module_import`` modules (before variants are parsed).
+  """
+  for module in FLAGS.module_import:
+    try:
+      importlib.import_module(module)
+    except ImportError as e:
+      fail(f"--module_import={module}: {e}")
+  config = FLAGS.config
+  explicit_overrides = overrides()
+  for name, fields in _ALIASES.items():
+    if not given(name):
+      continue
+    value = FLAGS[name].value
+    for field in fields:
+      if field in explicit_overrides and explicit_overrides[field] != value:
+        fail(f"--{name}={value} and --config.{field}={explicit_overrides[field]} disagree; "
+             "give one of them")
+      try:
+        _set(config, field, value)
+      except (TypeError, KeyError) as e:
+        fail(f"--{name}={value}: cannot set config.{field} ({e})")
+  return config
+
+
+def setup_jax(config):
   """Distributed init, compilation cache, device log. Returns the device mesh."""
   import jax  # pylint: disable=import-outside-toplevel
   from absl import logging  # pylint: disable=import-outside-toplevel
   from fusion_jax import sharding  # pylint: disable=import-outside-toplevel
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  sharding.maybe_initialize_distributed(FLAGS.distributed)
-  if FLAGS.compilation_cache_dir:
-    jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache_dir)
+  runtime = config.runtime
+  sharding.maybe_initialize_distributed(runtime.distributed)
+  if runtime.compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir",
+                      os.path.expanduser(runtime.compilation_cache_dir))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  mesh = sharding.make_mesh(FLAGS.num_devices or None)
+  mesh = sharding.make_mesh(runtime.num_devices or None)
   devs = mesh.devices.ravel()
   print(f"JAX {jax.__version__} on {len(devs)} {devs[0].platform} device(s): "
         f"{', '.join(str(d.device_kind) for d in devs[:4])}{' ...' if len(devs) > 4 else ''}",
@@ -52,19 +137,19 @@ def setup_jax():
   return mesh
 
 
-def variants_and_seeds(config):
-  from fusion_jax import models, training  # pylint: disable=import-outside-toplevel
-  variants = models.parse_variants(FLAGS.variants or config.train.variants)
-  seeds = training.parse_seeds(FLAGS.seeds or config.train.seeds)
-  return variants, seeds
-
-
-def data_path(value, name: str):
-  """A path flag's value, else ``DATA_DIR/name`` when ``--data_dir`` is given, else None."""
+def data_path(config, field: str, default_name: Optional[str] = None) -> Optional[str]:
+  """``config.paths.<field>``, else ``data_dir/default_name`` when ``--data_dir`` is set."""
+  value = config.paths[field]
   if value:
     return value
-  data_dir = FLAGS["data_dir"].value if "data_dir" in FLAGS else None
-  return os.path.join(data_dir, name) if data_dir else None
+  if config.paths.data_dir and default_name:
+    return os.path.join(config.paths.data_dir, default_name)
+  return None
+
+
+def existing(path: Optional[str]) -> Optional[str]:
+  """``path`` if it names an existing file, else None (optional inputs)."""
+  return path if path and os.path.exists(path) else None
 
 
 def require(hint: str = "or give --data_dir", **flag_values) -> None:

@@ -45,7 +45,7 @@ def default() -> ml_collections.ConfigDict:
       epochs=30,
       batch_size=32,
       seeds="0",               # comma-separated; several seeds give mean ± std
-      variants="cross_attention,concatenation,gated,weighted",
+      variants="original",     # the original's four fusion heads ("all" adds the baselines)
       progress_every=0,        # print a progress line every N steps (0 = about 10 per epoch)
       checkpoint_every_seconds=60.0,  # "latest" (resume) checkpoint cadence; always at the end
   ))
@@ -61,6 +61,26 @@ def default() -> ml_collections.ConfigDict:
       max_per_class=0,         # >0: subsample each class to this many points (reported)
       knn_k=5,
       cv_folds=5,
+  ))
+
+  # Where things are: the original's flags (--train_speech_features, --model_dir, ...)
+  # set these fields. "" = not given (--data_dir fills data paths by their usual names).
+  c.paths = ml_collections.ConfigDict(dict(
+      data_dir="",
+      train_speech_features="", train_text_features="",
+      val_speech_features="", val_text_features="",
+      test_speech_features="", test_text_features="",
+      csv_path="",             # the training CSV: class names come from it
+      val_csv_path="", test_csv_path="",
+      model_dir="models/fusion_pipeline",
+      results_dir="results",
+  ))
+
+  # How to run (never changes a result): devices, compilation cache.
+  c.runtime = ml_collections.ConfigDict(dict(
+      num_devices=0,           # data parallelism over this many devices (0 = all visible)
+      distributed=False,       # jax.distributed.initialize() (multi-host)
+      compilation_cache_dir="~/.cache/fusion_jax/xla",  # persistent XLA cache ("" = off)
   ))
   return c
 

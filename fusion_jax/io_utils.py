@@ -50,3 +50,44 @@ def _to_jsonable(obj):
   if isinstance(obj, np.generic):
     return obj.item()
   raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+class JsonLines:
+  """A JSON-lines file (one record per line) that survives a torn last line.
+
+  A process killed mid-write can leave half a line at the end; :meth:`read`
+  drops it with a warning (``log``) instead of failing every later reader, and
+  the next :meth:`replace` rewrites the file without it.
+  """
+
+  def __init__(self, path, log=None):
+    self.path = os.fspath(path)
+    self.log = log
+
+  def read(self) -> list:
+    if not os.path.exists(self.path):
+      return []
+    with open(self.path, encoding="utf-8") as f:
+      lines = [l for l in f.read().split("\n") if l.strip()]
+    records = []
+    for i, line in enumerate(lines):
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError as e:
+        if i == len(lines) - 1:   # torn by a kill mid-write: drop it
+          if self.log:
+            self.log(f"warning: {self.path}: dropped an incomplete last line ({e})")
+          break
+        raise ValueError(f"{self.path}, line {i + 1}: not JSON ({e}); delete or repair the "
+                         "line") from None
+    return records
+
+  def replace(self, drop, records) -> None:
+    """Rewrites the file atomically: existing records without ``drop(r)``, then ``records``."""
+    kept = [r for r in self.read() if not drop(r)] + list(records)
+    write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+
+  def append(self, record: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+    with open(self.path, "a", encoding="utf-8") as f:
+      f.write(json.dumps(record) + "\n")

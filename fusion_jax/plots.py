@@ -25,16 +25,16 @@ def save(fig, path, dpi: int = 120) -> None:
   plt.close(fig)
 
 
-def training_curves(histories: dict, variant: str, path) -> None:
+def training_curves(histories: dict, title: str, path) -> None:
   """Loss, accuracy and learning rate per epoch; one line style per seed.
 
   Args:
     histories: ``{seed: history}``, history with ``train_loss, val_loss,
       train_acc, val_acc, learning_rate`` lists.
+    title: e.g. "GATED Fusion" (the figure says "GATED Fusion Training").
   """
   fig, axes = plt.subplots(1, 3, figsize=(18, 5))
-  fig.suptitle(f"{variant.upper()} Fusion Training" if not variant.endswith("_only")
-               else f"{variant.upper()} Baseline Training", fontsize=16, fontweight="bold")
+  fig.suptitle(f"{title} Training", fontsize=16, fontweight="bold")
   multi = len(histories) > 1
   for k, (seed, h) in enumerate(sorted(histories.items())):
     epochs = np.arange(1, len(h["train_loss"]) + 1)

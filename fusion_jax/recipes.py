@@ -1,9 +1,10 @@
 """Corpus recipes: speaker-independent cross-validation around train → evaluate → analyse.
 
-  from fusion_jax import recipes
+  from fusion_jax import experiment, recipes
   split = recipes.load_corpus("ravdess_whisper.npz", "ravdess_minilm.npz", "ravdess.csv")
   folds = recipes.group_folds(split.groups, num_folds=4)
-  summary = recipes.cross_validate(config, split, folds, "work/ravdess", class_names)
+  exp = experiment.Experiment.create(config, class_names, train=split)
+  summary = recipes.cross_validate(exp, split, folds, "work/ravdess")
 
 Folds never share a speaker (``split.groups``). Inside each fold, validation
 speakers (held out of training too) choose the checkpoint; test speakers are
@@ -16,13 +17,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Optional, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from fusion_jax import io_utils, metrics
 from fusion_jax.data.errors import DataError
 from fusion_jax.data.splits import Split, load_split
+from fusion_jax.experiment import Experiment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,13 +106,9 @@ def summarise(values: Sequence[float]) -> dict:
   return dict(mean=mean, std=std, n=len(values))
 
 
-def cross_validate(config, split: Split, folds: Sequence[Fold], work_dir: str,
-                   class_names: Sequence[str], *, variants: Optional[Sequence[str]] = None,
-                   seeds: Optional[Sequence[int]] = None, analyse_folds: Sequence[int] = (0,),
-                   ablation: str = "mean", mesh=None, log=print) -> dict:
-  """Trains, evaluates (and analyses) every variant × seed on every fold.
-
-  ``mesh``: the device mesh (:func:`fusion_jax.sharding.make_mesh`); None = one device.
+def cross_validate(exp: Experiment, split: Split, folds: Sequence[Fold], work_dir: str, *,
+                   analyse_folds: Sequence[int] = (0,), ablation: str = "mean") -> dict:
+  """Trains, evaluates (and analyses) every variant × seed of ``exp`` on every fold.
 
   Writes under ``work_dir/fold_{k}/``: ``models/``, ``results/`` (the original's
   training plots and reports), ``results/test_results/`` (test reports) and, for
@@ -121,61 +119,38 @@ def cross_validate(config, split: Split, folds: Sequence[Fold], work_dir: str,
     ``{"variants": {v: {"accuracy": {mean, std, n}, "uar": …, "macro_f1": …,
     "weighted_f1": …, "runs": [{fold, seed, …}]}}, …}``.
   """
-  from fusion_jax import analysis, evaluation, training  # pylint: disable=import-outside-toplevel
+  from fusion_jax import analysis, evaluation, reports, training  # pylint: disable=import-outside-toplevel
   t0 = time.perf_counter()
   runs: dict = {}
   for fold in folds:
     tr, va, te = standardize(*split_fold(split, fold))
-    log(f"\n=== Fold {fold.index}: train {len(tr)} ({', '.join(fold.train)}), "
-        f"validation {len(va)} ({', '.join(fold.val)}), test {len(te)} "
-        f"({', '.join(fold.test)}) ===")
+    exp.log(f"\n=== Fold {fold.index}: train {len(tr)} ({', '.join(fold.train)}), "
+            f"validation {len(va)} ({', '.join(fold.val)}), test {len(te)} "
+            f"({', '.join(fold.test)}) ===")
     fdir = os.path.join(work_dir, f"fold_{fold.index}")
-    model_dir, results_dir = os.path.join(fdir, "models"), os.path.join(fdir, "results")
-    training.train_and_evaluate(config, tr, va, class_names, model_dir, results_dir,
-                                variants=variants, seeds=seeds, mesh=mesh, log=log)
-    summary = evaluation.evaluate(config, te, class_names, model_dir, results_dir,
-                                  variants=variants, seeds=seeds, train=tr, ablation=ablation,
-                                  mesh=mesh, log=log)
+    fexp = exp.with_data(tr, va).with_dirs(os.path.join(fdir, "models"),
+                                           os.path.join(fdir, "results"))
+    training.train_and_evaluate(fexp, tr, va)
+    summary = evaluation.evaluate(fexp, te, variants=fexp.variants, seeds=fexp.seeds,
+                                  train=tr, ablation=ablation)
     for v, s in summary["variants"].items():
       for seed, t, val in zip(s["seeds"], s["test"], s["val_acc"]):
         runs.setdefault(v, []).append(dict(
             fold=fold.index, seed=seed, val_acc=val, accuracy=t["accuracy"], uar=t["uar"],
             macro_f1=t["macro_f1"], weighted_f1=t["weighted_f1"]))
     if fold.index in analyse_folds:
-      loaded = evaluation.load_runs(model_dir, list(summary["variants"]), seeds[:1] if seeds
-                                    else None, len(class_names), config, log)
-      analysis.analyze(config, loaded, te, class_names, results_dir,
-                       methods=[m for m in str(config.analysis.methods).split(",") if m],
-                       max_per_class=config.analysis.max_per_class, mesh=mesh, log=log)
-  out = dict(folds=[dataclasses.asdict(f) for f in folds], class_names=list(class_names),
+      loaded = evaluation.load_runs(fexp, list(summary["variants"]), fexp.seeds[:1])
+      analysis.analyze(fexp, loaded, te)
+  out = dict(folds=[dataclasses.asdict(f) for f in folds], class_names=list(exp.class_names),
              seconds=time.perf_counter() - t0, variants={})
   for v, rs in runs.items():
     out["variants"][v] = {k: summarise([r[k] for r in rs])
                           for k in ("val_acc", "accuracy", "uar", "macro_f1", "weighted_f1")}
     out["variants"][v]["runs"] = rs
   io_utils.write_json(os.path.join(work_dir, "cv_summary.json"), out)
-  io_utils.write_text(os.path.join(work_dir, "cv_results.txt"), cv_table(out))
-  log("\n" + cv_table(out))
+  io_utils.write_text(os.path.join(work_dir, "cv_results.txt"), reports.cv_table(out))
+  exp.log("\n" + reports.cv_table(out))
   return out
-
-
-def cv_table(summary: dict, extra_rows: Optional[dict] = None) -> str:
-  """A plain-text table: variant, accuracy, UAR, macro/weighted F1 (mean ± std, n runs)."""
-  rows = dict(summary["variants"])
-  rows.update(extra_rows or {})
-  ranked = sorted(rows, key=lambda v: -rows[v]["val_acc"]["mean"]
-                  if "val_acc" in rows[v] else 1.0)
-  head = (f"{'Variant':<22} {'Val acc':>15} {'Test acc':>15} {'Test UAR':>15} "
-          f"{'Macro F1':>15} {'Weighted F1':>15} {'runs':>5}")
-  lines = ["Speaker-independent cross-validation (mean ± std over folds × seeds; ranked by "
-           "validation accuracy)", head, "-" * len(head)]
-  fmt = lambda d: f"{d['mean']:.3f} ± {d['std']:.3f}" if d else "-"
-  for v in ranked:
-    r = rows[v]
-    lines.append(f"{v:<22} {fmt(r.get('val_acc')):>15} {fmt(r['accuracy']):>15} "
-                 f"{fmt(r['uar']):>15} {fmt(r['macro_f1']):>15} {fmt(r['weighted_f1']):>15} "
-                 f"{r['accuracy']['n']:>5}")
-  return "\n".join(lines) + "\n"
 
 
 def functionals_baseline(features: np.ndarray, labels: np.ndarray, groups: Sequence[str],
@@ -224,3 +199,64 @@ def sentence_vector_baseline(train: Split, test: Split, num_classes: int, *, C: 
   s = metrics.summary(metrics.confusion_matrix(test.labels, pred, num_classes))
   one = lambda x: dict(mean=float(x), std=0.0, n=1)
   return {k: one(s[k]) for k in ("accuracy", "uar", "macro_f1", "weighted_f1")}
+
+
+def holdout_split(split: Split, fraction: float, seed: int = 0) -> tuple:
+  """``(train, val)``: ``fraction`` of ``split``'s groups (speakers, dialogues) held out.
+
+  Whole groups move, so no speaker or dialogue is on both sides; the choice is a
+  function of the sorted group ids and ``seed``.
+  """
+  if split.groups is None:
+    raise DataError(split.sources.get("csv") or split.name, "no group column to hold out "
+                    "whole groups", field="group")
+  groups = sorted(set(split.groups))
+  if len(groups) < 2:
+    raise ValueError(f"{split.name}: {len(groups)} group(s) cannot be split into train and "
+                     "validation")
+  rng = np.random.default_rng(seed)
+  n = min(len(groups) - 1, max(1, int(len(groups) * fraction)))
+  held = set(rng.choice(np.array(groups, dtype=object), n, replace=False))
+  rows = np.array([g in held for g in split.groups])
+  return split.take(np.flatnonzero(~rows)), split.take(np.flatnonzero(rows), "val")
+
+
+def truncate_text(splits: Sequence[Split], max_tokens: int) -> int:
+  """Keeps at most ``max_tokens`` token states per line (in place); returns lines cut."""
+  cut = 0
+  for sp in splits:
+    cut += sum(int(t.shape[0] > max_tokens) for t in sp.text)
+    sp.text = [t[:max_tokens] for t in sp.text]
+  return cut
+
+
+def without_speech(split: Split) -> Split:
+  """A text-only split: every utterance gets one zero speech frame (1-d) that text-only
+  variants never read."""
+  return dataclasses.replace(split, speech=[np.zeros((1, 1), np.float32)] * len(split),
+                             sources=dict(split.sources, speech="<none: one zero frame>"))
+
+
+def cached_functionals(paths: Sequence[str], ids: Sequence[str], cache_path: str,
+                       compute: Callable[[str], np.ndarray], progress: bool = True) -> np.ndarray:
+  """Per-clip functionals ``[N, F]``, cached in ``cache_path`` for exactly these ``ids``.
+
+  ``compute(path)`` gives one clip's vector (e.g. eGeMAPS functionals with
+  :func:`fusion_jax.features.extractors.opensmile_functionals`). A cache holding other
+  clips (or another order) is recomputed, never mixed.
+  """
+  ids = [str(i) for i in ids]
+  if os.path.exists(cache_path):
+    with np.load(cache_path, allow_pickle=False) as z:
+      if [str(i) for i in z["ids"]] == ids:
+        return z["x"]
+  from fusion_jax.features.extract import Progress  # pylint: disable=import-outside-toplevel
+  bar = Progress(len(paths), "functionals", enabled=progress)
+  rows = []
+  for p in paths:
+    rows.append(np.asarray(compute(p)))
+    bar.update(1)
+  x = np.stack(rows)
+  with io_utils.atomic_open(cache_path, "wb") as f:
+    np.savez(f, x=x, ids=np.array(ids))
+  return x

@@ -1,8 +1,13 @@
-"""Text reports: the original's sections, plus seed statistics and honest comparisons."""
+"""Text reports: the original's sections, plus seed statistics and honest comparisons.
+
+Every function takes the JSON-serialisable results that training, evaluation,
+analysis and the recipes return, and returns text; nothing here computes a
+result. Numbers are formatted by :func:`mean_std` and :func:`cell` only.
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -11,9 +16,17 @@ from fusion_jax import metrics
 RULE, THIN = "=" * 80, "-" * 80
 
 
-def _fmt_ms(values) -> str:
-  mean, std = metrics.mean_std(values)
-  return f"{mean:.4f} ± {std:.4f}" if len(values) > 1 else f"{mean:.4f}"
+def mean_std(values: Sequence[float], digits: int = 4) -> str:
+  """``"0.7143 ± 0.0123"`` for several values, ``"0.7143"`` for one."""
+  mean, std = metrics.mean_std(list(values))
+  return f"{mean:.{digits}f} ± {std:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
+
+
+def cell(summary: Optional[dict], digits: int = 3) -> str:
+  """A ``{mean, std, n}`` summary as ``"0.714 ± 0.012"`` (``"-"`` when absent)."""
+  if not summary:
+    return "-"
+  return f"{summary['mean']:.{digits}f} ± {summary['std']:.{digits}f}"
 
 
 def seed_section(scores: dict, what: str) -> list:
@@ -22,7 +35,7 @@ def seed_section(scores: dict, what: str) -> list:
            THIN]
   for v, vals in scores.items():
     lo, hi = metrics.bootstrap_ci(vals)
-    lines.append(f"{v:<20} {len(vals):<6} {_fmt_ms(vals):<18} "
+    lines.append(f"{v:<20} {len(vals):<6} {mean_std(vals):<18} "
                  f"[{lo:.4f}, {hi:.4f}]".ljust(66) + " " + ", ".join(f"{x:.4f}" for x in vals))
   lines.append("")
   n_seeds = min(len(v) for v in scores.values()) if scores else 0
@@ -39,34 +52,34 @@ def seed_section(scores: dict, what: str) -> list:
   return lines
 
 
-def training_comparison(results: dict, class_names: Sequence[str]) -> str:
-  """``fusion_variants_comparison.txt``.
-
-  Args:
-    results: ``{variant: [RunResult per seed]}``.
-  """
-  best = {v: [r.best_val_acc for r in rs] for v, rs in results.items()}
-  ranked = sorted(results, key=lambda v: -np.mean(best[v]))
+# ------------------------------------------------------------------ training
+def training_comparison(summary: dict) -> str:
+  """``fusion_variants_comparison.txt`` from :func:`fusion_jax.training.summarize`'s dict."""
+  class_names = summary["class_names"]
+  runs = {v: list(s["seeds"].values()) for v, s in summary["variants"].items()}
+  best = {v: [r["best_val_acc"] for r in rs] for v, rs in runs.items()}
+  ranked = summary["ranking"]
   out = [RULE, "MULTIMODAL FUSION VARIANTS COMPARISON REPORT", RULE, "",
          "Model selection uses the validation split only. Ranks are by mean best validation "
          "accuracy over seeds.", "", "1. OVERALL PERFORMANCE COMPARISON", THIN,
          f"{'Variant':<20} {'Best Val Acc':<18} {'Final Val Acc':<18} {'Best Val UAR':<18} "
          f"{'Rank':<5}", THIN]
   for rank, v in enumerate(ranked, 1):
-    rs = results[v]
-    out.append(f"{v:<20} {_fmt_ms(best[v]):<18} {_fmt_ms([r.final_val_acc for r in rs]):<18} "
-               f"{_fmt_ms([r.best_metrics.get('uar', 0.0) for r in rs]):<18} {rank:<5}")
+    rs = runs[v]
+    out.append(f"{v:<20} {mean_std(best[v]):<18} "
+               f"{mean_std([r['final_val_acc'] for r in rs]):<18} "
+               f"{mean_std([r['best_metrics'].get('uar', 0.0) for r in rs]):<18} {rank:<5}")
   out += ["", RULE, "", "2. DETAILED ANALYSIS BY VARIANT", RULE]
   for v in ranked:
-    rs = results[v]
-    cm = sum(np.asarray(r.best_confusion) for r in rs)
-    seeds = ", ".join(str(r.seed) for r in rs)
+    rs = runs[v]
+    cm = sum(np.asarray(r["best_confusion"]) for r in rs)
     out += ["", f"{v.upper()}", THIN,
-            f"Seeds: {seeds}; parameters: {rs[0].param_count:,}",
-            f"Best Validation Accuracy: {_fmt_ms(best[v])} (epochs "
-            f"{', '.join(str(r.best_epoch) for r in rs)})",
-            f"Final Training Accuracy: {_fmt_ms([r.history['train_acc'][-1] for r in rs])}",
-            f"Final Validation Accuracy: {_fmt_ms([r.final_val_acc for r in rs])}", "",
+            f"Seeds: {', '.join(summary['variants'][v]['seeds'])}; parameters: "
+            f"{summary['variants'][v]['param_count']:,}",
+            f"Best Validation Accuracy: {mean_std(best[v])} (epochs "
+            f"{', '.join(str(r['best_epoch']) for r in rs)})",
+            f"Final Training Accuracy: {mean_std([r['final_train_acc'] for r in rs])}",
+            f"Final Validation Accuracy: {mean_std([r['final_val_acc'] for r in rs])}", "",
             "Per-Class Accuracy at the best epoch" + (" (summed over seeds)" if len(rs) > 1
                                                        else "") + ":",
             f"{'Emotion':<20} {'Accuracy':<10} {'Correct':<10} {'Total':<10}", "-" * 50]
@@ -81,18 +94,199 @@ def training_comparison(results: dict, class_names: Sequence[str]) -> str:
   out.append(f"- Best variant on validation: {top.upper()} ({np.mean(best[top]):.4f})")
   out.append(f"- Worst variant on validation: {bottom.upper()} ({np.mean(best[bottom]):.4f})")
   out.append(f"- Performance gap: {np.mean(best[top]) - np.mean(best[bottom]):.4f}")
-  unimodal = [v for v in results if v.endswith("_only")]
-  fusion = [v for v in ranked if not v.endswith("_only")]
+  fusion = [v for v in ranked if summary["variants"][v]["is_fusion"]]
+  unimodal = [v for v in ranked if not summary["variants"][v]["is_fusion"]]
   if unimodal and fusion:
-    bu = max(unimodal, key=lambda v: np.mean(best[v]))
+    bu = unimodal[0]
     gain = np.mean(best[fusion[0]]) - np.mean(best[bu])
     out.append(f"- Best fusion ({fusion[0]}) vs best single modality ({bu}): {gain:+.4f}")
-  comps = metrics.paired_comparisons(best) if min(len(v) for v in best.values()) > 1 else []
+  comps = summary["comparisons"] if min(len(v) for v in best.values()) > 1 else []
   beats = [c for c in comps if top in (c["a"], c["b"]) and c["significant"]]
   if comps:
-    out.append(f"- {top} differs beyond seed noise from {len(beats)} of {len(results) - 1} "
+    out.append(f"- {top} differs beyond seed noise from {len(beats)} of {len(ranked) - 1} "
                "other variants (paired t-test, section 3).")
   else:
     out.append("- Single seed: treat gaps of a point or two as noise.")
   out += ["", RULE]
   return "\n".join(out) + "\n"
+
+
+def training_console_summary(summary: dict) -> str:
+  """The original's ranked console summary."""
+  out = ["", RULE, "SUMMARY OF ALL VARIANTS (ranked by validation accuracy)", RULE]
+  for rank, v in enumerate(summary["ranking"], 1):
+    s = summary["variants"][v]
+    spread = f" ± {s['best_val_acc_std']:.4f}" if len(s["seeds"]) > 1 else ""
+    out.append(f"{rank}. {v.upper():<20} - Best Val Acc: {s['best_val_acc_mean']:.4f}{spread}")
+  out.append(RULE)
+  return "\n".join(out)
+
+
+# ------------------------------------------------------------------ evaluation
+def test_metrics(summary: dict) -> str:
+  """``test_metrics_comparison.txt`` from :func:`fusion_jax.evaluation.test_metrics`'s dict
+  (with ``calibration`` when present)."""
+  class_names = summary["class_names"]
+  ranked = summary["ranking_on_validation"]
+  variants = summary["variants"]
+  test = lambda v, k: [t[k] for t in variants[v]["test"]]
+  acc = lambda v: float(np.mean(test(v, "accuracy")))
+  out = [RULE, "TEST METRICS COMPARISON", RULE, "",
+         "Ranking is by VALIDATION accuracy (each run's best checkpoint); test figures are "
+         "reported beside it and never choose the winner.", "",
+         "1. RANKING (chosen on validation) WITH TEST FIGURES", THIN,
+         f"{'Rank':<5} {'Variant':<18} {'Val Acc':<17} {'Test Acc':<17} {'Test UAR':<17} "
+         f"{'Macro F1':<17} {'Weighted F1':<17}", THIN]
+  for rank, v in enumerate(ranked, 1):
+    out.append(f"{rank:<5} {v:<18} {mean_std(variants[v]['val_acc']):<17} "
+               f"{mean_std(test(v, 'accuracy')):<17} {mean_std(test(v, 'uar')):<17} "
+               f"{mean_std(test(v, 'macro_f1')):<17} {mean_std(test(v, 'weighted_f1')):<17}")
+  out.append("")
+  best, worst = ranked[0], ranked[-1]
+  if summary["test_disagrees"]:
+    out.append(f"Note: on test, {summary['test_winner']} scores highest; the selected variant "
+               f"stays {best} (chosen on validation). Picking on test would be optimistic.")
+  out += [f"Selected (best on validation): {best.upper()} — test accuracy {acc(best):.4f}",
+          f"Worst on validation: {worst.upper()} — test accuracy {acc(worst):.4f}",
+          f"Gap (test accuracy, selected − worst): {acc(best) - acc(worst):+.4f}", ""]
+  out += [RULE, "2. PER-CLASS METRICS (test; mean over seeds)", RULE]
+  for v in ranked:
+    pc = summary["per_class_mean"][v]
+    out += ["", v.upper(), THIN,
+            f"{'Emotion':<20} {'Precision':>10} {'Recall':>10} {'F1':>10} {'Support':>9}"]
+    for i, name in enumerate(class_names):
+      out.append(f"{name:<20} {pc['precision'][i]:>10.4f} {pc['recall'][i]:>10.4f} "
+                 f"{pc['f1'][i]:>10.4f} {int(pc['support'][i]):>9}")
+  out += ["", RULE, "3. PER-EMOTION INSIGHTS (test F1)", RULE,
+          f"{'Emotion':<20} {'Best variant':<28} {'Worst variant':<28} {'Mean F1':>8}"]
+  pe = summary["per_emotion"]
+  for name in class_names:
+    e = pe[name]
+    best_cell = f"{e['best']} ({e['best_f1']:.3f})"
+    worst_cell = f"{e['worst']} ({e['worst_f1']:.3f})"
+    out.append(f"{name:<20} {best_cell:<28} {worst_cell:<28} {e['mean_f1']:>8.3f}")
+  order = sorted(class_names, key=lambda n: pe[n]["mean_f1"])
+  out += ["", f"Easiest emotions: {', '.join(order[::-1][:2])}; hardest: "
+          f"{', '.join(order[:2])} (mean F1 over variants)."]
+  out += ["", RULE, "4. SEEDS (test accuracy)", RULE]
+  out += seed_section({v: test(v, "accuracy") for v in ranked}, "test accuracy")
+  out += ["", RULE]
+  text = "\n".join(out) + "\n"
+  cal = summary.get("calibration")
+  if cal:
+    bins = len(next(iter(cal.values()))["bins"])
+    text += f"\nCALIBRATION (expected calibration error, {bins} bins)\n" + "\n".join(
+        f"  {v:<18} ECE {c['ece']:.4f}" for v, c in cal.items()) + "\n"
+  return text
+
+
+def failure_cases(failures: dict) -> str:
+  """``failure_cases_report.txt`` from :func:`fusion_jax.evaluation.failure_cases`'s dict."""
+  out = [RULE, "FAILURE CASES REPORT (test)", RULE, ""]
+  if not failures["named_files"]:
+    out.append("No test CSV was given: files are named by row (sample_N). Pass "
+               "--test_csv_path to see file names and transcripts.")
+  for v, f in failures["variants"].items():
+    seed_note = f" (seed {f['seed']})" if f["seeds"] > 1 or f["seed"] != "0" else ""
+    out += ["", f"{v.upper()}{seed_note}: {f['misclassified']} of {f['total']} test utterances "
+            f"misclassified ({f['misclassified'] / max(f['total'], 1):.1%})", THIN]
+    for rank, pat in enumerate(f["patterns"], 1):
+      out.append(f"{rank}. {pat['true']} → {pat['predicted']}: {pat['count']} case(s)")
+      for c in pat["cases"]:
+        transcript = f' | "{c["transcript"]}"' if c["transcript"] is not None else ""
+        out.append(f"     {c['file']}{transcript} | true {pat['true']} | predicted "
+                   f"{pat['predicted']} ({c['confidence']:.3f})")
+  out += ["", RULE, "CROSS-VARIANT FAILURES", RULE]
+  if failures["variants"]:
+    out.append(f"Misclassified by every variant ({failures['shared_count']}):")
+    for c in failures["shared"]:
+      preds = ", ".join(f"{v}: {p}" for v, p in c["predictions"].items())
+      out.append(f"  {c['file']} (true {c['true']}) — {preds}")
+    for v, only in failures["only"].items():
+      names = ", ".join(only["files"]) or "none"
+      more = f" (+{only['count'] - len(only['files'])} more)" if only["count"] > len(
+          only["files"]) else ""
+      out.append(f"Only {v} misclassifies ({only['count']}): {names}{more}")
+  out += ["", RULE]
+  return "\n".join(out) + "\n"
+
+
+def modality_ablation(abl: dict, class_names: Sequence[str]) -> str:
+  """``modality_ablation.txt`` from :func:`fusion_jax.evaluation.modality_ablation`'s dict."""
+  rows = abl["variants"]
+  fill = "mean training frame" if abl["fill"] == "mean" else "zero vector"
+  out = [RULE, "WHEN DOES FUSION HELP? MODALITY REMOVAL AND UNIMODAL BASELINES (test)", RULE,
+         "", f"A removed modality is replaced, per utterance, by one frame = the {fill} of "
+         "that modality.", "",
+         f"{'Variant':<18} {'Full':>8} {'No speech':>10} {'No text':>9} {'Δ speech':>9} "
+         f"{'Δ text':>8}  Relies on", THIN]
+  for v, r in rows.items():
+    out.append(f"{v:<18} {r['full']:>8.4f} {r['no_speech']:>10.4f} {r['no_text']:>9.4f} "
+               f"{r['drop_without_speech']:>+9.4f} {r['drop_without_text']:>+8.4f}  "
+               f"{r['relies_on']}")
+  gains = abl["per_class_gain"]
+  if gains:
+    out += ["", "Per-class recall gain of each fusion variant over the best single modality "
+            f"(max of {', '.join(abl['unimodal'])} per class):",
+            f"{'Emotion':<20}" + "".join(f"{v[:14]:>15}" for v in rows), THIN]
+    for i, name in enumerate(class_names):
+      out.append(f"{name:<20}" + "".join(f"{gains[v][i]:>+15.3f}" for v in rows))
+    best = abl["best_unimodal"]
+    out += ["", f"Best single-modality test accuracy: {best['accuracy']:.4f} "
+            f"({best['variant']})"]
+    for v in rows:
+      out.append(f"  {v}: {abl['gain_over_best_unimodal'][v]:+.4f} vs the best single "
+                 "modality")
+  else:
+    out += ["", "No unimodal baseline was evaluated: add --variants all for the gain over "
+            "single modalities."]
+  out += ["", RULE]
+  return "\n".join(out) + "\n"
+
+
+# ------------------------------------------------------------------ analysis
+def separability(result: dict) -> str:
+  """``separability_report.txt`` from :func:`fusion_jax.analysis.analyze`'s dict."""
+  results = result["results"]
+  out = [RULE, "SEPARABILITY REPORT", RULE, "",
+         f"Split: {result['split']}; {result['subsample']}. Measured in each block's own space "
+         f"(standardised): silhouette score, {result['knn_k']}-NN accuracy and a linear probe "
+         "(logistic regression), both cross-validated (stratified folds). Chance is 1/K.", "",
+         f"{'Variant':<18} {'Block':<12} {'Silhouette':>11} {'k-NN acc':>9} {'Probe acc':>10}",
+         THIN]
+  for v, blocks in results.items():
+    for b, r in blocks.items():
+      out.append(f"{v:<18} {b:<12} {r['silhouette']:>11.3f} {r['knn_accuracy']:>9.3f} "
+                 f"{r['linear_probe_accuracy']:>10.3f}")
+  out += ["", "Does fusion separate classes better than either block alone?"]
+  for v, blocks in results.items():
+    if "fusion" in blocks:
+      f = blocks["fusion"]["knn_accuracy"]
+      singles = {b: blocks[b]["knn_accuracy"] for b in ("temporal", "contextual") if b in blocks}
+      verdict = "yes" if f > max(singles.values(), default=0.0) else "no"
+      parts = ", ".join(f"{'speech' if b == 'temporal' else 'text'} {x:.3f}"
+                        for b, x in singles.items())
+      out.append(f"  {v}: fused k-NN {f:.3f} vs {parts} → {verdict}")
+  if result["head_internals"]:
+    out += ["", "Fusion head internals:"] + [f"  {line}" for line in result["head_internals"]]
+  out += ["", RULE]
+  return "\n".join(out) + "\n"
+
+
+# ------------------------------------------------------------------ recipes
+def cv_table(summary: dict, extra_rows: Optional[dict] = None) -> str:
+  """Cross-validation: variant, accuracy, UAR, macro/weighted F1 (mean ± std, n runs)."""
+  rows = dict(summary["variants"])
+  rows.update(extra_rows or {})
+  ranked = sorted(rows, key=lambda v: -rows[v]["val_acc"]["mean"]
+                  if "val_acc" in rows[v] else 1.0)
+  head = (f"{'Variant':<22} {'Val acc':>15} {'Test acc':>15} {'Test UAR':>15} "
+          f"{'Macro F1':>15} {'Weighted F1':>15} {'runs':>5}")
+  lines = ["Speaker-independent cross-validation (mean ± std over folds × seeds; ranked by "
+           "validation accuracy)", head, "-" * len(head)]
+  for v in ranked:
+    r = rows[v]
+    lines.append(f"{v:<22} {cell(r.get('val_acc')):>15} {cell(r['accuracy']):>15} "
+                 f"{cell(r['uar']):>15} {cell(r['macro_f1']):>15} {cell(r['weighted_f1']):>15} "
+                 f"{r['accuracy']['n']:>5}")
+  return "\n".join(lines) + "\n"

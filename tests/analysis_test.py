@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from fusion_jax import analysis, configs, data, evaluation, models, training
+from fusion_jax import analysis, configs, data, evaluation, experiment, models, runs, training
 
 
 def _split(n=12, seed=0):
@@ -22,17 +22,19 @@ def test_embeddings_equal_the_models_aux(variant):
   mc = models.ModelConfig.from_config(cfg.model)
   model = models.build_model(mc, variant, 3)
   params = models.init_params(model, jax.random.key(0))
-  run = evaluation.Run(variant, "0", params, mc, 0.0, "test")
+  run = runs.Run(variant, "0", params, mc, 0.0, "test")
   split = _split()
   shapes = data.plan_shapes([split], 2, batch_size=4)
-  emb = analysis.extract(run, split, shapes, 4, 3)
+  cfg.eval.batch_size = 4
+  exp = experiment.Experiment.create(cfg, ["a", "b", "c"], log=lambda m: None)
+  emb = analysis.extract(exp, run, split, shapes)
   for i in (0, 5, 11):  # each utterance alone, unpadded
     s, t = split.speech[i][None], split.text[i][None]
     _, aux = model.apply({"params": params}, s, np.ones(s.shape[:2], np.float32), t,
                          np.ones(t.shape[:2], np.float32))
-    for block in analysis.blocks_of(variant):
-      np.testing.assert_allclose(emb[block][i], aux[analysis.BLOCKS[block][0]][0], rtol=1e-5,
-                                 atol=1e-5)
+    for block in models.get_variant(variant).blocks:
+      np.testing.assert_allclose(emb[block][i], aux[models.registry.BLOCKS[block][0]][0],
+                                 rtol=1e-5, atol=1e-5)
     if variant == "gated":
       np.testing.assert_allclose(emb["fusion/speech_gate"][i], aux["fusion/speech_gate"][0],
                                  rtol=1e-5, atol=1e-6)
@@ -57,11 +59,13 @@ def test_separability_tracks_the_modality_that_carries_the_signal(tmp_path):
   train, val = load("train"), load("val")
   cfg = configs.tiny()
   cfg.train.epochs = 6
-  training.train_variant(cfg, "concatenation", 0, train, val, names, str(tmp_path / "m"),
-                         log=lambda m: None)
-  runs = evaluation.load_runs(str(tmp_path / "m"), ["concatenation"], [0], len(names))
-  res = analysis.analyze(cfg, runs, val, names, str(tmp_path / "r"), methods=["pca"],
-                         max_per_class=5, log=lambda m: None)["concatenation"]
+  exp = experiment.Experiment.create(cfg, names, train=train, val=val,
+                                     model_dir=str(tmp_path / "m"),
+                                     results_dir=str(tmp_path / "r"), log=lambda m: None)
+  training.train_run(exp, "concatenation", 0, train, val)
+  trained = evaluation.load_runs(exp, ["concatenation"], [0])
+  res = analysis.analyze(exp, trained, val, methods=["pca"],
+                         max_per_class=5)["results"]["concatenation"]
   assert res["temporal"]["knn_accuracy"] > res["contextual"]["knn_accuracy"] + 0.2
   assert res["temporal"]["linear_probe_accuracy"] > res["contextual"][
       "linear_probe_accuracy"] + 0.2

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fusion_jax import configs, data, evaluation, metrics, models, training
+from fusion_jax import configs, data, evaluation, experiment, metrics, models, reports, runs
+from fusion_jax import training
 from tests.conftest import FIXTURES
 
 PARITY = np.load(os.path.join(FIXTURES, "parity.npz"))
@@ -19,7 +20,8 @@ NAMES5 = ["angry", "disgust", "fear", "happy", "neutral"]
 def test_original_pytorch_checkpoints_reproduce_pytorch_predictions(tmp_path):
   model_dir = tmp_path / "models"
   model_dir.mkdir()
-  for v in models.VARIANTS:
+  original = models.variant_names(original=True)
+  for v in original:
     shutil.copy(os.path.join(FIXTURES, "torch_checkpoints", f"best_{v}_model.pt"), model_dir)
   labels = np.array([0, 3, 1, 4])
   test = data.split_from_arrays("test", PARITY["speech"], PARITY["speech_mask"],
@@ -27,10 +29,11 @@ def test_original_pytorch_checkpoints_reproduce_pytorch_predictions(tmp_path):
                                 paths=[f"clip_{i}.wav" for i in range(4)])
   cfg = configs.tiny()
   cfg.model.heads = PCFG["heads"]  # what the weights cannot tell
-  summary = evaluation.evaluate(cfg, test, NAMES5, str(model_dir), str(tmp_path / "res"),
-                                ablation="none", log=lambda m: None)
-  assert set(summary["ranking_on_validation"]) == set(models.VARIANTS)
-  for v in models.VARIANTS:
+  exp = experiment.Experiment.create(cfg, NAMES5, model_dir=str(model_dir),
+                                     results_dir=str(tmp_path / "res"), log=lambda m: None)
+  summary = evaluation.evaluate(exp, test, ablation="none")
+  assert set(summary["ranking_on_validation"]) == set(original)
+  for v in original:
     df = pd.read_csv(tmp_path / "res" / "test_results" / f"{v}_predictions.csv")
     probs = df[[f"p_{n}" for n in NAMES5]].to_numpy()
     logits = PARITY[f"{v}/logits"]
@@ -49,7 +52,7 @@ def _pred(variant, val_acc, correct_frac, labels, k=3, seed="0"):
   preds[wrong] = (labels[wrong] + 1) % k
   probs = np.full((n, k), 0.1)
   probs[np.arange(n), preds] = 0.8
-  run = evaluation.Run(variant, seed, {}, None, val_acc, "test")
+  run = runs.Run(variant, seed, {}, None, val_acc, "test")
   return evaluation.Predictions(run, probs, labels)
 
 
@@ -57,7 +60,8 @@ def test_winner_is_chosen_on_validation_even_when_test_disagrees():
   labels = np.arange(60) % 3
   preds = [_pred("gated", 0.90, 0.70, labels), _pred("weighted", 0.80, 0.85, labels),
            _pred("concatenation", 0.70, 0.60, labels)]
-  text, summary = evaluation.test_metrics_report(preds, ["a", "b", "c"])
+  summary = evaluation.test_metrics(preds, ["a", "b", "c"])
+  text = reports.test_metrics(summary)
   assert summary["ranking_on_validation"] == ["gated", "weighted", "concatenation"]
   assert summary["selected"] == "gated" and summary["test_winner"] == "weighted"
   assert "Selected (best on validation): GATED" in text
@@ -75,7 +79,7 @@ def test_failure_report_names_real_files_and_transcripts():
                      paths=[f"actor{i % 2}/clip_{i:03d}.wav" for i in range(30)],
                      transcripts=[f"words {i}" for i in range(30)])
   preds = [_pred("gated", 0.9, 0.6, labels), _pred("weighted", 0.8, 0.7, labels)]
-  text = evaluation.failure_report(preds, split, ["a", "b", "c"])
+  text = reports.failure_cases(evaluation.failure_cases(preds, split, ["a", "b", "c"]))
   assert "sample_" not in text
   wrong = np.flatnonzero(preds[0].preds != labels)
   assert f"actor{wrong[0] % 2}/clip_{wrong[0]:03d}.wav" in text
@@ -98,10 +102,11 @@ def test_removing_the_modality_that_carries_the_signal_hurts(tmp_path, signal, c
   train, val, test = load("train"), load("val"), load("test")
   cfg = configs.tiny()
   cfg.train.epochs = 8
-  training.train_variant(cfg, "concatenation", 0, train, val, names, str(tmp_path / "m"),
-                         log=lambda m: None)
-  summary = evaluation.evaluate(cfg, test, names, str(tmp_path / "m"), str(tmp_path / "r"),
-                                variants=["concatenation"], train=train, log=lambda m: None)
+  exp = experiment.Experiment.create(cfg, names, train=train, val=val,
+                                     model_dir=str(tmp_path / "m"),
+                                     results_dir=str(tmp_path / "r"), log=lambda m: None)
+  training.train_run(exp, "concatenation", 0, train, val)
+  summary = evaluation.evaluate(exp, test, variants=["concatenation"], train=train)
   row = summary["modality_ablation"]["variants"]["concatenation"]
   other = "text" if carrier == "speech" else "speech"
   assert row["full"] > 0.5
@@ -114,15 +119,15 @@ def test_removing_the_modality_that_carries_the_signal_hurts(tmp_path, signal, c
 
 def test_missing_checkpoints_are_named(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"no best checkpoint for gated seed\(s\) \[3\]"):
-    evaluation.load_runs(str(tmp_path), ["gated"], [3], 7)
+    runs.load_runs(str(tmp_path), ["gated"], [3], 7)
 
 
 def test_feature_dim_mismatch_names_the_file():
   mc = models.ModelConfig(speech_dim=768, text_dim=768)
-  runs = [evaluation.Run("gated", "0", {}, mc, 0.9, "models/gated/seed_0")]
+  trained = [runs.Run("gated", "0", {}, mc, 0.9, "models/gated/seed_0")]
   split = data.Split("test", [np.zeros((3, 64), np.float32)], [np.zeros((2, 768), np.float32)],
                      np.zeros(1, int), sources={"speech": "test_speech.pt"})
   with pytest.raises(ValueError, match=r"test_speech.pt: speech features are 64-d but "
                      r"models/gated/seed_0 was trained on 768-d"):
-    evaluation.check_dims(runs, split)
-  evaluation.check_dims([evaluation.Run("text_only", "0", {}, mc, 0.9, "x")], split)
+    runs.check_dims(trained, split)
+  runs.check_dims([runs.Run("text_only", "0", {}, mc, 0.9, "x")], split)

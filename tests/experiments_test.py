@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import matplotlib.image
 import pandas as pd
@@ -12,13 +13,17 @@ import pytest
 from fusion_jax import data, models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VARIANTS = list(models.VARIANTS)
+VARIANTS = models.variant_names()
 
 
-def run(script, *args, check=True):
+TINY = os.path.join(ROOT, "configs", "tiny.py")
+OUTSIDE = tempfile.mkdtemp(prefix="fusion_jax_cwd_")   # binaries run outside the repository
+
+
+def run(script, *args, check=True, env=None):
   proc = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", script), *args],
-                        capture_output=True, text=True, cwd=ROOT, timeout=900,
-                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+                        capture_output=True, text=True, cwd=OUTSIDE, timeout=900,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu", **(env or {})))
   if check and proc.returncode != 0:
     raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
                          f"{proc.stderr[-3000:]}")
@@ -37,7 +42,7 @@ def trained(tmp_path_factory):
   d = tmp_path_factory.mktemp("e2e")
   run("make_demo_data.py", f"--out_dir={d}/data", "--speech_dim=16", "--text_dim=16",
       "--train_size=28", "--val_size=14", "--test_size=14")
-  proc = run("train.py", f"--data_dir={d}/data", "--config=configs/tiny.py", "--variants=all",
+  proc = run("train.py", f"--data_dir={d}/data", f"--config={TINY}", "--variants=all",
              "--epochs=2", "--config.data.num_buckets=1", f"--model_dir={d}/models",
              f"--results_dir={d}/results", "--compilation_cache_dir=")
   return d, proc.stdout
@@ -68,7 +73,7 @@ def test_train_writes_every_expected_file(trained):
 
 def test_train_rerun_resumes_instead_of_retraining(trained):
   d, _ = trained
-  proc = run("train.py", f"--data_dir={d}/data", "--config=configs/tiny.py",
+  proc = run("train.py", f"--data_dir={d}/data", f"--config={TINY}",
              "--variants=gated", "--epochs=2", "--config.data.num_buckets=1",
              f"--model_dir={d}/models",
              f"--results_dir={d}/results_again", "--compilation_cache_dir=")
@@ -80,11 +85,112 @@ def test_train_bad_input_is_one_clear_line(trained, tmp_path):
   df = pd.read_csv(d / "data" / "train_split.csv").iloc[:-1]
   df.to_csv(tmp_path / "short.csv", index=False)
   proc = run("train.py", f"--data_dir={d}/data", f"--csv_path={tmp_path}/short.csv",
-             "--config=configs/tiny.py", f"--model_dir={tmp_path}/m",
+             f"--config={TINY}", f"--model_dir={tmp_path}/m",
              f"--results_dir={tmp_path}/r", "--compilation_cache_dir=", check=False)
   assert proc.returncode == 2
   assert "short.csv, field 'N'" in proc.stderr and "Traceback" not in proc.stderr
   assert not (tmp_path / "m").exists()
+
+
+TOY_HEAD = """
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from fusion_jax import models
+
+
+class SumFusion(models.FusionHead):
+  \"\"\"Projected speech and text means, mixed by one learned weight per modality.\"\"\"
+
+  @nn.compact
+  def __call__(self, speech, speech_mask, text, text_mask, *, deterministic):
+    s = models.Linear(self.features, self.dtype, name="speech_proj")(
+        models.masked_mean(speech, speech_mask))
+    t = models.Linear(self.features, self.dtype, name="text_proj")(
+        models.masked_mean(text, text_mask))
+    w = jax.nn.softmax(self.param("mix", nn.initializers.zeros, (2,)))
+    return w[0] * s + w[1] * t, {
+        "fusion/modality_weights": jnp.broadcast_to(w, (s.shape[0], 2))}
+
+
+models.register_variant(models.Variant("toy_sum", ("speech", "text"), SumFusion,
+                                       "projected means, summed", "a registry test"))
+"""
+
+
+def test_a_registered_toy_head_runs_through_every_binary(trained, tmp_path):
+  """One record plus one module: trained, evaluated and analysed with no other change."""
+  d, _ = trained
+  (tmp_path / "toy_head.py").write_text(TOY_HEAD)
+  env = {"PYTHONPATH": str(tmp_path)}
+  common = [f"--data_dir={d}/data", f"--config={TINY}", "--module_import=toy_head",
+            f"--model_dir={tmp_path}/m", f"--results_dir={tmp_path}/r",
+            "--config.data.num_buckets=1", "--compilation_cache_dir="]
+  proc = run("train.py", *common, "--variants=toy_sum,speech_only", "--epochs=1", env=env)
+  assert "TOY_SUM" in proc.stdout
+  assert_png(tmp_path / "r" / "plots" / "toy_sum_training_curves.png")
+  run("evaluate.py", *common, env=env)   # finds every trained variant, toy_sum included
+  out = tmp_path / "r" / "test_results"
+  assert len(pd.read_csv(out / "toy_sum_predictions.csv")) == 14
+  ablation = (out / "modality_ablation.txt").read_text()
+  assert "toy_sum" in ablation and "speech_only" not in ablation.split("Relies on")[1].split(
+      "\n\n")[0]
+  run("analyze_embeddings.py", *common, "--methods=pca", env=env)
+  sep = tmp_path / "r" / "separability"
+  for block in ("temporal", "contextual", "fusion"):
+    assert_png(sep / f"toy_sum_{block}_pca.png")
+  assert_png(sep / "toy_sum_modality_weights_by_class.png")
+  assert "toy_sum: mean speech weight" in (sep / "separability_report.txt").read_text()
+  bad = run("train.py", *common, "--variants=toy_sum", env=env | {"PYTHONPATH": ""},
+            check=False)
+  assert bad.returncode == 2 and "--module_import=toy_head" in bad.stderr
+
+
+def test_bfloat16_override_reaches_every_binary(trained, tmp_path):
+  d, _ = trained
+  bf16 = "--config.model.dtype=bfloat16"
+  common = [f"--data_dir={d}/data", f"--config={TINY}", "--config.data.num_buckets=1",
+            "--compilation_cache_dir="]
+  run("train.py", *common, bf16, "--variants=gated", "--epochs=1", f"--model_dir={tmp_path}/m",
+      f"--results_dir={tmp_path}/r")
+  assert json.loads((tmp_path / "r" / "config.json").read_text())["model"]["dtype"] == "bfloat16"
+  from fusion_jax import runs  # pylint: disable=import-outside-toplevel
+  assert runs.load_run(str(tmp_path / "m"), "gated", 0).model_config.dtype == "bfloat16"
+  # A float32-trained model, evaluated and analysed in bf16: the compute dtype is the run's.
+  probs = {}
+  for dtype, res in (("float32", "r32"), ("bfloat16", "r16")):
+    run("evaluate.py", *common, f"--config.model.dtype={dtype}", "--variants=gated",
+        "--ablation=none", f"--model_dir={d}/models", f"--results_dir={tmp_path}/{res}")
+    summary = json.loads((tmp_path / res / "test_results" / "test_summary.json").read_text())
+    assert summary["model_configs"]["gated/0"]["dtype"] == dtype
+    df = pd.read_csv(tmp_path / res / "test_results" / "gated_predictions.csv")
+    probs[dtype] = df[[c for c in df.columns if c.startswith("p_")]].to_numpy()
+  assert 0 < abs(probs["bfloat16"] - probs["float32"]).max() < 0.1
+  run("analyze_embeddings.py", *common, bf16, "--variants=gated", "--methods=pca",
+      f"--model_dir={d}/models", f"--results_dir={tmp_path}/r16")
+  sep = json.loads((tmp_path / "r16" / "separability" / "separability.json").read_text())
+  assert sep["model_configs"]["gated"]["dtype"] == "bfloat16"
+  run("benchmark.py", f"--config={TINY}", bf16, "--feature_dim=16", "--num_utterances=16",
+      "--variants=concatenation", "--repeats=1", "--batch_size=8", "--eval_batch_size=16",
+      f"--json_out={tmp_path}/b.json", "--compilation_cache_dir=")
+  bench = json.loads((tmp_path / "b.json").read_text())
+  assert bench["settings"]["dtype"] == "bfloat16" and bench["config"]["model"]["dtype"] == \
+      "bfloat16"
+  both = run("benchmark.py", f"--config={TINY}", bf16, "--dtype=float32", check=False)
+  assert both.returncode == 2 and "disagree" in both.stderr
+
+
+def test_train_reads_feature_dims_from_the_files(tmp_path):
+  run("make_demo_data.py", f"--out_dir={tmp_path}/data", "--speech_dim=1024", "--text_dim=24",
+      "--train_size=14", "--val_size=7", "--test_size=7")
+  common = [f"--data_dir={tmp_path}/data", f"--config={TINY}", "--variants=concatenation",
+            "--epochs=1", "--config.data.num_buckets=1", "--compilation_cache_dir="]
+  run("train.py", *common, f"--model_dir={tmp_path}/m", f"--results_dir={tmp_path}/r")
+  model = json.loads((tmp_path / "r" / "config.json").read_text())["model"]
+  assert (model["speech_dim"], model["text_dim"]) == (1024, 24)
+  bad = run("train.py", *common, "--config.model.speech_dim=768", f"--model_dir={tmp_path}/m2",
+            f"--results_dir={tmp_path}/r2", check=False)
+  assert bad.returncode == 2 and "train_speech.pt" in bad.stderr and "1024-d" in bad.stderr
 
 
 @pytest.mark.parametrize("script,expected", [
@@ -120,7 +226,7 @@ def test_help_is_complete(script, expected):
 @pytest.fixture(scope="module")
 def evaluated(trained):
   d, _ = trained
-  proc = run("evaluate.py", f"--data_dir={d}/data", "--config=configs/tiny.py",
+  proc = run("evaluate.py", f"--data_dir={d}/data", f"--config={TINY}",
              f"--model_dir={d}/models", f"--results_dir={d}/results", "--batch_size=16",
              "--config.data.num_buckets=1",
              "--compilation_cache_dir=")
@@ -154,7 +260,7 @@ def test_evaluate_writes_every_expected_file(evaluated):
 
 def test_evaluate_without_checkpoints_fails_clearly(tmp_path, trained):
   d, _ = trained
-  proc = run("evaluate.py", f"--data_dir={d}/data", "--config=configs/tiny.py",
+  proc = run("evaluate.py", f"--data_dir={d}/data", f"--config={TINY}",
              f"--model_dir={tmp_path}/none", f"--results_dir={tmp_path}/r",
              "--compilation_cache_dir=", check=False)
   assert proc.returncode == 2 and "no trained variants" in proc.stderr
@@ -163,7 +269,7 @@ def test_evaluate_without_checkpoints_fails_clearly(tmp_path, trained):
 
 def test_analyze_embeddings_writes_every_expected_file(evaluated):
   d, _ = evaluated
-  proc = run("analyze_embeddings.py", f"--data_dir={d}/data", "--config=configs/tiny.py",
+  proc = run("analyze_embeddings.py", f"--data_dir={d}/data", f"--config={TINY}",
              f"--model_dir={d}/models", f"--results_dir={d}/results", "--split=test",
              "--methods=tsne,umap,pca", "--config.data.num_buckets=1",
              "--compilation_cache_dir=")
@@ -190,7 +296,7 @@ def test_analyze_embeddings_writes_every_expected_file(evaluated):
 
 def test_benchmark_prints_table_and_writes_json(tmp_path):
   out = tmp_path / "bench.json"
-  proc = run("benchmark.py", "--config=configs/tiny.py", "--feature_dim=16",
+  proc = run("benchmark.py", f"--config={TINY}", "--feature_dim=16",
              "--num_utterances=24", "--variants=concatenation", "--repeats=1",
              "--batch_size=8", "--eval_batch_size=16", "--num_buckets=1",
              f"--json_out={out}", "--compilation_cache_dir=")
@@ -274,7 +380,7 @@ def test_recipe_ravdess_runs_folds_and_writes_the_table(tmp_path):
   root = make_ravdess(tmp_path / "rav", actors=(1, 2, 3, 4), emotions=(1, 5), song=False)
   proc = run("recipe_ravdess.py", f"--ravdess_dir={root}", f"--work_dir={tmp_path}/work",
              "--speech_extractor=logmel", "--folds=2", "--val_speakers=1",
-             "--config=configs/tiny.py", "--config.train.epochs=2",
+             f"--config={TINY}", "--config.train.epochs=2",
              "--variants=speech_only,concatenation", "--analyse_folds=0",
              f"--baseline={has('opensmile')}", "--compilation_cache_dir=")
   summary = json.load(open(tmp_path / "work" / "cv_summary.json"))
@@ -310,7 +416,7 @@ def test_recipe_meld_text_only_and_speech_requirement(tmp_path):
                   "Utterance_ID": [str(i % 3) for i in range(n)]}).to_csv(
                       meld / f"{split}_sent_emo.csv", index=False)
   run("recipe_meld.py", f"--meld_dir={meld}", f"--work_dir={tmp_path}/work",
-      "--config=configs/tiny.py", "--config.train.epochs=2", "--seeds=0",
+      f"--config={TINY}", "--config.train.epochs=2", "--seeds=0",
       "--compilation_cache_dir=")
   out = json.load(open(tmp_path / "work" / "meld_summary.json"))
   assert set(out["rows"]) == {"text_only", "minilm_mean_pool_lr"}

@@ -29,7 +29,10 @@ def _parity_config():
       "dropout")})
 
 
-@pytest.mark.parametrize("variant", models.VARIANTS)
+ORIGINAL = models.variant_names(original=True)
+
+
+@pytest.mark.parametrize("variant", ORIGINAL)
 def test_parity_with_pytorch_original(variant):
   """Same weights, same padded inputs (garbage in padding): logits within 1e-5."""
   model = models.build_model(_parity_config(), variant, PCFG["classes"])
@@ -38,7 +41,7 @@ def test_parity_with_pytorch_original(variant):
   ref = PARITY[f"{variant}/logits"]
   np.testing.assert_allclose(logits, ref, rtol=1e-5, atol=1e-6)
   assert np.max(np.abs(logits - ref)) / np.max(np.abs(ref)) < 1e-5
-  if variant in models.FUSION_VARIANTS:
+  if models.get_variant(variant).is_fusion:
     np.testing.assert_allclose(aux["fusion/fused"], PARITY[f"{variant}/fused"], rtol=1e-5,
                                atol=1e-5)
     np.testing.assert_allclose(aux["temporal/pooled"], PARITY[f"{variant}/temporal_pooled"],
@@ -47,7 +50,7 @@ def test_parity_with_pytorch_original(variant):
                                PARITY[f"{variant}/contextual_pooled"], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("variant", models.VARIANTS)
+@pytest.mark.parametrize("variant", ORIGINAL)
 def test_original_checkpoint_converts_to_the_same_logits(variant):
   path = os.path.join(FIXTURES, "torch_checkpoints", f"best_{variant}_model.pt")
   ckpt = models.load_torch_checkpoint(path, base_config=models.ModelConfig(heads=PCFG["heads"]))
@@ -107,7 +110,7 @@ class _Jitted:
     self.apply = jax.jit(model.apply, static_argnames="train")
 
 
-@pytest.fixture(scope="module", params=models.VARIANTS)
+@pytest.fixture(scope="module", params=models.variant_names())
 def variant_model(request):
   model = models.build_model(TINY, request.param, 7)
   return request.param, _Jitted(model), models.init_params(model, jax.random.key(1))
@@ -119,12 +122,13 @@ def test_shapes_and_finite(variant_model):
   logits, aux = model.apply({"params": params}, s, sm, t, tm)
   assert logits.shape == (3, 7) and logits.dtype == jnp.float32
   assert np.isfinite(logits).all()
-  if variant != "text_only":
+  spec = models.get_variant(variant)
+  if spec.reads("speech"):
     assert aux["temporal/sequence"].shape == (3, 7, TINY.speech_dim)
     assert aux["temporal/pooled"].shape == (3, TINY.speech_dim)
-  if variant != "speech_only":
+  if spec.reads("text"):
     assert aux["contextual/pooled"].shape == (3, TINY.text_dim)
-  if variant in models.FUSION_VARIANTS:
+  if spec.is_fusion:
     assert aux["fusion/fused"].shape == (3, TINY.f_hidden)
   if variant == "cross_attention":
     w = aux["fusion/speech_to_text_attention"]
@@ -172,11 +176,12 @@ def test_gradients_reach_the_blocks(variant_model):
 
   grads = jax.jit(jax.grad(loss))(params)
   norm = lambda tree: float(sum(jnp.sum(g ** 2) for g in jax.tree_util.tree_leaves(tree)))
-  if variant != "text_only":
+  spec = models.get_variant(variant)
+  if spec.reads("speech"):
     assert norm(grads["temporal_block"]) > 0
-  if variant != "speech_only":
+  if spec.reads("text"):
     assert norm(grads["contextual_block"]) > 0
-  assert ("contextual_block" in params) == (variant != "speech_only")
+  assert ("contextual_block" in params) == spec.reads("text")
 
 
 def test_dropout_is_active_only_in_training(variant_model):
@@ -214,13 +219,31 @@ def test_input_projection_and_positions():
   assert not np.allclose(logits_p[0], logits[0], atol=1e-6)
 
 
-def test_registry_lookup_names_valid_heads():
-  assert models.get_fusion_head("gated") is models.FUSION_HEADS["gated"]
-  with pytest.raises(ValueError, match="valid: .*concatenation"):
-    models.get_fusion_head("attention")
+def test_registry_lookup_names_valid_variants():
+  assert models.get_variant("gated").head is models.heads.GatedFusion
+  assert models.get_variant("speech_only").modalities == ("speech",)
+  with pytest.raises(ValueError, match="unknown variant 'attention'; valid: .*concatenation"):
+    models.get_variant("attention")
   with pytest.raises(ValueError, match="unknown variant 'fused'"):
     models.parse_variants("gated,fused")
-  assert models.parse_variants("all") == list(models.VARIANTS)
+  assert models.parse_variants("all") == models.variant_names()
+  assert models.parse_variants("original") == ["cross_attention", "concatenation", "gated",
+                                               "weighted"]
+  assert set(models.parse_variants("fusion")) >= set(models.parse_variants("original"))
+
+
+def test_random_keys_are_pinned_to_the_original_order():
+  """Each run's key comes from the variant's id: registering another never changes them."""
+  ids = {v: models.get_variant(v).id for v in models.variant_names(original=True)}
+  assert ids == {"cross_attention": 0, "concatenation": 1, "gated": 2, "weighted": 3,
+                 "speech_only": 4, "text_only": 5}
+  extra = models.Variant("toy_keys", ("speech", "text"), models.heads.ConcatenationFusion,
+                         "a test head")
+  assert extra.id not in ids.values()
+  with pytest.raises(ValueError, match="already registered"):
+    models.register_variant(models.Variant("gated", ("speech",), None, "dup"))
+  with pytest.raises(ValueError, match="modalities"):
+    models.Variant("bad", ("video",), None, "x")
 
 
 def test_masked_mean_against_numpy():

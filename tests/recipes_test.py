@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from fusion_jax import configs, recipes
+from fusion_jax import configs, experiment, recipes
 from fusion_jax.data import Split
 
 
@@ -59,12 +59,11 @@ def test_cross_validate_writes_table_and_summary(tmp_path):
   split = make_split(n_speakers=4, dim=4)
   folds = recipes.group_folds(split.groups, 2, val_groups=1)
   cfg = configs.tiny()
-  cfg.model.speech_dim = cfg.model.text_dim = 4
   cfg.train.epochs = 2
+  cfg.train.variants, cfg.train.seeds = "concatenation", "0"
   cfg.analysis.methods = "pca"
-  out = recipes.cross_validate(cfg, split, folds, str(tmp_path), ["a", "b"],
-                               variants=["concatenation"], seeds=[0],
-                               analyse_folds=(1,), log=lambda s: None)
+  exp = experiment.Experiment.create(cfg, ["a", "b"], train=split, log=lambda s: None)
+  out = recipes.cross_validate(exp, split, folds, str(tmp_path), analyse_folds=(1,))
   saved = json.load(open(tmp_path / "cv_summary.json"))
   assert saved["variants"].keys() == out["variants"].keys() == {"concatenation"}
   for v in out["variants"].values():
@@ -94,3 +93,44 @@ def test_baselines_learn_signal_and_not_noise():
   res = recipes.sentence_vector_baseline(tr.take(range(90)), tr.take(range(90, 120)), 3)
   assert res["accuracy"]["mean"] > 0.9 and set(res) == {"accuracy", "uar", "macro_f1",
                                                          "weighted_f1"}
+
+
+def test_holdout_split_moves_whole_groups_reproducibly():
+  split = make_split(n_speakers=10, per=3)
+  train, val = recipes.holdout_split(split, 0.2)
+  assert len(train) + len(val) == len(split) and val.name == "val"
+  assert len(set(val.groups)) == 2 and not set(val.groups) & set(train.groups)
+  again_train, again_val = recipes.holdout_split(split, 0.2)
+  assert again_val.paths == val.paths and again_train.paths == train.paths
+  _, other = recipes.holdout_split(split, 0.2, seed=1)
+  assert len(set(other.groups)) == 2
+  with pytest.raises(Exception, match="group"):
+    recipes.holdout_split(Split("x", split.speech, split.text, split.labels), 0.2)
+
+
+def test_truncate_text_and_without_speech():
+  split = make_split(n_speakers=2, per=2)
+  split.text = [np.ones((n, 3), np.float32) for n in (1, 5, 2, 7)]
+  assert recipes.truncate_text([split], 4) == 2
+  assert [t.shape[0] for t in split.text] == [1, 4, 2, 4]
+  text_only = recipes.without_speech(split)
+  assert all(s.shape == (1, 1) and not s.any() for s in text_only.speech)
+  assert text_only.text is split.text and "none" in text_only.sources["speech"]
+
+
+def test_cached_functionals_reuse_only_the_same_clips(tmp_path):
+  calls = []
+
+  def compute(path):
+    calls.append(path)
+    return np.array([len(path), 1.0])
+
+  cache = str(tmp_path / "f.npz")
+  x = recipes.cached_functionals(["a.wav", "bb.wav"], ["a", "b"], cache, compute,
+                                 progress=False)
+  np.testing.assert_array_equal(x, [[5, 1], [6, 1]])
+  again = recipes.cached_functionals(["a.wav", "bb.wav"], ["a", "b"], cache, compute,
+                                     progress=False)
+  assert len(calls) == 2 and (again == x).all()   # reused, not recomputed
+  other = recipes.cached_functionals(["bb.wav"], ["b"], cache, compute, progress=False)
+  assert len(calls) == 3 and other.shape == (1, 2)   # other clips: recomputed, not mixed

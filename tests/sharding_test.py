@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CHECK = textwrap.dedent("""
     import jax, numpy as np
-    from fusion_jax import configs, data, sharding, training
+    from fusion_jax import configs, data, experiment, sharding, steps
     assert jax.device_count() == 8, jax.devices()
     rng = np.random.default_rng(0)
     n = 16
@@ -26,20 +26,23 @@ CHECK = textwrap.dedent("""
                        [rng.standard_normal((int(k), 16)).astype(np.float32)
                         for k in rng.integers(1, 6, n)], rng.integers(0, 7, n))
     cfg = configs.tiny()
+    cfg.eval.batch_size = 8
     shapes = data.plan_shapes([split], 1, batch_size=8)
     batches = list(data.iterate_batches(split, shapes, 8, shuffle=True, seed=0))
     out = {}
     for ndev in (1, 8):
-      mesh = sharding.make_mesh(ndev)
-      t = training.make_trainer(cfg, "cross_attention", 7, mesh)
-      state = t.init_state(jax.random.key(0), 1e-3)
-      acc = sharding.replicate(training._zeros_acc(), mesh)
+      cfg.runtime.num_devices = ndev
+      exp = experiment.Experiment.create(cfg, [str(k) for k in range(7)], train=split)
+      assert exp.mesh.devices.size == ndev
+      st = exp.steps("cross_attention")
+      state = sharding.replicate(st.init_state(jax.random.key(0), 1e-3), exp.mesh)
+      acc = sharding.replicate(steps.zero_metrics(), exp.mesh)
       losses = []
       for b in batches:
         before = float(jax.device_get(acc["loss_sum"]))
-        state, acc = t.train_step(state, acc, b, jax.random.key(1))
+        state, acc = exp.ledger(st.train, state, acc, exp.shard(b), jax.random.key(1))
         losses.append(float(jax.device_get(acc["loss_sum"])) - before)
-      ev = t.evaluate(state.params, split, shapes, 8)
+      ev = exp.evaluate_split(st, state.params, split, shapes)
       params = jax.device_get(state.params)
       out[ndev] = (jax.device_get(acc), params, ev, losses)
       if ndev == 8:

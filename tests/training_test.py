@@ -1,5 +1,6 @@
 """Training: optimisation against PyTorch, plateau, checkpoints, resume, determinism, traces."""
 
+import dataclasses
 import json
 import os
 
@@ -8,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fusion_jax import checkpoint, configs, data, training
+from fusion_jax import checkpoint, configs, data, experiment, runs, steps, training
 from tests.conftest import FIXTURES
 
 REF = np.load(os.path.join(FIXTURES, "parity.npz"))
@@ -17,7 +18,7 @@ REF = np.load(os.path.join(FIXTURES, "parity.npz"))
 def test_adam_with_l2_matches_torch():
   cfg = configs.default().optim
   cfg.unlock()
-  opt = training.make_optimizer(cfg)
+  opt = steps.make_optimizer(cfg)
   p = jnp.asarray(REF["optim/p0"])
   state = opt.init(p)
   for g in REF["optim/grads"]:
@@ -27,13 +28,13 @@ def test_adam_with_l2_matches_torch():
 
 
 def test_label_smoothed_loss_matches_torch():
-  got = training.smoothed_cross_entropy(jnp.asarray(REF["loss/logits"]),
+  got = steps.smoothed_cross_entropy(jnp.asarray(REF["loss/logits"]),
                                         jnp.asarray(REF["loss/labels"]), 0.1)
   np.testing.assert_allclose(got, REF["loss/per_example"], rtol=1e-6)
 
 
 def test_plateau_matches_torch_reduce_lr_on_plateau():
-  plateau = training.Plateau(lr=1e-4, factor=0.5, patience=3)
+  plateau = steps.Plateau(lr=1e-4, factor=0.5, patience=3)
   lrs = [plateau.lr]
   for m in REF["plateau/metric"]:
     lrs.append(plateau.step(float(m)))
@@ -41,14 +42,14 @@ def test_plateau_matches_torch_reduce_lr_on_plateau():
 
 
 def test_plateau_halves_after_patience_and_never_otherwise():
-  rising = training.Plateau(lr=1.0, patience=3)
+  rising = steps.Plateau(lr=1.0, patience=3)
   assert all(rising.step(0.1 * i) == 1.0 for i in range(1, 30))
-  flat = training.Plateau(lr=1.0, patience=3)
+  flat = steps.Plateau(lr=1.0, patience=3)
   lrs = [flat.step(0.5) for _ in range(13)]
   # epoch 1 improves on -inf; epochs 2-5 are 4 bad epochs (> patience 3): halve at 5
   assert lrs[:4] == [1.0] * 4 and lrs[4] == 0.5 and lrs[5:8] == [0.5] * 3 and lrs[8] == 0.25
   state = flat.to_json()
-  again = training.Plateau(lr=9.0)
+  again = steps.Plateau(lr=9.0)
   again.load_json(state)
   assert again.step(0.5) == flat.step(0.5)
 
@@ -74,21 +75,32 @@ def _cfg(epochs=4, every=0.0):
   return cfg
 
 
+def _exp(tiny_data, model_dir, cfg=None, exp=None):
+  """An experiment on the tiny data; ``exp`` shares its compiled steps (like one binary run)."""
+  cfg = cfg or _cfg()
+  if exp is not None:
+    return dataclasses.replace(exp, config=experiment.resolve_dims(cfg, tiny_data["train"]),
+                               model_dir=str(model_dir))
+  return experiment.Experiment.create(cfg, tiny_data["names"], train=tiny_data["train"],
+                                      val=tiny_data["val"], model_dir=str(model_dir),
+                                      log=lambda m: None)
+
+
 @pytest.fixture(scope="module")
-def trainer(tiny_data):
-  return training.make_trainer(_cfg(), "gated", len(tiny_data["names"]))
+def shared(tiny_data, tmp_path_factory):
+  """One experiment whose compiled steps every run below reuses."""
+  return _exp(tiny_data, tmp_path_factory.mktemp("shared"))
 
 
-def _run(tiny_data, trainer, model_dir, seed=0, epochs=4, every=0.0, after_epoch=None):
-  return training.train_variant(_cfg(epochs, every), "gated", seed, tiny_data["train"],
-                                tiny_data["val"], tiny_data["names"], str(model_dir),
-                                trainer=trainer, log=lambda m: None, after_epoch=after_epoch)
+def _run(tiny_data, exp, model_dir, seed=0, epochs=4, every=0.0, after_epoch=None):
+  return training.train_run(_exp(tiny_data, model_dir, _cfg(epochs, every), exp), "gated",
+                            seed, tiny_data["train"], tiny_data["val"], after_epoch=after_epoch)
 
 
 @pytest.fixture(scope="module")
-def reference_run(tiny_data, trainer, tmp_path_factory):
+def reference_run(tiny_data, shared, tmp_path_factory):
   d = tmp_path_factory.mktemp("ref")
-  return _run(tiny_data, trainer, d), d
+  return _run(tiny_data, shared, d), d
 
 
 def _m(history):
@@ -96,16 +108,16 @@ def _m(history):
   return {k: v for k, v in history.items() if k not in ("epoch_seconds", "samples_per_second")}
 
 
-def _params(model_dir, names):
-  params, meta = training.restore_best(str(model_dir), "gated", 0, len(names))
-  return params, meta
+def _params(model_dir):
+  run = runs.load_run(str(model_dir), "gated", 0)
+  return run.params, run
 
 
-def test_same_seed_same_metrics(tiny_data, trainer, reference_run, tmp_path):
+def test_same_seed_same_metrics(tiny_data, shared, reference_run, tmp_path):
   ref, _ = reference_run
-  again = _run(tiny_data, trainer, tmp_path)
+  again = _run(tiny_data, shared, tmp_path)
   assert _m(again.history) == _m(ref.history)
-  other = _run(tiny_data, trainer, tmp_path / "s1", seed=1)
+  other = _run(tiny_data, shared, tmp_path / "s1", seed=1)
   assert other.history["train_loss"] != ref.history["train_loss"]
 
 
@@ -114,7 +126,7 @@ class _Interrupt(Exception):
 
 
 @pytest.mark.parametrize("every", [0.0, 1e9])
-def test_interrupted_run_resumes_to_the_same_result(tiny_data, trainer, reference_run,
+def test_interrupted_run_resumes_to_the_same_result(tiny_data, shared, reference_run,
                                                     tmp_path, every):
   """Killed after epoch 2 (every=0: latest saved each epoch; 1e9: only at the end)."""
   ref, ref_dir = reference_run
@@ -124,31 +136,33 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_data, trainer, referenc
       raise _Interrupt()
 
   with pytest.raises(_Interrupt):
-    _run(tiny_data, trainer, tmp_path, every=every, after_epoch=stop)
-  resumed = _run(tiny_data, trainer, tmp_path, every=every)
+    _run(tiny_data, shared, tmp_path, every=every, after_epoch=stop)
+  resumed = _run(tiny_data, shared, tmp_path, every=every)
   assert resumed.resumed_from_epoch == (2 if every == 0.0 else 0)
   assert _m(resumed.history) == _m(ref.history)
-  assert resumed.best_epoch == ref.best_epoch
-  np.testing.assert_array_equal(resumed.best_confusion, ref.best_confusion)
-  got, _ = _params(tmp_path, tiny_data["names"])
-  want, _ = _params(ref_dir, tiny_data["names"])
+  assert resumed.best.epoch == ref.best.epoch
+  np.testing.assert_array_equal(resumed.best.confusion, ref.best.confusion)
+  got, _ = _params(tmp_path)
+  want, _ = _params(ref_dir)
   jax.tree_util.tree_map(np.testing.assert_array_equal, got, want)
   # A finished run is not retrained.
-  done = _run(tiny_data, trainer, tmp_path, every=every)
+  done = _run(tiny_data, shared, tmp_path, every=every)
   assert done.resumed_from_epoch == 4 and _m(done.history) == _m(ref.history)
 
 
-def test_best_checkpoint_round_trip(tiny_data, trainer, reference_run):
+def test_best_checkpoint_round_trip(tiny_data, shared, reference_run):
   ref, ref_dir = reference_run
-  params, meta = _params(ref_dir, tiny_data["names"])
-  assert meta["best_epoch"] == ref.best_epoch and meta["variant"] == "gated"
-  assert meta["class_names"] == tiny_data["names"]
-  assert meta["config"]["model"]["speech_dim"] == 16
-  np.testing.assert_array_equal(np.asarray(meta["confusion_matrix"]), ref.best_confusion)
-  shapes = training.plan_shapes(_cfg(), tiny_data["train"], tiny_data["val"])
-  stats = trainer.evaluate(params, tiny_data["val"], shapes, 16)
-  assert stats["accuracy"] == pytest.approx(ref.best_val_acc)
-  np.testing.assert_array_equal(stats["confusion"], ref.best_confusion)
+  params, run = _params(ref_dir)
+  assert run.state.best.epoch == ref.best.epoch and run.variant == "gated"
+  assert run.class_names == tiny_data["names"]
+  assert run.model_config.speech_dim == 16
+  np.testing.assert_array_equal(run.state.best.confusion, ref.best.confusion)
+  assert run.state.to_json() == runs.RunState.from_json(run.state.to_json(),
+                                                        steps.Plateau(lr=0.0)).to_json()
+  stats = shared.evaluate_split(shared.steps("gated", run.model_config), params,
+                                tiny_data["val"], shared.shapes)
+  assert stats["accuracy"] == pytest.approx(ref.best.val_acc)
+  np.testing.assert_array_equal(stats["confusion"], ref.best.confusion)
 
 
 def test_orbax_save_restore_equality(tmp_path):
@@ -165,34 +179,39 @@ def test_orbax_save_restore_equality(tmp_path):
   ck.close()
 
 
-def test_resume_refuses_a_different_config(tiny_data, trainer, reference_run):
+def test_resume_refuses_a_different_config(tiny_data, reference_run):
   _, ref_dir = reference_run
   cfg = _cfg()
   cfg.optim.learning_rate = 0.5
   with pytest.raises(ValueError, match="different config"):
-    training.train_variant(cfg, "gated", 0, tiny_data["train"], tiny_data["val"],
-                           tiny_data["names"], str(ref_dir), log=lambda m: None)
+    training.train_run(_exp(tiny_data, ref_dir, cfg), "gated", 0, tiny_data["train"],
+                       tiny_data["val"])
 
 
-def test_train_step_traced_once_per_bucket(tiny_data):
+def test_train_step_traced_once_per_bucket(tiny_data, tmp_path):
   cfg = _cfg(epochs=2)
-  t = training.make_trainer(cfg, "concatenation", 7)
-  planned = training.plan_shapes(cfg, tiny_data["train"], tiny_data["val"])
+  exp = _exp(tiny_data, tmp_path, cfg)
+  st = exp.steps("concatenation")
+  planned = exp.shapes
   shapes = data.BatchShapes((16, 24, planned.speech_buckets[-1]), planned.text_length)
   used = {shapes.speech_buckets[b] for b, _ in data.batch_indices(
       tiny_data["train"], shapes, cfg.train.batch_size, shuffle=True)}
   assert len(used) >= 2  # mixed lengths, several buckets
-  state = t.init_state(jax.random.key(0), 1e-3)
+  state = st.init_state(jax.random.key(0), 1e-3)
   for epoch in range(2):
-    acc = training._zeros_acc()
+    acc = steps.zero_metrics()
     for batch in data.iterate_batches(tiny_data["train"], shapes, cfg.train.batch_size,
                                       shuffle=True, seed=0, epoch=epoch):
-      state, acc = t.train_step(state, acc, batch, jax.random.key(1))
-    assert t.trace_count == len(used) and t.compile_count == len(used)
+      state, acc = exp.ledger(st.train, state, acc, exp.shard(batch), jax.random.key(1))
+    compiled = exp.ledger.entries(st.owner, "train")
+    assert st.traces == len(used) and len(compiled) == len(used)
+    assert {e.batch_shapes["speech"][1] for e in compiled} == used
   assert int(jax.device_get(acc["count"])) == len(tiny_data["train"])
 
 
-def test_metrics_jsonl_has_no_duplicates_after_resume(tiny_data, trainer, tmp_path):
+def test_metrics_jsonl_has_no_duplicates_after_resume(tiny_data, shared, tmp_path):
+  exp = dataclasses.replace(_exp(tiny_data, tmp_path / "m", exp=shared),
+                            results_dir=str(tmp_path))
   path = tmp_path / "metrics.jsonl"
 
   def stop(epoch):
@@ -200,12 +219,8 @@ def test_metrics_jsonl_has_no_duplicates_after_resume(tiny_data, trainer, tmp_pa
       raise _Interrupt()
 
   with pytest.raises(_Interrupt):
-    training.train_variant(_cfg(), "gated", 0, tiny_data["train"], tiny_data["val"],
-                           tiny_data["names"], str(tmp_path / "m"), trainer=trainer,
-                           log=lambda m: None, metrics_path=str(path), after_epoch=stop)
-  training.train_variant(_cfg(), "gated", 0, tiny_data["train"], tiny_data["val"],
-                         tiny_data["names"], str(tmp_path / "m"), trainer=trainer,
-                         log=lambda m: None, metrics_path=str(path))
+    training.train_run(exp, "gated", 0, tiny_data["train"], tiny_data["val"], after_epoch=stop)
+  training.train_run(exp, "gated", 0, tiny_data["train"], tiny_data["val"])
   rows = [json.loads(l) for l in path.read_text().splitlines()]
   assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
   assert {"train_loss", "val_acc", "learning_rate", "samples_per_second"} <= set(rows[0])
@@ -214,10 +229,9 @@ def test_metrics_jsonl_has_no_duplicates_after_resume(tiny_data, trainer, tmp_pa
 def test_several_seeds_give_mean_std_and_paired_tests(tiny_data, tmp_path):
   cfg = _cfg(epochs=2)
   cfg.data.num_buckets = 1
-  summary = training.train_and_evaluate(
-      cfg, tiny_data["train"], tiny_data["val"], tiny_data["names"], str(tmp_path / "m"),
-      str(tmp_path / "r"), variants=["gated", "concatenation"], seeds=[0, 1, 2],
-      log=lambda m: None)
+  exp = dataclasses.replace(_exp(tiny_data, tmp_path / "m", cfg), results_dir=str(tmp_path / "r"))
+  summary = training.train_and_evaluate(exp, tiny_data["train"], tiny_data["val"],
+                                        variants=["gated", "concatenation"], seeds=[0, 1, 2])
   for v in ("gated", "concatenation"):
     s = summary["variants"][v]
     accs = [s["seeds"][k]["best_val_acc"] for k in ("0", "1", "2")]

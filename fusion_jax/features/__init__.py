@@ -12,12 +12,14 @@ four need optional packages (``pip install -e '.[features]'``).
 """
 
 from fusion_jax.features import audio, corpora, extractors, logmel, safetensors_io, tokenizer
-from fusion_jax.features.extract import (ExtractionResult, Manifest, Progress, extract,
+from fusion_jax.features.extract import (AlignedExtraction, ExtractionResult, Manifest, Progress,
+                                         extract, extract_aligned,
                                          manifest_from_frame, read_manifest,
                                          subset_feature_file, write_split_csv)
 from fusion_jax.features.extractors import EXTRACTORS, Extractor, make_extractor
 
 __all__ = ["audio", "corpora", "extractors", "logmel", "safetensors_io", "tokenizer",
-           "ExtractionResult", "Manifest", "Progress", "extract", "manifest_from_frame",
+           "AlignedExtraction", "ExtractionResult", "Manifest", "Progress", "extract",
+           "extract_aligned", "manifest_from_frame",
            "read_manifest", "subset_feature_file", "write_split_csv", "EXTRACTORS", "Extractor",
            "make_extractor"]

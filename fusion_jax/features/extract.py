@@ -332,8 +332,12 @@ def extract(manifest: Manifest, extractor: Extractor, out_path, *, batch_size: i
 
 
 def write_split_csv(path, frame: pd.DataFrame) -> None:
-  """The original's split CSV (``path,label,emotion_name,transcript``) plus ``group``."""
-  out = pd.DataFrame({"path": frame["path"], "label": frame["label"],
+  """The original's split CSV (``path,label,emotion_name,transcript``) plus ``group``.
+
+  Rows without audio (a text-only corpus) are named by their utterance id.
+  """
+  paths = frame["path"].where(frame["path"].astype(str) != "", frame["id"])
+  out = pd.DataFrame({"path": paths, "label": frame["label"],
                       "emotion_name": frame["emotion"], "transcript": frame["transcript"],
                       "group": frame["speaker"]})
   with io_utils.atomic_open(path, "w", encoding="utf-8", newline="") as f:
@@ -353,3 +357,55 @@ def subset_feature_file(path, keep_ids, original_layout: Optional[str] = None) -
     if original_layout:
       features_lib.save_original_layout(original_layout, feats.sequences, feats.labels)
   return len(rows)
+
+
+@dataclasses.dataclass
+class AlignedExtraction:
+  """What :func:`extract_aligned` wrote.
+
+  Attributes:
+    paths: modality → native ``.npz``, each holding exactly the rows of ``frame``.
+    split_csv: the split CSV of those rows (the original's columns + group).
+    frame: the manifest rows kept, in manifest order.
+    failed: ids of the rows left out of every file (some modality failed on them).
+    results: modality → :class:`ExtractionResult`.
+  """
+  paths: dict
+  split_csv: str
+  frame: pd.DataFrame
+  failed: set
+  results: dict
+
+
+def extract_aligned(manifest: Manifest, outputs: dict, split_csv, *, batch_size: int = 16,
+                    original_layout: bool = False, resume: bool = True, progress: bool = True,
+                    log=print) -> AlignedExtraction:
+  """Extracts every modality and keeps the files row-aligned.
+
+  Each modality is extracted with :func:`extract`; a row that failed in any
+  modality is dropped from every file (and from the split CSV), so row i of the
+  speech file, the text file and the CSV is the same utterance.
+
+  Args:
+    manifest: from :func:`read_manifest` or :mod:`fusion_jax.features.corpora`.
+    outputs: ``{modality: (extractor, out_path)}``.
+    split_csv: where the split CSV goes.
+    original_layout: also write each modality's padded ``.pt`` beside its ``.npz``.
+  """
+  failed, results = set(), {}
+  pt = lambda path: os.path.splitext(path)[0] + ".pt" if original_layout else None
+  for modality, (extractor, path) in outputs.items():
+    if extractor.modality != modality:
+      raise ValueError(f"{extractor.name} is a {extractor.modality} extractor, not {modality}")
+    results[modality] = extract(manifest, extractor, path, batch_size=batch_size,
+                                original_layout=pt(path), resume=resume, progress=progress,
+                                log=log)
+    failed |= {f.id for f in results[modality].failures}
+  kept = manifest.frame[~manifest.frame["id"].isin(failed)]
+  if failed:
+    log(f"{len(failed)} utterances left out of every file so the modalities stay aligned")
+    for _, path in outputs.values():
+      subset_feature_file(path, set(kept["id"]), pt(path))
+  write_split_csv(split_csv, kept)
+  return AlignedExtraction({m: p for m, (_, p) in outputs.items()}, os.fspath(split_csv),
+                           kept.reset_index(drop=True), failed, results)

@@ -1,22 +1,33 @@
-"""Models: temporal/contextual transformers, four fusion heads, classifier, baselines.
+"""Models: temporal/contextual transformers, fusion heads, classifier, baselines.
 
   from fusion_jax import models
+  models.variant_names()                    # every registered variant
   model = models.build_model(config.model, "gated", num_classes=7)
   params = models.init_params(model, jax.random.key(0))
   logits, aux = model.apply({"params": params}, speech, speech_mask, text, text_mask)
+
+Variants live in :mod:`fusion_jax.models.registry`; heads in
+:mod:`fusion_jax.models.heads`.
 """
 
+from fusion_jax.models import heads, registry
+from fusion_jax.models.convert import convert_torch_state_dict, load_torch_checkpoint
+from fusion_jax.models.heads import FusionHead
 from fusion_jax.models.layers import (EncoderLayer, Linear, MultiHeadAttention,
                                       SequenceEncoder, masked_mean)
-from fusion_jax.models.model import (FUSION_HEADS, FUSION_VARIANTS, UNIMODAL_VARIANTS, VARIANTS,
-                                     EmotionRecognizer, ModelConfig, build_model, check_variant,
-                                     count_params, dummy_inputs, get_fusion_head, init_params,
-                                     parse_variants)
-from fusion_jax.models.convert import convert_torch_state_dict, load_torch_checkpoint
+from fusion_jax.models.model import (EmotionRecognizer, ModelConfig, build_model, count_params,
+                                     dummy_inputs, forward_flops, init_params)
+from fusion_jax.models.registry import Variant
+
+get_variant = registry.get
+variant_names = registry.names
+parse_variants = registry.parse
+register_variant = registry.register
 
 __all__ = [
-    "EmotionRecognizer", "EncoderLayer", "FUSION_HEADS", "FUSION_VARIANTS", "Linear",
-    "ModelConfig", "MultiHeadAttention", "SequenceEncoder", "UNIMODAL_VARIANTS", "VARIANTS",
-    "build_model", "check_variant", "convert_torch_state_dict", "count_params", "dummy_inputs",
-    "get_fusion_head", "init_params", "load_torch_checkpoint", "masked_mean", "parse_variants",
+    "EmotionRecognizer", "EncoderLayer", "FusionHead", "Linear", "ModelConfig",
+    "MultiHeadAttention", "SequenceEncoder", "Variant", "build_model",
+    "convert_torch_state_dict", "count_params", "dummy_inputs", "forward_flops",
+    "get_variant", "heads", "init_params", "load_torch_checkpoint", "masked_mean",
+    "parse_variants", "register_variant", "registry", "variant_names",
 ]

@@ -17,24 +17,19 @@ with ``speech [B, T, Ds]``, ``speech_mask [B, T]``, ``text [B, L, Dt]``,
 
 A unimodal baseline (``speech_only``, ``text_only``) has only its own block's
 entries. Unused entries cost nothing under ``jit`` (dead code is removed).
+Which blocks and head a variant has is read from :mod:`fusion_jax.models.registry`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fusion_jax.models.layers import (Linear, MultiHeadAttention, SequenceEncoder, gelu,
-                                      layer_norm, masked_mean)
-
-FUSION_VARIANTS = ("cross_attention", "concatenation", "gated", "weighted")
-UNIMODAL_VARIANTS = ("speech_only", "text_only")
-VARIANTS = FUSION_VARIANTS + UNIMODAL_VARIANTS
-
+from fusion_jax.models import registry
+from fusion_jax.models.layers import Linear, SequenceEncoder, gelu, layer_norm, masked_mean
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -63,154 +58,12 @@ class ModelConfig:
     return jnp.dtype(self.dtype)
 
 
-class FusionProjection(nn.Module):
-  """Linear → GELU → Dropout → LayerNorm (the original's ``fusion_proj``)."""
-  features: int
-  dropout: float
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, *, deterministic):
-    x = gelu(Linear(self.features, self.dtype, name="dense")(x))
-    x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
-    return layer_norm("norm")(x)
-
-
-def _pooled_projections(features, dtype, speech, speech_mask, text, text_mask):
-  """Masked-mean each modality and project it (``speech_proj``/``text_proj`` of the caller)."""
-  s = Linear(features, dtype, name="speech_proj")(masked_mean(speech, speech_mask))
-  t = Linear(features, dtype, name="text_proj")(masked_mean(text, text_mask))
-  return s, t
-
-
-class FusionHead(nn.Module):
-  """The interface of every fusion head (so the registry's entries are interchangeable).
-
-  ``__call__(speech [B, T, Ds], speech_mask [B, T], text [B, L, Dt], text_mask [B, L], *,
-  deterministic) -> (fused [B, features], aux dict)``.
-  """
-  features: int
-  num_heads: int
-  dropout: float
-  dtype: Any = jnp.float32
-
-
-class CrossAttentionFusion(FusionHead):
-  """Bidirectional cross-attention: speech attends to text and text to speech."""
-
-  @nn.compact
-  def __call__(self, speech, speech_mask, text, text_mask, *, deterministic):
-    s = Linear(self.features, self.dtype, name="speech_proj")(speech)
-    t = Linear(self.features, self.dtype, name="text_proj")(text)
-    mha = lambda name: MultiHeadAttention(self.num_heads, self.dropout, self.dtype, name=name)
-    s_att, s_w = mha("speech_to_text_attn")(s, t, text_mask, deterministic=deterministic)
-    t_att, t_w = mha("text_to_speech_attn")(t, s, speech_mask, deterministic=deterministic)
-    s_vec = masked_mean(layer_norm("ln_speech")(s_att + s), speech_mask)
-    t_vec = masked_mean(layer_norm("ln_text")(t_att + t), text_mask)
-    fused = FusionProjection(self.features, self.dropout, self.dtype, name="fusion_proj")(
-        jnp.concatenate([s_vec, t_vec], axis=-1), deterministic=deterministic)
-    return fused, {"fusion/speech_to_text_attention": s_w,
-                   "fusion/text_to_speech_attention": t_w,
-                   "fusion/speech_vector": s_vec, "fusion/text_vector": t_vec}
-
-
-class ConcatenationFusion(FusionHead):
-  """Pool, project each modality to F/2, concatenate, project."""
-
-  @nn.compact
-  def __call__(self, speech, speech_mask, text, text_mask, *, deterministic):
-    s, t = _pooled_projections(self.features // 2, self.dtype, speech, speech_mask, text,
-                               text_mask)
-    fused = FusionProjection(self.features, self.dropout, self.dtype, name="fusion_proj")(
-        jnp.concatenate([s, t], axis=-1), deterministic=deterministic)
-    return fused, {}
-
-
-class _Gate(nn.Module):
-  features: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    h = jnp.tanh(Linear(self.features, self.dtype, name="dense1")(x))
-    return jax.nn.sigmoid(Linear(self.features, self.dtype, name="dense2")(h).astype(
-        jnp.float32))
-
-
-class GatedFusion(FusionHead):
-  """Sigmoid gates per modality: ``FP(g_s ⊙ ŝ + g_t ⊙ t̂)``."""
-
-  @nn.compact
-  def __call__(self, speech, speech_mask, text, text_mask, *, deterministic):
-    s, t = _pooled_projections(self.features, self.dtype, speech, speech_mask, text, text_mask)
-    g_s = _Gate(self.features, self.dtype, name="speech_gate")(s)
-    g_t = _Gate(self.features, self.dtype, name="text_gate")(t)
-    fused = FusionProjection(self.features, self.dropout, self.dtype, name="fusion_proj")(
-        g_s * s + g_t * t, deterministic=deterministic)
-    return fused, {"fusion/speech_gate": g_s, "fusion/text_gate": g_t}
-
-
-class _Scorer(nn.Module):
-  features: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    h = jnp.tanh(Linear(self.features // 2, self.dtype, name="dense1")(x))
-    return Linear(1, self.dtype, name="dense2")(h).astype(jnp.float32)
-
-
-class WeightedFusion(FusionHead):
-  """One shared scorer; softmax over the two modalities: ``FP(w_s ŝ + w_t t̂)``."""
-
-  @nn.compact
-  def __call__(self, speech, speech_mask, text, text_mask, *, deterministic):
-    s, t = _pooled_projections(self.features, self.dtype, speech, speech_mask, text, text_mask)
-    scorer = _Scorer(self.features, self.dtype, name="attention")
-    w = jax.nn.softmax(jnp.concatenate([scorer(s), scorer(t)], axis=-1), axis=-1)
-    fused = FusionProjection(self.features, self.dropout, self.dtype, name="fusion_proj")(
-        w[:, 0:1] * s + w[:, 1:2] * t, deterministic=deterministic)
-    return fused, {"fusion/modality_weights": w}
-
-
-FUSION_HEADS = {
-    "cross_attention": CrossAttentionFusion,
-    "concatenation": ConcatenationFusion,
-    "gated": GatedFusion,
-    "weighted": WeightedFusion,
-}
-
-
-def get_fusion_head(name: str):
-  """The fusion head class registered under ``name``."""
-  try:
-    return FUSION_HEADS[name]
-  except KeyError:
-    raise ValueError(f"unknown fusion head {name!r}; valid: {sorted(FUSION_HEADS)}") from None
-
-
-def check_variant(name: str) -> str:
-  if name not in VARIANTS:
-    raise ValueError(f"unknown variant {name!r}; valid: {list(VARIANTS)}")
-  return name
-
-
-def parse_variants(spec: str) -> list:
-  """``"all"``, ``"fusion"`` or a comma list → variant names (validated, in order)."""
-  spec = spec.strip()
-  if spec == "all":
-    return list(VARIANTS)
-  if spec in ("fusion", ""):
-    return list(FUSION_VARIANTS)
-  return [check_variant(v.strip()) for v in spec.split(",") if v.strip()]
-
-
 class EmotionRecognizer(nn.Module):
   """Temporal block + contextual block + fusion head + classifier, or a unimodal baseline.
 
   Attributes:
     config: the model hyperparameters.
-    variant: one of :data:`VARIANTS`.
+    variant: a registered variant name (:func:`fusion_jax.models.registry.names`).
     num_classes: K.
   """
   config: ModelConfig
@@ -225,26 +78,25 @@ class EmotionRecognizer(nn.Module):
   @nn.compact
   def __call__(self, speech, speech_mask, text, text_mask, *, train: bool = False):
     c, dtype, det = self.config, self.config.compute_dtype, not train
-    check_variant(self.variant)
+    spec = registry.get(self.variant)
     aux = {}
-    if self.variant != "text_only":
+    if spec.reads("speech"):
       s_seq = self._encoder("temporal_block")(speech, speech_mask, deterministic=det)
       aux["temporal/sequence"] = s_seq
       aux["temporal/pooled"] = masked_mean(s_seq, speech_mask)
-    if self.variant != "speech_only":
+    if spec.reads("text"):
       t_seq = self._encoder("contextual_block")(text, text_mask, deterministic=det)
       aux["contextual/sequence"] = t_seq
       aux["contextual/pooled"] = masked_mean(t_seq, text_mask)
 
-    if self.variant in UNIMODAL_VARIANTS:
-      pooled = aux["temporal/pooled" if self.variant == "speech_only" else "contextual/pooled"]
+    if not spec.is_fusion:  # the original's baseline: pooled block → MLP
+      pooled = aux[registry.BLOCKS[spec.blocks[0]][0]]
       h = nn.relu(Linear(c.classifier_hidden, dtype, name="dense1")(pooled))
       h = nn.Dropout(c.dropout)(h, deterministic=det)
       logits = Linear(self.num_classes, dtype, name="dense2")(h)
       return logits.astype(jnp.float32), aux
 
-    head = get_fusion_head(self.variant)(c.f_hidden, c.heads, c.dropout, dtype,
-                                         name="fusion_head")
+    head = spec.head.from_config(c, name="fusion_head")
     fused, head_aux = head(s_seq, speech_mask, t_seq, text_mask, deterministic=det)
     aux.update(head_aux)
     aux["fusion/fused"] = fused
@@ -259,7 +111,7 @@ def build_model(config, variant: str, num_classes: int) -> EmotionRecognizer:
   """``config``: a :class:`ModelConfig` or the ``config.model`` ConfigDict."""
   if not isinstance(config, ModelConfig):
     config = ModelConfig.from_config(config)
-  return EmotionRecognizer(config, check_variant(variant), int(num_classes))
+  return EmotionRecognizer(config, registry.get(variant).name, int(num_classes))
 
 
 def dummy_inputs(config: ModelConfig, batch: int = 2, speech_len: int = 8, text_len: int = 4):
@@ -277,3 +129,26 @@ def init_params(model: EmotionRecognizer, rng: jax.Array):
 
 def count_params(params) -> int:
   return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
+
+
+def encoder_flops(config: ModelConfig, length: int, input_dim: int) -> tuple:
+  """Useful forward FLOPs of one block over ``length`` frames, and its output width."""
+  d = config.model_dim or input_dim
+  flops = 2.0 * length * input_dim * d if config.model_dim else 0.0
+  per_layer = (2 * length * 4 * d * d + 2 * 2 * length * length * d
+               + 2 * 2 * length * d * 4 * config.hidden)
+  return flops + config.layers * per_layer, d
+
+
+def forward_flops(config: ModelConfig, variant: str, speech_len: int, text_len: int) -> float:
+  """Useful (unpadded) forward FLOPs of one utterance: matmuls and attention only."""
+  spec = registry.get(variant)
+  flops, dims = 0.0, {"speech": 0, "text": 0}
+  for m, length, d_in in (("speech", speech_len, config.speech_dim),
+                          ("text", text_len, config.text_dim)):
+    if spec.reads(m):
+      f, dims[m] = encoder_flops(config, length, d_in)
+      flops += f
+  if spec.is_fusion:
+    flops += spec.head.flops(config, speech_len, text_len, dims["speech"], dims["text"])
+  return flops

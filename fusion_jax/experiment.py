@@ -1,0 +1,218 @@
+"""One experiment context, built once from the config and the data.
+
+Everything a train / evaluate / analyse / benchmark / recipe call needs beyond
+its own arguments lives here, derived once:
+
+* ``config``: the resolved config (feature dims taken from the data);
+* ``class_names``; ``mesh`` (a ``data`` mesh over ``config.runtime.num_devices``
+  devices, 0 = all); ``shapes`` (the training batch shapes);
+* ``model_dir`` / ``results_dir``; ``log`` (where progress lines go);
+* ``ledger``: the compile ledger every step goes through, and the steps of each
+  model, built once and shared by every seed, split and pass.
+
+::
+
+  from fusion_jax import experiment, training, evaluation
+  exp = experiment.Experiment.create(config, class_names, train=train, val=val,
+                                     model_dir="models", results_dir="results")
+  summary = training.train_and_evaluate(exp, train, val)
+  evaluation.evaluate(exp, test, train=train)
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Callable, Iterator, Optional, Sequence
+
+import ml_collections
+
+from fusion_jax import sharding, steps as steps_lib
+from fusion_jax.data import batching
+from fusion_jax.data.errors import DataError
+from fusion_jax.data.splits import Split
+from fusion_jax.models import model as model_lib
+from fusion_jax.models import registry
+
+
+def default_log(msg: str) -> None:
+  print(msg, flush=True)
+
+
+def parse_seeds(spec) -> list:
+  """``"0,1,2"`` or ``3`` (= seeds 0..2) or a list → list of ints."""
+  if isinstance(spec, (list, tuple)):
+    return [int(s) for s in spec]
+  if isinstance(spec, int):
+    return list(range(spec))
+  try:
+    return [int(s) for s in str(spec).split(",") if s.strip()]
+  except ValueError:
+    raise ValueError(f"seeds must be comma-separated integers, got {spec!r}") from None
+
+
+def _dims(split: Split) -> dict:
+  return {"speech": int(split.speech[0].shape[1]), "text": int(split.text[0].shape[1])}
+
+
+def resolve_dims(config, train: Split, *others: Split):
+  """A copy of ``config`` whose ``model.{speech,text}_dim`` are the training data's.
+
+  Raises:
+    DataError: another split's features have other dims than the training split's.
+  """
+  dims = _dims(train)
+  for split in others:
+    for m, d in _dims(split).items():
+      if d != dims[m]:
+        raise DataError(split.sources.get(m) or split.name, f"{m} features are {d}-d but the "
+                        f"training features ({train.sources.get(m) or train.name}) are "
+                        f"{dims[m]}-d", field="x", hint="every split needs features from the "
+                        "same extractor")
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    config.model.speech_dim, config.model.text_dim = dims["speech"], dims["text"]
+  return config
+
+
+@dataclasses.dataclass
+class Experiment:
+  """The context of one experiment (see the module docstring). Build with :meth:`create`."""
+  config: ml_collections.ConfigDict
+  class_names: tuple
+  mesh: object
+  model_dir: Optional[str] = None
+  results_dir: Optional[str] = None
+  log: Callable[[str], None] = default_log
+  shapes: Optional[batching.BatchShapes] = None
+  ledger: steps_lib.CompileLedger = dataclasses.field(default_factory=steps_lib.CompileLedger)
+  _steps: dict = dataclasses.field(default_factory=dict, repr=False)
+
+  @classmethod
+  def create(cls, config, class_names: Sequence[str], *, train: Optional[Split] = None,
+             val: Optional[Split] = None, model_dir: Optional[str] = None,
+             results_dir: Optional[str] = None, log: Optional[Callable[[str], None]] = None,
+             mesh=None) -> "Experiment":
+    """Resolves the config against the data and builds the mesh.
+
+    Args:
+      config: the full ConfigDict (``model``, ``data``, ``optim``, ``train``, ``eval``,
+        ``analysis``, ``runtime``); not modified.
+      class_names: K names; labels are in ``[0, K)``.
+      train, val: when given, feature dims come from them and the training batch
+        shapes are planned on them.
+      mesh: overrides ``config.runtime.num_devices`` (tests).
+    """
+    if train is not None:
+      config = resolve_dims(config, train, *([val] if val is not None else []))
+    if mesh is None:
+      mesh = sharding.make_mesh(config.get("runtime", {}).get("num_devices", 0) or None)
+    sharding.check_batch_size(config.train.batch_size, mesh, "train.batch_size")
+    sharding.check_batch_size(config.eval.batch_size, mesh, "eval.batch_size")
+    exp = cls(config=config, class_names=tuple(class_names), mesh=mesh, model_dir=model_dir,
+              results_dir=results_dir, log=log or default_log)
+    if train is not None:
+      exp.shapes = exp.training_shapes(train, val)
+    return exp
+
+  def with_dirs(self, model_dir: Optional[str], results_dir: Optional[str]) -> "Experiment":
+    """The same context writing elsewhere (e.g. one fold of a recipe); steps are shared."""
+    return dataclasses.replace(self, model_dir=model_dir, results_dir=results_dir)
+
+  def with_data(self, train: Split, val: Optional[Split] = None) -> "Experiment":
+    """The same context (mesh, ledger, steps) with dims and shapes of other data."""
+    fresh = Experiment.create(self.config, self.class_names, train=train, val=val,
+                              mesh=self.mesh)
+    return dataclasses.replace(self, config=fresh.config, shapes=fresh.shapes)
+
+  def training_shapes(self, train: Split, val: Optional[Split] = None) -> batching.BatchShapes:
+    """``self.shapes`` when planned at creation, else planned on ``train`` (and ``val``)."""
+    if self.shapes is not None:
+      return self.shapes
+    return batching.plan_shapes([train] + ([val] if val is not None else []),
+                                self.config.data.num_buckets, self.config.data.bucket_multiple,
+                                batch_size=self.config.train.batch_size)
+
+  # -- what the config says
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  @property
+  def variants(self) -> list:
+    return registry.parse(self.config.train.variants)
+
+  @property
+  def seeds(self) -> list:
+    return parse_seeds(self.config.train.seeds)
+
+  @property
+  def model_config(self) -> model_lib.ModelConfig:
+    return model_lib.ModelConfig.from_config(self.config.model)
+
+  # -- models and their steps
+  def compute_config(self, model_config: model_lib.ModelConfig) -> model_lib.ModelConfig:
+    """A (trained) model's config computing in this experiment's ``model.dtype``.
+
+    The architecture comes from the checkpoint; the compute dtype is a runtime
+    choice (``--config.model.dtype=bfloat16`` evaluates a float32-trained model in bf16).
+    """
+    return dataclasses.replace(model_config, dtype=self.config.model.dtype)
+
+  def steps(self, variant: str,
+            model_config: Optional[model_lib.ModelConfig] = None) -> steps_lib.Steps:
+    """The jitted steps of ``variant`` (architecture from ``model_config``, default the
+    config's; compute dtype always the config's, see :meth:`compute_config`)."""
+    mc = self.compute_config(model_config or self.model_config)
+    optim = self.config.optim
+    owner = (registry.get(variant).name, mc, self.num_classes, float(optim.label_smoothing),
+             tuple(sorted((k, str(v)) for k, v in dict(optim).items())))
+    if owner not in self._steps:
+      model = model_lib.build_model(mc, variant, self.num_classes)
+      self._steps[owner] = steps_lib.Steps(model, steps_lib.make_optimizer(optim),
+                                           optim.label_smoothing, owner)
+    return self._steps[owner]
+
+  # -- batches on the mesh
+  def shard(self, batch: dict) -> dict:
+    """Places a host batch on the mesh (split along the batch axis); drops ``index``."""
+    return sharding.shard_batch({k: v for k, v in batch.items() if k != "index"}, self.mesh)
+
+  def plan(self, *splits: Split, batch_size: Optional[int] = None) -> batching.BatchShapes:
+    """Batch shapes for evaluating ``splits`` (the eval batch size by default)."""
+    return batching.plan_shapes(list(splits), self.config.data.num_buckets,
+                                self.config.data.bucket_multiple,
+                                batch_size=batch_size or self.config.eval.batch_size)
+
+  def batches(self, split: Split, shapes: Optional[batching.BatchShapes] = None,
+              batch_size: Optional[int] = None) -> Iterator[tuple]:
+    """``(placed batch, index [B])`` covering every utterance of ``split`` once, in order."""
+    bs = batch_size or self.config.eval.batch_size
+    shapes = shapes or self.plan(split, batch_size=bs)
+    for batch in batching.iterate_batches(split, shapes, bs, shuffle=False):
+      yield self.shard(batch), batch["index"]
+
+  def evaluate_split(self, steps: steps_lib.Steps, params, split: Split,
+                     shapes: Optional[batching.BatchShapes] = None,
+                     cache: Optional[dict] = None) -> dict:
+    """Loss, confusion matrix and summary metrics over ``split`` (none dropped).
+
+    ``cache`` (a dict owned by the caller) keeps the split's placed batches
+    between calls, e.g. the validation set across epochs.
+    """
+    key = id(split)
+    if cache is not None and key in cache:
+      placed = cache[key]
+    else:
+      placed = [b for b, _ in self.batches(split, shapes)]
+      if cache is not None:
+        cache[key] = placed
+    return steps_lib.evaluate_batches(self.ledger, steps, params, placed, len(split))
+
+  def predict(self, steps: steps_lib.Steps, params, split: Split,
+              aux_keys: Sequence[str] = (),
+              shapes: Optional[batching.BatchShapes] = None) -> tuple:
+    """Softmax probabilities ``[N, K]`` and requested ``aux`` arrays, in split order."""
+    return steps_lib.predict_batches(self.ledger, steps, params, self.batches(split, shapes),
+                                     len(split), self.num_classes, aux_keys)
+

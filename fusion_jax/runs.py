@@ -1,0 +1,266 @@
+"""Run records: where a run lives, what it remembers, and loading it back in either format.
+
+A *run* is one variant × seed. Layout under a model directory::
+
+  model_dir/{variant}/seed_{seed}/best/{epoch}/      orbax: state + meta (best validation)
+  model_dir/{variant}/seed_{seed}/latest/{epoch}/    orbax: state + meta (for resuming)
+  model_dir/best_{variant}_model.pt                   the original's PyTorch checkpoint
+
+The host-side memory of a run is one :class:`RunState` — epochs done, per-epoch
+history, the best checkpoint's summary (:class:`Best`), the plateau schedule —
+with a JSON round trip; it is stored in every checkpoint's metadata.
+:func:`load_run` / :func:`load_runs` give a trained model back as a :class:`Run`
+whether it was trained here (orbax) or by the original (``.pt``, converted).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import math
+import os
+import re
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fusion_jax import checkpoint, steps
+from fusion_jax.models import convert, registry
+from fusion_jax.models import model as model_lib
+
+HISTORY_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_uar", "val_macro_f1",
+                "learning_rate", "epoch_seconds", "samples_per_second")
+BEST_METRICS = ("accuracy", "uar", "macro_f1", "weighted_f1", "loss")
+META_FORMAT = 2
+
+
+# ------------------------------------------------------------------ layout
+def run_dir(model_dir: str, variant: str, seed: int) -> str:
+  return os.path.join(model_dir, variant, f"seed_{seed}")
+
+
+def torch_checkpoint_path(model_dir: str, variant: str) -> str:
+  return os.path.join(model_dir, f"best_{variant}_model.pt")
+
+
+def available_seeds(model_dir: str, variant: str) -> list:
+  dirs = glob.glob(os.path.join(model_dir, variant, "seed_*", "best"))
+  return sorted(int(re.search(r"seed_(\d+)", d).group(1)) for d in dirs)
+
+
+def available_variants(model_dir: str) -> list:
+  """Registered variants with an orbax run or an original ``best_{variant}_model.pt``."""
+  return [v for v in registry.names()
+          if os.path.isdir(os.path.join(model_dir, v))
+          or os.path.exists(torch_checkpoint_path(model_dir, v))]
+
+
+def fingerprint(config) -> dict:
+  """The parts of the config a resumed run must share with the interrupted one."""
+  import json  # pylint: disable=import-outside-toplevel
+  return json.loads(json.dumps(dict(
+      model=dict(config.model), optim=dict(config.optim), batch_size=config.train.batch_size,
+      num_buckets=config.data.num_buckets)))
+
+
+# ------------------------------------------------------------------ the run's memory
+@dataclasses.dataclass
+class Best:
+  """What the best checkpoint (highest validation accuracy so far) holds."""
+  epoch: int = 0
+  val_acc: float = -math.inf
+  confusion: Optional[np.ndarray] = None   # [K, K] validation confusion matrix
+  metrics: dict = dataclasses.field(default_factory=dict)
+
+  def to_json(self) -> dict:
+    return dict(epoch=self.epoch, val_acc=self.val_acc if math.isfinite(self.val_acc) else None,
+                confusion=None if self.confusion is None else np.asarray(self.confusion).tolist(),
+                metrics=dict(self.metrics))
+
+  @classmethod
+  def from_json(cls, d: dict) -> "Best":
+    return cls(epoch=int(d["epoch"]),
+               val_acc=-math.inf if d["val_acc"] is None else float(d["val_acc"]),
+               confusion=None if d["confusion"] is None else np.asarray(d["confusion"],
+                                                                         np.int64),
+               metrics=dict(d["metrics"]))
+
+
+@dataclasses.dataclass
+class RunState:
+  """The host-side state of one run: epochs done, history, best checkpoint, plateau."""
+  variant: str
+  seed: int
+  epoch: int
+  history: dict
+  best: Best
+  plateau: steps.Plateau
+
+  @classmethod
+  def new(cls, variant: str, seed: int, plateau: steps.Plateau) -> "RunState":
+    return cls(variant, int(seed), 0, {k: [] for k in HISTORY_KEYS}, Best(), plateau)
+
+  @property
+  def final_val_acc(self) -> float:
+    return self.history["val_acc"][-1] if self.history["val_acc"] else 0.0
+
+  def record(self, row: dict, val_stats: dict) -> bool:
+    """Appends one epoch (``row`` has every :data:`HISTORY_KEYS`); True if it is the best."""
+    for key in HISTORY_KEYS:
+      self.history[key].append(row[key])
+    self.epoch += 1
+    improved = row["val_acc"] > self.best.val_acc
+    if improved:
+      self.best = Best(self.epoch, row["val_acc"], np.asarray(val_stats["confusion"]),
+                       {m: val_stats[m] for m in BEST_METRICS})
+    return improved
+
+  def epoch_record(self, e: int) -> dict:
+    """Epoch ``e`` (1-based) as a JSON-lines record."""
+    return dict(variant=self.variant, seed=self.seed, epoch=e,
+                **{k: self.history[k][e - 1] for k in HISTORY_KEYS})
+
+  def to_json(self) -> dict:
+    return dict(variant=self.variant, seed=self.seed, epoch=self.epoch,
+                history={k: list(self.history[k]) for k in HISTORY_KEYS},
+                best=self.best.to_json(), plateau=self.plateau.to_json())
+
+  @classmethod
+  def from_json(cls, d: dict, plateau: steps.Plateau) -> "RunState":
+    plateau.load_json(d["plateau"])
+    return cls(d["variant"], int(d["seed"]), int(d["epoch"]),
+               {k: list(d["history"][k]) for k in HISTORY_KEYS}, Best.from_json(d["best"]),
+               plateau)
+
+  @classmethod
+  def from_meta(cls, meta: dict, plateau: Optional[steps.Plateau] = None) -> "RunState":
+    """From a checkpoint's metadata (also the flat layout of fusion_jax ≤ 0.1 runs)."""
+    plateau = plateau or steps.Plateau(lr=0.0)
+    if "run" in meta:
+      return cls.from_json(meta["run"], plateau)
+    best = dict(epoch=meta["best_epoch"], val_acc=meta["best_val_acc"],
+                confusion=meta["best_confusion"], metrics=meta["best_metrics"])
+    return cls.from_json(dict(variant=meta["variant"], seed=meta["seed"], epoch=meta["epoch"],
+                              history=meta["history"], best=best, plateau=meta["plateau"]),
+                         plateau)
+
+
+def checkpoint_meta(run: RunState, config, class_names: Sequence[str], shapes) -> dict:
+  """The metadata saved beside a checkpoint's state."""
+  import json  # pylint: disable=import-outside-toplevel
+  return dict(format=META_FORMAT, variant=run.variant, seed=run.seed,
+              class_names=list(class_names), run=run.to_json(),
+              fingerprint=fingerprint(config), config=json.loads(config.to_json_best_effort()),
+              shapes=dict(speech_buckets=list(shapes.speech_buckets),
+                          text_length=shapes.text_length))
+
+
+# ------------------------------------------------------------------ loading trained runs
+@dataclasses.dataclass
+class Run:
+  """A trained model ready to use: a variant × seed (or an original ``.pt`` checkpoint).
+
+  Attributes:
+    variant, seed: which run (seed ``"torch"`` for an original checkpoint).
+    params: Flax parameters.
+    model_config: the :class:`~fusion_jax.models.ModelConfig` it was trained with.
+    val_acc: its best validation accuracy (what rankings use).
+    source: the directory or file it came from.
+    class_names: the classes it predicts, if recorded.
+    state: its :class:`RunState` (orbax runs).
+  """
+  variant: str
+  seed: str
+  params: dict
+  model_config: model_lib.ModelConfig
+  val_acc: float
+  source: str
+  class_names: Optional[list] = None
+  state: Optional[RunState] = None
+
+
+def _abstract_state(model_cfg, variant: str, num_classes: int, optim_cfg):
+  model = model_lib.build_model(model_cfg, variant, num_classes)
+  optimizer = steps.make_optimizer(optim_cfg)
+  params = jax.eval_shape(lambda: model_lib.init_params(model, jax.random.key(0)))
+  return steps.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
+                          opt_state=jax.eval_shape(optimizer.init, params),
+                          learning_rate=jax.ShapeDtypeStruct((), jnp.float32))
+
+
+def load_run(model_dir: str, variant: str, seed: int) -> Run:
+  """The best checkpoint of an orbax run, with the model config it was trained with."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  directory = run_dir(model_dir, variant, seed)
+  ckpts = checkpoint.RunCheckpoints(directory)
+  try:
+    meta = ckpts.restore_meta("best")
+    if meta is None:
+      raise FileNotFoundError(f"no best checkpoint in {directory}; train this variant first "
+                              "(experiments/train.py --variants ...)")
+    model_cfg = model_lib.ModelConfig.from_config(meta["config"]["model"])
+    abstract = _abstract_state(model_cfg, variant, len(meta["class_names"]),
+                               ml_collections.ConfigDict(meta["config"]["optim"]))
+    state, meta = ckpts.restore("best", abstract)
+  finally:
+    ckpts.close()
+  run = RunState.from_meta(meta)
+  return Run(variant, str(seed), state.params, model_cfg, float(run.best.val_acc), directory,
+             list(meta["class_names"]), run)
+
+
+def load_runs(model_dir: str, variants: Sequence[str], seeds: Optional[Sequence[int]],
+              num_classes: int, base_model_config: Optional[model_lib.ModelConfig] = None,
+              log: Callable[[str], None] = print) -> list:
+  """Best checkpoints of every variant × seed; an original ``.pt`` is converted.
+
+  Args:
+    base_model_config: what an original checkpoint's weights cannot tell (heads,
+      dropout, dtype); its dims are inferred from the weights.
+
+  Raises:
+    FileNotFoundError: naming what is missing and what exists.
+    ValueError: a checkpoint for another number of classes.
+  """
+  runs = []
+  for v in variants:
+    pt = torch_checkpoint_path(model_dir, v)
+    have = available_seeds(model_dir, v)
+    if not have and os.path.exists(pt):
+      ckpt = convert.load_torch_checkpoint(pt, base_config=base_model_config, variant=v)
+      if ckpt["num_classes"] != num_classes:
+        raise ValueError(f"{pt} has {ckpt['num_classes']} classes but the class list has "
+                         f"{num_classes}")
+      log(f"[{v}] converted the original PyTorch checkpoint {pt} (epoch "
+          f"{ckpt.get('epoch')}, val acc {ckpt.get('val_acc')})")
+      runs.append(Run(v, "torch", ckpt["params"], ckpt["model_config"],
+                      float(ckpt.get("val_acc", float("nan"))), pt, ckpt.get("class_names")))
+      continue
+    wanted = list(seeds) if seeds is not None else have
+    missing = [s for s in wanted if s not in have]
+    if not have or missing:
+      raise FileNotFoundError(
+          f"no best checkpoint for {v} seed(s) {missing or wanted} in {model_dir} "
+          f"(found seeds {have}; variants present: {available_variants(model_dir)}); "
+          "train them first or pass --variants/--seeds")
+    for s in wanted:
+      run = load_run(model_dir, v, s)
+      if len(run.class_names) != num_classes:
+        raise ValueError(f"{run.source} was trained on {len(run.class_names)} classes "
+                         f"{run.class_names} but the class list has {num_classes}")
+      runs.append(run)
+  return runs
+
+
+def check_dims(runs: Sequence[Run], split) -> None:
+  """Raises ``ValueError`` naming the feature file whose dim a checkpoint cannot take."""
+  dims = {"speech": split.speech[0].shape[1], "text": split.text[0].shape[1]}
+  for run in runs:
+    want = {"speech": run.model_config.speech_dim, "text": run.model_config.text_dim}
+    for m in registry.get(run.variant).modalities:
+      if dims[m] != want[m]:
+        raise ValueError(
+            f"{split.sources.get(m) or split.name}: {m} features are {dims[m]}-d but "
+            f"{run.source} was trained on {want[m]}-d {m} features")

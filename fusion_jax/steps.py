@@ -1,0 +1,351 @@
+"""Pure steps and the compile ledger.
+
+The three steps are module-level pure functions of arrays::
+
+  train_step(state, metrics, batch, dropout_key, *, model, optimizer, label_smoothing)
+      -> (state, metrics)
+  eval_step(params, batch, *, model, label_smoothing) -> {loss_sum, confusion}
+  predict_step(params, batch, *, model, aux_keys) -> (logits, {aux_key: array})
+
+:class:`Steps` binds their static parts (model, optimizer, smoothing) with
+``functools.partial`` and jits them, as the Flax examples do. A
+:class:`CompileLedger` compiles each (step, input shapes) pair ahead of time
+exactly once and keeps the executable with its compile time; training,
+evaluation, prediction and the benchmark share one ledger, so a new shape can
+never recompile silently and compile time is reported apart from step time.
+
+Batches (see :mod:`fusion_jax.data.batching`) are dicts: ``speech [B, T, Ds]``,
+``speech_mask [B, T]``, ``text [B, L, Dt]``, ``text_mask [B, L]``, ``label [B]``,
+``example_mask [B]`` (0 = padding row), ``index [B]``.
+
+Optimisation is the original's: Adam with L2 weight decay added to the gradient
+(``torch.optim.Adam(weight_decay=...)``), cross-entropy with label smoothing,
+``ReduceLROnPlateau(mode="max")`` (:class:`Plateau`, host side).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import fnmatch
+import functools
+import math
+import os
+import threading
+import time
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fusion_jax import metrics as metrics_lib
+
+
+# ------------------------------------------------------------------ state and optimisation
+@flax.struct.dataclass
+class TrainState:
+  """Everything a step changes. The optimizer and model are bound to the step, not carried."""
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  learning_rate: jax.Array
+
+
+def make_optimizer(optim_cfg) -> optax.GradientTransformation:
+  """torch.optim.Adam with ``weight_decay``: L2 added to the gradient, then Adam.
+
+  The learning rate is applied in the step from ``TrainState.learning_rate``,
+  so the plateau schedule can change it without touching the optimizer state.
+  """
+  return optax.chain(optax.add_decayed_weights(optim_cfg.weight_decay),
+                     optax.scale_by_adam(b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps))
+
+
+@dataclasses.dataclass
+class Plateau:
+  """``torch.optim.lr_scheduler.ReduceLROnPlateau`` in mode "max", threshold "rel".
+
+  ``step(metric)`` after each epoch: an epoch is an improvement when
+  ``metric > best * (1 + threshold)``; after more than ``patience`` epochs
+  without one, the rate is multiplied by ``factor`` and the count restarts.
+  """
+  lr: float
+  factor: float = 0.5
+  patience: int = 3
+  threshold: float = 1e-4
+  min_lr: float = 0.0
+  best: float = -math.inf
+  num_bad_epochs: int = 0
+
+  @classmethod
+  def from_config(cls, optim_cfg) -> "Plateau":
+    return cls(lr=optim_cfg.learning_rate, factor=optim_cfg.plateau_factor,
+               patience=optim_cfg.plateau_patience, threshold=optim_cfg.plateau_threshold)
+
+  def step(self, metric: float) -> float:
+    if metric > self.best * (1 + self.threshold):
+      self.best, self.num_bad_epochs = metric, 0
+    else:
+      self.num_bad_epochs += 1
+    if self.num_bad_epochs > self.patience:
+      new_lr = max(self.lr * self.factor, self.min_lr)
+      if self.lr - new_lr > 1e-8:
+        self.lr = new_lr
+      self.num_bad_epochs = 0
+    return self.lr
+
+  def to_json(self) -> dict:
+    return dict(lr=self.lr, best=self.best if math.isfinite(self.best) else None,
+                num_bad_epochs=self.num_bad_epochs)
+
+  def load_json(self, d: dict) -> None:
+    self.lr = d["lr"]
+    self.best = -math.inf if d["best"] is None else d["best"]
+    self.num_bad_epochs = d["num_bad_epochs"]
+
+
+def smoothed_cross_entropy(logits, labels, smoothing: float = 0.1):
+  """Per-example ``torch.nn.CrossEntropyLoss(label_smoothing=...)``: ``[B, K], [B] → [B]``."""
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
+
+
+def zero_metrics() -> dict:
+  """The training accumulator: summed loss, correct predictions and examples."""
+  return dict(loss_sum=jnp.zeros((), jnp.float32), correct=jnp.zeros((), jnp.float32),
+              count=jnp.zeros((), jnp.float32))
+
+
+def init_state(model, optimizer, rng, learning_rate: float) -> TrainState:
+  from fusion_jax.models import model as model_lib  # pylint: disable=import-outside-toplevel
+  params = model_lib.init_params(model, rng)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=optimizer.init(params),
+                    learning_rate=jnp.asarray(learning_rate, jnp.float32))
+
+
+# ------------------------------------------------------------------ pure steps
+def _forward(model, params, batch, train, key=None):
+  rngs = {"dropout": key} if train else None
+  return model.apply({"params": params}, batch["speech"], batch["speech_mask"],
+                     batch["text"], batch["text_mask"], train=train, rngs=rngs)
+
+
+def train_step(state: TrainState, metrics: dict, batch: dict, dropout_key, *, model,
+               optimizer, label_smoothing: float):
+  """One optimisation step; ``metrics`` accumulates masked loss, correct and count sums.
+
+  Dropout's key is ``fold_in(dropout_key, state.step)``: a function of the run and
+  the step only, so an interrupted run replays exactly.
+  """
+  key = jax.random.fold_in(dropout_key, state.step)
+  weights = batch["example_mask"]
+
+  def loss_fn(params):
+    logits, _ = _forward(model, params, batch, True, key)
+    per_example = smoothed_cross_entropy(logits, batch["label"], label_smoothing)
+    return jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1.0), (
+        per_example, logits)
+
+  (_, (per_example, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = jax.tree_util.tree_map(lambda p, u: p - state.learning_rate * u, state.params,
+                                  updates)
+  correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+  metrics = dict(loss_sum=metrics["loss_sum"] + jnp.sum(per_example * weights),
+                 correct=metrics["correct"] + jnp.sum(correct * weights),
+                 count=metrics["count"] + jnp.sum(weights))
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(params, batch: dict, *, model, label_smoothing: float) -> dict:
+  """Additive statistics of one batch: summed loss and the ``[K, K]`` confusion matrix."""
+  logits, _ = _forward(model, params, batch, False)
+  weights = batch["example_mask"]
+  k = logits.shape[-1]
+  pred = jnp.argmax(logits, -1)
+  onehot_true = jax.nn.one_hot(batch["label"], k) * weights[:, None]
+  confusion = onehot_true.T @ jax.nn.one_hot(pred, k)
+  loss = smoothed_cross_entropy(logits, batch["label"], label_smoothing)
+  return dict(loss_sum=jnp.sum(loss * weights), confusion=confusion)
+
+
+def predict_step(params, batch: dict, *, model, aux_keys: Sequence[str] = ()):
+  """Logits ``[B, K]`` and the ``aux`` entries matching ``aux_keys`` (names or
+  ``fnmatch`` patterns such as ``"fusion/*_gate"``; absent ones are skipped)."""
+  logits, aux = _forward(model, params, batch, False)
+  return logits, {k: v for k, v in aux.items()
+                  if any(fnmatch.fnmatchcase(k, pattern) for pattern in aux_keys)}
+
+
+# ------------------------------------------------------------------ jitted, bound
+@dataclasses.dataclass(frozen=True)
+class StepFn:
+  """A jitted step with its static parts bound; ``owner`` names the model it belongs to."""
+  name: str
+  owner: tuple
+  fn: Callable
+
+
+class Steps:
+  """The jitted steps of one model (``train`` donates its state and metrics).
+
+  Args:
+    model: an :class:`~fusion_jax.models.EmotionRecognizer`.
+    optimizer: from :func:`make_optimizer` (used by ``train`` only).
+    label_smoothing: as ``torch.nn.CrossEntropyLoss(label_smoothing=...)``.
+    owner: a hashable identity of (model, optimizer, smoothing) for the ledger.
+  """
+
+  def __init__(self, model, optimizer, label_smoothing: float, owner: tuple):
+    self.model, self.optimizer, self.label_smoothing = model, optimizer, label_smoothing
+    self.owner = owner
+    self.traces = 0
+    counted = functools.partial(self._count, train_step)
+    self.train = StepFn("train", owner, jax.jit(functools.partial(
+        counted, model=model, optimizer=optimizer, label_smoothing=label_smoothing),
+                                                donate_argnums=(0, 1)))
+    self.eval = StepFn("eval", owner, jax.jit(functools.partial(
+        eval_step, model=model, label_smoothing=label_smoothing)))
+    self._predict: dict = {}
+
+  def _count(self, fn, *args, **kwargs):
+    self.traces += 1  # runs only while tracing
+    return fn(*args, **kwargs)
+
+  def predict(self, aux_keys: Sequence[str] = ()) -> StepFn:
+    keys = tuple(sorted(aux_keys))
+    if keys not in self._predict:
+      self._predict[keys] = StepFn(f"predict{list(keys) if keys else ''}", self.owner,
+                                   jax.jit(functools.partial(predict_step, model=self.model,
+                                                             aux_keys=keys)))
+    return self._predict[keys]
+
+  def init_state(self, rng, learning_rate: float) -> TrainState:
+    return init_state(self.model, self.optimizer, rng, learning_rate)
+
+  def aux_keys(self) -> tuple:
+    """The names of the model's ``aux`` outputs (traced once, nothing is computed)."""
+    if not hasattr(self, "_aux_keys"):
+      from fusion_jax.models import model as model_lib  # pylint: disable=import-outside-toplevel
+      inputs = model_lib.dummy_inputs(self.model.config)
+      shapes = jax.eval_shape(lambda: self.model.init_with_output(
+          {"params": jax.random.key(0)}, *inputs)[0])
+      self._aux_keys = tuple(sorted(shapes[1]))
+    return self._aux_keys
+
+
+# ------------------------------------------------------------------ compile ledger
+def _signature(tree) -> tuple:
+  return tuple((tuple(x.shape), str(x.dtype)) for x in jax.tree_util.tree_leaves(tree))
+
+
+@dataclasses.dataclass
+class Compiled:
+  """One ledger entry: an AOT-compiled step for one set of input shapes."""
+  step: str
+  owner: tuple
+  inputs: tuple           # (shape, dtype) of every input leaf
+  batch_shapes: dict      # the batch argument's leaf shapes, e.g. {"speech": (32, 184, 768)}
+  executable: Any
+  seconds: float
+
+  def flops(self) -> float:
+    """XLA's cost analysis of the executable (FLOPs per call, padding included)."""
+    cost = self.executable.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+      cost = cost[0] if cost else {}
+    return float((cost or {}).get("flops", 0.0))
+
+
+class CompileLedger:
+  """Input shapes → compiled executable, compiled once (``jit(...).lower().compile()``).
+
+  Calling ``ledger(step_fn, *args)`` compiles on the first call with these shapes
+  and runs the executable. :attr:`entries` lists what was compiled, with seconds.
+  """
+
+  def __init__(self):
+    self._entries: dict = {}
+    self._lock = threading.Lock()
+    self.seconds = 0.0
+
+  def _key(self, step: StepFn, args) -> tuple:
+    return (step.owner, step.name, _signature(args))
+
+  def compile(self, step: StepFn, *args) -> Compiled:
+    key = self._key(step, args)
+    entry = self._entries.get(key)
+    if entry is None:
+      t0 = time.perf_counter()
+      executable = step.fn.lower(*args).compile()
+      seconds = time.perf_counter() - t0
+      batch = next((a for a in args if isinstance(a, dict) and "speech" in a), {})
+      entry = Compiled(step.name, step.owner, key[2],
+                       {k: tuple(v.shape) for k, v in batch.items()}, executable, seconds)
+      with self._lock:
+        if key not in self._entries:
+          self._entries[key] = entry
+          self.seconds += seconds
+        entry = self._entries[key]
+    return entry
+
+  def __call__(self, step: StepFn, *args):
+    return self.compile(step, *args).executable(*args)
+
+  def precompile(self, calls: Sequence[tuple]) -> float:
+    """Compiles ``[(step_fn, args), ...]`` concurrently; returns wall seconds.
+
+    XLA compiles one executable on one core; a run needs 2 × buckets of them, so
+    compiling them in threads up front uses every core instead of one at a time.
+    """
+    todo = [(s, a) for s, a in calls if self._key(s, a) not in self._entries]
+    if not todo:
+      return 0.0
+    t0 = time.perf_counter()
+    workers = max(1, min(len(todo), os.cpu_count() or 1))
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+      list(pool.map(lambda call: self.compile(call[0], *call[1]), todo))
+    return time.perf_counter() - t0
+
+  def entries(self, owner: Optional[tuple] = None, step: Optional[str] = None) -> list:
+    return [e for e in self._entries.values()
+            if (owner is None or e.owner == owner) and (step is None or e.step == step)]
+
+  def __len__(self) -> int:
+    return len(self._entries)
+
+
+# ------------------------------------------------------------------ passes over a split
+def evaluate_batches(ledger: CompileLedger, steps: Steps, params,
+                     batches: Iterable[dict], num_examples: int) -> dict:
+  """Loss and confusion matrix over already-placed batches (one host sync at the end)."""
+  stats = jax.device_get([ledger(steps.eval, params, b) for b in batches])
+  confusion = np.rint(sum(s["confusion"] for s in stats)).astype(np.int64)
+  loss = float(sum(s["loss_sum"] for s in stats)) / max(num_examples, 1)
+  return dict(loss=loss, confusion=confusion, **metrics_lib.summary(confusion))
+
+
+def predict_batches(ledger: CompileLedger, steps: Steps, params, batches: Iterable[tuple],
+                    num_examples: int, num_classes: int, aux_keys: Sequence[str] = ()):
+  """Softmax probabilities ``[N, K]`` and requested ``aux`` arrays, in split order.
+
+  ``batches`` yields ``(placed_batch, index)`` with ``index [B]`` the split rows
+  (-1 for padding rows).
+  """
+  probs = np.zeros((num_examples, num_classes), np.float32)
+  aux_out: dict = {}
+  fn = steps.predict(aux_keys)
+  for batch, index in batches:
+    logits, aux = jax.device_get(ledger(fn, params, batch))
+    rows = index >= 0
+    idx = index[rows]
+    probs[idx] = jax.nn.softmax(logits[rows], axis=-1)
+    for k, v in aux.items():
+      if k not in aux_out:
+        aux_out[k] = np.zeros((num_examples,) + v.shape[1:], np.float32)
+      aux_out[k][idx] = v[rows]
+  return probs, aux_out
