@@ -1,12 +1,30 @@
-"""Shared test helpers. Tests never read ../shared; data is generated or a tiny fixture."""
+"""Shared test helpers. Tests never read ../shared; data is generated or a tiny fixture.
+
+One persistent XLA compilation cache serves the whole session (this process and the
+binaries it starts): many tests compile the same tiny programs, and a cache hit is
+bit-identical to a fresh compile, so only time changes. Compiles use XLA's lowest
+backend optimisation level (set below, inherited by the binaries).
+"""
 
 import os
+import tempfile
 
+import jax
 import numpy as np
 import pandas as pd
 import pytest
 
 from fusion_jax import data
+
+# XLA's backend optimisations cost more than half of every compile and buy nothing for
+# models this small; semantics are unchanged (every comparison below is within one setting).
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                             + " --xla_backend_optimization_level=0").strip()
+COMPILATION_CACHE = os.environ.setdefault(
+    "FUSION_JAX_TEST_XLA_CACHE", tempfile.mkdtemp(prefix="fusion_jax_test_xla_"))
+jax.config.update("jax_compilation_cache_dir", COMPILATION_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 CLASSES = ["angry", "disgust", "fear", "happy", "neutral", "pleasant_surprise", "sad"]
