@@ -70,7 +70,7 @@ def main(argv):
     runs = evaluation.load_runs(exp, exp.variants if cli.explicit("train.variants") else None,
                                 exp.seeds if cli.explicit("train.seeds") else None)
     analysis.analyze(exp, runs, sp)
-  except (data.DataError, ValueError, FileNotFoundError) as e:
+  except cli.USER_ERRORS as e:
     cli.fail(str(e))
 
 

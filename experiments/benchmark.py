@@ -62,7 +62,7 @@ def main(argv):
     # Default: the original's four heads (the config's variant list is for training).
     variants = exp.variants if cli.explicit("train.variants") else models.parse_variants(
         "original")
-  except ValueError as e:
+  except cli.USER_ERRORS as e:
     cli.fail(str(e))
   cfg = exp.config
   lens = split.speech_lengths

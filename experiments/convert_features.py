@@ -32,7 +32,7 @@ def main(argv):
       data.save_original_layout(FLAGS.output, feats.sequences, feats.labels)
     else:
       raise data.DataError(FLAGS.output, "output must end in .npz or .pt")
-  except data.DataError as e:
+  except cli.USER_ERRORS as e:
     cli.fail(str(e))
   lengths = feats.lengths
   print(f"{FLAGS.input} -> {FLAGS.output}: {len(feats)} utterances, dim {feats.dim}, "

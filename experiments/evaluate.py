@@ -70,7 +70,7 @@ def main(argv):
     evaluation.evaluate(exp, test, variants=exp.variants if explicit else None,
                         seeds=exp.seeds if cli.explicit("train.seeds") else None, train=train,
                         ablation=FLAGS.ablation)
-  except (data.DataError, ValueError, FileNotFoundError) as e:
+  except cli.USER_ERRORS as e:
     cli.fail(str(e))
 
 

@@ -108,7 +108,7 @@ def main(argv):
         original_layout=FLAGS.original_layout, resume=FLAGS.resume, progress=FLAGS.progress)
     failed = out.failed
     print(f"Wrote {out.split_csv}", flush=True)
-  except (DataError, ImportError, ValueError) as e:
+  except cli.USER_ERRORS as e:
     cli.fail(str(e))
   if failed:
     sys.exit(1)

@@ -24,7 +24,7 @@ def main(argv):
   del argv
   try:
     split = data.load_split("train", FLAGS.speech_features, FLAGS.text_features)
-  except data.DataError as e:
+  except cli.USER_ERRORS as e:
     cli.fail(str(e))
   lens = split.speech_lengths
   print(f"{len(split)} utterances, speech frames: min {lens.min()}, median "

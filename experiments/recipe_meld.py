@@ -133,8 +133,10 @@ def main(argv):
         train_size=len(train), val_size=len(val), dev_size=len(dev)))
     io_utils.write_text(os.path.join(FLAGS.work_dir, "meld_results.txt"), table)
     print("\n" + table, flush=True)
-  except (DataError, ImportError, ValueError) as e:
+  except cli.USER_ERRORS as e:
     cli.fail(str(e))
+  except KeyboardInterrupt:
+    cli.interrupted()
 
 
 def _table(rows, extractor, extract_seconds, total):

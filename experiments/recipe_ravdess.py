@@ -112,8 +112,10 @@ def main(argv):
     io_utils.write_json(os.path.join(FLAGS.work_dir, "cv_summary.json"), summary)
     io_utils.write_text(os.path.join(FLAGS.work_dir, "cv_results.txt"), table)
     print("\n" + table, flush=True)
-  except (DataError, ImportError, ValueError) as e:
+  except cli.USER_ERRORS as e:
     cli.fail(str(e))
+  except KeyboardInterrupt:
+    cli.interrupted()
 
 
 if __name__ == "__main__":

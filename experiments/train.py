@@ -17,7 +17,8 @@ DIR/train_split.csv (the layout experiments/make_demo_data.py writes).
 Writes results/plots/{variant}_training_curves.png, {variant}_confusion_matrix.png,
 fusion_variants_comparison.png, results/fusion_variants_comparison.txt,
 metrics.jsonl, summary.json, config.json; checkpoints (orbax) under
-model_dir/{variant}/seed_{seed}/{best,latest}. Rerunning the same command
+model_dir/{variant}/seed_{seed}/{best,latest}, and the original's
+model_dir/best_{variant}_model.pt (loadable by its PyTorch code). Rerunning the same command
 resumes an interrupted run.
 """
 
@@ -44,6 +45,9 @@ for _name, _help in (
   cli.alias(_name, f"paths.{_name}", str, _help)
 cli.alias("epochs", "train.epochs", int, "Training epochs (the original's flag).")
 cli.alias("batch_size", "train.batch_size", int, "Batch size (the original's flag).")
+cli.alias("export_torch", "train.export_torch", bool, "Also write the original's "
+          "MODEL_DIR/best_{variant}_model.pt (torch.save format, written without torch; "
+          "--noexport_torch skips it).")
 cli.define_common_flags()
 flags.adopt_module_key_flags(cli)
 
@@ -86,8 +90,10 @@ def main(argv):
                                        model_dir=config.paths.model_dir,
                                        results_dir=config.paths.results_dir)
     training.train_and_evaluate(exp, train, val)
-  except (data.DataError, ValueError, FileNotFoundError) as e:
+  except cli.USER_ERRORS as e:
     cli.fail(str(e))
+  except KeyboardInterrupt:
+    cli.interrupted()
 
 
 if __name__ == "__main__":

@@ -215,18 +215,24 @@ def analyze(exp: Experiment, runs_: Sequence[runs.Run], split: Split, *,
     {variant: {aux key: {mean, by_class}}}}``, also written to
     ``separability/separability.json`` (the text in ``separability_report.txt``).
   """
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  an, log = exp.config.analysis, exp.log
+  an = exp.config.analysis
   if methods is None:
     methods = [m.strip() for m in str(an.methods).split(",") if m.strip()]
   max_per_class = an.max_per_class if max_per_class is None else max_per_class
-  out_dir = os.path.join(exp.results_dir, "separability")
-  os.makedirs(out_dir, exist_ok=True)
   for m in methods:
     if m not in METHODS:
       raise ValueError(f"unknown projection {m!r}; valid: {list(METHODS)}")
-  class_names = exp.class_names
   runs.check_dims(runs_, split)
+  # Written as one set: a failed or concurrent run never leaves a mix of pictures.
+  with runs.RunLock(exp.results_dir, "separability report", ".separability.lock"), \
+      io_utils.replaced_dir(os.path.join(exp.results_dir, "separability")) as out_dir:
+    return _analyze(exp, runs_, split, methods, max_per_class, out_dir)
+
+
+def _analyze(exp, runs_, split, methods, max_per_class, out_dir) -> dict:
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  an, log = exp.config.analysis, exp.log
+  class_names = exp.class_names
   rows = subsample(split.labels, max_per_class)
   sub = split.take(rows)
   labels = sub.labels

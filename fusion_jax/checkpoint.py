@@ -1,19 +1,42 @@
-"""Orbax checkpoints behind three calls: ``save``, ``restore``, ``latest_step``.
+"""Orbax checkpoints behind a few calls: ``save``, ``restore``, ``restore_meta``, ``steps``.
 
 Each run (variant × seed) has two managers: ``best`` (saved when validation
-accuracy strictly improves) and ``latest`` (every epoch, for resuming). Orbax
-writes into a temporary directory and renames it when complete, so a killed
-process never leaves a partial checkpoint that a later restore would pick up.
-Saves are synchronous.
+accuracy strictly improves; one kept) and ``latest`` (for resuming; the two
+newest kept, so a damaged newest one leaves an intact older one to resume from).
+Orbax writes into a temporary directory and renames it when complete, so a
+killed process never leaves a partial checkpoint. Every save records a checksum
+of the saved arrays in the metadata, and every restore verifies it: a flipped
+byte is an error naming the checkpoint, never a silently different model.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 from typing import Any, Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+from fusion_jax.data.errors import DataError
+
+KEEP = {"best": 1, "latest": 2}
+
+
+class CorruptCheckpoint(DataError):
+  """A checkpoint that cannot be read back as it was saved."""
+
+
+def tree_checksum(tree) -> str:
+  """BLAKE2b of every leaf's shape, dtype and bytes, in tree order (host copies)."""
+  h = hashlib.blake2b(digest_size=16)
+  for leaf in jax.tree_util.tree_leaves(jax.device_get(tree)):
+    a = np.asarray(leaf)
+    h.update(f"{a.shape}{a.dtype.str}".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
 
 
 class RunCheckpoints:
@@ -21,45 +44,92 @@ class RunCheckpoints:
 
   def __init__(self, directory: str):
     self.directory = os.path.abspath(directory)
-    opts = ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
-                                        enable_async_checkpointing=False)
-    self._managers = {kind: ocp.CheckpointManager(os.path.join(self.directory, kind),
-                                                  options=opts)
-                      for kind in ("best", "latest")}
+    self._managers = {
+        kind: ocp.CheckpointManager(os.path.join(self.directory, kind), options=ocp.
+                                    CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                                             enable_async_checkpointing=False))
+        for kind, keep in KEEP.items()}
+
+  def path(self, kind: str, step: int) -> str:
+    return os.path.join(self.directory, kind, str(step))
 
   def latest_step(self, kind: str) -> Optional[int]:
     return self._managers[kind].latest_step()
 
+  def steps(self, kind: str) -> list:
+    """Saved steps, newest first."""
+    return sorted(self._managers[kind].all_steps(), reverse=True)
+
   def save(self, kind: str, step: int, state: Any, meta: dict) -> bool:
-    """Saves ``state`` (a pytree of arrays) and ``meta`` (JSON). Skips an existing step."""
+    """Saves ``state`` (a pytree of arrays) and ``meta`` (JSON, + the state's checksum).
+
+    Skips a step that exists already.
+    """
     mgr = self._managers[kind]
     if step in mgr.all_steps():
       return False
+    meta = dict(meta, checksum=tree_checksum(state))
     mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                            meta=ocp.args.JsonSave(meta)))
     mgr.wait_until_finished()
     return True
 
-  def restore(self, kind: str, abstract_state: Any, step: Optional[int] = None):
-    """Returns ``(state, meta)`` of ``step`` (default: the newest) or None if none."""
-    mgr = self._managers[kind]
-    step = mgr.latest_step() if step is None else step
-    if step is None:
-      return None
-    out = mgr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-    return out["state"], out["meta"]
-
   def restore_meta(self, kind: str, step: Optional[int] = None) -> Optional[dict]:
-    mgr = self._managers[kind]
-    step = mgr.latest_step() if step is None else step
+    """The metadata of ``step`` (default: the newest), or None if there is none."""
+    step = self.latest_step(kind) if step is None else step
     if step is None:
       return None
-    return mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    try:
+      meta = self._managers[kind].restore(step, args=ocp.args.Composite(
+          meta=ocp.args.JsonRestore()))["meta"]
+    except Exception as e:  # pylint: disable=broad-except  (orbax, tensorstore, JSON, OS)
+      raise self._corrupt(kind, step, f"its metadata is unreadable ({_short(e)})") from None
+    if not isinstance(meta, dict):
+      raise self._corrupt(kind, step, "its metadata is not a JSON object")
+    return meta
+
+  def restore(self, kind: str, abstract_state: Any, step: Optional[int] = None):
+    """``(state, meta)`` of ``step`` (default: the newest), checksum verified; None if none.
+
+    Raises:
+      CorruptCheckpoint: unreadable, or its arrays differ from what was saved.
+    """
+    step = self.latest_step(kind) if step is None else step
+    if step is None:
+      return None
+    meta = self.restore_meta(kind, step)
+    try:
+      out = self._managers[kind].restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._corrupt(kind, step, f"its arrays are unreadable ({_short(e)})") from None
+    state = out["state"]
+    if "checksum" in meta and tree_checksum(state) != meta["checksum"]:
+      raise self._corrupt(kind, step, "its arrays differ from those saved (checksum "
+                          "mismatch: damaged on disk)")
+    return state, meta
+
+  def remove(self, kind: str) -> None:
+    """Deletes every ``kind`` checkpoint (a damaged best that training will redo)."""
+    self._managers[kind].close()
+    shutil.rmtree(os.path.join(self.directory, kind), ignore_errors=True)
+    self._managers[kind] = ocp.CheckpointManager(
+        os.path.join(self.directory, kind), options=ocp.CheckpointManagerOptions(
+            max_to_keep=KEEP[kind], create=True, enable_async_checkpointing=False))
+
+  def _corrupt(self, kind, step, problem) -> CorruptCheckpoint:
+    return CorruptCheckpoint(self.path(kind, step), f"checkpoint is damaged: {problem}",
+                             hint="delete it (training resumes from an older one or restarts; "
+                             "the result is the same) or restore it from a backup")
 
   def close(self):
     for mgr in self._managers.values():
       mgr.close()
+
+
+def _short(e: Exception) -> str:
+  text = " ".join(str(e).split())
+  return f"{type(e).__name__}: {text[:160]}{'…' if len(text) > 160 else ''}"
 
 
 def abstract_like(tree):

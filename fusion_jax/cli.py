@@ -90,11 +90,23 @@ def _set(config, field: str, value) -> None:
   node[leaf] = value
 
 
+def _closed_loop_noise(exc_type, exc, tb) -> bool:
+  """The checkpoint library's background threads, finishing reads after a failed restore,
+  post to an event loop it has closed; Python reports each as an unraisable exception."""
+  return exc_type is RuntimeError and str(exc) == "Event loop is closed"
+
+
+def _quiet_unraisablehook(unraisable):
+  if not _closed_loop_noise(unraisable.exc_type, unraisable.exc_value, None):
+    sys.__unraisablehook__(unraisable)
+
+
 def config_from_flags():
   """The ``--config`` tree with every alias given on the command line applied.
 
   Also imports ``--module_import`` modules (before variants are parsed).
   """
+  sys.unraisablehook = _quiet_unraisablehook
   for module in FLAGS.module_import:
     try:
       importlib.import_module(module)
@@ -159,7 +171,18 @@ def require(hint: str = "or give --data_dir", **flag_values) -> None:
     fail(f"missing {', '.join(missing)} ({hint})")
 
 
-def fail(message: str) -> None:
+# What a user can fix: bad or missing files and folders (DataError is a ValueError),
+# settings, a diverging run, a missing optional package, memory. One line, no traceback.
+USER_ERRORS = (ValueError, OSError, FloatingPointError, ImportError, MemoryError)
+
+
+def fail(message: str, code: int = 2) -> None:
   """Exits with a one-line error (no traceback) for problems the user can fix."""
   print(f"error: {message}", file=sys.stderr, flush=True)
-  sys.exit(2)
+  sys.stdout.flush()
+  os._exit(code)   # now: nothing a library's background thread does can print after it
+
+
+def interrupted() -> None:
+  fail("interrupted; rerun the same command to resume from the last checkpoint (the "
+       "result is the same as an uninterrupted run)", code=130)

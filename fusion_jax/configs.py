@@ -48,6 +48,8 @@ def default() -> ml_collections.ConfigDict:
       variants="original",     # the original's four fusion heads ("all" adds the baselines)
       progress_every=0,        # print a progress line every N steps (0 = about 10 per epoch)
       checkpoint_every_seconds=60.0,  # "latest" (resume) checkpoint cadence; always at the end
+      export_torch=True,       # also write the original's model_dir/best_{variant}_model.pt
+      export_torch_seed=-1,    # ... of this seed (-1 = the first seed trained)
   ))
 
   c.eval = ml_collections.ConfigDict(dict(
@@ -149,6 +151,7 @@ def ravdess() -> ml_collections.ConfigDict:
   c.train.batch_size = 32
   c.train.seeds = "0"           # folds give the spread; --seeds=0,1 doubles the run time
   c.train.variants = "all"
+  c.train.export_torch = False  # recipes keep their runs in orbax only
   c.analysis.methods = "tsne,pca"
   return c
 

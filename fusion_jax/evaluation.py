@@ -233,6 +233,38 @@ def predictions_frame(preds: list, split: Split, class_names: Sequence[str]) -> 
   return pd.concat(frames, ignore_index=True)
 
 
+def _write_test_files(out_dir, summary, by, test, names, failures, text) -> None:
+  for v, ps in by.items():
+    title = f"Test Confusion Matrix - {v.upper()}" + (f" ({len(ps)} seeds)" if len(ps) > 1
+                                                       else "")
+    plots.confusion_matrix(sum(p.confusion() for p in ps), names, title,
+                           os.path.join(out_dir, f"{v}_test_confusion_matrix.png"))
+    cal = summary["calibration"][v]
+    plots.reliability_diagram(cal["bins"], cal["ece"], f"Reliability - {v}",
+                              os.path.join(out_dir, f"{v}_reliability_diagram.png"))
+    with io_utils.atomic_open(os.path.join(out_dir, f"{v}_predictions.csv"), "w",
+                              encoding="utf-8", newline="") as f:
+      predictions_frame(ps, test, names).to_csv(f, index=False)
+  io_utils.write_text(os.path.join(out_dir, "test_metrics_comparison.txt"), text)
+  io_utils.write_text(os.path.join(out_dir, "failure_cases_report.txt"),
+                      reports.failure_cases(failures))
+  abl = summary.get("modality_ablation")
+  if abl:
+    io_utils.write_text(os.path.join(out_dir, "modality_ablation.txt"),
+                        reports.modality_ablation(abl, names))
+    rows = abl["variants"]
+    plots.bar_groups({"full": [rows[v]["full"] for v in rows],
+                      "speech removed": [rows[v]["no_speech"] for v in rows],
+                      "text removed": [rows[v]["no_text"] for v in rows]},
+                     list(rows), "Which modality does each fusion variant rely on? (test)",
+                     "Accuracy", os.path.join(out_dir, "modality_reliance.png"), ylim=(0, 1))
+    if abl["per_class_gain"]:
+      plots.bar_groups(abl["per_class_gain"], list(names),
+                       "Per-class recall gain of fusion over the best single modality",
+                       "Recall gain", os.path.join(out_dir, "fusion_gain_per_class.png"))
+  io_utils.write_json(os.path.join(out_dir, "test_summary.json"), summary)
+
+
 # ------------------------------------------------------------------ driver
 def load_runs(exp: Experiment, variants: Optional[Sequence[str]] = None,
               seeds: Optional[Sequence[int]] = None) -> list:
@@ -293,39 +325,12 @@ def evaluate(exp: Experiment, test: Split, *, variants: Optional[Sequence[str]] 
   if removed:
     summary["modality_ablation"] = modality_ablation(by, removed, ablation)
   failures = failure_cases(preds, test, names)
-  # -- files
-  os.makedirs(out_dir, exist_ok=True)
-  for v, ps in by.items():
-    title = f"Test Confusion Matrix - {v.upper()}" + (f" ({len(ps)} seeds)" if len(ps) > 1
-                                                       else "")
-    plots.confusion_matrix(sum(p.confusion() for p in ps), names, title,
-                           os.path.join(out_dir, f"{v}_test_confusion_matrix.png"))
-    cal = summary["calibration"][v]
-    plots.reliability_diagram(cal["bins"], cal["ece"], f"Reliability - {v}",
-                              os.path.join(out_dir, f"{v}_reliability_diagram.png"))
-    with io_utils.atomic_open(os.path.join(out_dir, f"{v}_predictions.csv"), "w",
-                              encoding="utf-8", newline="") as f:
-      predictions_frame(ps, test, names).to_csv(f, index=False)
+  # -- files: written as one set (a failed or concurrent run never leaves a mix)
   text = reports.test_metrics(summary)
-  io_utils.write_text(os.path.join(out_dir, "test_metrics_comparison.txt"), text)
-  io_utils.write_text(os.path.join(out_dir, "failure_cases_report.txt"),
-                      reports.failure_cases(failures))
   summary["failure_cases"] = failures
-  if removed:
-    abl = summary["modality_ablation"]
-    io_utils.write_text(os.path.join(out_dir, "modality_ablation.txt"),
-                        reports.modality_ablation(abl, names))
-    rows = abl["variants"]
-    plots.bar_groups({"full": [rows[v]["full"] for v in rows],
-                      "speech removed": [rows[v]["no_speech"] for v in rows],
-                      "text removed": [rows[v]["no_text"] for v in rows]},
-                     list(rows), "Which modality does each fusion variant rely on? (test)",
-                     "Accuracy", os.path.join(out_dir, "modality_reliance.png"), ylim=(0, 1))
-    if abl["per_class_gain"]:
-      plots.bar_groups(abl["per_class_gain"], list(names),
-                       "Per-class recall gain of fusion over the best single modality",
-                       "Recall gain", os.path.join(out_dir, "fusion_gain_per_class.png"))
-  io_utils.write_json(os.path.join(out_dir, "test_summary.json"), summary)
+  with runs.RunLock(exp.results_dir, "test report", ".test_results.lock"), \
+      io_utils.replaced_dir(out_dir) as tmp:
+    _write_test_files(tmp, summary, by, test, names, failures, text)
   log("\n" + text.split("\n2. ")[0].strip())
   log(f"Test results saved to: {out_dir}")
   return summary

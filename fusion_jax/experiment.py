@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 from typing import Callable, Iterator, Optional, Sequence
 
 import ml_collections
 
-from fusion_jax import sharding, steps as steps_lib
+from fusion_jax import runs, sharding, steps as steps_lib
 from fusion_jax.data import batching
 from fusion_jax.data.errors import DataError
 from fusion_jax.data.splits import Split
@@ -87,6 +88,7 @@ class Experiment:
   shapes: Optional[batching.BatchShapes] = None
   ledger: steps_lib.CompileLedger = dataclasses.field(default_factory=steps_lib.CompileLedger)
   _steps: dict = dataclasses.field(default_factory=dict, repr=False)
+  _identities: dict = dataclasses.field(default_factory=dict, repr=False)
 
   @classmethod
   def create(cls, config, class_names: Sequence[str], *, train: Optional[Split] = None,
@@ -103,6 +105,9 @@ class Experiment:
         shapes are planned on them.
       mesh: overrides ``config.runtime.num_devices`` (tests).
     """
+    for flag, path in (("--model_dir", model_dir), ("--results_dir", results_dir)):
+      if path and os.path.exists(path) and not os.path.isdir(path):
+        raise DataError(path, f"is a file; {flag} must be a directory")
     if train is not None:
       config = resolve_dims(config, train, *([val] if val is not None else []))
     if mesh is None:
@@ -132,6 +137,13 @@ class Experiment:
     return batching.plan_shapes([train] + ([val] if val is not None else []),
                                 self.config.data.num_buckets, self.config.data.bucket_multiple,
                                 batch_size=self.config.train.batch_size)
+
+  def data_identity(self, split: Split) -> dict:
+    """:func:`fusion_jax.runs.data_identity` of ``split``, computed once per split object."""
+    key = id(split)
+    if key not in self._identities or self._identities[key][0] is not split:
+      self._identities[key] = (split, runs.data_identity(split))
+    return self._identities[key][1]
 
   # -- what the config says
   @property

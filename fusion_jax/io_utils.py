@@ -1,10 +1,11 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Atomic writes: a reader sees the old file (or set of files) or the new one, never half."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 
 
@@ -30,6 +31,49 @@ def atomic_open(path, mode: str = "w", **kwargs):
     if os.path.exists(tmp):
       os.unlink(tmp)
     raise
+
+
+@contextlib.contextmanager
+def replaced_dir(path):
+  """Yields a fresh sibling directory to fill; when the block succeeds it replaces ``path``
+  as a whole (a reader sees the old set of files or the new one), else it is deleted."""
+  path = os.path.abspath(os.fspath(path))
+  parent = os.path.dirname(path)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.tmp-")
+  try:
+    yield tmp
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  os.chmod(tmp, 0o777 & ~_umask())
+  old = None
+  if os.path.exists(path):
+    old = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.old-")
+    os.rmdir(old)
+    os.rename(path, old)
+  os.rename(tmp, path)
+  if old:
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_files(directory):
+  """Yields a staging directory; when the block succeeds every file written there is moved
+  into ``directory`` (same relative path, each replace atomic), else nothing is."""
+  directory = os.path.abspath(os.fspath(directory))
+  os.makedirs(directory, exist_ok=True)
+  tmp = tempfile.mkdtemp(dir=directory, prefix=".staged-")
+  try:
+    yield tmp
+    for root, _, files in os.walk(tmp):
+      for name in files:
+        src = os.path.join(root, name)
+        dst = os.path.join(directory, os.path.relpath(src, tmp))
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        os.replace(src, dst)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_text(path, text: str) -> None:

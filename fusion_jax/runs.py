@@ -17,16 +17,21 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import hashlib
+import json
 import math
 import os
 import re
+import socket
+import time
 from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fusion_jax import checkpoint, steps
+from fusion_jax import checkpoint, io_utils, steps
+from fusion_jax.data.errors import DataError
 from fusion_jax.models import convert, registry
 from fusion_jax.models import model as model_lib
 
@@ -59,10 +64,124 @@ def available_variants(model_dir: str) -> list:
 
 def fingerprint(config) -> dict:
   """The parts of the config a resumed run must share with the interrupted one."""
-  import json  # pylint: disable=import-outside-toplevel
   return json.loads(json.dumps(dict(
       model=dict(config.model), optim=dict(config.optim), batch_size=config.train.batch_size,
       num_buckets=config.data.num_buckets)))
+
+
+# ------------------------------------------------------------------ identity and lock
+class RunMismatch(DataError):
+  """A directory holds another run (other config or other data) than the one asked for."""
+
+
+class RunInUse(DataError):
+  """Another live process holds the directory's lock."""
+
+
+def data_identity(split) -> dict:
+  """What a run was trained on: the files (path, size) and a hash of the arrays themselves.
+
+  The hash covers every utterance's features and the labels, so a standardised or
+  subset split (recipes) has an identity too, and a changed file cannot pass as the old one.
+  """
+  h = hashlib.blake2b(digest_size=16)
+  for seqs in (split.speech, split.text):
+    for x in seqs:
+      a = np.asarray(x)
+      h.update(f"{a.shape}{a.dtype.str}".encode())
+      h.update(a.tobytes())
+  h.update(np.asarray(split.labels, np.int64).tobytes())
+  files = {}
+  for m, path in sorted(split.sources.items()):
+    if path and os.path.isfile(path):
+      files[m] = dict(path=os.path.abspath(path), bytes=os.path.getsize(path))
+  return dict(utterances=len(split), files=files, content=h.hexdigest())
+
+
+def _flatten(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, dict) and v:
+      out.update(_flatten(v, key + "."))
+    else:
+      out[key] = v
+  return out
+
+
+def check_identity(directory: str, identity: dict) -> None:
+  """Records ``identity`` in ``directory/run.json``, or checks it against the one recorded.
+
+  Raises:
+    RunMismatch: the directory holds another run; the message names what differs.
+  """
+  path = os.path.join(directory, "run.json")
+  if os.path.exists(path):
+    try:
+      with open(path, encoding="utf-8") as f:
+        recorded = json.load(f)["identity"]
+    except (ValueError, KeyError, OSError) as e:
+      raise RunMismatch(path, f"unreadable run record ({e})",
+                        hint="delete the run directory to start it over") from None
+    want = json.loads(json.dumps(identity))
+    if recorded != want:
+      a, b = _flatten(recorded), _flatten(want)
+      diff = [f"{k}: {a.get(k, '-')!s:.40} → {b.get(k, '-')!s:.40}" for k in sorted(set(a) | set(b))
+              if a.get(k) != b.get(k)]
+      raise RunMismatch(directory, "holds another run than this one: " + "; ".join(diff[:6])
+                        + (f" (+{len(diff) - 6} more)" if len(diff) > 6 else ""),
+                        hint="use another --model_dir, or delete this run's directory to "
+                        "train it anew")
+    return
+  os.makedirs(directory, exist_ok=True)
+  io_utils.write_json(path, dict(identity=identity, created=time.strftime("%Y-%m-%d %H:%M:%S"),
+                                 host=socket.gethostname(), pid=os.getpid()))
+
+
+class RunLock:
+  """An exclusive lock on a directory for one process (``flock`` on ``DIR/.lock``, or
+  ``DIR/<name>`` to lock one set of outputs in it).
+
+  The kernel releases it when the holder exits or is killed, so no stale lock
+  survives a crash; the file names the holder (pid, host, start) for the message.
+
+  Raises (on enter):
+    RunInUse: another live process holds it.
+  """
+
+  def __init__(self, directory: str, what: str = "run", name: str = ".lock"):
+    self.directory, self.what, self.name = directory, what, name
+    self._file = None
+
+  def __enter__(self):
+    import fcntl  # pylint: disable=import-outside-toplevel
+    if os.path.exists(self.directory) and not os.path.isdir(self.directory):
+      raise DataError(self.directory, "is a file, not a directory",
+                      hint="give a directory for checkpoints and reports")
+    os.makedirs(self.directory, exist_ok=True)
+    f = open(os.path.join(self.directory, self.name), "a+", encoding="utf-8")  # pylint: disable=consider-using-with
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      f.seek(0)
+      holder = f.read().strip() or "another process"
+      f.close()
+      raise RunInUse(self.directory, f"in use by {holder} (another process is writing this "
+                     f"{self.what})", hint="wait for it to finish, or use another directory") \
+          from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    f.flush()
+    self._file = f
+    return self
+
+  def __exit__(self, *exc):
+    import fcntl  # pylint: disable=import-outside-toplevel
+    fcntl.flock(self._file, fcntl.LOCK_UN)
+    self._file.close()
+    return False
 
 
 # ------------------------------------------------------------------ the run's memory
@@ -149,7 +268,6 @@ class RunState:
 
 def checkpoint_meta(run: RunState, config, class_names: Sequence[str], shapes) -> dict:
   """The metadata saved beside a checkpoint's state."""
-  import json  # pylint: disable=import-outside-toplevel
   return dict(format=META_FORMAT, variant=run.variant, seed=run.seed,
               class_names=list(class_names), run=run.to_json(),
               fingerprint=fingerprint(config), config=json.loads(config.to_json_best_effort()),
@@ -179,6 +297,8 @@ class Run:
   source: str
   class_names: Optional[list] = None
   state: Optional[RunState] = None
+  opt_state: Optional[object] = None          # optax state of the best checkpoint
+  learning_rate: Optional[float] = None       # the rate in force at the best checkpoint
 
 
 def _abstract_state(model_cfg, variant: str, num_classes: int, optim_cfg):
@@ -208,7 +328,7 @@ def load_run(model_dir: str, variant: str, seed: int) -> Run:
     ckpts.close()
   run = RunState.from_meta(meta)
   return Run(variant, str(seed), state.params, model_cfg, float(run.best.val_acc), directory,
-             list(meta["class_names"]), run)
+             list(meta["class_names"]), run, state.opt_state, float(state.learning_rate))
 
 
 def load_runs(model_dir: str, variants: Sequence[str], seeds: Optional[Sequence[int]],

@@ -25,7 +25,7 @@ from typing import Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from fusion_jax import checkpoint, io_utils, metrics, runs, sharding
+from fusion_jax import checkpoint, io_utils, metrics, reports, runs, sharding
 from fusion_jax import steps as steps_lib
 from fusion_jax.data import batching
 from fusion_jax.data.errors import DataError
@@ -123,6 +123,12 @@ def train_run(exp: Experiment, variant: str, seed: int, train: Split, val: Split
               after_epoch: Optional[Callable[[int], None]] = None) -> RunResult:
   """Trains one variant with one seed; resumes from ``exp.model_dir`` when possible.
 
+  The run directory is locked for the duration (a second process on the same run
+  stops with one line), and its identity — config fingerprint, classes, and the
+  training and validation data (files and a content hash) — is recorded before
+  anything is saved and checked before anything is reused: a different run in
+  the same directory is an error naming what differs, never a mix.
+
   Args:
     exp: the experiment (config, classes, mesh, model_dir, results_dir, log).
     variant: a registered variant (:func:`fusion_jax.models.variant_names`).
@@ -136,27 +142,69 @@ def train_run(exp: Experiment, variant: str, seed: int, train: Split, val: Split
     ``exp.model_dir/{variant}/seed_{seed}/{best,latest}``; epochs are appended to
     ``exp.results_dir/metrics.jsonl``.
   """
-  cfg, log = exp.config, exp.log
   check_data_dims(exp, train, val)
+  fingerprint = runs.fingerprint(exp.config)
+  identity = dict(variant=variant, seed=int(seed), fingerprint=fingerprint,
+                  class_names=list(exp.class_names), train=exp.data_identity(train),
+                  val=exp.data_identity(val))
+  directory = runs.run_dir(exp.model_dir, variant, seed)
+  with runs.RunLock(directory):
+    ckpts = checkpoint.RunCheckpoints(directory)
+    try:
+      if not os.path.exists(os.path.join(directory, "run.json")):
+        _check_unrecorded(ckpts, directory, fingerprint)
+      runs.check_identity(directory, identity)
+      return _train(exp, variant, seed, train, val, ckpts, fingerprint, after_epoch)
+    finally:
+      ckpts.close()
+
+
+def _check_unrecorded(ckpts, directory, fingerprint) -> None:
+  """Checkpoints without a run record (written before records existed): same config only."""
+  for kind in ("latest", "best"):
+    if ckpts.latest_step(kind) is not None:
+      meta = ckpts.restore_meta(kind)
+      if meta.get("fingerprint") != fingerprint:
+        raise runs.RunMismatch(directory, f"holds a run with a different config "
+                               f"({meta.get('fingerprint')} vs {fingerprint})",
+                               hint="use another --model_dir or delete it")
+      return
+
+
+def _resume(exp, ckpts, state, run, fingerprint):
+  """The newest intact ``latest`` checkpoint (falling back to an older one), or a fresh start
+  when none is intact or the best checkpoint is damaged (replay gives the same result)."""
+  abstract = checkpoint.abstract_like(state)
+  if ckpts.latest_step("best") is not None:
+    try:
+      ckpts.restore("best", abstract)
+    except checkpoint.CorruptCheckpoint as e:
+      exp.log(f"warning: {e}; training this run again from the first epoch (same result)")
+      ckpts.remove("best")
+      ckpts.remove("latest")
+  for step in ckpts.steps("latest"):
+    try:
+      meta = ckpts.restore_meta("latest", step)
+      if meta.get("fingerprint") != fingerprint:
+        raise runs.RunMismatch(ckpts.path("latest", step), "was saved with another config",
+                               hint="use another --model_dir or delete it")
+      saved, meta = ckpts.restore("latest", abstract, step)
+      return sharding.replicate(saved, exp.mesh), runs.RunState.from_meta(meta, run.plateau)
+    except checkpoint.CorruptCheckpoint as e:
+      exp.log(f"warning: {e}; trying an older checkpoint")
+  return state, run
+
+
+def _train(exp, variant, seed, train, val, ckpts, fingerprint, after_epoch) -> RunResult:
+  cfg, log = exp.config, exp.log
   shapes = exp.training_shapes(train, val)
   steps = exp.steps(variant)
   root = run_key(seed, variant)
   state = sharding.replicate(steps.init_state(jax.random.fold_in(root, 0),
                                               cfg.optim.learning_rate), exp.mesh)
   dropout_key = jax.random.fold_in(root, 1)
-  run = runs.RunState.new(variant, seed, steps_lib.Plateau.from_config(cfg.optim))
-  fingerprint = runs.fingerprint(cfg)
-  directory = runs.run_dir(exp.model_dir, variant, seed)
-  ckpts = checkpoint.RunCheckpoints(directory)
-  restored = ckpts.restore("latest", checkpoint.abstract_like(state))
-  if restored is not None:
-    saved_state, meta = restored
-    if meta.get("fingerprint") != fingerprint:
-      raise ValueError(
-          f"{directory} holds a run with a different config "
-          f"({meta.get('fingerprint')} vs {fingerprint}); use another --model_dir or delete it")
-    state = sharding.replicate(saved_state, exp.mesh)
-    run = runs.RunState.from_meta(meta, run.plateau)
+  state, run = _resume(exp, ckpts, state, runs.RunState.new(
+      variant, seed, steps_lib.Plateau.from_config(cfg.optim)), fingerprint)
   start_epoch, epochs = run.epoch, cfg.train.epochs
   n_params = model_lib.count_params(state.params)
   log(f"[{variant} seed {seed}] {n_params:,} parameters; speech buckets "
@@ -213,10 +261,9 @@ def train_run(exp: Experiment, variant: str, seed: int, train: Split, val: Split
     log(_epoch_line(variant, seed, run.epoch, epochs, row, seconds, compile_s, note))
     if after_epoch is not None:
       after_epoch(run.epoch)
-  ckpts.close()
   if start_epoch >= epochs:
     log(f"[{variant} seed {seed}] already trained ({epochs} epochs); reusing checkpoints")
-  return RunResult(state=run, param_count=n_params, checkpoint_dir=directory,
+  return RunResult(state=run, param_count=n_params, checkpoint_dir=ckpts.directory,
                    compile_seconds=compile_total, train_seconds=time.perf_counter() - t_run,
                    resumed_from_epoch=start_epoch)
 
@@ -244,41 +291,75 @@ def train_and_evaluate(exp: Experiment, train: Split, val: Split, *,
   Returns:
     The summary dict (also in ``summary.json``).
   """
-  from fusion_jax import plots, reports  # pylint: disable=import-outside-toplevel
   log, results_dir = exp.log, exp.results_dir
   variants = list(variants or exp.variants)
   seeds = list(seeds if seeds is not None else exp.seeds)
-  os.makedirs(os.path.join(results_dir, "plots"), exist_ok=True)
-  io_utils.write_json(os.path.join(results_dir, "config.json"),
-                      json.loads(exp.config.to_json_best_effort()))
-  shapes = exp.training_shapes(train, val)
-  pad = batching.padding_fraction(train, shapes, exp.config.train.batch_size)
-  log(f"Train {len(train)} / validation {len(val)} utterances, {exp.num_classes} classes: "
-      f"{list(exp.class_names)}")
-  log(f"Variants {variants}, seeds {seeds}; speech padding {pad['buckets']:.1%} with "
-      f"{len(shapes.speech_buckets)} buckets (vs {pad['global_max']:.1%} padding to the "
-      "longest utterance)")
-  results: dict = {}
-  for variant in variants:
-    results[variant] = [train_run(exp, variant, seed, train, val) for seed in seeds]
-    rs = results[variant]
-    plots.training_curves({r.seed: r.history for r in rs}, registry.get(variant).title,
-                          os.path.join(results_dir, "plots", f"{variant}_training_curves.png"))
-    plots.confusion_matrix(
-        sum(r.best.confusion for r in rs), exp.class_names,
-        f"Confusion Matrix - {variant.upper()}"
-        + (" Fusion" if registry.get(variant).is_fusion else "")
-        + (f" (validation, {len(rs)} seeds)" if len(rs) > 1 else " (validation)"),
-        os.path.join(results_dir, "plots", f"{variant}_confusion_matrix.png"))
-  plots.variants_comparison({v: rs[0].history for v, rs in results.items()},
-                            os.path.join(results_dir, "plots", "fusion_variants_comparison.png"))
-  summary = summarize(results, exp.class_names, shapes, pad)
-  io_utils.write_text(os.path.join(results_dir, "fusion_variants_comparison.txt"),
-                      reports.training_comparison(summary))
-  io_utils.write_json(os.path.join(results_dir, "summary.json"), summary)
+  with runs.RunLock(results_dir, "training report"):
+    shapes = exp.training_shapes(train, val)
+    pad = batching.padding_fraction(train, shapes, exp.config.train.batch_size)
+    log(f"Train {len(train)} / validation {len(val)} utterances, {exp.num_classes} classes: "
+        f"{list(exp.class_names)}")
+    log(f"Variants {variants}, seeds {seeds}; speech padding {pad['buckets']:.1%} with "
+        f"{len(shapes.speech_buckets)} buckets (vs {pad['global_max']:.1%} padding to the "
+        "longest utterance)")
+    results = {v: [train_run(exp, v, seed, train, val) for seed in seeds] for v in variants}
+    if exp.config.train.get("export_torch", False):
+      for v in variants:
+        export_torch(exp, v, seeds)
+    summary = summarize(results, exp.class_names, shapes, pad)
+    # The report set appears together, only once every run has finished.
+    with io_utils.staged_files(results_dir) as out:
+      write_training_reports(out, exp, results, summary)
   log(reports.training_console_summary(summary))
   log(f"All results saved to: {results_dir}\nAll models saved to: {exp.model_dir}")
   return summary
+
+
+def write_training_reports(out_dir: str, exp: Experiment, results: dict,
+                           summary: dict) -> None:
+  """The original's training plots and report, ``summary.json`` and ``config.json``."""
+  from fusion_jax import plots  # pylint: disable=import-outside-toplevel
+  names = exp.class_names
+  for variant, rs in results.items():
+    spec = registry.get(variant)
+    plots.training_curves({r.seed: r.history for r in rs}, spec.title,
+                          os.path.join(out_dir, "plots", f"{variant}_training_curves.png"))
+    plots.confusion_matrix(
+        sum(r.best.confusion for r in rs), names,
+        f"Confusion Matrix - {variant.upper()}" + (" Fusion" if spec.is_fusion else "")
+        + (f" (validation, {len(rs)} seeds)" if len(rs) > 1 else " (validation)"),
+        os.path.join(out_dir, "plots", f"{variant}_confusion_matrix.png"))
+  plots.variants_comparison({v: rs[0].history for v, rs in results.items()},
+                            os.path.join(out_dir, "plots", "fusion_variants_comparison.png"))
+  io_utils.write_text(os.path.join(out_dir, "fusion_variants_comparison.txt"),
+                      reports.training_comparison(summary))
+  io_utils.write_json(os.path.join(out_dir, "summary.json"), summary)
+  io_utils.write_json(os.path.join(out_dir, "config.json"),
+                      json.loads(exp.config.to_json_best_effort()))
+
+
+def export_torch(exp: Experiment, variant: str, seeds: Sequence[int]) -> Optional[str]:
+  """Writes ``exp.model_dir/best_{variant}_model.pt`` from a run's best checkpoint.
+
+  The seed is ``config.train.export_torch_seed`` (-1: the first of ``seeds``). A
+  variant the original has no module for, or a model with an input projection, is
+  skipped with one line saying why. Returns the path written, or None.
+  """
+  from fusion_jax.models import convert  # pylint: disable=import-outside-toplevel
+  want = exp.config.train.get("export_torch_seed", -1)
+  seed = seeds[0] if want < 0 else want
+  path = runs.torch_checkpoint_path(exp.model_dir, variant)
+  try:
+    run = runs.load_run(exp.model_dir, variant, seed)
+    convert.save_torch_checkpoint(
+        run.params, variant, path, epoch=run.state.best.epoch, val_acc=run.val_acc,
+        class_names=run.class_names, confusion_matrix=run.state.best.confusion,
+        opt_state=run.opt_state, learning_rate=run.learning_rate, optim_config=exp.config.optim)
+  except (ValueError, FileNotFoundError) as e:
+    exp.log(f"[{variant}] no {os.path.basename(path)}: {e}")
+    return None
+  exp.log(f"[{variant} seed {seed}] wrote the original's checkpoint {path}")
+  return path
 
 
 def summarize(results: dict, class_names: Sequence[str], shapes: batching.BatchShapes,

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from fusion_jax import data, models
+from tests.conftest import COMPILATION_CACHE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = models.variant_names()
@@ -21,6 +22,9 @@ OUTSIDE = tempfile.mkdtemp(prefix="fusion_jax_cwd_")   # binaries run outside th
 
 
 def run(script, *args, check=True, env=None):
+  if not any(a.startswith("--compilation_cache_dir") for a in args) and script not in (
+      "make_demo_data.py", "convert_features.py", "padding_stats.py", "extract_features.py"):
+    args += (f"--compilation_cache_dir={COMPILATION_CACHE}",)   # shared with the session
   proc = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", script), *args],
                         capture_output=True, text=True, cwd=OUTSIDE, timeout=900,
                         env=dict(os.environ, JAX_PLATFORMS="cpu", **(env or {})))
@@ -44,7 +48,7 @@ def trained(tmp_path_factory):
       "--train_size=28", "--val_size=14", "--test_size=14")
   proc = run("train.py", f"--data_dir={d}/data", f"--config={TINY}", "--variants=all",
              "--epochs=2", "--config.data.num_buckets=1", f"--model_dir={d}/models",
-             f"--results_dir={d}/results", "--compilation_cache_dir=")
+             f"--results_dir={d}/results")
   return d, proc.stdout
 
 
@@ -56,6 +60,12 @@ def test_train_writes_every_expected_file(trained):
     assert_png(res / "plots" / f"{v}_confusion_matrix.png")
     assert (d / "models" / v / "seed_0" / "best").is_dir()
     assert (d / "models" / v / "seed_0" / "latest").is_dir()
+    if models.get_variant(v).original:   # the original's checkpoint, beside the orbax run
+      pt = models.load_torch_checkpoint(d / "models" / f"best_{v}_model.pt",
+                                        base_config=models.ModelConfig(heads=2))
+      best = json.loads((res / "summary.json").read_text())["variants"][v]["seeds"]["0"]
+      assert pt["variant"] == v and pt["epoch"] == best["best_epoch"]
+      assert pt["val_acc"] == best["best_val_acc"]
   assert_png(res / "plots" / "fusion_variants_comparison.png")
   report = (res / "fusion_variants_comparison.txt").read_text()
   for v in VARIANTS:
@@ -76,7 +86,7 @@ def test_train_rerun_resumes_instead_of_retraining(trained):
   proc = run("train.py", f"--data_dir={d}/data", f"--config={TINY}",
              "--variants=gated", "--epochs=2", "--config.data.num_buckets=1",
              f"--model_dir={d}/models",
-             f"--results_dir={d}/results_again", "--compilation_cache_dir=")
+             f"--results_dir={d}/results_again")
   assert "already trained" in proc.stdout and "epoch 01" not in proc.stdout
 
 
@@ -86,7 +96,7 @@ def test_train_bad_input_is_one_clear_line(trained, tmp_path):
   df.to_csv(tmp_path / "short.csv", index=False)
   proc = run("train.py", f"--data_dir={d}/data", f"--csv_path={tmp_path}/short.csv",
              f"--config={TINY}", f"--model_dir={tmp_path}/m",
-             f"--results_dir={tmp_path}/r", "--compilation_cache_dir=", check=False)
+             f"--results_dir={tmp_path}/r", check=False)
   assert proc.returncode == 2
   assert "short.csv, field 'N'" in proc.stderr and "Traceback" not in proc.stderr
   assert not (tmp_path / "m").exists()
@@ -125,7 +135,7 @@ def test_a_registered_toy_head_runs_through_every_binary(trained, tmp_path):
   env = {"PYTHONPATH": str(tmp_path)}
   common = [f"--data_dir={d}/data", f"--config={TINY}", "--module_import=toy_head",
             f"--model_dir={tmp_path}/m", f"--results_dir={tmp_path}/r",
-            "--config.data.num_buckets=1", "--compilation_cache_dir="]
+            "--config.data.num_buckets=1"]
   proc = run("train.py", *common, "--variants=toy_sum,speech_only", "--epochs=1", env=env)
   assert "TOY_SUM" in proc.stdout
   assert_png(tmp_path / "r" / "plots" / "toy_sum_training_curves.png")
@@ -146,51 +156,101 @@ def test_a_registered_toy_head_runs_through_every_binary(trained, tmp_path):
   assert bad.returncode == 2 and "--module_import=toy_head" in bad.stderr
 
 
-def test_bfloat16_override_reaches_every_binary(trained, tmp_path):
-  d, _ = trained
+def test_bfloat16_override_reaches_every_binary(evaluated, tmp_path):
+  """--config.model.dtype=bfloat16 reaches the model in train, evaluate and analyse (the
+  benchmark: test_benchmark_prints_table_and_writes_json)."""
+  d, _ = evaluated
   bf16 = "--config.model.dtype=bfloat16"
-  common = [f"--data_dir={d}/data", f"--config={TINY}", "--config.data.num_buckets=1",
-            "--compilation_cache_dir="]
-  run("train.py", *common, bf16, "--variants=gated", "--epochs=1", f"--model_dir={tmp_path}/m",
-      f"--results_dir={tmp_path}/r")
+  common = [f"--data_dir={d}/data", f"--config={TINY}", "--config.data.num_buckets=1", bf16,
+            "--variants=gated"]
+  run("train.py", *common, "--epochs=1", f"--model_dir={tmp_path}/m",
+      f"--results_dir={tmp_path}/r", "--noexport_torch")
   assert json.loads((tmp_path / "r" / "config.json").read_text())["model"]["dtype"] == "bfloat16"
   from fusion_jax import runs  # pylint: disable=import-outside-toplevel
   assert runs.load_run(str(tmp_path / "m"), "gated", 0).model_config.dtype == "bfloat16"
-  # A float32-trained model, evaluated and analysed in bf16: the compute dtype is the run's.
-  probs = {}
-  for dtype, res in (("float32", "r32"), ("bfloat16", "r16")):
-    run("evaluate.py", *common, f"--config.model.dtype={dtype}", "--variants=gated",
-        "--ablation=none", f"--model_dir={d}/models", f"--results_dir={tmp_path}/{res}")
-    summary = json.loads((tmp_path / res / "test_results" / "test_summary.json").read_text())
-    assert summary["model_configs"]["gated/0"]["dtype"] == dtype
-    df = pd.read_csv(tmp_path / res / "test_results" / "gated_predictions.csv")
-    probs[dtype] = df[[c for c in df.columns if c.startswith("p_")]].to_numpy()
-  assert 0 < abs(probs["bfloat16"] - probs["float32"]).max() < 0.1
-  run("analyze_embeddings.py", *common, bf16, "--variants=gated", "--methods=pca",
-      f"--model_dir={d}/models", f"--results_dir={tmp_path}/r16")
+  # The float32-trained demo model, evaluated and analysed in bf16 (compute dtype = the run's).
+  run("evaluate.py", *common, "--ablation=none", "--batch_size=16", f"--model_dir={d}/models",
+      f"--results_dir={tmp_path}/r16")
+  out = tmp_path / "r16" / "test_results"
+  assert json.loads((out / "test_summary.json").read_text())["model_configs"]["gated/0"][
+      "dtype"] == "bfloat16"
+  probs = [pd.read_csv(f / "gated_predictions.csv").filter(like="p_").to_numpy()
+           for f in (out, d / "results" / "test_results")]
+  assert 0 < abs(probs[0] - probs[1]).max() < 0.1   # bf16 really ran, and agrees
+  run("analyze_embeddings.py", *common, "--methods=pca", f"--model_dir={d}/models",
+      f"--results_dir={tmp_path}/r16")
   sep = json.loads((tmp_path / "r16" / "separability" / "separability.json").read_text())
   assert sep["model_configs"]["gated"]["dtype"] == "bfloat16"
-  run("benchmark.py", f"--config={TINY}", bf16, "--feature_dim=16", "--num_utterances=16",
-      "--variants=concatenation", "--repeats=1", "--batch_size=8", "--eval_batch_size=16",
-      f"--json_out={tmp_path}/b.json", "--compilation_cache_dir=")
-  bench = json.loads((tmp_path / "b.json").read_text())
-  assert bench["settings"]["dtype"] == "bfloat16" and bench["config"]["model"]["dtype"] == \
-      "bfloat16"
-  both = run("benchmark.py", f"--config={TINY}", bf16, "--dtype=float32", check=False)
-  assert both.returncode == 2 and "disagree" in both.stderr
 
 
 def test_train_reads_feature_dims_from_the_files(tmp_path):
   run("make_demo_data.py", f"--out_dir={tmp_path}/data", "--speech_dim=1024", "--text_dim=24",
       "--train_size=14", "--val_size=7", "--test_size=7")
   common = [f"--data_dir={tmp_path}/data", f"--config={TINY}", "--variants=concatenation",
-            "--epochs=1", "--config.data.num_buckets=1", "--compilation_cache_dir="]
+            "--epochs=1", "--config.data.num_buckets=1"]
   run("train.py", *common, f"--model_dir={tmp_path}/m", f"--results_dir={tmp_path}/r")
   model = json.loads((tmp_path / "r" / "config.json").read_text())["model"]
   assert (model["speech_dim"], model["text_dim"]) == (1024, 24)
   bad = run("train.py", *common, "--config.model.speech_dim=768", f"--model_dir={tmp_path}/m2",
             f"--results_dir={tmp_path}/r2", check=False)
   assert bad.returncode == 2 and "train_speech.pt" in bad.stderr and "1024-d" in bad.stderr
+
+
+def _flip_best(model_dir, variant):
+  from tests.reliability_test import _flip_a_byte  # pylint: disable=import-outside-toplevel
+  best = os.path.join(model_dir, variant, "seed_0", "best")
+  _flip_a_byte(os.path.join(best, os.listdir(best)[0]))
+
+
+@pytest.mark.parametrize("case", ["model_dir_is_a_file", "results_dir_is_a_file",
+                                  "csv_is_a_directory", "features_are_a_directory",
+                                  "manifest_is_a_directory", "damaged_checkpoint",
+                                  "run_in_use", "divergence"])
+def test_user_fixable_failures_are_one_line(trained, tmp_path, case):
+  """Each failure a user can fix: exit 2, one 'error:' line naming file or flag, no traceback."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  from fusion_jax import runs  # pylint: disable=import-outside-toplevel
+  d, _ = trained
+  (tmp_path / "a_file").write_text("x")
+  (tmp_path / "a_dir").mkdir()
+  base = [f"--data_dir={d}/data", f"--config={TINY}", "--config.data.num_buckets=1",
+          "--variants=concatenation", "--epochs=1"]
+  model_dir, lock = f"--model_dir={tmp_path}/m", None
+  script, args, expected = {
+      "model_dir_is_a_file": ("train.py", base + [f"--model_dir={tmp_path}/a_file"],
+                              "a_file: is a file; --model_dir must be a directory"),
+      "results_dir_is_a_file": ("evaluate.py", base[:3] + [f"--model_dir={d}/models",
+                                                           f"--results_dir={tmp_path}/a_file"],
+                                "a_file: is a file; --results_dir must be a directory"),
+      "csv_is_a_directory": ("train.py", base + [model_dir, f"--csv_path={tmp_path}/a_dir"],
+                             "a_dir: is a directory, not a CSV file"),
+      "features_are_a_directory": ("evaluate.py", base[:3] + [
+          f"--model_dir={d}/models", f"--test_speech_features={tmp_path}/a_dir"],
+                                   "a_dir: is a directory, not a feature file"),
+      "manifest_is_a_directory": ("extract_features.py", [f"--manifest={tmp_path}/a_dir",
+                                                          "--speech_extractor=logmel"],
+                                  "a_dir: is a directory, not a manifest CSV"),
+      "damaged_checkpoint": ("evaluate.py", base[:4] + [model_dir, "--ablation=none"],
+                             "concatenation/seed_0/best/"),
+      "run_in_use": ("train.py", base + [model_dir], f"in use by pid {os.getpid()}"),
+      "divergence": ("train.py", base + [model_dir, "--config.optim.learning_rate=1e30"],
+                     "training loss became nan in epoch 1; lower optim.learning_rate"),
+  }[case]
+  if case == "damaged_checkpoint":
+    shutil.copytree(d / "models" / "concatenation", tmp_path / "m" / "concatenation")
+    _flip_best(tmp_path / "m", "concatenation")
+  if case == "run_in_use":
+    lock = runs.RunLock(runs.run_dir(str(tmp_path / "m"), "concatenation", 0)).__enter__()
+  if script != "extract_features.py" and not any(a.startswith("--results_dir") for a in args):
+    args = args + [f"--results_dir={tmp_path}/r"]
+  try:
+    proc = run(script, *args, check=False)
+  finally:
+    if lock:
+      lock.__exit__(None, None, None)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert expected in proc.stderr and proc.stderr.count("error:") == 1
+  assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize("script,expected", [
@@ -228,8 +288,7 @@ def evaluated(trained):
   d, _ = trained
   proc = run("evaluate.py", f"--data_dir={d}/data", f"--config={TINY}",
              f"--model_dir={d}/models", f"--results_dir={d}/results", "--batch_size=16",
-             "--config.data.num_buckets=1",
-             "--compilation_cache_dir=")
+             "--config.data.num_buckets=1")
   return d, proc.stdout
 
 
@@ -262,7 +321,7 @@ def test_evaluate_without_checkpoints_fails_clearly(tmp_path, trained):
   d, _ = trained
   proc = run("evaluate.py", f"--data_dir={d}/data", f"--config={TINY}",
              f"--model_dir={tmp_path}/none", f"--results_dir={tmp_path}/r",
-             "--compilation_cache_dir=", check=False)
+             check=False)
   assert proc.returncode == 2 and "no trained variants" in proc.stderr
   assert not (tmp_path / "r" / "test_results").exists()
 
@@ -271,8 +330,7 @@ def test_analyze_embeddings_writes_every_expected_file(evaluated):
   d, _ = evaluated
   proc = run("analyze_embeddings.py", f"--data_dir={d}/data", f"--config={TINY}",
              f"--model_dir={d}/models", f"--results_dir={d}/results", "--split=test",
-             "--methods=tsne,umap,pca", "--config.data.num_buckets=1",
-             "--compilation_cache_dir=")
+             "--methods=tsne,umap,pca", "--config.data.num_buckets=1")
   out = d / "results" / "separability"
   for v in VARIANTS:
     for block in ("temporal", "contextual", "fusion"):
@@ -299,7 +357,7 @@ def test_benchmark_prints_table_and_writes_json(tmp_path):
   proc = run("benchmark.py", f"--config={TINY}", "--feature_dim=16",
              "--num_utterances=24", "--variants=concatenation", "--repeats=1",
              "--batch_size=8", "--eval_batch_size=16", "--num_buckets=1",
-             f"--json_out={out}", "--compilation_cache_dir=")
+             "--config.model.dtype=bfloat16", f"--json_out={out}")
   assert "train/s" in proc.stdout and "concatenation" in proc.stdout
   res = json.loads(out.read_text())
   r = res["results"][0]
@@ -310,6 +368,11 @@ def test_benchmark_prints_table_and_writes_json(tmp_path):
   assert r["train_samples_per_s"] > 0 and r["executed_flops_per_sample"] > r[
       "useful_flops_per_sample"] > 0
   assert res["settings"]["num_buckets"] == 1 and res["machine"]["platform"] == "cpu"
+  # an explicit --config override is never replaced by a flag's default
+  assert res["settings"]["dtype"] == res["config"]["model"]["dtype"] == "bfloat16"
+  both = run("benchmark.py", f"--config={TINY}", "--config.model.dtype=bfloat16",
+             "--dtype=float32", check=False)
+  assert both.returncode == 2 and "disagree" in both.stderr and "Traceback" not in both.stderr
 
 
 def test_missing_paths_are_listed_in_one_line(tmp_path):
@@ -382,7 +445,7 @@ def test_recipe_ravdess_runs_folds_and_writes_the_table(tmp_path):
              "--speech_extractor=logmel", "--folds=2", "--val_speakers=1",
              f"--config={TINY}", "--config.train.epochs=2",
              "--variants=speech_only,concatenation", "--analyse_folds=0",
-             f"--baseline={has('opensmile')}", "--compilation_cache_dir=")
+             f"--baseline={has('opensmile')}")
   summary = json.load(open(tmp_path / "work" / "cv_summary.json"))
   assert {f["index"] for f in summary["folds"]} == {0, 1}
   for v in ("speech_only", "concatenation"):
@@ -416,8 +479,7 @@ def test_recipe_meld_text_only_and_speech_requirement(tmp_path):
                   "Utterance_ID": [str(i % 3) for i in range(n)]}).to_csv(
                       meld / f"{split}_sent_emo.csv", index=False)
   run("recipe_meld.py", f"--meld_dir={meld}", f"--work_dir={tmp_path}/work",
-      f"--config={TINY}", "--config.train.epochs=2", "--seeds=0",
-      "--compilation_cache_dir=")
+      f"--config={TINY}", "--config.train.epochs=2", "--seeds=0")
   out = json.load(open(tmp_path / "work" / "meld_summary.json"))
   assert set(out["rows"]) == {"text_only", "minilm_mean_pool_lr"}
   assert out["dev_size"] == 9 and out["class_names"][:2] == ["neutral", "joy"]

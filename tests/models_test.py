@@ -3,6 +3,8 @@
 import ast
 import dataclasses
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -254,3 +256,123 @@ def test_masked_mean_against_numpy():
   for i in range(2):
     np.testing.assert_allclose(got[i], x[i][m[i] > 0].mean(0), rtol=1e-6)
   np.testing.assert_array_equal(got[2], 0.0)  # fully padded row: zeros, not NaN
+
+
+# ------------------------------------------------------- the original's checkpoint, written
+TORCH_CHECK = """
+import sys
+import numpy as np
+import torch
+sys.path.insert(0, sys.argv[1])
+import make_torch_fixtures as ref
+d = sys.argv[2]
+inputs = np.load(d + "/inputs.npz")
+for variant in sys.argv[3].split(","):
+  ckpt = torch.load(f"{d}/best_{variant}_model.pt", weights_only=True)
+  assert sorted(ckpt) == sorted(["epoch", "model_state_dict", "optimizer_state_dict", "val_acc",
+                                 "confusion_matrix", "class_names", "fusion_type"]), list(ckpt)
+  assert ckpt["confusion_matrix"].dtype == torch.int64 and ckpt["fusion_type"] == variant
+  model = (ref.Unimodal if variant.endswith("_only") else ref.Fusion)(ref.CFG, variant)
+  model.load_state_dict(ckpt["model_state_dict"], strict=True)
+  opt = torch.optim.Adam(model.parameters(), lr=1.0)
+  opt.load_state_dict(ckpt["optimizer_state_dict"])   # torch's own checks of the form
+  model.eval()
+  with torch.no_grad():
+    logits = model(*(torch.from_numpy(inputs[k]) for k in
+                     ("speech", "text", "speech_mask", "text_mask")))[0].numpy()
+  want = inputs[variant]
+  err = np.abs(logits - want).max() / np.abs(want).max()
+  assert err < 1e-5, (variant, err)
+  print("TORCH_OK", variant, f"{err:.1e}", ckpt["epoch"], opt.param_groups[0]["lr"])
+"""
+
+
+def _trained_params(variant):
+  """Random parameters and Adam moments as after 2 steps (NumPy values: nothing to compile)."""
+  from fusion_jax import steps  # pylint: disable=import-outside-toplevel
+  model = models.build_model(_parity_config(), variant, PCFG["classes"])
+  shapes = jax.eval_shape(lambda: models.init_params(model, jax.random.key(0)))
+  rng = np.random.default_rng(3)
+  random = lambda scale: jax.tree_util.tree_map(
+      lambda x: (scale * rng.standard_normal(x.shape)).astype(np.float32), shapes)
+  params = random(0.3)
+  opt_state = steps.make_optimizer(configs.default().optim).init(params)
+  adam = opt_state[1]._replace(count=np.asarray(2, np.int32), mu=random(1.0),
+                               nu=jax.tree_util.tree_map(np.abs, random(1.0)))
+  return model, steps.TrainState(np.asarray(2), params, (opt_state[0], adam),
+                                 np.asarray(1e-3, np.float32))
+
+
+def test_torch_checkpoint_round_trip_for_every_original_variant(tmp_path):
+  """Written without torch, read back by the converter: the same parameters and moments."""
+  for variant in ORIGINAL:
+    model, state = _trained_params(variant)
+    path = tmp_path / f"best_{variant}_model.pt"
+    models.save_torch_checkpoint(state.params, variant, path, epoch=7, val_acc=0.5,
+                                 class_names=["a", "b", "c", "d", "e"],
+                                 confusion_matrix=np.eye(5, dtype=np.int64),
+                                 opt_state=state.opt_state, learning_rate=5e-4,
+                                 optim_config=configs.default().optim,
+                                 confusion_as_numpy=variant == "gated")
+    back = models.load_torch_checkpoint(path, base_config=models.ModelConfig(heads=PCFG["heads"]))
+    assert back["variant"] == variant and back["epoch"] == 7 and back["num_classes"] == 5
+    assert back["class_names"][0] == "a"
+    if models.get_variant(variant).is_fusion:   # a baseline's other dim cannot be inferred
+      assert back["model_config"] == _parity_config()
+    np.testing.assert_array_equal(back["confusion_matrix"], np.eye(5))
+    jax.tree_util.tree_map(np.testing.assert_array_equal, back["params"],
+                           jax.device_get(state.params))
+    raw = data.load_torch_file(path)
+    sd, opt = raw["model_state_dict"], raw["optimizer_state_dict"]
+    adam = state.opt_state[1]
+    mu = models.to_torch_state_dict(adam.mu, variant)
+    assert list(sd) == list(mu) and len(opt["state"]) == len(sd)
+    assert opt["param_groups"][0]["lr"] == 5e-4 and opt["param_groups"][0]["params"] == list(
+        range(len(sd)))
+    for i, key in enumerate(sd):
+      np.testing.assert_array_equal(opt["state"][i]["exp_avg"], mu[key])
+      assert float(opt["state"][i]["step"]) == 2.0
+    # the state_dict has the original's names, in the original's order
+    fixture = data.load_torch_file(os.path.join(FIXTURES, "torch_checkpoints",
+                                                f"best_{variant}_model.pt"))
+    assert list(sd) == list(fixture["model_state_dict"])
+    for key, value in fixture["model_state_dict"].items():
+      assert sd[key].shape == value.shape, key
+
+
+def test_torch_checkpoint_refuses_what_the_original_cannot_hold(tmp_path):
+  cfg = dataclasses.replace(_parity_config(), model_dim=8)
+  model = models.build_model(cfg, "gated", 5)
+  params = jax.tree_util.tree_map(lambda x: np.zeros(x.shape, np.float32), jax.eval_shape(
+      lambda: models.init_params(model, jax.random.key(0))))
+  with pytest.raises(ValueError, match="input_proj"):
+    models.save_torch_checkpoint(params, "gated", tmp_path / "x.pt", epoch=1, val_acc=0.1,
+                                 class_names=list("abcde"))
+  assert not (tmp_path / "x.pt").exists()
+
+
+def _torch_python():
+  if os.environ.get("FUSION_JAX_TORCH_PYTHON"):
+    return os.environ["FUSION_JAX_TORCH_PYTHON"]
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  return sys.executable if importlib.util.find_spec("torch") else None
+
+
+@pytest.mark.skipif(_torch_python() is None, reason="needs torch: a venv with "
+                    "torch==2.13.0 named by FUSION_JAX_TORCH_PYTHON=/path/to/python")
+def test_pytorch_loads_the_written_checkpoint_and_agrees(tmp_path):
+  """torch.load(weights_only=True) + the reference model's load_state_dict(strict=True)."""
+  expected = dict(speech=INPUTS[0], speech_mask=INPUTS[1], text=INPUTS[2], text_mask=INPUTS[3])
+  for variant in ORIGINAL:
+    model, state = _trained_params(variant)
+    models.save_torch_checkpoint(state.params, variant, tmp_path / f"best_{variant}_model.pt",
+                                 epoch=3, val_acc=0.5, class_names=list("abcde"),
+                                 opt_state=state.opt_state, learning_rate=1e-4,
+                                 optim_config=configs.default().optim)
+    expected[variant], _ = jax.jit(model.apply)({"params": state.params}, *INPUTS)
+  np.savez(tmp_path / "inputs.npz", **{k: np.asarray(v) for k, v in expected.items()})
+  scripts = os.path.join(os.path.dirname(FIXTURES), "..", "scripts")
+  proc = subprocess.run([_torch_python(), "-c", TORCH_CHECK, scripts, str(tmp_path),
+                         ",".join(ORIGINAL)], capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  assert proc.stdout.count("TORCH_OK") == len(ORIGINAL)

@@ -129,3 +129,104 @@ def test_legacy_or_non_zip_file(tmp_path):
   path.write_bytes(buf.getvalue())
   with pytest.raises(data.DataError, match="legacy.pt"):
     data.load_torch_file(path)
+
+
+# ------------------------------------------------------------------ crafted files (issue 17)
+from fusion_jax.data import torch_pickle  # pylint: disable=wrong-import-position
+
+
+def _archive(path, pkl: bytes, records=(), compress=zipfile.ZIP_STORED):
+  with zipfile.ZipFile(path, "w") as z:
+    z.writestr("archive/data.pkl", pkl)
+    for name, raw in records:
+      z.writestr(f"archive/data/{name}", raw, compress_type=compress)
+
+
+def _tensor_pickle(size, stride, numel, storage="FloatStorage") -> bytes:
+  """``_rebuild_tensor_v2`` of storage ``0`` with any size and stride (a crafted header)."""
+  w = torch_pickle._PickleWriter()  # pylint: disable=protected-access
+  w.out.write(b"\x80\x02")
+  w._global("torch._utils", "_rebuild_tensor_v2")  # pylint: disable=protected-access
+  w.out.write(b"((")
+  w._save("storage")  # pylint: disable=protected-access
+  w._global("torch", storage)  # pylint: disable=protected-access
+  for item in ("0", "cpu", numel):
+    w._save(item)  # pylint: disable=protected-access
+  w.out.write(b"tQ")
+  for item in (0, tuple(size), tuple(stride), False):
+    w._save(item)  # pylint: disable=protected-access
+  w._global("collections", "OrderedDict")  # pylint: disable=protected-access
+  w.out.write(b")RtR.")
+  return w.out.getvalue()
+
+
+def test_a_poisoned_file_cannot_change_how_later_files_decode(tmp_path):
+  """GLOBAL torch.FloatStorage + BUILD {'dtype': int32}: refused, and later files are fine."""
+  clean = tmp_path / "clean.pt"
+  x = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)
+  data.save_torch_file({"x": x}, clean)
+  poison = (b"\x80\x02ctorch\nFloatStorage\n}(X\x05\x00\x00\x00dtypecnumpy\ndtype\n"
+            b"(X\x02\x00\x00\x00i4\x89\x88tRub.")
+  _archive(tmp_path / "poison.pt", poison)
+  with pytest.raises(data.UnsafePickleError) as e:
+    data.load_torch_file(tmp_path / "poison.pt")
+  assert "poison.pt, field 'data.pkl'" in str(e.value) and "BUILD" in str(e.value)
+  np.testing.assert_array_equal(data.load_torch_file(clean)["x"], x)   # still float32
+  # Even a BUILD that got through could not reach another load: storage types are fresh.
+  a = torch_pickle._RestrictedUnpickler.find_class(None, "torch", "FloatStorage")  # pylint: disable=protected-access
+  with pytest.raises(pickle.UnpicklingError):
+    a.dtype = np.dtype(np.int32)
+
+
+@pytest.mark.parametrize("size,stride", [((2**20, 2**20), (0, 0)),        # ~4 TiB claimed
+                                         ((3 * 2**28,), (0,))])           # 3 GiB claimed
+def test_zero_strides_cannot_claim_more_than_the_storage(tmp_path, size, stride):
+  path = tmp_path / "huge.pt"
+  _archive(path, _tensor_pickle(size, stride, 1), [("0", b"\x00" * 4)])
+  with pytest.raises(data.UnsafePickleError, match="huge.pt.*claims more elements than its "
+                     "storage holds"):
+    data.load_torch_file(path)
+
+
+def test_a_record_claiming_more_bytes_than_it_has_is_refused_before_reading(tmp_path):
+  path = tmp_path / "claims.pt"
+  _archive(path, _tensor_pickle((2**30,), (1,), 2**30), [("0", b"\x00" * 8)])
+  with pytest.raises(data.DataError, match="claims.pt.*holds 8 bytes, expected 4294967296"):
+    data.load_torch_file(path)
+
+
+def test_numpy_reconstruct_cannot_allocate_any_shape(tmp_path):
+  w = torch_pickle._PickleWriter()  # pylint: disable=protected-access
+  w.out.write(b"\x80\x02")
+  w._global("numpy._core.multiarray", "_reconstruct")  # pylint: disable=protected-access
+  w.out.write(b"(")
+  w._global("numpy", "ndarray")  # pylint: disable=protected-access
+  w._save((10**12,))  # pylint: disable=protected-access
+  w._latin1(b"b")  # pylint: disable=protected-access
+  w.out.write(b"tR.")
+  _archive(tmp_path / "nd.pt", w.out.getvalue())
+  with pytest.raises(data.UnsafePickleError, match="nd.pt.*_reconstruct"):
+    data.load_torch_file(tmp_path / "nd.pt")
+  call = b"\x80\x02cnumpy\nndarray\n(J\x00\x10\x00\x00\x85tR."   # ndarray((4096,))
+  _archive(tmp_path / "nd2.pt", call)
+  with pytest.raises(data.DataError, match="nd2.pt"):
+    data.load_torch_file(tmp_path / "nd2.pt")
+
+
+def test_compressed_records_are_refused_before_inflating(tmp_path):
+  path = tmp_path / "bomb.pt"
+  n = 2**22   # 16 MiB of zeros deflate to a few KiB
+  _archive(path, _tensor_pickle((n,), (1,), n), [("0", b"\x00" * (4 * n))],
+           compress=zipfile.ZIP_DEFLATED)
+  assert path.stat().st_size < 100_000
+  with pytest.raises(data.UnsafePickleError, match="bomb.pt.*compressed"):
+    data.load_torch_file(path)
+
+
+def test_directories_and_legacy_files_get_one_clear_line(tmp_path):
+  with pytest.raises(data.DataError, match="is a directory"):
+    data.load_torch_file(tmp_path)
+  legacy = tmp_path / "old.pt"
+  legacy.write_bytes(b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19.\x80\x02M\xe9\x03.")
+  with pytest.raises(data.DataError, match="old.pt.*legacy.*re-save it with torch >= 1.6"):
+    data.load_torch_file(legacy)

@@ -173,7 +173,8 @@ def test_orbax_save_restore_equality(tmp_path):
   assert not ck.save("latest", 3, tree, {"x": [1, 2]})  # existing step: skipped
   state, meta = ck.restore("latest", checkpoint.abstract_like(tree))
   jax.tree_util.tree_map(np.testing.assert_array_equal, state, tree)
-  assert meta == {"x": [1, 2]} and state["b"]["c"].dtype == jnp.bfloat16
+  assert meta == {"x": [1, 2], "checksum": checkpoint.tree_checksum(tree)}
+  assert state["b"]["c"].dtype == jnp.bfloat16
   assert ck.restore("best", checkpoint.abstract_like(tree)) is None
   assert not [f for f in os.listdir(tmp_path / "latest") if "tmp" in f]
   ck.close()
@@ -183,7 +184,8 @@ def test_resume_refuses_a_different_config(tiny_data, reference_run):
   _, ref_dir = reference_run
   cfg = _cfg()
   cfg.optim.learning_rate = 0.5
-  with pytest.raises(ValueError, match="different config"):
+  with pytest.raises(runs.RunMismatch, match="holds another run than this one: "
+                     r"fingerprint.optim.learning_rate: 0.003 → 0.5"):
     training.train_run(_exp(tiny_data, ref_dir, cfg), "gated", 0, tiny_data["train"],
                        tiny_data["val"])
 

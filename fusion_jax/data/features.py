@@ -167,10 +167,15 @@ def _from_native(path, npz) -> ModalityFeatures:
     raise DataError(path, f"lengths sum to {lengths.sum()} but features hold {feats.shape[0]}"
                     " frames", field="lengths")
   offsets = np.concatenate([[0], np.cumsum(lengths)])
-  sequences = [np.asarray(feats[offsets[i]:offsets[i + 1]], np.float32)
-               for i in range(len(lengths))]
   labels = _check_labels(path, npz["labels"]) if "labels" in npz else None
   ids = [str(s) for s in npz["ids"]] if "ids" in npz else None
+  for field, values in (("labels", labels), ("ids", ids)):
+    if values is not None and len(values) != len(lengths):
+      raise DataError(path, f"{len(values)} {field} for {len(lengths)} utterances",
+                      field=field, row=min(len(values), len(lengths)),
+                      hint="the file is inconsistent; re-extract or re-convert it")
+  sequences = [np.asarray(feats[offsets[i]:offsets[i + 1]], np.float32)
+               for i in range(len(lengths))]
   return ModalityFeatures(sequences=sequences, labels=labels, ids=ids, path=path)
 
 
@@ -190,6 +195,17 @@ def load_features(path, *, expected_dim: Optional[int] = None) -> ModalityFeatur
   path = os.fspath(path)
   if not os.path.exists(path):
     raise DataError(path, "file not found")
+  if os.path.isdir(path):
+    raise DataError(path, "is a directory, not a feature file",
+                    hint="give the .pt or .npz file itself")
+  feats = _load(path, expected_dim)
+  if len(feats) == 0:
+    raise DataError(path, "holds no utterances", field="x" if feats.ids is None else None,
+                    hint="an empty feature file is usually a failed extraction")
+  return feats
+
+
+def _load(path: str, expected_dim: Optional[int]) -> ModalityFeatures:
   if path.endswith(".npz"):
     try:
       with np.load(path, allow_pickle=False) as npz:

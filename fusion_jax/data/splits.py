@@ -38,6 +38,8 @@ def read_split_csv(path) -> SplitCSV:
   path = os.fspath(path)
   if not os.path.exists(path):
     raise DataError(path, "file not found")
+  if os.path.isdir(path):
+    raise DataError(path, "is a directory, not a CSV file")
   try:
     df = pd.read_csv(path, keep_default_na=False, dtype={"path": str, "emotion_name": str})
   except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
@@ -73,6 +75,11 @@ def class_names_from_csv(path) -> list:
   csv = read_split_csv(path)
   if len(csv.labels) == 0:
     raise DataError(path, "no rows", field="label")
+  negative = csv.labels < 0
+  if negative.any():
+    r = int(np.flatnonzero(negative)[0])
+    raise DataError(path, f"label {csv.labels[r]} is negative; labels must be 0..K-1",
+                    field="label", row=r, hint="renumber the labels from 0")
   names = {}
   for label, name in zip(csv.labels.tolist(), csv.emotion_names):
     names.setdefault(label, name)

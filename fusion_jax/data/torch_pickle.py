@@ -61,12 +61,21 @@ class UnsafePickleError(DataError):
   """A pickle referenced a global that is not tensor data. Nothing was run."""
 
 
+class _Refused(pickle.UnpicklingError):
+  """A pickle asked for something tensor data never needs (mapped to UnsafePickleError)."""
+
+
 class _StorageType:
-  """What the unpickler hands back for a storage class global."""
+  """What the unpickler hands back for a storage class global: immutable, and a new
+  one per ``find_class`` call, so no pickle can change how another file is decoded."""
+  __slots__ = ("name", "dtype")
 
   def __init__(self, name: str):
-    self.name = name
-    self.dtype = _STORAGE_DTYPES[name]
+    object.__setattr__(self, "name", name)
+    object.__setattr__(self, "dtype", _STORAGE_DTYPES[name])
+
+  def __setattr__(self, key, value):
+    raise _Refused("storage classes are read-only")
 
 
 class _Storage:
@@ -84,12 +93,27 @@ def _codecs_encode(obj, encoding="utf-8"):
   return codecs.encode(obj, encoding)
 
 
-def _numpy_reconstruct(*args):
-  return np._core.multiarray._reconstruct(*args)  # pylint: disable=protected-access
+class _NdarrayClass:
+  """Stands for ``numpy.ndarray``: usable only as ``_reconstruct``'s first argument, so a
+  pickle cannot call ``ndarray(shape)`` and allocate what it likes."""
 
 
-def _numpy_scalar(*args):
-  return np._core.multiarray.scalar(*args)  # pylint: disable=protected-access
+_NDARRAY = _NdarrayClass()
+
+
+def _numpy_reconstruct(cls, shape, dtype_code):
+  # NumPy pickles every array as _reconstruct(ndarray, (0,), b"b") + BUILD(its state);
+  # the state's data must then match its shape, which NumPy checks before allocating.
+  if cls is not _NDARRAY or tuple(shape) != (0,):
+    raise _Refused("numpy _reconstruct is allowed only as NumPy pickles arrays "
+                   "(ndarray, shape (0,))")
+  return np._core.multiarray._reconstruct(np.ndarray, (0,), dtype_code)  # pylint: disable=protected-access
+
+
+def _numpy_scalar(dtype, data=None):
+  if not isinstance(dtype, np.dtype) or dtype.itemsize > 64 or dtype.hasobject:
+    raise _Refused("numpy scalar of an unexpected dtype")
+  return np._core.multiarray.scalar(dtype, data)  # pylint: disable=protected-access
 
 
 def _rebuild_tensor(storage: _Storage, storage_offset, size, stride,
@@ -109,6 +133,11 @@ def _rebuild_tensor(storage: _Storage, storage_offset, size, stride,
   if last >= flat.size or any(st < 0 for st in stride):
     raise pickle.UnpicklingError(
         f"tensor of size {size} reaches element {last} of a storage of {flat.size}")
+  numel = int(np.prod(size, dtype=object))
+  if numel > flat.size - storage_offset:   # e.g. zero strides claiming a huge tensor
+    raise _Refused(
+        f"tensor of size {size} ({numel} elements) claims more elements than its storage "
+        f"holds ({flat.size}); re-save it with tensor.contiguous()")
   view = np.lib.stride_tricks.as_strided(
       flat[storage_offset:], shape=size,
       strides=tuple(st * flat.dtype.itemsize for st in stride), writeable=False)
@@ -141,19 +170,37 @@ _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "ndarray"): _NDARRAY,
     ("numpy", "dtype"): np.dtype,
     ("_codecs", "encode"): _codecs_encode,
 }
-for _name in _STORAGE_DTYPES:
-  _ALLOWED_GLOBALS[("torch", _name)] = _StorageType(_name)
-_ALLOWED_GLOBALS[("torch.storage", "UntypedStorage")] = _StorageType("UntypedStorage")
+_STORAGE_GLOBALS = {("torch", n): n for n in _STORAGE_DTYPES}
+_STORAGE_GLOBALS[("torch.storage", "UntypedStorage")] = "UntypedStorage"
 for _name, _dt in _TORCH_DTYPES.items():
   _ALLOWED_GLOBALS[("torch", _name)] = np.dtype(_dt)
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-  """Resolves only tensor-data globals; reads storages from the archive."""
+def _check_build(target, state) -> None:
+  """BUILD (``__setstate__``) is what NumPy arrays and dtypes, and torch's state-dict
+  ``OrderedDict`` (its ``_metadata``), need; on anything else — a resolved global above
+  all, which would change how later files decode — it is refused."""
+  # (NumPy keeps its builtin dtypes immutable: their __setstate__ changes nothing.)
+  if isinstance(target, (np.ndarray, np.dtype)) and isinstance(state, tuple):
+    return
+  if type(target) is collections.OrderedDict and isinstance(state, dict) and all(  # pylint: disable=unidiomatic-typecheck
+      isinstance(k, str) and not k.startswith("__") for k in state):
+    return
+  raise _Refused(f"BUILD (set state) on a {type(target).__name__} is not tensor data")
+
+
+class _RestrictedUnpickler(pickle._Unpickler):  # pylint: disable=protected-access
+  """Resolves only tensor-data globals; reads storages from the archive.
+
+  The pure-Python unpickler, so that BUILD can be checked (:func:`_check_build`);
+  ``data.pkl`` holds only the structure (tensor bytes are separate records), so speed
+  does not matter here.
+  """
+  dispatch = dict(pickle._Unpickler.dispatch)  # pylint: disable=protected-access
 
   def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str,
                path: str, byteorder: str):
@@ -164,7 +211,15 @@ class _RestrictedUnpickler(pickle.Unpickler):
     self._byteorder = byteorder
     self._storages: dict[str, _Storage] = {}
 
+  def _load_build(self):
+    _check_build(self.stack[-2], self.stack[-1])
+    pickle._Unpickler.load_build(self)  # pylint: disable=protected-access
+
+  dispatch[pickle.BUILD[0]] = _load_build
+
   def find_class(self, module, name):
+    if (module, name) in _STORAGE_GLOBALS:
+      return _StorageType(_STORAGE_GLOBALS[(module, name)])   # fresh per use
     try:
       return _ALLOWED_GLOBALS[(module, name)]
     except KeyError:
@@ -187,13 +242,22 @@ class _RestrictedUnpickler(pickle.Unpickler):
     if key not in self._storages:
       record = f"{self._prefix}data/{key}"
       try:
-        raw = self._archive.read(record)
+        info = self._archive.getinfo(record)
       except KeyError:
         raise pickle.UnpicklingError(f"missing storage record {record}") from None
       dtype = storage_type.dtype
       if self._byteorder == "big":
         dtype = dtype.newbyteorder(">")
       expected = int(numel) * dtype.itemsize
+      # Checked before reading: torch never compresses records, and the size a record
+      # claims must be the size its tensor needs (no decompression bombs, no huge claims).
+      if info.compress_type != zipfile.ZIP_STORED:
+        raise _Refused(f"storage {record} is compressed; torch.save never compresses "
+                     "tensor data")
+      if info.file_size != expected:
+        raise pickle.UnpicklingError(
+            f"storage {record} holds {info.file_size} bytes, expected {expected}")
+      raw = self._archive.read(record)
       if len(raw) != expected:
         raise pickle.UnpicklingError(
             f"storage {record} holds {len(raw)} bytes, expected {expected}")
@@ -221,7 +285,15 @@ def load_torch_file(path) -> Any:
   path = os.fspath(path)
   if not os.path.exists(path):
     raise DataError(path, "file not found")
+  if os.path.isdir(path):
+    raise DataError(path, "is a directory, not a torch.save file")
   try:
+    with open(path, "rb") as f:
+      head = f.read(4)
+    if head[:2] == b"\x80\x02" or head[:1] == b"\x80":
+      raise DataError(path, "written in torch's legacy (pre-1.6, non-zip) format",
+                      hint="re-save it with torch >= 1.6 without "
+                      "_use_new_zipfile_serialization=False: torch.save(torch.load(f), f)")
     with zipfile.ZipFile(path) as archive:
       names = archive.namelist()
       pkl = [n for n in names if n.endswith("data.pkl") and n.count("/") <= 1]
@@ -230,6 +302,9 @@ def load_torch_file(path) -> Any:
                         hint="files from torch < 1.6 or with "
                         "_use_new_zipfile_serialization=False must be re-saved")
       prefix = pkl[0][: -len("data.pkl")]
+      if archive.getinfo(pkl[0]).compress_type != zipfile.ZIP_STORED:
+        raise DataError(path, "data.pkl is compressed; torch.save never compresses it",
+                        field="data.pkl", hint="this is not a file torch wrote")
       byteorder = "little"
       if f"{prefix}byteorder" in names:
         byteorder = archive.read(f"{prefix}byteorder").decode().strip()
@@ -238,10 +313,18 @@ def load_torch_file(path) -> Any:
       return unpickler.load()
   except DataError:
     raise
+  except _Refused as e:
+    raise UnsafePickleError(path, f"refused: {e}; nothing was executed", field="data.pkl",
+                            hint="feature and checkpoint files hold tensors, dicts, lists and "
+                            "NumPy arrays only") from None
+  except MemoryError:
+    raise DataError(path, "not enough memory to load it",
+                    hint="is it really a feature file? its tensors claim more than fits") from None
   except zipfile.BadZipFile as e:
     raise DataError(path, f"truncated or corrupt archive ({e})",
                     hint="re-copy or re-create the file") from None
-  except (pickle.UnpicklingError, EOFError, struct.error, ValueError, TypeError,
+  except (pickle.UnpicklingError, EOFError, struct.error, ValueError, TypeError, KeyError,
+          RecursionError, OverflowError,
           AttributeError, IndexError, OSError, UnicodeDecodeError) as e:
     raise DataError(path, f"truncated or corrupt torch.save data ({type(e).__name__}: {e})",
                     hint="re-copy or re-create the file") from None
@@ -249,6 +332,17 @@ def load_torch_file(path) -> Any:
 
 # ------------------------------------------------------------------ writer
 _PROTO2 = b"\x80\x02"
+
+
+class NumpyArray:
+  """Marks an array to be written as a pickled NumPy array, not a torch tensor.
+
+  The original stores its confusion matrix this way; ``torch.load`` gives back a
+  ``numpy.ndarray``.
+  """
+
+  def __init__(self, array):
+    self.array = np.ascontiguousarray(array)
 
 
 class _PickleWriter:
@@ -271,6 +365,8 @@ class _PickleWriter:
     w = self.out.write
     if isinstance(obj, np.ndarray):
       self._tensor(obj)
+    elif isinstance(obj, NumpyArray):
+      self._numpy(obj.array)
     elif obj is None:
       w(b"N")
     elif isinstance(obj, (bool, np.bool_)):
@@ -317,8 +413,38 @@ class _PickleWriter:
     else:
       raise TypeError(f"cannot write {type(obj).__name__} to a torch.save file")
 
+  def _numpy(self, array: np.ndarray):
+    """``numpy.ndarray.__reduce__`` as pickle protocol 2 writes it (torch.save's protocol)."""
+    w = self.out.write
+    if array.dtype.byteorder == ">":
+      array = array.astype(array.dtype.newbyteorder("<"))
+    self._global("numpy._core.multiarray", "_reconstruct")
+    w(b"(")
+    self._global("numpy", "ndarray")
+    self._save((0,))
+    self._latin1(b"b")
+    w(b"tR(")   # _reconstruct(ndarray, (0,), b"b"), then its state
+    self._save(1)
+    self._save(tuple(int(n) for n in array.shape))
+    self._global("numpy", "dtype")
+    self._save((array.dtype.str[1:], False, True))
+    w(b"R")
+    self._save((3, "|" if array.dtype.itemsize == 1 else "<", None, None, None, -1, -1, 0))
+    w(b"b")     # BUILD the dtype
+    self._save(False)
+    self._latin1(array.tobytes())
+    w(b"tb")    # BUILD the array
+
+  def _latin1(self, raw: bytes):
+    """Bytes in protocol 2: ``_codecs.encode(text, "latin1")``."""
+    self._global("_codecs", "encode")
+    self.out.write(b"(")
+    self._save(raw.decode("latin1"))
+    self._save("latin1")
+    self.out.write(b"tR")
+
   def _tensor(self, array: np.ndarray):
-    array = np.ascontiguousarray(array)
+    array = np.asarray(array, order="C")   # (ascontiguousarray would make 0-d arrays 1-d)
     if array.dtype.byteorder == ">":
       array = array.astype(array.dtype.newbyteorder("<"))
     storage_name = _DTYPE_TO_STORAGE.get(np.dtype(array.dtype))

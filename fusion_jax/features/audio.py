@@ -20,6 +20,10 @@ def _read_pcm_wav(path: str):
   with wave.open(path, "rb") as w:
     channels, width, rate, n = w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
     raw = w.readframes(n)
+  if len(raw) % (width * channels):
+    raise DataError(path, f"truncated: the audio data ends mid-sample ({len(raw)} bytes, "
+                    f"{width * channels}-byte frames)", field="data",
+                    hint="re-copy or re-export the recording")
   if width == 1:
     x = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128.0) / 128.0
   elif width == 2:
@@ -68,6 +72,10 @@ def read_audio(path, sample_rate: int = 16000, *, min_seconds: float = 0.05) -> 
   except (EOFError, OSError, ValueError, RuntimeError) as e:
     raise DataError(path, f"unreadable audio ({type(e).__name__}: {e})") from None
   x = x.mean(axis=1) if x.ndim == 2 else x
+  if not np.isfinite(x).all():
+    bad = int(np.flatnonzero(~np.isfinite(x))[0])
+    raise DataError(path, f"NaN or Inf samples (first at {bad / rate:.3f} s)", field="samples",
+                    hint="a float wav with invalid values; re-export the recording")
   if rate != sample_rate:
     from scipy import signal  # pylint: disable=import-outside-toplevel
     g = np.gcd(int(rate), int(sample_rate))

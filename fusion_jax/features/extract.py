@@ -126,6 +126,8 @@ def read_manifest(path, *, audio_root: Optional[str] = None,
                   class_names: Optional[Sequence[str]] = None) -> Manifest:
   """Reads a manifest CSV (see the module docstring)."""
   path = os.fspath(path)
+  if os.path.isdir(path):
+    raise DataError(path, "is a directory, not a manifest CSV")
   try:
     frame = pd.read_csv(path, dtype={"path": str, "transcript": str, "speaker": str,
                                      "group": str, "id": str}, keep_default_na=False,

@@ -11,7 +11,8 @@ Variants live in :mod:`fusion_jax.models.registry`; heads in
 """
 
 from fusion_jax.models import heads, registry
-from fusion_jax.models.convert import convert_torch_state_dict, load_torch_checkpoint
+from fusion_jax.models.convert import (convert_torch_state_dict, load_torch_checkpoint,
+                                       save_torch_checkpoint, to_torch_state_dict)
 from fusion_jax.models.heads import FusionHead
 from fusion_jax.models.layers import (EncoderLayer, Linear, MultiHeadAttention,
                                       SequenceEncoder, masked_mean)
@@ -29,5 +30,6 @@ __all__ = [
     "MultiHeadAttention", "SequenceEncoder", "Variant", "build_model",
     "convert_torch_state_dict", "count_params", "dummy_inputs", "forward_flops",
     "get_variant", "heads", "init_params", "load_torch_checkpoint", "masked_mean",
-    "parse_variants", "register_variant", "registry", "variant_names",
+    "parse_variants", "register_variant", "registry", "save_torch_checkpoint",
+    "to_torch_state_dict", "variant_names",
 ]

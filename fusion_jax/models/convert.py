@@ -1,23 +1,27 @@
-"""The original's PyTorch checkpoints → Flax params, through the safe ``.pt`` reader.
+"""The original's PyTorch checkpoints ↔ Flax params, without torch, both ways.
 
 ``best_{variant}_model.pt`` holds ``{'epoch', 'model_state_dict',
 'optimizer_state_dict', 'val_acc', 'confusion_matrix', 'class_names',
-'fusion_type'}``. :func:`load_torch_checkpoint` reads it without torch, infers
-the variant and sizes from the weights, and returns Flax params that give the
-same logits (see ``tests/parity_test.py``).
+'fusion_type'}``. :func:`load_torch_checkpoint` reads it with the safe reader,
+infers the variant and sizes from the weights, and returns Flax params that give
+the same logits (``tests/models_test.py``); :func:`save_torch_checkpoint` writes
+one from Flax params (and Adam's state) that the original's PyTorch code loads
+with ``load_state_dict(strict=True)``.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import re
-from typing import Optional
+from typing import Optional, Sequence
 
 import jax
 import numpy as np
 
 from fusion_jax.data.errors import DataError
-from fusion_jax.data.torch_pickle import load_torch_file
+from fusion_jax.data.torch_pickle import NumpyArray, load_torch_file, save_torch_file
+from fusion_jax.models import registry
 from fusion_jax.models.model import ModelConfig, build_model, init_params
 
 _ENCODER = re.compile(
@@ -198,3 +202,148 @@ def load_torch_checkpoint(path, base_config: Optional[ModelConfig] = None,
     if key in obj:
       out[key] = obj[key]
   return out
+
+
+# ------------------------------------------------------------------ Flax → the original
+# The original's modules in registration order (= state_dict and optimizer order).
+_TORCH_HEAD_MODULES = {
+    "cross_attention": ("speech_proj", "text_proj", "s_to_t_attn", "t_to_s_attn", "ln_s",
+                        "ln_t", "fusion_proj.0", "fusion_proj.3"),
+    "concatenation": ("speech_proj", "text_proj", "fusion_proj.0", "fusion_proj.3"),
+    "gated": ("speech_proj", "text_proj", "speech_gate.0", "speech_gate.2", "text_gate.0",
+              "text_gate.2", "fusion_proj.0", "fusion_proj.3"),
+    "weighted": ("speech_proj", "text_proj", "attention.0", "attention.2", "fusion_proj.0",
+                 "fusion_proj.3"),
+}
+_ENCODER_LEAVES = ("self_attn.in_proj_weight", "self_attn.in_proj_bias",
+                   "self_attn.out_proj.weight", "self_attn.out_proj.bias", "linear1.weight",
+                   "linear1.bias", "linear2.weight", "linear2.bias", "norm1.weight",
+                   "norm1.bias", "norm2.weight", "norm2.bias")
+_ATTENTION_LEAVES = ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias")
+
+
+def torch_keys(variant: str, num_layers: int) -> list:
+  """The original's ``state_dict`` keys of ``variant``, in its parameter order."""
+  spec = registry.get(variant)
+  if not spec.original:
+    raise ValueError(f"variant {variant!r} is not part of the original pipeline, which has "
+                     "no module for it")
+  keys = []
+  for block, m in (("temporal_model", "speech"), ("contextual_model", "text")):
+    if spec.reads(m):
+      keys += [f"{block}.transformer.layers.{i}.{leaf}" for i in range(num_layers)
+               for leaf in _ENCODER_LEAVES]
+  if not spec.is_fusion:
+    return keys + ["classifier.0.weight", "classifier.0.bias", "classifier.3.weight",
+                   "classifier.3.bias"]
+  for module in _TORCH_HEAD_MODULES[variant]:
+    leaves = _ATTENTION_LEAVES if module.endswith("_attn") else ("weight", "bias")
+    keys += [f"fusion.{module}.{leaf}" for leaf in leaves]
+  return keys + [f"classifier.classifier.{i}.{leaf}" for i in (0, 1, 4)
+                 for leaf in ("weight", "bias")]
+
+
+def _node(tree, path, key):
+  for p in path:
+    if not isinstance(tree, dict) or p not in tree:
+      raise KeyError(f"{key}: no parameter {'/'.join(path)}")
+    tree = tree[p]
+  return tree
+
+
+def to_torch_state_dict(params, variant: str) -> collections.OrderedDict:
+  """Flax params (or any tree shaped like them, e.g. Adam's moments) → the original's
+  ``state_dict`` (``kernel [in, out]`` → ``weight [out, in]``; q/k/v → packed ``in_proj``).
+
+  Raises:
+    ValueError: the params hold something the original has no place for (an input
+      projection, another head) or lack something it needs.
+  """
+  params = jax.tree_util.tree_map(np.asarray, params)
+  block = params.get("temporal_block") or params.get("contextual_block") or {}
+  layers = len([k for k in block if k.startswith("layer_")])
+  out, used = collections.OrderedDict(), set()
+  for key in torch_keys(variant, layers):
+    module, _, leaf = key.rpartition(".")
+    if leaf in ("in_proj_weight", "in_proj_bias"):
+      path = _module_path(module)
+      kind = "kernel" if leaf.endswith("weight") else "bias"
+      parts = [_node(params, path + (n, kind), key) for n in ("query", "key", "value")]
+      out[key] = np.concatenate([p.T if p.ndim == 2 else p for p in parts], axis=0)
+      used |= {path + (n, kind) for n in ("query", "key", "value")}
+      continue
+    path = _module_path(module)
+    node = _node(params, path, key)
+    name = "bias" if leaf == "bias" else ("kernel" if "kernel" in node else "scale")
+    value = node[name]
+    out[key] = value.T if name == "kernel" else value
+    used.add(path + (name,))
+  have = {tuple(getattr(k, "key", k) for k in p)
+          for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
+  extra = sorted("/".join(p) for p in have - used)
+  if extra:
+    raise ValueError(f"the original {variant} model has no place for parameter(s) "
+                     f"{extra[:4]}{' ...' if len(extra) > 4 else ''} (an input projection "
+                     "or positional encoding, model.model_dim > 0, is not in the original)")
+  return out
+
+
+def _adam_moments(opt_state):
+  import optax  # pylint: disable=import-outside-toplevel
+  for s in jax.tree_util.tree_leaves(opt_state, is_leaf=lambda x: isinstance(
+      x, optax.ScaleByAdamState)):
+    if isinstance(s, optax.ScaleByAdamState):
+      return s
+  raise ValueError("the optimizer state holds no Adam moments")
+
+
+def save_torch_checkpoint(params, variant: str, path, *, epoch: int, val_acc: float,
+                          class_names: Sequence[str], confusion_matrix=None, opt_state=None,
+                          learning_rate: Optional[float] = None, optim_config=None,
+                          confusion_as_numpy: bool = False) -> None:
+  """Writes the original's ``best_{variant}_model.pt`` (atomically, without torch).
+
+  The dict has exactly the original's keys: ``epoch``, ``model_state_dict`` (its
+  module names and layouts), ``optimizer_state_dict`` (torch's Adam form: per
+  parameter ``step``, ``exp_avg``, ``exp_avg_sq``, and one param group; empty
+  ``state`` when ``opt_state`` is None), ``val_acc``, ``confusion_matrix``,
+  ``class_names`` and ``fusion_type``.
+
+  Args:
+    params: Flax params of ``variant`` (an original variant, no input projection).
+    opt_state: the run's optax state (``steps.make_optimizer``), optional.
+    learning_rate, optim_config: the param group's ``lr`` and Adam settings
+      (``config.optim``: ``b1``, ``b2``, ``eps``, ``weight_decay``).
+    confusion_as_numpy: store the confusion matrix as a NumPy array, as the original
+      does. Off by default: torch ≥ 2.6 refuses NumPy globals under
+      ``torch.load(weights_only=True)`` (its default), so it is an int64 tensor.
+  """
+  state_dict = to_torch_state_dict(params, variant)
+  state = {}
+  if opt_state is not None:
+    adam = _adam_moments(opt_state)
+    mu, nu = to_torch_state_dict(adam.mu, variant), to_torch_state_dict(adam.nu, variant)
+    step = np.asarray(float(np.asarray(adam.count)), np.float32)
+    state = {i: {"step": step, "exp_avg": mu[k], "exp_avg_sq": nu[k]}
+             for i, k in enumerate(state_dict)}
+  o = optim_config
+  group = {"lr": float(learning_rate if learning_rate is not None else
+                       (o.learning_rate if o is not None else 1e-4)),
+           "betas": (float(o.b1), float(o.b2)) if o is not None else (0.9, 0.999),
+           "eps": float(o.eps) if o is not None else 1e-8,
+           "weight_decay": float(o.weight_decay) if o is not None else 0.0,
+           "amsgrad": False, "maximize": False, "foreach": None, "capturable": False,
+           "differentiable": False, "fused": None, "decoupled_weight_decay": False,
+           "params": list(range(len(state_dict)))}
+  k = len(class_names)
+  cm = np.zeros((k, k), np.int64) if confusion_matrix is None else np.asarray(
+      confusion_matrix, np.int64)
+  save_torch_file({
+      "epoch": int(epoch),
+      "model_state_dict": state_dict,
+      "optimizer_state_dict": {"state": state, "param_groups": [group]},
+      "val_acc": float(val_acc),
+      "confusion_matrix": NumpyArray(cm) if confusion_as_numpy else cm,
+      "class_names": [str(c) for c in class_names],
+      "fusion_type": variant,
+  }, path)
