@@ -24,6 +24,12 @@ def default() -> ml_collections.ConfigDict:
       model_dim=0,             # >0: project inputs to this width first (off in the original)
       positional_encoding=False,  # sinusoidal positions (off in the original)
       dtype="float32",         # compute dtype; "bfloat16" keeps float32 params and loss
+      # heads beyond the original's (models/heads.py):
+      mult_layers=2,           # MulT: crossmodal blocks per direction
+      bottleneck_tokens=4,     # MBT: shared bottleneck tokens (0 = independent encoders)
+      fusion_layer=1,          # MBT: first encoder layer that fuses (>= layers: none)
+      tensor_dim=32,           # tensor / low-rank fusion: each modality's vector width
+      rank=4,                  # low-rank fusion: rank of the fusion weight
   ))
 
   c.data = ml_collections.ConfigDict(dict(
@@ -98,6 +104,11 @@ def tiny() -> ml_collections.ConfigDict:
   c.model.f_hidden = 16
   c.model.classifier_hidden = 16
   c.model.dropout = 0.1
+  c.model.mult_layers = 1
+  c.model.bottleneck_tokens = 2
+  c.model.fusion_layer = 0       # one layer: MBT fuses in it
+  c.model.tensor_dim = 4
+  c.model.rank = 2
   c.data.num_buckets = 2
   c.train.epochs = 3
   c.train.batch_size = 8

@@ -91,6 +91,23 @@ def bootstrap_ci(values: Sequence[float], level: float = 0.95, n: int = 10000,
   return float(lo), float(hi)
 
 
+def paired_test(x: Sequence[float], y: Sequence[float], alpha: float = 0.05) -> dict:
+  """Paired t-test of ``x`` against ``y`` (runs in the same order).
+
+  Returns ``mean_diff`` (mean of x − y), ``p_value`` (None with fewer than 2 pairs or
+  zero variance of the differences), ``significant`` and ``n``.
+  """
+  from scipy import stats  # pylint: disable=import-outside-toplevel
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  n = min(len(x), len(y))
+  diff = x[:n] - y[:n]
+  p: Optional[float] = None
+  if n >= 2 and diff.std() > 0:
+    p = float(stats.ttest_rel(x[:n], y[:n]).pvalue)
+  return dict(mean_diff=float(diff.mean()) if n else 0.0, p_value=p,
+              significant=bool(p is not None and p < alpha), n=n)
+
+
 def paired_comparisons(scores: dict, alpha: float = 0.05) -> list:
   """Paired t-tests over seeds between every two variants.
 
@@ -98,18 +115,13 @@ def paired_comparisons(scores: dict, alpha: float = 0.05) -> list:
     scores: ``{variant: [score per seed]}``, seeds in the same order.
 
   Returns:
-    One dict per pair: ``a, b, mean_diff, p_value, significant`` (None p-value
-    with fewer than 2 seeds or zero variance of the differences).
+    One dict per pair: ``a, b`` and :func:`paired_test` of a against b.
   """
-  from scipy import stats  # pylint: disable=import-outside-toplevel
-  out = []
-  for a, b in itertools.combinations(scores, 2):
-    x, y = np.asarray(scores[a], np.float64), np.asarray(scores[b], np.float64)
-    n = min(len(x), len(y))
-    diff = x[:n] - y[:n]
-    p: Optional[float] = None
-    if n >= 2 and diff.std() > 0:
-      p = float(stats.ttest_rel(x[:n], y[:n]).pvalue)
-    out.append(dict(a=a, b=b, mean_diff=float(diff.mean()) if n else 0.0, p_value=p,
-                    significant=bool(p is not None and p < alpha), n=n))
-  return out
+  return [dict(a=a, b=b, **paired_test(scores[a], scores[b], alpha))
+          for a, b in itertools.combinations(scores, 2)]
+
+
+def against_reference(scores: dict, reference: str, alpha: float = 0.05) -> dict:
+  """:func:`paired_test` of every other variant against ``reference`` (runs aligned)."""
+  return {v: paired_test(x, scores[reference], alpha) for v, x in scores.items()
+          if v != reference}

@@ -147,10 +147,36 @@ def cross_validate(exp: Experiment, split: Split, folds: Sequence[Fold], work_di
     out["variants"][v] = {k: summarise([r[k] for r in rs])
                           for k in ("val_acc", "accuracy", "uar", "macro_f1", "weighted_f1")}
     out["variants"][v]["runs"] = rs
+  out.update(compare_to_reference(runs))
   io_utils.write_json(os.path.join(work_dir, "cv_summary.json"), out)
   io_utils.write_text(os.path.join(work_dir, "cv_results.txt"), reports.cv_table(out))
   exp.log("\n" + reports.cv_table(out))
   return out
+
+
+def compare_to_reference(runs: dict, metric: str = "uar") -> dict:
+  """Each variant against the best of the original's fusion heads (chosen on validation).
+
+  Runs are paired by (fold, seed), so the test sees the same speakers on both sides.
+  Returns ``{"reference": name, "comparisons": {variant: paired test on ``metric``}}``
+  (empty when no original fusion head ran).
+  """
+  from fusion_jax.models import registry  # pylint: disable=import-outside-toplevel
+  originals = [v for v in runs if registry.get(v).original and registry.get(v).is_fusion]
+  if not originals:
+    return {}
+  mean_val = lambda v: float(np.mean([r["val_acc"] for r in runs[v]]))
+  reference = max(originals, key=mean_val)
+  key = lambda r: (r["fold"], str(r["seed"]))
+  ref = {key(r): r[metric] for r in runs[reference]}
+  scores = {}
+  for v, rs in runs.items():
+    shared = [r for r in rs if key(r) in ref]
+    scores[v] = [r[metric] for r in sorted(shared, key=key)]
+  ref_scores = [ref[k] for k in sorted(ref)]
+  comparisons = {v: metrics.paired_test(x, ref_scores) for v, x in scores.items()
+                 if v != reference}
+  return dict(reference=reference, reference_metric=metric, comparisons=comparisons)
 
 
 def functionals_baseline(features: np.ndarray, labels: np.ndarray, groups: Sequence[str],

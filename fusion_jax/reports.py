@@ -100,6 +100,15 @@ def training_comparison(summary: dict) -> str:
     bu = unimodal[0]
     gain = np.mean(best[fusion[0]]) - np.mean(best[bu])
     out.append(f"- Best fusion ({fusion[0]}) vs best single modality ({bu}): {gain:+.4f}")
+  ref = summary.get("reference")
+  others = [v for v in ranked if v != ref and summary["variants"][v]["is_fusion"]]
+  if ref and others:
+    out.append(f"- Against {ref} (the best of the original's heads on validation):")
+    for v in others:
+      c = summary["vs_reference"][v]
+      p = f", paired t-test p {c['p_value']:.3f}" if c["p_value"] is not None else \
+          " (one seed: no test)"
+      out.append(f"    {v:<18} {c['mean_diff']:+.4f}{p}")
   comps = summary["comparisons"] if min(len(v) for v in best.values()) > 1 else []
   beats = [c for c in comps if top in (c["a"], c["b"]) and c["significant"]]
   if comps:
@@ -280,13 +289,21 @@ def cv_table(summary: dict, extra_rows: Optional[dict] = None) -> str:
   rows.update(extra_rows or {})
   ranked = sorted(rows, key=lambda v: -rows[v]["val_acc"]["mean"]
                   if "val_acc" in rows[v] else 1.0)
+  ref, comps = summary.get("reference"), summary.get("comparisons", {})
+  vs = f"Δ UAR vs {ref} (p)" if ref else ""
   head = (f"{'Variant':<22} {'Val acc':>15} {'Test acc':>15} {'Test UAR':>15} "
-          f"{'Macro F1':>15} {'Weighted F1':>15} {'runs':>5}")
+          f"{'Macro F1':>15} {'Weighted F1':>15} {'runs':>5}  {vs}")
   lines = ["Speaker-independent cross-validation (mean ± std over folds × seeds; ranked by "
-           "validation accuracy)", head, "-" * len(head)]
+           "validation accuracy)", head.rstrip(), "-" * len(head)]
   for v in ranked:
     r = rows[v]
-    lines.append(f"{v:<22} {cell(r.get('val_acc')):>15} {cell(r['accuracy']):>15} "
-                 f"{cell(r['uar']):>15} {cell(r['macro_f1']):>15} {cell(r['weighted_f1']):>15} "
-                 f"{r['accuracy']['n']:>5}")
+    c = comps.get(v)
+    test = "" if c is None else (f"{c['mean_diff']:+.3f} (p {c['p_value']:.3f})"
+                                 if c["p_value"] is not None else f"{c['mean_diff']:+.3f}")
+    lines.append((f"{v:<22} {cell(r.get('val_acc')):>15} {cell(r['accuracy']):>15} "
+                  f"{cell(r['uar']):>15} {cell(r['macro_f1']):>15} {cell(r['weighted_f1']):>15} "
+                  f"{r['accuracy']['n']:>5}  {'reference' if v == ref else test}").rstrip())
+  if ref:
+    lines += ["", f"Paired t-tests over matched (fold, seed) runs against {ref}, the best of "
+              "the original's fusion heads on validation."]
   return "\n".join(lines) + "\n"

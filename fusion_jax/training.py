@@ -383,8 +383,12 @@ def summarize(results: dict, class_names: Sequence[str], shapes: batching.BatchS
             best_confusion=r.best.confusion.tolist()) for r in rs})
   ranking = sorted(variants, key=lambda v: -variants[v]["best_val_acc_mean"])
   scores = {v: [r.best.val_acc for r in rs] for v, rs in results.items()}
+  originals = [v for v in ranking if registry.get(v).original and registry.get(v).is_fusion]
+  reference = originals[0] if originals else None
   return dict(class_names=list(class_names), ranking=ranking, variants=variants,
               comparisons=metrics.paired_comparisons(scores),
+              reference=reference,
+              vs_reference=metrics.against_reference(scores, reference) if reference else {},
               shapes=dict(speech_buckets=list(shapes.speech_buckets),
                           text_length=shapes.text_length),
               padding_fraction=pad, selected_on="validation")

@@ -130,8 +130,8 @@ def test_shapes_and_finite(variant_model):
     assert aux["temporal/pooled"].shape == (3, TINY.speech_dim)
   if spec.reads("text"):
     assert aux["contextual/pooled"].shape == (3, TINY.text_dim)
-  if spec.is_fusion:
-    assert aux["fusion/fused"].shape == (3, TINY.f_hidden)
+  if spec.is_fusion:   # late fusion's "fused" vector is its combined logits
+    assert aux["fusion/fused"].shape == (3, 7 if spec.head.produces_logits else TINY.f_hidden)
   if variant == "cross_attention":
     w = aux["fusion/speech_to_text_attention"]
     assert w.shape == (3, 7, 5)
@@ -179,11 +179,17 @@ def test_gradients_reach_the_blocks(variant_model):
   grads = jax.jit(jax.grad(loss))(params)
   norm = lambda tree: float(sum(jnp.sum(g ** 2) for g in jax.tree_util.tree_leaves(tree)))
   spec = models.get_variant(variant)
-  if spec.reads("speech"):
-    assert norm(grads["temporal_block"]) > 0
-  if spec.reads("text"):
-    assert norm(grads["contextual_block"]) > 0
-  assert ("contextual_block" in params) == spec.reads("text")
+  for m in spec.modalities:
+    assert norm(_block(grads, variant, m)) > 0, m
+  assert bool(_block(params, variant, "text")) == spec.reads("text")
+
+
+def _block(tree, variant, modality):
+  """The encoder parameters of one modality (inside the head for MBT, which owns them)."""
+  spec = models.get_variant(variant)
+  if spec.is_fusion and spec.head.owns_encoders:
+    return {k: v for k, v in tree["fusion_head"].items() if k.startswith(modality + "_")}
+  return tree.get("temporal_block" if modality == "speech" else "contextual_block", {})
 
 
 def test_dropout_is_active_only_in_training(variant_model):
@@ -376,3 +382,108 @@ def test_pytorch_loads_the_written_checkpoint_and_agrees(tmp_path):
                          ",".join(ORIGINAL)], capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
   assert proc.stdout.count("TORCH_OK") == len(ORIGINAL)
+
+
+# ------------------------------------------------------- the fusion workbench's references
+def _tiny_model(variant, **changes):
+  cfg = dataclasses.replace(TINY, **changes)
+  model = models.build_model(cfg, variant, 7)
+  return model, models.init_params(model, jax.random.key(7)), cfg
+
+
+def test_tensor_fusion_is_the_outer_product_then_the_projection():
+  from scipy.special import erf  # pylint: disable=import-outside-toplevel
+  model, params, _ = _tiny_model("tensor")
+  s, sm, t, tm = _batch(np.random.default_rng(8))
+  _, aux = jax.jit(model.apply)({"params": params}, s, sm, t, tm)
+  sv, tv = np.asarray(aux["fusion/speech_vector"], np.float64), np.asarray(
+      aux["fusion/text_vector"], np.float64)
+  ext = lambda v: np.concatenate([v, np.ones((v.shape[0], 1))], 1)
+  outer = np.stack([np.outer(a, b).ravel() for a, b in zip(ext(sv), ext(tv))])
+  np.testing.assert_allclose(aux["fusion/tensor"], outer, rtol=1e-5, atol=1e-6)
+  fp = params["fusion_head"]["fusion_proj"]
+  h = outer @ np.asarray(fp["dense"]["kernel"], np.float64) + np.asarray(fp["dense"]["bias"])
+  h = 0.5 * h * (1 + erf(h / np.sqrt(2)))
+  h = (h - h.mean(1, keepdims=True)) / np.sqrt(h.var(1, keepdims=True) + 1e-5)
+  h = h * np.asarray(fp["norm"]["scale"]) + np.asarray(fp["norm"]["bias"])
+  np.testing.assert_allclose(aux["fusion/fused"], h, rtol=1e-4, atol=1e-5)
+
+
+def test_low_rank_fusion_with_full_rank_equals_tensor_fusion():
+  """Any tensor-fusion weight W [k+1, k+1, F] splits per output into rank-(k+1) factors."""
+  k1 = TINY.tensor_dim + 1
+  model, params, _ = _tiny_model("low_rank", rank=k1)
+  rng = np.random.default_rng(9)
+  w = rng.standard_normal((k1, k1, TINY.f_hidden))
+  fs, ft = np.zeros((k1, k1, TINY.f_hidden)), np.zeros((k1, k1, TINY.f_hidden))
+  for f in range(TINY.f_hidden):   # W[:, :, f] = U diag(σ) Vᵀ = Σ_r (U σ)_r ⊗ V_r
+    u, sig, vt = np.linalg.svd(w[:, :, f])
+    fs[:, :, f], ft[:, :, f] = (u * sig).T, vt
+  head = dict(params["fusion_head"], speech_factors=fs.astype(np.float32),
+              text_factors=ft.astype(np.float32))
+  params = dict(params, fusion_head=head)
+  s, sm, t, tm = _batch(np.random.default_rng(10))
+  _, aux = jax.jit(model.apply)({"params": params}, s, sm, t, tm)
+  ext = lambda v: np.concatenate([np.asarray(v, np.float64), np.ones((v.shape[0], 1))], 1)
+  tensor_form = np.einsum("bi,bj,ijf->bf", ext(aux["fusion/speech_vector"]),
+                          ext(aux["fusion/text_vector"]), w) + np.asarray(head["bias"])
+  np.testing.assert_allclose(aux["fusion/product"], tensor_form, rtol=1e-4, atol=1e-4)
+
+
+def test_late_fusion_is_the_weighted_sum_of_the_unimodal_logits():
+  model, params, _ = _tiny_model("late")
+  params = jax.tree_util.tree_map(np.asarray, params)
+  params["fusion_head"]["mix"] = np.array([0.7, -0.4], np.float32)
+  s, sm, t, tm = _batch(np.random.default_rng(11))
+  logits, aux = jax.jit(model.apply)({"params": params}, s, sm, t, tm)
+  head = params["fusion_head"]
+  unimodal = {}
+  for variant, m, block in (("speech_only", "speech", "temporal_block"),
+                            ("text_only", "text", "contextual_block")):
+    uni = models.build_model(TINY, variant, 7)
+    p = {block: params[block], "dense1": head[f"{m}_dense1"], "dense2": head[f"{m}_dense2"]}
+    unimodal[m], _ = jax.jit(uni.apply)({"params": p}, s, sm, t, tm)
+  w = np.exp([0.7, -0.4]) / np.exp([0.7, -0.4]).sum()
+  np.testing.assert_allclose(logits, w[0] * unimodal["speech"] + w[1] * unimodal["text"],
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(aux["fusion/modality_weights"][0], w, rtol=1e-6)
+  np.testing.assert_array_equal(aux["fusion/fused"], logits)
+
+
+@pytest.mark.parametrize("changes", [dict(bottleneck_tokens=0),
+                                     dict(fusion_layer=2, layers=2)])
+def test_bottleneck_without_exchange_is_two_independent_encoders(changes):
+  """No bottleneck tokens, or a fusion layer past the last: exactly the two blocks."""
+  model, params, cfg = _tiny_model("bottleneck", **changes)
+  s, sm, t, tm = _batch(np.random.default_rng(12))
+  _, aux = jax.jit(model.apply)({"params": params}, s, sm, t, tm)
+  for m, x, mask, key in (("speech", s, sm, "temporal"), ("text", t, tm, "contextual")):
+    enc = models.SequenceEncoder(cfg.layers, cfg.heads, 4 * cfg.hidden, cfg.dropout)
+    enc_params = {k[len(m) + 1:]: v for k, v in params["fusion_head"].items()
+                  if k.startswith(m + "_layer_")}
+    want = jax.jit(lambda p, x, mask: enc.apply({"params": p}, x, mask, deterministic=True))(
+        enc_params, x, mask)
+    np.testing.assert_allclose(aux[f"{key}/sequence"], want, rtol=1e-6, atol=1e-6)
+  assert "bottleneck" not in params["fusion_head"]
+
+
+def test_bottleneck_exchanges_only_through_its_tokens():
+  """Fusing from layer 0 of 2: changing the text changes speech's layer-1 output, through
+  the tokens that text updated in layer 0."""
+  model, params, _ = _tiny_model("bottleneck", layers=2)
+  s, sm, t, tm = _batch(np.random.default_rng(13))
+  apply = jax.jit(model.apply)
+  _, a = apply({"params": params}, s, sm, t, tm)
+  _, b = apply({"params": params}, s, sm, t + 1.0, tm)
+  assert np.abs(np.asarray(a["temporal/sequence"]) - np.asarray(b["temporal/sequence"])).max() > 1e-4
+  w = np.asarray(a["fusion/speech_to_bottleneck_attention"])
+  assert w.shape == (3, 7, TINY.bottleneck_tokens) and (w >= 0).all() and (w.sum(-1) <= 1 + 1e-5).all()
+
+
+def test_new_heads_are_registered_with_their_papers():
+  for name, paper in (("mult", "Tsai"), ("bottleneck", "Nagrani"), ("tensor", "Zadeh"),
+                      ("low_rank", "Liu"), ("late", "late")):
+    spec = models.get_variant(name)
+    assert spec.is_fusion and not spec.original and paper in spec.reference
+  assert set(models.parse_variants("fusion")) == set(models.parse_variants("original")) | {
+      "mult", "bottleneck", "tensor", "low_rank", "late"}

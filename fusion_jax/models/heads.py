@@ -13,18 +13,22 @@ Every head has the interface of :class:`FusionHead`::
 * ``fusion/modality_weights [B, 2]``: speech and text weights (box plots per class).
 
 A new head is a subclass here (or in your own module) plus one record in
-:mod:`fusion_jax.models.registry`.
+:mod:`fusion_jax.models.registry`. A head that fuses inside the encoders
+(``owns_encoders``, MBT) receives the raw features; a head that combines decisions
+(``produces_logits``, late fusion) returns logits.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fusion_jax.models.layers import Linear, MultiHeadAttention, gelu, layer_norm, masked_mean
+from fusion_jax.models.layers import (EncoderLayer, Linear, MultiHeadAttention, gelu,
+                                      layer_norm, masked_mean, sinusoidal_positions)
 
 
 class FusionProjection(nn.Module):
@@ -57,10 +61,15 @@ class FusionHead(nn.Module):
   num_heads: int
   dropout: float
   dtype: Any = jnp.float32
+  # A head that runs the encoders itself (fusion inside them) gets the raw inputs and
+  # returns the blocks' aux entries too; a head that produces logits skips the classifier.
+  owns_encoders: ClassVar[bool] = False
+  produces_logits: ClassVar[bool] = False
 
   @classmethod
-  def from_config(cls, config, name: str = "fusion_head") -> "FusionHead":
+  def from_config(cls, config, num_classes: int, name: str = "fusion_head") -> "FusionHead":
     """The head for a :class:`~fusion_jax.models.ModelConfig` (heads with more knobs override)."""
+    del num_classes
     return cls(config.f_hidden, config.heads, config.dropout, config.compute_dtype, name=name)
 
   @classmethod
@@ -168,3 +177,296 @@ class WeightedFusion(FusionHead):
   def flops(cls, config, speech_len, text_len, speech_dim, text_dim):
     f = config.f_hidden
     return 2 * (speech_dim + text_dim) * f + 2 * 2 * f * (f // 2) + 2 * f * f
+
+
+# ====================================================================== beyond the original
+# Every head below has parameter counts near the original's heads at the default config
+# (BUILD_NOTES.md, "Fusion workbench"); each states its source.
+
+
+class _CrossModalLayer(nn.Module):
+  """MulT's crossmodal block (pre-LN): ``Z += CrossAttn(LN(Z), LN(Y)); Z += FFN(LN(Z))``."""
+  num_heads: int
+  dropout: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, z, z_mask, y, y_mask, *, deterministic):
+    e = z.shape[-1]
+    drop = lambda v: nn.Dropout(self.dropout)(v, deterministic=deterministic)
+    q, kv = layer_norm("norm_query")(z), layer_norm("norm_key")(y)
+    att, weights = MultiHeadAttention(self.num_heads, self.dropout, self.dtype,
+                                      name="attn")(q, kv, y_mask, deterministic=deterministic)
+    z = z + drop(att)
+    h = gelu(Linear(4 * e, self.dtype, name="ff1")(layer_norm("norm_ff")(z)))
+    z = z + drop(Linear(e, self.dtype, name="ff2")(drop(h)))
+    return z * z_mask[..., None].astype(z.dtype), weights
+
+
+class MulTFusion(FusionHead):
+  """MulT (Tsai et al., ACL 2019): directional crossmodal transformers.
+
+  Each modality is projected to ``width`` (``features // 2``; MulT's temporal
+  convolution with kernel 1) with sinusoidal positions. Speech attends to text
+  through ``layers`` crossmodal blocks (text → speech), and text to speech (speech →
+  text); each stream then passes one self-attention layer, is masked-mean pooled
+  (MulT takes the last step, which depends on padding here), and the two are
+  concatenated and projected: ``fused [B, features]``. ``aux``: the last blocks'
+  attention maps ``fusion/speech_to_text_attention [B, T, L]`` and
+  ``fusion/text_to_speech_attention [B, L, T]``.
+  """
+  layers: int = 2
+
+  @classmethod
+  def from_config(cls, config, num_classes: int, name: str = "fusion_head"):
+    del num_classes
+    return cls(config.f_hidden, config.heads, config.dropout, config.compute_dtype,
+               layers=config.mult_layers, name=name)
+
+  @nn.compact
+  def __call__(self, speech, speech_mask, text, text_mask, *, deterministic):
+    width = self.features // 2
+    embed = lambda x, m, name: (Linear(width, self.dtype, name=name)(x) + sinusoidal_positions(
+        x.shape[1], width).astype(self.dtype)) * m[..., None].astype(self.dtype)
+    s, t = embed(speech, speech_mask, "speech_proj"), embed(text, text_mask, "text_proj")
+    zs, zt = s, t
+    for i in range(self.layers):
+      zs, s_w = _CrossModalLayer(self.num_heads, self.dropout, self.dtype,
+                                 name=f"text_to_speech_{i}")(zs, speech_mask, t, text_mask,
+                                                             deterministic=deterministic)
+      zt, t_w = _CrossModalLayer(self.num_heads, self.dropout, self.dtype,
+                                 name=f"speech_to_text_{i}")(zt, text_mask, s, speech_mask,
+                                                             deterministic=deterministic)
+    layer = lambda name: EncoderLayer(self.num_heads, 4 * width, self.dropout, self.dtype,
+                                      name=name)
+    zs = layer("speech_self")(zs, speech_mask, deterministic=deterministic)
+    zt = layer("text_self")(zt, text_mask, deterministic=deterministic)
+    s_vec, t_vec = masked_mean(zs, speech_mask), masked_mean(zt, text_mask)
+    fused = FusionProjection(self.features, self.dropout, self.dtype, name="fusion_proj")(
+        jnp.concatenate([s_vec, t_vec], axis=-1), deterministic=deterministic)
+    return fused, {"fusion/speech_to_text_attention": s_w,
+                   "fusion/text_to_speech_attention": t_w,
+                   "fusion/speech_vector": s_vec, "fusion/text_vector": t_vec}
+
+  @classmethod
+  def flops(cls, config, speech_len, text_len, speech_dim, text_dim):
+    d, (s, t) = config.f_hidden // 2, (speech_len, text_len)
+    cross = lambda q, k: 2 * q * d * d * 2 + 2 * k * d * d * 2 + 4 * q * k * d + 16 * q * d * d
+    self_attn = lambda n: 8 * n * d * d + 4 * n * n * d + 16 * n * d * d
+    return (2 * (s * speech_dim + t * text_dim) * d
+            + config.mult_layers * (cross(s, t) + cross(t, s)) + self_attn(s) + self_attn(t)
+            + 2 * 2 * d * config.f_hidden)
+
+
+class BottleneckFusion(FusionHead):
+  """MBT, attention bottlenecks (Nagrani et al., NeurIPS 2021; scenic ``projects/mbt``).
+
+  Owns both encoders: layers below ``fusion_layer`` run per modality, as the
+  temporal and contextual blocks do; from ``fusion_layer`` on, each modality's layer
+  runs on its tokens plus ``bottleneck_tokens`` shared tokens, and the shared tokens
+  become the mean of the modalities' updates — all cross-modal exchange passes through
+  them. With no bottleneck tokens or ``fusion_layer >= layers`` it is exactly two
+  independent encoders (tested). Pooled speech, pooled text and the mean of the final
+  shared tokens are concatenated and projected: ``fused [B, features]``. ``aux`` has the blocks' entries
+  (``temporal/sequence`` …) and ``fusion/{speech,text}_to_bottleneck_attention
+  [B, T, n]`` of the last layer. Widths must match (``model.model_dim`` > 0, or equal
+  feature dims).
+  """
+  owns_encoders: ClassVar[bool] = True
+  layers: int = 2
+  ff_dim: int = 1024
+  model_dim: int = 0
+  positional_encoding: bool = False
+  bottleneck_tokens: int = 4
+  fusion_layer: int = 1
+
+  @classmethod
+  def from_config(cls, config, num_classes: int, name: str = "fusion_head"):
+    del num_classes
+    return cls(config.f_hidden, config.heads, config.dropout, config.compute_dtype,
+               layers=config.layers, ff_dim=4 * config.hidden, model_dim=config.model_dim,
+               positional_encoding=config.positional_encoding,
+               bottleneck_tokens=config.bottleneck_tokens, fusion_layer=config.fusion_layer,
+               name=name)
+
+  def _embed(self, x, name):
+    if self.model_dim:
+      x = Linear(self.model_dim, self.dtype, name=f"{name}_input_proj")(x)
+    if self.positional_encoding:
+      x = x + sinusoidal_positions(x.shape[1], x.shape[2]).astype(x.dtype)
+    return x
+
+  @nn.compact
+  def __call__(self, speech, speech_mask, text, text_mask, *, deterministic):
+    xs, xt = self._embed(speech, "speech"), self._embed(text, "text")
+    n = self.bottleneck_tokens if self.fusion_layer < self.layers else 0
+    if n and xs.shape[-1] != xt.shape[-1]:
+      raise ValueError(f"bottleneck fusion needs equal widths, got speech {xs.shape[-1]} and "
+                       f"text {xt.shape[-1]}: set model.model_dim")
+    if n:
+      shared = self.param("bottleneck", nn.initializers.normal(0.02), (1, n, xs.shape[-1]),
+                          jnp.float32)
+      shared = jnp.broadcast_to(shared, (xs.shape[0], n, xs.shape[-1])).astype(xs.dtype)
+    aux = {}
+    for i in range(self.layers):
+      layer = lambda m: EncoderLayer(self.num_heads, self.ff_dim, self.dropout, self.dtype,
+                                     name=f"{m}_layer_{i}")
+      if i < self.fusion_layer or not n:
+        xs = layer("speech")(xs, speech_mask, deterministic=deterministic)
+        xt = layer("text")(xt, text_mask, deterministic=deterministic)
+        continue
+      updates = []
+      for m, x, mask in (("speech", xs, speech_mask), ("text", xt, text_mask)):
+        length = x.shape[1]
+        full = jnp.concatenate([mask, jnp.ones((mask.shape[0], n), mask.dtype)], axis=1)
+        y, w = layer(m)(jnp.concatenate([x, shared], axis=1), full,
+                        deterministic=deterministic, return_weights=True)
+        updates.append(y[:, length:])
+        aux[f"fusion/{m}_to_bottleneck_attention"] = w[:, :length, length:]
+        if m == "speech":
+          xs = y[:, :length]
+        else:
+          xt = y[:, :length]
+      shared = (updates[0] + updates[1]) / 2
+    drop = nn.Dropout(self.dropout)
+    xs = drop(xs, deterministic=deterministic) * speech_mask[..., None].astype(xs.dtype)
+    xt = drop(xt, deterministic=deterministic) * text_mask[..., None].astype(xt.dtype)
+    aux.update({"temporal/sequence": xs, "temporal/pooled": masked_mean(xs, speech_mask),
+                "contextual/sequence": xt, "contextual/pooled": masked_mean(xt, text_mask)})
+    pooled = [aux["temporal/pooled"], aux["contextual/pooled"]]
+    if n:   # the shared tokens after the last layer carry what both modalities wrote
+      aux["fusion/bottleneck"] = jnp.mean(shared.astype(jnp.float32), axis=1)
+      pooled.append(aux["fusion/bottleneck"])
+    fused = FusionProjection(self.features, self.dropout, self.dtype, name="fusion_proj")(
+        jnp.concatenate(pooled, axis=-1), deterministic=deterministic)
+    return fused, aux
+
+  @classmethod
+  def flops(cls, config, speech_len, text_len, speech_dim, text_dim):
+    from fusion_jax.models.model import encoder_flops  # pylint: disable=import-outside-toplevel
+    n = config.bottleneck_tokens if config.fusion_layer < config.layers else 0
+    fused_layers = max(config.layers - config.fusion_layer, 0) if n else 0
+    one = dataclasses.replace(config, layers=1, model_dim=0)
+    total = 0.0
+    for length, d_in in ((speech_len, speech_dim), (text_len, text_dim)):
+      d = config.model_dim or d_in
+      total += 2.0 * length * d_in * d if config.model_dim else 0.0
+      total += (config.layers - fused_layers) * encoder_flops(one, length, d)[0]
+      total += fused_layers * encoder_flops(one, length + n, d)[0]
+    return total + 2 * 3 * (config.model_dim or speech_dim) * config.f_hidden
+
+
+class TensorFusion(FusionHead):
+  """Tensor Fusion (Zadeh et al., EMNLP 2017): ``vec([s; 1] ⊗ [t; 1])``, then a projection.
+
+  The pooled blocks are first projected to ``tensor_dim`` (TFN's modality subnetworks;
+  the outer product of two 768-d vectors would need 300 M weights), so the tensor is
+  ``[B, (k+1)²]``; ``fused = FP(tensor) [B, features]``. ``aux``:
+  ``fusion/speech_vector``, ``fusion/text_vector [B, k]``, ``fusion/tensor``.
+  """
+  tensor_dim: int = 32
+
+  @classmethod
+  def from_config(cls, config, num_classes: int, name: str = "fusion_head"):
+    del num_classes
+    return cls(config.f_hidden, config.heads, config.dropout, config.compute_dtype,
+               tensor_dim=config.tensor_dim, name=name)
+
+  @nn.compact
+  def __call__(self, speech, speech_mask, text, text_mask, *, deterministic):
+    s, t = pooled_projections(self.tensor_dim, self.dtype, speech, speech_mask, text,
+                              text_mask)
+    s, t = s.astype(jnp.float32), t.astype(jnp.float32)
+    one = jnp.ones((s.shape[0], 1), jnp.float32)
+    tensor = jnp.einsum("bi,bj->bij", jnp.concatenate([s, one], -1),
+                        jnp.concatenate([t, one], -1)).reshape(s.shape[0], -1)
+    fused = FusionProjection(self.features, self.dropout, self.dtype, name="fusion_proj")(
+        tensor, deterministic=deterministic)
+    return fused, {"fusion/speech_vector": s, "fusion/text_vector": t, "fusion/tensor": tensor}
+
+  @classmethod
+  def flops(cls, config, speech_len, text_len, speech_dim, text_dim):
+    k = config.tensor_dim
+    return 2 * (speech_dim + text_dim) * k + 2 * (k + 1) ** 2 * config.f_hidden + \
+        2 * config.f_hidden
+
+
+class LowRankFusion(FusionHead):
+  """Low-rank Multimodal Fusion (Liu et al., ACL 2018).
+
+  Tensor fusion with a weight of CP rank ``rank``, computed without the tensor:
+  ``h = Σ_r (W_s^r [s; 1]) ⊙ (W_t^r [t; 1]) + b`` (``W^r`` of shape ``[k+1, features]``,
+  ``s, t`` projected to ``tensor_dim`` as in :class:`TensorFusion`); ``fused = FP(h)``.
+  With ``rank >= tensor_dim + 1`` it can express every tensor-fusion weight (tested
+  against the tensor form). ``aux``: the vectors and ``fusion/product [B, features]``.
+  """
+  tensor_dim: int = 32
+  rank: int = 4
+
+  @classmethod
+  def from_config(cls, config, num_classes: int, name: str = "fusion_head"):
+    del num_classes
+    return cls(config.f_hidden, config.heads, config.dropout, config.compute_dtype,
+               tensor_dim=config.tensor_dim, rank=config.rank, name=name)
+
+  @nn.compact
+  def __call__(self, speech, speech_mask, text, text_mask, *, deterministic):
+    s, t = pooled_projections(self.tensor_dim, self.dtype, speech, speech_mask, text,
+                              text_mask)
+    k1 = self.tensor_dim + 1
+    # LMF's initialisation: Xavier-normal factors, a zero bias.
+    init = nn.initializers.xavier_normal(in_axis=1, out_axis=2, batch_axis=(0,))
+    factors = {m: self.param(f"{m}_factors", init, (self.rank, k1, self.features), jnp.float32)
+               for m in ("speech", "text")}
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+    ext = lambda v: jnp.concatenate([v.astype(jnp.float32), jnp.ones((v.shape[0], 1))], -1)
+    ps = jnp.einsum("bi,rif->brf", ext(s), factors["speech"])
+    pt = jnp.einsum("bi,rif->brf", ext(t), factors["text"])
+    product = jnp.sum(ps * pt, axis=1) + bias
+    fused = FusionProjection(self.features, self.dropout, self.dtype, name="fusion_proj")(
+        product, deterministic=deterministic)
+    return fused, {"fusion/speech_vector": s, "fusion/text_vector": t,
+                   "fusion/product": product}
+
+  @classmethod
+  def flops(cls, config, speech_len, text_len, speech_dim, text_dim):
+    k1, f = config.tensor_dim + 1, config.f_hidden
+    return 2 * (speech_dim + text_dim) * (k1 - 1) + 2 * 2 * config.rank * k1 * f + 2 * f * f
+
+
+class LateFusion(FusionHead):
+  """Late fusion: a learned combination of two unimodal classifiers' outputs.
+
+  Each pooled block goes through the original's unimodal classifier (Linear → ReLU →
+  Dropout → Linear to K classes); ``logits = w_s · logits_s + w_t · logits_t`` with
+  ``w = softmax(mix)`` learned (initially equal). The baseline every fusion method
+  must beat: it only combines decisions. Returns logits ``[B, K]`` (the classifier of
+  the other heads is not used); ``aux``: ``fusion/modality_weights [B, 2]``,
+  ``fusion/speech_logits``, ``fusion/text_logits``; its "fused" vector is the logits.
+  """
+  produces_logits: ClassVar[bool] = True
+  num_classes: int = 7
+  hidden: int = 256
+
+  @classmethod
+  def from_config(cls, config, num_classes: int, name: str = "fusion_head"):
+    return cls(config.f_hidden, config.heads, config.dropout, config.compute_dtype,
+               num_classes=num_classes, hidden=config.classifier_hidden, name=name)
+
+  @nn.compact
+  def __call__(self, speech, speech_mask, text, text_mask, *, deterministic):
+    def classifier(x, m):
+      h = nn.relu(Linear(self.hidden, self.dtype, name=f"{m}_dense1")(x))
+      h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
+      return Linear(self.num_classes, self.dtype, name=f"{m}_dense2")(h).astype(jnp.float32)
+    ls = classifier(masked_mean(speech, speech_mask), "speech")
+    lt = classifier(masked_mean(text, text_mask), "text")
+    w = jax.nn.softmax(self.param("mix", nn.initializers.zeros, (2,), jnp.float32))
+    logits = w[0] * ls + w[1] * lt
+    return logits, {"fusion/modality_weights": jnp.broadcast_to(w, (ls.shape[0], 2)),
+                    "fusion/speech_logits": ls, "fusion/text_logits": lt}
+
+  @classmethod
+  def flops(cls, config, speech_len, text_len, speech_dim, text_dim):
+    h = config.classifier_hidden
+    return 2 * (speech_dim + text_dim) * h + 2 * 2 * h * 7

@@ -108,22 +108,27 @@ class MultiHeadAttention(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-  """``torch.nn.TransformerEncoderLayer`` (post-LN, GELU, batch first)."""
+  """``torch.nn.TransformerEncoderLayer`` (post-LN, GELU, batch first).
+
+  ``[B, T, E]``, mask ``[B, T]`` → ``[B, T, E]`` (and, with ``return_weights``, the
+  head-averaged self-attention weights ``[B, T, T]``).
+  """
   num_heads: int
   ff_dim: int
   dropout: float
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, mask, *, deterministic: bool):
+  def __call__(self, x, mask, *, deterministic: bool, return_weights: bool = False):
     e = x.shape[-1]
     drop = lambda y: nn.Dropout(self.dropout)(y, deterministic=deterministic)
-    attn, _ = MultiHeadAttention(self.num_heads, self.dropout, self.dtype,
-                                 name="self_attn")(x, x, mask, deterministic=deterministic)
+    attn, weights = MultiHeadAttention(self.num_heads, self.dropout, self.dtype,
+                                       name="self_attn")(x, x, mask, deterministic=deterministic)
     x = layer_norm("norm1")(x + drop(attn))
     h = gelu(Linear(self.ff_dim, self.dtype, name="linear1")(x))
     h = Linear(e, self.dtype, name="linear2")(drop(h))
-    return layer_norm("norm2")(x + drop(h))
+    out = layer_norm("norm2")(x + drop(h))
+    return (out, weights) if return_weights else out
 
 
 def sinusoidal_positions(length: int, dim: int) -> jax.Array:

@@ -45,6 +45,12 @@ class ModelConfig:
   model_dim: int = 0
   positional_encoding: bool = False
   dtype: str = "float32"
+  # knobs of the heads beyond the original's (fusion_jax.models.heads)
+  mult_layers: int = 2          # MulT: crossmodal blocks per direction
+  bottleneck_tokens: int = 4    # MBT: shared tokens (0 = two independent encoders)
+  fusion_layer: int = 1         # MBT: the first encoder layer that fuses (>= layers: none)
+  tensor_dim: int = 32          # tensor / low-rank fusion: width of each modality's vector
+  rank: int = 4                 # low-rank fusion: CP rank of the fusion weight
 
   @classmethod
   def from_config(cls, cfg) -> "ModelConfig":
@@ -80,6 +86,10 @@ class EmotionRecognizer(nn.Module):
     c, dtype, det = self.config, self.config.compute_dtype, not train
     spec = registry.get(self.variant)
     aux = {}
+    if spec.is_fusion and spec.head.owns_encoders:   # fusion inside the encoders (MBT)
+      head = spec.head.from_config(c, self.num_classes, name="fusion_head")
+      fused, aux = head(speech, speech_mask, text, text_mask, deterministic=det)
+      return self._classify(fused, aux, det)
     if spec.reads("speech"):
       s_seq = self._encoder("temporal_block")(speech, speech_mask, deterministic=det)
       aux["temporal/sequence"] = s_seq
@@ -96,9 +106,17 @@ class EmotionRecognizer(nn.Module):
       logits = Linear(self.num_classes, dtype, name="dense2")(h)
       return logits.astype(jnp.float32), aux
 
-    head = spec.head.from_config(c, name="fusion_head")
+    head = spec.head.from_config(c, self.num_classes, name="fusion_head")
     fused, head_aux = head(s_seq, speech_mask, t_seq, text_mask, deterministic=det)
     aux.update(head_aux)
+    if spec.head.produces_logits:   # late fusion: the head's output is the decision
+      aux["fusion/fused"] = fused
+      return fused.astype(jnp.float32), aux
+    return self._classify(fused, aux, det)
+
+  def _classify(self, fused, aux, det):
+    """The original's classifier on the fused vector."""
+    c, dtype = self.config, self.config.compute_dtype
     aux["fusion/fused"] = fused
     h = Linear(c.classifier_hidden, dtype, name="classifier_dense1")(fused)
     h = gelu(layer_norm("classifier_norm")(h))
@@ -143,6 +161,8 @@ def encoder_flops(config: ModelConfig, length: int, input_dim: int) -> tuple:
 def forward_flops(config: ModelConfig, variant: str, speech_len: int, text_len: int) -> float:
   """Useful (unpadded) forward FLOPs of one utterance: matmuls and attention only."""
   spec = registry.get(variant)
+  if spec.is_fusion and spec.head.owns_encoders:
+    return spec.head.flops(config, speech_len, text_len, config.speech_dim, config.text_dim)
   flops, dims = 0.0, {"speech": 0, "text": 0}
   for m, length, d_in in (("speech", speech_len, config.speech_dim),
                           ("text", text_len, config.text_dim)):

@@ -158,3 +158,25 @@ for _v in (
 ):
   # Ids 0..5 are the original order: runs' random keys stay what they always were.
   register(_v)
+
+for _v in (
+    Variant("mult", ("speech", "text"), heads.MulTFusion,
+            "directional crossmodal transformers (MulT)",
+            "Tsai et al., Multimodal Transformer for Unaligned Multimodal Language "
+            "Sequences, ACL 2019"),
+    Variant("bottleneck", ("speech", "text"), heads.BottleneckFusion,
+            "attention bottlenecks inside the encoders (MBT)",
+            "Nagrani et al., Attention Bottlenecks for Multimodal Fusion, NeurIPS 2021"),
+    Variant("tensor", ("speech", "text"), heads.TensorFusion,
+            "outer product of [s;1] and [t;1] (TFN)",
+            "Zadeh et al., Tensor Fusion Network for Multimodal Sentiment Analysis, "
+            "EMNLP 2017"),
+    Variant("low_rank", ("speech", "text"), heads.LowRankFusion,
+            "tensor fusion with a low-rank weight (LMF)",
+            "Liu et al., Efficient Low-rank Multimodal Fusion with Modality-Specific "
+            "Factors, ACL 2018"),
+    Variant("late", ("speech", "text"), heads.LateFusion,
+            "learned combination of two unimodal classifiers' logits",
+            "late (decision-level) fusion, the baseline of every fusion paper"),
+):
+  register(_v)
