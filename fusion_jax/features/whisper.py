@@ -263,3 +263,229 @@ class WhisperEncoder:
     mels = np.stack([whisper_log_mel(c) for c in clips])
     states = self.states(mels)
     return [states[i, :output_frames(len(c))].copy() for i, c in enumerate(clips)]
+
+
+# ------------------------------------------------------------------ the decoder: transcripts
+EOT, SOT, NO_TIMESTAMPS = 50256, 50257, 50362   # Whisper's English-only special tokens
+
+
+def _bytes_to_unicode() -> dict:
+  """GPT-2's reversible byte ↔ printable-character table (Whisper's BPE is byte-level)."""
+  bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
+      range(ord("®"), ord("ÿ") + 1))
+  cs, n = bs[:], 0
+  for b in range(256):
+    if b not in bs:
+      bs.append(b)
+      cs.append(256 + n)
+      n += 1
+  return dict(zip(bs, map(chr, cs)))
+
+
+class WhisperTokens:
+  """Token ids → text (``vocabulary.txt``: one byte-level BPE token per line, id = line)."""
+
+  def __init__(self, vocabulary: Sequence[str]):
+    self.vocabulary = list(vocabulary)
+    self._byte_of = {c: b for b, c in _bytes_to_unicode().items()}
+
+  @classmethod
+  def from_dir(cls, model_dir) -> "WhisperTokens":
+    path = os.path.join(os.fspath(model_dir), "vocabulary.txt")
+    try:
+      with open(path, encoding="utf-8") as f:
+        return cls(f.read().split("\n"))
+    except OSError as e:
+      raise DataError(path, f"cannot read the vocabulary ({e})") from None
+
+  def decode(self, ids: Sequence[int]) -> str:
+    raw = bytearray()
+    for i in ids:
+      if i < EOT:   # text tokens only
+        raw += bytes(self._byte_of.get(c, 32) for c in self.vocabulary[i])
+    return raw.decode("utf-8", errors="replace").strip()
+
+
+def suppressed_tokens(model_dir, vocab_size: int) -> tuple:
+  """(suppressed at every step, suppressed at the first step) from ``config.json``, plus
+  every special token but end-of-text (no timestamps, no task tokens)."""
+  import json  # pylint: disable=import-outside-toplevel
+  path = os.path.join(os.fspath(model_dir), "config.json")
+  cfg = {}
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      cfg = json.load(f)
+  always = set(cfg.get("suppress_ids", [])) | set(range(EOT + 1, vocab_size))
+  return tuple(sorted(always)), tuple(sorted(cfg.get("suppress_ids_begin", [220, EOT])))
+
+
+def reference_decoder_logits(weights: dict, states: np.ndarray, tokens: Sequence[int]):
+  """NumPy float64 decoder forward pass: encoder states ``[F, D]`` and tokens ``[T]`` →
+  next-token logits ``[T, V]`` (causal; the check of :class:`WhisperModel`)."""
+  from scipy.special import erf  # pylint: disable=import-outside-toplevel
+  w = lambda n: np.asarray(weights["decoder/" + n], np.float64)
+  gelu = lambda y: 0.5 * y * (1 + erf(y / np.sqrt(2)))
+  heads = int(weights.get("decoder/num_heads", 6))
+
+  def ln(x, n):
+    mu = x.mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + 1e-5) * w(
+        n + "/gamma") + w(n + "/beta")
+
+  def attend(q, k, v, causal):
+    t, d = q.shape
+    split = lambda a: a.reshape(a.shape[0], heads, d // heads).transpose(1, 0, 2)
+    s = split(q) @ split(k).transpose(0, 2, 1) / np.sqrt(d // heads)
+    if causal:
+      s = np.where(np.tril(np.ones((t, k.shape[0]), bool)), s, -np.inf)
+    s = np.exp(s - s.max(-1, keepdims=True))
+    return ((s / s.sum(-1, keepdims=True)) @ split(v)).transpose(1, 0, 2).reshape(t, d)
+
+  tokens = np.asarray(tokens)
+  x = w("embeddings/weight")[tokens] + w("position_encodings/encodings")[:len(tokens)]
+  enc = np.asarray(states, np.float64)
+  layer = 0
+  while f"decoder/layer_{layer}/ffn/linear_0/weight" in weights:
+    p = f"layer_{layer}/"
+    lin = lambda h, n: h @ w(p + n + "/weight").T + w(p + n + "/bias")
+    h = ln(x, p + "self_attention/layer_norm")
+    q, k, v = np.split(lin(h, "self_attention/linear_0"), 3, -1)
+    x = x + lin(attend(q, k, v, True), "self_attention/linear_1")
+    h = ln(x, p + "attention/layer_norm")
+    k, v = np.split(lin(enc, "attention/linear_1"), 2, -1)
+    x = x + lin(attend(lin(h, "attention/linear_0"), k, v, False), "attention/linear_2")
+    h = ln(x, p + "ffn/layer_norm")
+    x = x + lin(gelu(lin(h, "ffn/linear_0")), "ffn/linear_1")
+    layer += 1
+  return ln(x, "layer_norm") @ w("embeddings/weight").T
+
+
+class WhisperModel:
+  """Whisper tiny.en encoder + greedy decoder (transcripts for audio-only corpora).
+
+  ::
+
+    model = WhisperModel.from_ctranslate2(model_dir)
+    model.transcribe([samples_16k, ...])    # ["Kids are talking by the door.", ...]
+
+  Decoding is greedy from ``<|startoftranscript|><|notimestamps|>``, with the model's
+  own suppressed tokens (``config.json``), up to ``max_tokens`` tokens; the decoder
+  recomputes its (short) prefix each step in one jitted function of fixed shape.
+  """
+
+  def __init__(self, weights: dict, model_dir=None, max_tokens: int = 96):
+    import jax  # pylint: disable=import-outside-toplevel
+    self.encoder = WhisperEncoder(weights)
+    dec = {k[len("decoder/"):]: np.asarray(v, np.float32) for k, v in weights.items()
+           if k.startswith("decoder/") and np.asarray(v).dtype.kind == "f"}
+    if "embeddings/weight" not in dec:
+      raise ValueError("no Whisper decoder weights (decoder/embeddings/weight) in this model")
+    self.num_heads = int(weights.get("decoder/num_heads", 6))
+    self.num_layers = sum(1 for k in dec if k.endswith("ffn/linear_0/weight"))
+    self.vocab_size = int(dec["embeddings/weight"].shape[0])
+    self.max_tokens = max_tokens
+    self.params = jax.device_put(dec)
+    self.tokens = WhisperTokens.from_dir(model_dir) if model_dir else None
+    always, begin = suppressed_tokens(model_dir, self.vocab_size) if model_dir else (
+        tuple(range(EOT + 1, self.vocab_size)), (220, EOT))
+    mask = np.zeros((2, self.vocab_size), np.float32)
+    mask[0, list(always)] = mask[1, list(always)] = -np.inf
+    mask[1, list(begin)] = -np.inf
+    self._suppress = jax.device_put(mask)   # row 0: every step; row 1: the first step
+    self._cross = jax.jit(self._cross_kv)
+    self._step = jax.jit(self._next_logits)
+
+  @classmethod
+  def from_ctranslate2(cls, model_dir, max_tokens: int = 96) -> "WhisperModel":
+    path = os.path.join(os.fspath(model_dir), "model.bin")
+    if not os.path.exists(path):
+      raise DataError(path, "file not found", hint="a CTranslate2 Whisper folder (model.bin, "
+                      "vocabulary.txt)")
+    return cls(read_ctranslate2(path), model_dir, max_tokens)
+
+  def _cross_kv(self, p, states):
+    """Each layer's cross-attention keys and values of the encoder states ``[B, F, D]``."""
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+    out = []
+    for i in range(self.num_layers):
+      q = f"layer_{i}/attention/"
+      kv = states @ p[q + "linear_1/weight"].T + p[q + "linear_1/bias"]
+      out.append(tuple(jnp.split(kv, 2, -1)))
+    return out
+
+  def _next_logits(self, p, cross, tokens, length):
+    """tokens ``[B, S]`` (prefix, right-padded), length: the prefix length → logits at
+    position ``length - 1``: ``[B, V]``."""
+    import jax  # pylint: disable=import-outside-toplevel
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+    b, s = tokens.shape
+    d = p["embeddings/weight"].shape[1]
+    nh, dh = self.num_heads, d // self.num_heads
+
+    def ln(x, n):
+      mu = x.mean(-1, keepdims=True)
+      var = jnp.square(x - mu).mean(-1, keepdims=True)
+      return (x - mu) * jax.lax.rsqrt(var + 1e-5) * p[n + "/gamma"] + p[n + "/beta"]
+
+    def attend(q, k, v, mask):
+      heads = lambda a: a.reshape(a.shape[0], a.shape[1], nh, dh)
+      logits = jnp.einsum("bqhd,bkhd->bhqk", heads(q), heads(k)) / np.sqrt(dh)
+      if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+      return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, -1), heads(v)).reshape(
+          q.shape[0], q.shape[1], d)
+
+    lin = lambda h, n: h @ p[n + "/weight"].T + p[n + "/bias"]
+    causal = jnp.tril(jnp.ones((s, s), bool))[None, None]
+    x = p["embeddings/weight"][tokens] + p["position_encodings/encodings"][:s]
+    for i in range(self.num_layers):
+      q = f"layer_{i}/"
+      h = ln(x, q + "self_attention/layer_norm")
+      qs, ks, vs = jnp.split(lin(h, q + "self_attention/linear_0"), 3, -1)
+      x = x + lin(attend(qs, ks, vs, causal), q + "self_attention/linear_1")
+      h = ln(x, q + "attention/layer_norm")
+      k, v = cross[i]
+      x = x + lin(attend(lin(h, q + "attention/linear_0"), k, v, None),
+                  q + "attention/linear_2")
+      h = ln(x, q + "ffn/layer_norm")
+      x = x + lin(jax.nn.gelu(lin(h, q + "ffn/linear_0"), approximate=False), q + "ffn/linear_1")
+    last = jax.lax.dynamic_index_in_dim(x, length - 1, axis=1, keepdims=False)
+    return ln(last, "layer_norm") @ p["embeddings/weight"].T
+
+  def decode(self, states: np.ndarray) -> list:
+    """Greedy token ids (without the start tokens and end-of-text) of encoder states
+    ``[B, 1500, D]``."""
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+    b = states.shape[0]
+    start = [SOT, NO_TIMESTAMPS]
+    s = len(start) + self.max_tokens
+    tokens = np.full((b, s), EOT, np.int32)
+    tokens[:, :len(start)] = start
+    cross = self._cross(self.params, jnp.asarray(states))
+    done = np.zeros(b, bool)
+    for t in range(len(start), s):
+      logits = np.asarray(self._step(self.params, cross, jnp.asarray(tokens), jnp.int32(t)))
+      logits = logits + np.asarray(self._suppress[1 if t == len(start) else 0])
+      nxt = logits.argmax(-1)
+      nxt[done] = EOT
+      tokens[:, t] = nxt
+      done |= nxt == EOT
+      if done.all():
+        break
+    out = []
+    for row in tokens[:, len(start):]:
+      ids = row.tolist()
+      out.append(ids[:ids.index(EOT)] if EOT in ids else ids)
+    return out
+
+  def transcribe(self, clips: Sequence[np.ndarray], batch_size: int = 4) -> list:
+    """Transcripts of 16 kHz clips (≤ 30 s)."""
+    if self.tokens is None:
+      raise ValueError("no vocabulary: build the model with from_ctranslate2(model_dir)")
+    texts = []
+    for i in range(0, len(clips), batch_size):
+      batch = clips[i:i + batch_size]
+      states = self.encoder.states(np.stack([whisper_log_mel(c) for c in batch]))
+      texts += [self.tokens.decode(ids) for ids in self.decode(states)]
+    return texts
+
