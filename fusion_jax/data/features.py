@@ -229,6 +229,26 @@ def _load(path: str, expected_dim: Optional[int]) -> ModalityFeatures:
   return _from_per_utterance(path, obj, expected_dim)
 
 
+def sidecar_path(path) -> str:
+  """The JSON sidecar that feature extraction writes beside a feature file."""
+  return os.path.splitext(os.fspath(path))[0] + ".json"
+
+
+def read_extractor(path) -> Optional[dict]:
+  """The extractor fingerprint recorded in ``path``'s sidecar, or None when there is none
+  (features made elsewhere, e.g. the original's wav2vec2 / RoBERTa files)."""
+  import json  # pylint: disable=import-outside-toplevel
+  side = sidecar_path(path)
+  if not os.path.isfile(side):
+    return None
+  try:
+    with open(side, encoding="utf-8") as f:
+      extractor = json.load(f).get("extractor")
+  except (OSError, ValueError, AttributeError):
+    return None
+  return extractor if isinstance(extractor, dict) and "name" in extractor else None
+
+
 def save_features(path, features: ModalityFeatures | Sequence[np.ndarray],
                   labels: Optional[np.ndarray] = None,
                   ids: Optional[Sequence[str]] = None) -> None:

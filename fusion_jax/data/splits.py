@@ -8,6 +8,7 @@ source, labels inside the class list.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from typing import Optional, Sequence
@@ -16,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from fusion_jax.data.errors import DataError
-from fusion_jax.data.features import ModalityFeatures, load_features
+from fusion_jax.data.features import ModalityFeatures, load_features, read_extractor
 
 REQUIRED_COLUMNS = ("path", "label", "emotion_name")
 TRANSCRIPT_COLUMNS = ("transcript", "text", "utterance", "Utterance", "sentence")
@@ -104,6 +105,10 @@ class Split:
     transcripts: N transcripts from the split CSV, or None.
     groups: N speaker/group ids from the CSV, or None.
     sources: where each part came from, for messages and reports.
+    preprocessing: how each modality's features were made and transformed, so that
+      they can be recomputed for new recordings: ``{"speech": {"extractor": {...},
+      "standardize": {"mean": [...], "std": [...]}}, "text": {..., "max_tokens": 48}}``
+      (the extractor from the feature file's JSON sidecar; transforms added by recipes).
   """
   name: str
   speech: list
@@ -113,6 +118,7 @@ class Split:
   transcripts: Optional[list] = None
   groups: Optional[list] = None
   sources: dict = dataclasses.field(default_factory=dict)
+  preprocessing: dict = dataclasses.field(default_factory=dict)
 
   def __len__(self) -> int:
     return len(self.labels)
@@ -135,7 +141,7 @@ class Split:
     return Split(name=name or self.name, speech=pick(self.speech), text=pick(self.text),
                  labels=self.labels[rows], paths=pick(self.paths),
                  transcripts=pick(self.transcripts), groups=pick(self.groups),
-                 sources=dict(self.sources))
+                 sources=dict(self.sources), preprocessing=copy.deepcopy(self.preprocessing))
 
 
 def _align_by_id(feats: ModalityFeatures, csv: SplitCSV) -> ModalityFeatures:
@@ -227,7 +233,9 @@ def load_split(name: str, speech_path, text_path, csv_path=None, *,
       name=name, speech=speech.sequences, text=text.sequences, labels=labels,
       paths=csv.paths if csv else None, transcripts=csv.transcripts if csv else None,
       groups=csv.groups if csv else None,
-      sources={"speech": speech.path, "text": text.path, "csv": csv.path if csv else None})
+      sources={"speech": speech.path, "text": text.path, "csv": csv.path if csv else None},
+      preprocessing={m: {"extractor": fp} for m, fp in (
+          ("speech", read_extractor(speech.path)), ("text", read_extractor(text.path))) if fp})
 
 
 def split_from_arrays(name: str, speech_x, speech_m, text_x, text_m, labels, *,

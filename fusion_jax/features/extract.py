@@ -199,8 +199,7 @@ def _parts_dir(out_path: str) -> str:
   return out_path + ".parts"
 
 
-def _sidecar(out_path: str) -> str:
-  return os.path.splitext(out_path)[0] + ".json"
+_sidecar = features_lib.sidecar_path
 
 
 def _load_parts(parts: str) -> dict:

@@ -32,11 +32,16 @@ from fusion_jax.features import audio, logmel
 
 
 class Extractor:
-  """Base class. Subclasses set ``name``, ``modality``, ``dim`` and ``frame_rate``."""
+  """Base class. Subclasses set ``name``, ``modality``, ``dim`` and ``frame_rate``.
+
+  ``REBUILD`` names the :meth:`options` that are constructor arguments, so that
+  :func:`from_fingerprint` can rebuild the extractor a feature file was made with.
+  """
   name: str = ""
   modality: str = ""   # "speech" or "text"
   dim: int = 0
   frame_rate: Optional[float] = None   # frames per second (speech)
+  REBUILD: tuple = ()
 
   def options(self) -> dict:
     """Everything that changes the output (resuming with other options is refused)."""
@@ -69,6 +74,7 @@ class Extractor:
 class LogMelExtractor(Extractor):
   """Log-mel filterbank frames (:mod:`fusion_jax.features.logmel`), no extra dependency."""
   name, modality = "logmel", "speech"
+  REBUILD = ("n_mels", "pool", "n_fft", "hop", "fmin", "sample_rate")
 
   def __init__(self, n_mels: int = 80, pool: int = 1, n_fft: int = 400, hop: int = 160,
                fmin: float = 20.0, sample_rate: int = 16000):
@@ -87,6 +93,7 @@ class OpenSmileExtractor(Extractor):
   """openSMILE low-level descriptors (10 ms frames), averaged over ``pool`` frames."""
   modality = "speech"
   SETS = {"egemaps": ("eGeMAPSv02", 25), "compare": ("ComParE_2016", 65)}
+  REBUILD = ("pool", "sample_rate")
 
   def __init__(self, feature_set: str = "egemaps", pool: int = 1, sample_rate: int = 16000):
     try:
@@ -160,6 +167,7 @@ class MiniLMExtractor(Extractor):
 class WhisperExtractor(Extractor):
   """Whisper encoder states (CTranslate2 weights run in JAX), cropped to each clip."""
   name, modality = "whisper", "speech"
+  REBUILD = ("pool",)
 
   def __init__(self, model_dir: Optional[str] = None, pool: int = 1, batch_size: int = 4):
     from fusion_jax.features import whisper  # pylint: disable=import-outside-toplevel
@@ -188,6 +196,25 @@ EXTRACTORS: dict[str, Callable[..., Extractor]] = {
     "whisper": WhisperExtractor,
     "minilm": MiniLMExtractor,
 }
+
+
+def from_fingerprint(fingerprint: dict) -> Extractor:
+  """The extractor that made a feature file (its sidecar's ``"extractor"`` entry).
+
+  Raises:
+    ValueError: the installed extractor gives another fingerprint (other weights,
+      layers or settings), so its features would not be the ones a model was trained on.
+  """
+  import json  # pylint: disable=import-outside-toplevel
+  name, options = fingerprint["name"], fingerprint.get("options", {})
+  cls = OpenSmileExtractor if name in OpenSmileExtractor.SETS else EXTRACTORS.get(name)
+  keys = getattr(cls, "REBUILD", ())
+  extractor = make_extractor(name, **{k: options[k] for k in keys if k in options})
+  normal = lambda d: json.loads(json.dumps(d))
+  if normal(extractor.fingerprint()) != normal(fingerprint):
+    raise ValueError(f"the installed {name!r} extractor ({extractor.fingerprint()}) differs "
+                     f"from the one the features were made with ({fingerprint})")
+  return extractor
 
 
 def make_extractor(name: str, **options) -> Extractor:

@@ -1,0 +1,96 @@
+r"""Applies a trained run to new recordings: emotion, every class's probability, and what the
+fusion head relied on, per file. Optionally exports the model for applications.
+
+  python experiments/predict.py --run runs/ravdess --inputs new_clips/ --transcribe
+  python experiments/predict.py --run models/fusion_pipeline --inputs manifest.csv \
+    --output predictions.csv
+  python experiments/predict.py --run runs/ravdess --export exported/   # StableHLO + JSON
+
+--run is a model directory (train.py's --model_dir) or a recipe's --work_dir; the
+variant is the one best on validation unless --variants names one; every seed (and
+fold) of it forms an ensemble. --inputs takes wav files, folders of them, or a manifest
+CSV path[,transcript]. A model that reads text needs transcripts: from the manifest, or
+--transcribe (Whisper tiny.en, in JAX). Features are recomputed exactly as the run's
+were (extractor, pooling, standardisation, token limit, all recorded in the run).
+
+Writes --output (CSV: file, transcript, predicted, confidence, p_<class>..., and the
+head's gates / modality weights / attention entropies) and the same rows as JSON lines
+beside it (.jsonl). Unreadable or silent files are listed at the end (exit status 1)
+without stopping the others.
+"""
+
+import json
+import os
+import sys
+
+from absl import app, flags
+
+from fusion_jax import cli
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("run", None, "Model directory or recipe work directory to predict with.")
+flags.DEFINE_multi_string("inputs", [], "Audio: wav files, folders of wav files, or a manifest "
+                          "CSV (path[,transcript]). Repeatable; positional arguments work too.")
+flags.DEFINE_bool("transcribe", False, "Transcribe the audio with Whisper tiny.en (JAX) for "
+                  "models that read text and inputs without transcripts.")
+flags.DEFINE_string("output", "predictions.csv", "CSV of predictions (JSON lines beside it).")
+flags.DEFINE_string("export", None, "Also write the model as serialized StableHLO (jax.export, "
+                    "symbolic batch and lengths) + model.json into this folder.")
+flags.DEFINE_integer("batch_size", 16, "Files read and featurised per batch.")
+flags.DEFINE_bool("progress", True, "Progress line on stderr.")
+cli.define_common_flags()
+flags.adopt_module_key_flags(cli)
+
+
+def main(argv):
+  config = cli.config_from_flags()
+  cli.require("a model or recipe directory", run=FLAGS.run)
+  from fusion_jax import io_utils, predict  # pylint: disable=import-outside-toplevel
+  import pandas as pd  # pylint: disable=import-outside-toplevel
+  try:
+    cli.setup_jax(config)
+    variant = None
+    if cli.explicit("train.variants"):
+      names = [v.strip() for v in config.train.variants.split(",") if v.strip()]
+      if len(names) != 1:
+        cli.fail(f"--variants={config.train.variants}: predict uses one variant")
+      variant = names[0]
+    seeds = [int(s) for s in config.train.seeds.split(",")] if cli.explicit(
+        "train.seeds") else None
+    predictor = predict.Predictor.from_run(FLAGS.run, variant, seeds, config)
+    if FLAGS.export:
+      out = predictor.export(FLAGS.export)
+      print(f"Exported {predictor.variant} to {out['path']} ({out['bytes'] / 2**20:.1f} MB, "
+            f"platforms {', '.join(out['spec']['platforms'])}) and model.json", flush=True)
+    specs = list(FLAGS.inputs) + list(argv[1:])
+    if not specs:
+      if FLAGS.export:
+        return
+      cli.fail("no inputs: give --inputs (wav files, folders, or a manifest CSV)")
+    paths, transcripts = predict.read_inputs(specs)
+    preds, failures = predictor.predict_files(paths, transcripts, transcribe=FLAGS.transcribe,
+                                              batch_size=FLAGS.batch_size,
+                                              progress=FLAGS.progress)
+    rows = pd.DataFrame([p.to_row() for p in preds])
+    with io_utils.atomic_open(FLAGS.output, "w", encoding="utf-8", newline="") as f:
+      rows.to_csv(f, index=False)
+    io_utils.write_text(os.path.splitext(FLAGS.output)[0] + ".jsonl",
+                        "".join(json.dumps(p.to_json()) + "\n" for p in preds))
+    for p in preds[:20]:
+      print(f"{os.path.basename(p.name):<40} {p.emotion:<18} {p.confidence:.3f}"
+            + (f'  "{p.transcript}"' if p.transcript else ""))
+    if len(preds) > 20:
+      print(f"... ({len(preds) - 20} more)")
+    print(f"Wrote {FLAGS.output} and {os.path.splitext(FLAGS.output)[0]}.jsonl: "
+          f"{len(preds)} files", flush=True)
+  except cli.USER_ERRORS as e:
+    cli.fail(str(e))
+  if failures:
+    print(f"{len(failures)} file(s) could not be used:", flush=True)
+    for path, message in failures:
+      print(f"  - {message}")
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main)

