@@ -81,7 +81,6 @@ def main(argv):
     cli.fail("give both --train_speech_features and --dev_speech_features, or neither")
   # pylint: disable=import-outside-toplevel
   from fusion_jax import evaluation, experiment, features, io_utils, models, recipes, training
-  from fusion_jax.data.errors import DataError
   t0 = time.time()
   try:
     has_speech = bool(FLAGS.train_speech_features)

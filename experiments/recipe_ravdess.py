@@ -61,7 +61,6 @@ def main(argv):
   config = cli.config_from_flags()
   cli.require("the RAVDESS folder with Actor_XX/*.wav", ravdess_dir=FLAGS.ravdess_dir)
   from fusion_jax import experiment, features, io_utils, recipes, reports  # pylint: disable=import-outside-toplevel
-  from fusion_jax.data.errors import DataError  # pylint: disable=import-outside-toplevel
   t0 = time.time()
   try:
     manifest = features.corpora.ravdess_manifest(FLAGS.ravdess_dir)
