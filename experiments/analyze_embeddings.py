@@ -17,7 +17,7 @@ internals: {variant}_gates_by_class.png, {variant}_modality_weights_by_class.png
 {variant}_attention_map.png. Works with the original's .pt checkpoints too.
 """
 
-from absl import app, flags
+from absl import flags
 
 from fusion_jax import cli
 
@@ -75,4 +75,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.main(main)

@@ -8,7 +8,7 @@ stores utterances unpadded (features [sum T, D], lengths [N], labels [N], ids);
 a .pt output is the original's padded dict {'x', 'm', 'y'}.
 """
 
-from absl import app, flags
+from absl import flags
 
 from fusion_jax import cli, data
 
@@ -40,4 +40,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.main(main)

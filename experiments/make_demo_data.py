@@ -8,9 +8,9 @@ Files: {train,val,test}_speech.pt, {train,val,test}_text.pt (torch.save dicts
 carries the class: both, speech, text or complementary.
 """
 
-from absl import app, flags
+from absl import flags
 
-from fusion_jax import data
+from fusion_jax import cli, data
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out_dir", "demo_run/data", "Output directory.")
@@ -36,4 +36,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.main(main)

@@ -23,7 +23,7 @@ import json
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from fusion_jax import cli
 
@@ -93,4 +93,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.main(main)

@@ -27,7 +27,7 @@ reports), WORK/meld_results.txt and WORK/meld_summary.json.
 import os
 import time
 
-from absl import app, flags
+from absl import flags
 
 from fusion_jax import cli
 
@@ -155,4 +155,4 @@ def _table(rows, extractor, extract_seconds, total):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.main(main)

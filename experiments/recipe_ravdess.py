@@ -28,7 +28,7 @@ baseline and the published numbers of DESIGN.md §3 beside them).
 import os
 import time
 
-from absl import app, flags
+from absl import flags
 
 from fusion_jax import cli
 
@@ -118,4 +118,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.main(main)

@@ -24,7 +24,7 @@ resumes an interrupted run.
 
 import os
 
-from absl import app, flags
+from absl import flags
 
 from fusion_jax import cli
 
@@ -97,4 +97,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.main(main)

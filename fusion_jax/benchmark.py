@@ -14,6 +14,7 @@ import time
 from typing import Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from fusion_jax import sharding
@@ -54,6 +55,9 @@ class Result:
   peak_host_mb: float
   peak_device_mb: Optional[float]
   params: int
+  seeds: int = 1                     # runs trained as one program (samples/s counts all)
+  batches: str = "device"            # "device": gathered on the device; "host": built per step
+  host_ms_per_step: float = 0.0      # host time to issue one step (median)
 
 
 def _peak_device_mb() -> Optional[float]:
@@ -66,85 +70,114 @@ def _peak_device_mb() -> Optional[float]:
   return stats["peak_bytes_in_use"] / 2**20
 
 
-def run_variant(exp: Experiment, variant: str, split: Split, *, repeats: int = 3) -> Result:
+def run_variant(exp: Experiment, variant: str, split: Split, *, repeats: int = 3,
+                seeds: int = 1, batches: str = "device") -> Result:
   """Times whole training epochs (after a compile/warm-up epoch) and evaluation passes.
 
-  ``exp`` is built on ``split`` (its dims and batch shapes); compile times and
-  XLA's FLOP counts come from the experiment's compile ledger.
+  ``exp`` is built on ``split`` (its dims and batch shapes); compile times and XLA's
+  FLOP counts come from the experiment's compile ledger.
+
+  Args:
+    seeds: how many runs step together (the vmapped group step of training).
+    batches: ``"device"`` — the split uploaded once, each step gathers its rows on the
+      device (what training does); ``"host"`` — each batch padded on the host and
+      transferred (the previous design, kept to compare; one seed only).
   """
+  from fusion_jax import training  # pylint: disable=import-outside-toplevel
+  if batches not in ("device", "host") or (batches == "host" and seeds != 1):
+    raise ValueError("batches must be 'device', or 'host' with one seed")
   cfg, log = exp.config, exp.log
+  bs = cfg.train.batch_size
   shapes = exp.training_shapes(split)
   steps = exp.steps(variant)
-  state = sharding.replicate(steps.init_state(jax.random.key(0), cfg.optim.learning_rate),
-                             exp.mesh)
-  key = jax.random.key(1)
+  one = steps.init_state(jax.random.key(0), cfg.optim.learning_rate)
+  keys = jnp.stack([jax.random.key(1 + s) for s in range(seeds)])
+  if batches == "device":
+    state = sharding.replicate(training._stack([one] * seeds), exp.mesh)  # pylint: disable=protected-access
+    data = exp.device_split(split, shapes)
+  else:
+    state, key = sharding.replicate(one, exp.mesh), jax.random.key(1)
   n = len(split)
   compiled_before = exp.ledger.seconds
 
   def epoch(e):
     nonlocal state
-    bs = cfg.train.batch_size
-    acc = sharding.replicate(steps_lib.zero_metrics(), exp.mesh)
-    times = []
-    for b, rows in batching.batch_indices(split, shapes, bs, shuffle=True, seed=0, epoch=e):
-      batch = exp.shard(batching.make_batch(split, rows, shapes.speech_buckets[b],
-                                            shapes.text_length, bs))
+    times, issue = [], []
+    if batches == "device":
+      acc = sharding.replicate(training._stack([steps_lib.zero_metrics()] * seeds), exp.mesh)  # pylint: disable=protected-access
+    else:
+      acc = sharding.replicate(steps_lib.zero_metrics(), exp.mesh)
+    plans = [batching.batch_indices(split, shapes, bs, shuffle=True, seed=s, epoch=e)
+             for s in range(seeds)]
+    for steps_i in zip(*plans):
+      b = steps_i[0][0]
       t0 = time.perf_counter()
-      state, acc = exp.ledger(steps.train, state, acc, batch, key)
+      if batches == "device":
+        idx = sharding.shard_rows(np.stack([data.indices(r, bs) for _, r in steps_i]),
+                                  exp.mesh, axis=1)
+        state, acc = exp.ledger(steps.train_group, state, acc, data.data[b], idx, keys)
+      else:
+        batch = exp.shard(batching.make_batch(split, steps_i[0][1], shapes.speech_buckets[b],
+                                              shapes.text_length, bs))
+        state, acc = exp.ledger(steps.train, state, acc, batch, key)
+      issue.append(time.perf_counter() - t0)
       jax.block_until_ready(acc)
       times.append(time.perf_counter() - t0)
-    return times
+    return times, issue
 
   t0 = time.perf_counter()
   epoch(0)  # compiles every bucket
   warm = time.perf_counter() - t0
-  train_entries = exp.ledger.entries(steps.owner, "train")
+  train_name = "train_group" if batches == "device" else "train"
+  train_entries = exp.ledger.entries(steps.owner, train_name)
   log(f"  [{variant}] warm-up epoch {warm:.1f}s (compile "
       f"{exp.ledger.seconds - compiled_before:.1f}s, {len(train_entries)} shapes)")
-  epoch_rates, step_ms = [], []
+  epoch_rates, step_ms, issue_ms = [], [], []
   for r in range(repeats):
-    times = epoch(r + 1)
-    epoch_rates.append(n / sum(times))
+    times, issue = epoch(r + 1)
+    epoch_rates.append(seeds * n / sum(times))
     step_ms += [1000 * t for t in times]
+    issue_ms += [1000 * t for t in issue]
   # executed FLOPs of one epoch from XLA's cost analysis of each compiled bucket
-  plan = batching.batch_indices(split, shapes, cfg.train.batch_size, shuffle=True, seed=0,
-                                epoch=1)
+  plan = batching.batch_indices(split, shapes, bs, shuffle=True, seed=0, epoch=1)
   per_bucket = {e.batch_shapes["speech"][1]: e.flops() for e in train_entries}
   executed = sum(per_bucket.get(shapes.speech_buckets[b], 0.0) for b, _ in plan)
   model_cfg = exp.model_config
-  useful = sum(3 * model_lib.forward_flops(model_cfg, variant, int(s), int(t))
-               for s, t in zip(split.speech_lengths, split.text_lengths))
+  useful = seeds * sum(3 * model_lib.forward_flops(model_cfg, variant, int(s), int(t))
+                       for s, t in zip(split.speech_lengths, split.text_lengths))
   train_rate = float(np.median(epoch_rates))
+  params = training._member(state.params, 0) if batches == "device" else state.params  # pylint: disable=protected-access
   cache: dict = {}
-  exp.evaluate_split(steps, state.params, split, shapes, cache=cache)  # compile + transfer
+  exp.evaluate_split(steps, params, split, shapes, cache=cache)  # compile + transfer
   eval_rates = []
   for _ in range(repeats):
     t0 = time.perf_counter()
-    exp.evaluate_split(steps, state.params, split, shapes, cache=cache)
+    exp.evaluate_split(steps, params, split, shapes, cache=cache)
     eval_rates.append(n / (time.perf_counter() - t0))
-  pad = batching.padding_fraction(split, shapes, cfg.train.batch_size)["buckets"]
+  pad = batching.padding_fraction(split, shapes, bs)["buckets"]
   return Result(
       variant=variant, train_samples_per_s=train_rate,
       train_step_ms_median=float(np.median(step_ms)),
       eval_samples_per_s=float(np.median(eval_rates)),
       compile_s=exp.ledger.seconds - compiled_before,
       compiled_shapes=len(exp.ledger.entries(steps.owner)),
-      padding_fraction=pad, executed_flops_per_sample=executed / n,
-      useful_flops_per_sample=useful / n,
-      achieved_tflops=executed / n * train_rate / 1e12,
+      padding_fraction=pad, executed_flops_per_sample=executed / (n * seeds),
+      useful_flops_per_sample=useful / (n * seeds),
+      achieved_tflops=executed / (n * seeds) * train_rate / 1e12,
       peak_host_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-      peak_device_mb=_peak_device_mb(),
-      params=model_lib.count_params(state.params))
+      peak_device_mb=_peak_device_mb(), params=model_lib.count_params(one.params),
+      seeds=seeds, batches=batches, host_ms_per_step=float(np.median(issue_ms)))
 
 
 def table(results: Sequence[Result]) -> str:
-  head = (f"{'variant':<16} {'train/s':>8} {'step ms':>8} {'eval/s':>8} {'compile s':>9} "
-          f"{'shapes':>6} {'pad':>6} {'GFLOP/sample':>12} {'useful':>8} {'TFLOP/s':>8} "
-          f"{'host MB':>8} {'dev MB':>7}")
+  head = (f"{'variant':<16} {'train/s':>8} {'step ms':>8} {'host ms':>7} {'eval/s':>8} "
+          f"{'compile s':>9} {'shapes':>6} {'pad':>6} {'GFLOP/sample':>12} {'useful':>8} "
+          f"{'TFLOP/s':>8} {'host MB':>8} {'dev MB':>7}")
   rows = [head, "-" * len(head)]
   for r in results:
     dev = f"{r.peak_device_mb:.0f}" if r.peak_device_mb is not None else "-"
     rows.append(f"{r.variant:<16} {r.train_samples_per_s:>8.1f} {r.train_step_ms_median:>8.1f} "
+                f"{r.host_ms_per_step:>7.2f} "
                 f"{r.eval_samples_per_s:>8.1f} {r.compile_s:>9.1f} {r.compiled_shapes:>6} "
                 f"{r.padding_fraction:>6.1%} {r.executed_flops_per_sample / 1e9:>12.2f} "
                 f"{r.useful_flops_per_sample / 1e9:>8.2f} {r.achieved_tflops:>8.3f} "

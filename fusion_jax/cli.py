@@ -61,6 +61,27 @@ def define_common_flags(default_config: str = "default.py") -> None:
                             "fusion_jax.models.register_variant.", module_name=here)
 
 
+def parse_flags(argv):
+  """absl's flag parsing, with the config file's own errors (missing file, unknown
+  ``--config.<field>``, wrong type) as one ``error:`` line instead of a traceback."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    fail(f"{' '.join(str(e).split())} (see --help)")
+  except (AttributeError, KeyError, OSError, TypeError, ValueError) as e:
+    detail = " ".join(str(e).split())
+    if "Configuration is not available" in detail or isinstance(e, OSError):
+      fail(f"--config: cannot load the config file ({detail[:200]})")
+    fail(f"--config: {detail[:300]} (check the --config.<field> names against "
+         "configs/default.py)")
+
+
+def main(fn) -> None:
+  """``absl.app.run(fn)`` with :func:`parse_flags` (what every binary calls)."""
+  from absl import app  # pylint: disable=import-outside-toplevel
+  app.run(fn, flags_parser=parse_flags)
+
+
 def overrides() -> dict:
   """``{field: value}`` of every ``--config.<field>=`` given on the command line."""
   return dict(config_flags.get_override_values(FLAGS["config"]))
@@ -112,8 +133,12 @@ def config_from_flags():
       importlib.import_module(module)
     except ImportError as e:
       fail(f"--module_import={module}: {e}")
-  config = FLAGS.config
-  explicit_overrides = overrides()
+  try:
+    config = FLAGS.config
+    list(config.keys())   # a config file that failed to load raises here, not above
+    explicit_overrides = overrides()
+  except (OSError, AttributeError, KeyError) as e:
+    fail(f"--config: cannot load the config ({' '.join(str(e).split())[:240]})")
   for name, fields in _ALIASES.items():
     if not given(name):
       continue
@@ -141,6 +166,8 @@ def setup_jax(config):
     jax.config.update("jax_compilation_cache_dir",
                       os.path.expanduser(runtime.compilation_cache_dir))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  if runtime.num_devices < 0:
+    fail(f"--num_devices={runtime.num_devices}: give 0 (all devices) or a positive count")
   mesh = sharding.make_mesh(runtime.num_devices or None)
   devs = mesh.devices.ravel()
   print(f"JAX {jax.__version__} on {len(devs)} {devs[0].platform} device(s): "

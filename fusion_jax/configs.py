@@ -54,6 +54,7 @@ def default() -> ml_collections.ConfigDict:
       variants="original",     # the original's four fusion heads ("all" adds the baselines)
       progress_every=0,        # print a progress line every N steps (0 = about 10 per epoch)
       checkpoint_every_seconds=60.0,  # "latest" (resume) checkpoint cadence; always at the end
+      parallel_seeds=True,     # the seeds of a variant train as one program (False: in turn)
       export_torch=True,       # also write the original's model_dir/best_{variant}_model.pt
       export_torch_seed=-1,    # ... of this seed (-1 = the first seed trained)
   ))
@@ -179,6 +180,28 @@ def meld() -> ml_collections.ConfigDict:
   c.analysis.methods = "pca"
   c.analysis.max_per_class = 200
   return c
+
+
+def validate(c) -> None:
+  """Raises ``ValueError`` naming the first field whose value cannot work."""
+  checks = [
+      ("train.epochs", c.train.epochs >= 1, "at least 1"),
+      ("train.batch_size", c.train.batch_size >= 1, "at least 1"),
+      ("eval.batch_size", c.eval.batch_size >= 1, "at least 1"),
+      ("data.num_buckets", c.data.num_buckets >= 1, "at least 1"),
+      ("data.bucket_multiple", c.data.bucket_multiple >= 1, "at least 1"),
+      ("optim.learning_rate", c.optim.learning_rate > 0, "positive"),
+      ("optim.weight_decay", c.optim.weight_decay >= 0, "0 or more"),
+      ("optim.label_smoothing", 0 <= c.optim.label_smoothing < 1, "in [0, 1)"),
+      ("model.dropout", 0 <= c.model.dropout < 1, "in [0, 1)"),
+      ("model.layers", c.model.layers >= 1, "at least 1"),
+      ("model.heads", c.model.heads >= 1, "at least 1"),
+      ("runtime.num_devices", c.runtime.num_devices >= 0, "0 (all) or more"),
+  ]
+  for field, ok, want in checks:
+    if not ok:
+      section, name = field.split(".")
+      raise ValueError(f"config.{field} = {c[section][name]!r} must be {want} (--config.{field})")
 
 
 PRESETS = {"default": default, "tiny": tiny, "demo": demo, "ravdess": ravdess, "meld": meld}

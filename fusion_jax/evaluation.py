@@ -170,10 +170,16 @@ def failure_cases(preds: list, split: Split, class_names: Sequence[str],
 
 
 def relies_on(drop_without_speech: float, drop_without_text: float) -> str:
-  """Which modality a fusion variant needs, from the accuracy lost without each."""
-  if max(drop_without_speech, drop_without_text) < 0.02:
+  """Which modality a fusion variant needs, from the accuracy lost without each.
+
+  "both" when removing either costs more than 5 points and the smaller loss is at least
+  a third of the larger; otherwise the modality whose removal costs more (a model that
+  loses 35 points without speech and 6 without text relies on speech).
+  """
+  small, large = sorted((drop_without_speech, drop_without_text))
+  if large < 0.02:
     return "neither (chance-level or modality-invariant)"
-  if min(drop_without_speech, drop_without_text) > 0.05:
+  if small > 0.05 and small >= large / 3:
     return "both"
   return "speech" if drop_without_speech > drop_without_text else "text"
 
@@ -273,7 +279,7 @@ def load_runs(exp: Experiment, variants: Optional[Sequence[str]] = None,
   if not variants:
     raise FileNotFoundError(f"no trained variants in {exp.model_dir}")
   return runs.load_runs(exp.model_dir, variants, seeds, exp.num_classes, exp.model_config,
-                        exp.log)
+                        exp.log, exp.class_names)
 
 
 def evaluate(exp: Experiment, test: Split, *, variants: Optional[Sequence[str]] = None,

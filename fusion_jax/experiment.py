@@ -27,6 +27,7 @@ import os
 from typing import Callable, Iterator, Optional, Sequence
 
 import ml_collections
+import numpy as np
 
 from fusion_jax import runs, sharding, steps as steps_lib
 from fusion_jax.data import batching
@@ -47,9 +48,12 @@ def parse_seeds(spec) -> list:
   if isinstance(spec, int):
     return list(range(spec))
   try:
-    return [int(s) for s in str(spec).split(",") if s.strip()]
+    seeds = [int(s) for s in str(spec).split(",") if s.strip()]
   except ValueError:
-    raise ValueError(f"seeds must be comma-separated integers, got {spec!r}") from None
+    seeds = None
+  if not seeds or min(seeds) < 0:
+    raise ValueError(f"seeds must be comma-separated integers >= 0, got {spec!r} (--seeds)")
+  return seeds
 
 
 def _dims(split: Split) -> dict:
@@ -74,6 +78,39 @@ def resolve_dims(config, train: Split, *others: Split):
   with config.unlocked():
     config.model.speech_dim, config.model.text_dim = dims["speech"], dims["text"]
   return config
+
+
+@dataclasses.dataclass
+class DeviceSplit:
+  """A split uploaded once: per speech bucket, its utterances padded to the bucket's length.
+
+  Steps then take row indices (``[B]`` per batch, -1 for padding rows) and gather their
+  batch on the device (:func:`fusion_jax.steps.gather`): no host work per step.
+
+  Attributes:
+    data: per bucket, ``{speech [N_b, T_b, Ds], speech_mask, text [N_b, L, Dt],
+      text_mask, label}`` on the mesh (replicated).
+    where: ``[N, 2]``: each split row's bucket and its row inside the bucket.
+  """
+  data: list
+  where: np.ndarray
+
+  def indices(self, rows, batch_size: int) -> np.ndarray:
+    """Positions of split ``rows`` (all in one bucket) in it, padded with -1 to ``batch_size``."""
+    out = np.full(batch_size, -1, np.int32)
+    out[:len(rows)] = self.where[np.asarray(rows, np.int64), 1]
+    return out
+
+  def eval_batches(self, batch_size: int) -> list:
+    """``(bucket, indices [batch_size])`` covering every row once, bucket by bucket."""
+    out = []
+    for b in range(len(self.data)):
+      n = int((self.where[:, 0] == b).sum())
+      for i in range(0, n, batch_size):
+        idx = np.full(batch_size, -1, np.int32)
+        idx[:min(batch_size, n - i)] = np.arange(i, min(i + batch_size, n))
+        out.append((b, idx))
+    return out
 
 
 @dataclasses.dataclass
@@ -105,6 +142,8 @@ class Experiment:
         shapes are planned on them.
       mesh: overrides ``config.runtime.num_devices`` (tests).
     """
+    from fusion_jax import configs  # pylint: disable=import-outside-toplevel
+    configs.validate(config)
     for flag, path in (("--model_dir", model_dir), ("--results_dir", results_dir)):
       if path and os.path.exists(path) and not os.path.isdir(path):
         raise DataError(path, f"is a file; {flag} must be a directory")
@@ -203,6 +242,25 @@ class Experiment:
     shapes = shapes or self.plan(split, batch_size=bs)
     for batch in batching.iterate_batches(split, shapes, bs, shuffle=False):
       yield self.shard(batch), batch["index"]
+
+  def device_split(self, split: Split, shapes: batching.BatchShapes) -> DeviceSplit:
+    """``split`` on the device, once per (split, shapes): see :class:`DeviceSplit`."""
+    key = ("device", id(split), shapes)
+    cached = self._identities.get(key)
+    if cached is not None and cached[0] is split:
+      return cached[1]
+    buckets = np.array([shapes.bucket_of(n) for n in split.speech_lengths], np.int64)
+    where = np.zeros((len(split), 2), np.int64)
+    data = []
+    for b, length in enumerate(shapes.speech_buckets):
+      rows = np.flatnonzero(buckets == b)
+      where[rows, 0], where[rows, 1] = b, np.arange(len(rows))
+      batch = batching.make_batch(split, rows, length, shapes.text_length, max(len(rows), 1))
+      data.append(sharding.replicate({k: batch[k] for k in ("speech", "speech_mask", "text",
+                                                            "text_mask", "label")}, self.mesh))
+    out = DeviceSplit(data, where)
+    self._identities[key] = (split, out)
+    return out
 
   def evaluate_split(self, steps: steps_lib.Steps, params, split: Split,
                      shapes: Optional[batching.BatchShapes] = None,

@@ -340,7 +340,8 @@ def load_run(model_dir: str, variant: str, seed: int) -> Run:
 
 def load_runs(model_dir: str, variants: Sequence[str], seeds: Optional[Sequence[int]],
               num_classes: int, base_model_config: Optional[model_lib.ModelConfig] = None,
-              log: Callable[[str], None] = print) -> list:
+              log: Callable[[str], None] = print,
+              class_names: Optional[Sequence[str]] = None) -> list:
   """Best checkpoints of every variant × seed; an original ``.pt`` is converted.
 
   Args:
@@ -360,6 +361,10 @@ def load_runs(model_dir: str, variants: Sequence[str], seeds: Optional[Sequence[
       if ckpt["num_classes"] != num_classes:
         raise ValueError(f"{pt} has {ckpt['num_classes']} classes but the class list has "
                          f"{num_classes}")
+      if class_names is not None and ckpt.get("class_names") is not None and list(
+          ckpt["class_names"]) != list(class_names):
+        raise ValueError(f"{pt} was trained on the classes {list(ckpt['class_names'])} but "
+                         f"the class list (from --csv_path) is {list(class_names)}")
       log(f"[{v}] converted the original PyTorch checkpoint {pt} (epoch "
           f"{ckpt.get('epoch')}, val acc {ckpt.get('val_acc')})")
       runs.append(Run(v, "torch", ckpt["params"], ckpt["model_config"],
@@ -374,11 +379,22 @@ def load_runs(model_dir: str, variants: Sequence[str], seeds: Optional[Sequence[
           "train them first or pass --variants/--seeds")
     for s in wanted:
       run = load_run(model_dir, v, s)
-      if len(run.class_names) != num_classes:
-        raise ValueError(f"{run.source} was trained on {len(run.class_names)} classes "
-                         f"{run.class_names} but the class list has {num_classes}")
+      check_classes(run, num_classes, class_names)
       runs.append(run)
   return runs
+
+
+def check_classes(run: Run, num_classes: int, class_names: Optional[Sequence[str]]) -> None:
+  """Raises ``ValueError`` when a run predicts other classes (or in another order)."""
+  if run.class_names is None:
+    if num_classes != len(class_names or []) and class_names is not None:
+      raise ValueError(f"{run.source} has another number of classes than {class_names}")
+    return
+  if len(run.class_names) != num_classes or (
+      class_names is not None and list(run.class_names) != list(class_names)):
+    raise ValueError(f"{run.source} was trained on the classes {run.class_names} but the "
+                     f"class list (from --csv_path) is {list(class_names or [])}: labels would "
+                     "be misnamed; give the training CSV of this run")
 
 
 def check_dims(runs: Sequence[Run], split) -> None:

@@ -54,3 +54,10 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
 
 def replicate(tree, mesh: Mesh):
   return jax.device_put(tree, replicated(mesh))
+
+
+def shard_rows(array, mesh: Mesh, axis: int = 0):
+  """Places an index array on the mesh, split along ``axis`` (its batch axis)."""
+  spec = [None] * np.ndim(array)
+  spec[axis] = "data"
+  return jax.device_put(array, NamedSharding(mesh, P(*spec)))

@@ -161,6 +161,41 @@ def train_step(state: TrainState, metrics: dict, batch: dict, dropout_key, *, mo
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
+def gather(data: dict, idx) -> dict:
+  """The batch of rows ``idx [B]`` (-1 = a padding row) of one bucket's device arrays.
+
+  ``data`` holds ``speech [N, T, Ds]``, ``speech_mask [N, T]``, ``text [N, L, Dt]``,
+  ``text_mask [N, L]``, ``label [N]`` already on the device; a padding row repeats
+  row 0 with its masks and example weight zeroed (rows never interact, so the
+  real rows' results are those of a zero-filled padding row).
+  """
+  valid = (idx >= 0).astype(jnp.float32)
+  batch = {k: jnp.take(v, jnp.maximum(idx, 0), axis=0) for k, v in data.items()}
+  batch["speech_mask"] = batch["speech_mask"] * valid[:, None]
+  batch["text_mask"] = batch["text_mask"] * valid[:, None]
+  batch["example_mask"] = valid
+  return batch
+
+
+def train_group_step(state: TrainState, metrics: dict, data: dict, idx, dropout_keys, *,
+                     model, optimizer, label_smoothing: float):
+  """:func:`train_step` for S runs at once (seeds of one variant), as one program.
+
+  ``state``, ``metrics``, ``idx [S, B]`` and ``dropout_keys [S]`` are stacked on a
+  leading axis; ``data`` (one bucket on the device) is shared.
+  """
+  one = lambda st, m, i, k: train_step(st, m, gather(data, i), k, model=model,
+                                       optimizer=optimizer, label_smoothing=label_smoothing)
+  return jax.vmap(one)(state, metrics, idx, dropout_keys)
+
+
+def eval_group_step(params, data: dict, idx, *, model, label_smoothing: float) -> dict:
+  """:func:`eval_step` of S stacked parameter sets on one shared batch (rows ``idx [B]``)."""
+  batch = gather(data, idx)
+  return jax.vmap(lambda p: eval_step(p, batch, model=model,
+                                      label_smoothing=label_smoothing))(params)
+
+
 def eval_step(params, batch: dict, *, model, label_smoothing: float) -> dict:
   """Additive statistics of one batch: summed loss and the ``[K, K]`` confusion matrix."""
   logits, _ = _forward(model, params, batch, False)
@@ -210,6 +245,11 @@ class Steps:
                                                 donate_argnums=(0, 1)))
     self.eval = StepFn("eval", owner, jax.jit(functools.partial(
         eval_step, model=model, label_smoothing=label_smoothing)))
+    self.train_group = StepFn("train_group", owner, jax.jit(functools.partial(
+        functools.partial(self._count, train_group_step), model=model, optimizer=optimizer,
+        label_smoothing=label_smoothing), donate_argnums=(0, 1)))
+    self.eval_group = StepFn("eval_group", owner, jax.jit(functools.partial(
+        eval_group_step, model=model, label_smoothing=label_smoothing)))
     self._predict: dict = {}
 
   def _count(self, fn, *args, **kwargs):
@@ -286,6 +326,7 @@ class CompileLedger:
       batch = next((a for a in args if isinstance(a, dict) and "speech" in a), {})
       entry = Compiled(step.name, step.owner, key[2],
                        {k: tuple(v.shape) for k, v in batch.items()}, executable, seconds)
+      # (for the group steps, "batch_shapes" are the bucket's device arrays: [N, T, D])
       with self._lock:
         if key not in self._entries:
           self._entries[key] = entry

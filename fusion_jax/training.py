@@ -14,6 +14,7 @@ not over batches; the first epoch always saves a best checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -24,6 +25,7 @@ from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fusion_jax import checkpoint, io_utils, metrics, reports, runs, sharding
 from fusion_jax import steps as steps_lib
@@ -80,34 +82,63 @@ def check_data_dims(exp: Experiment, *splits: Split) -> None:
                         "train=...)) so dims come from it")
 
 
-def train_epoch(exp: Experiment, steps: steps_lib.Steps, state: steps_lib.TrainState,
-                split: Split, shapes: batching.BatchShapes, seed: int, epoch: int,
-                dropout_key) -> tuple:
-  """One pass over ``split`` in the seeded order; returns ``(state, host metric sums)``."""
+def _stack(trees):
+  return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _member(tree, i):
+  return jax.tree_util.tree_map(lambda x: x[i], tree)
+
+
+def train_epoch(exp: Experiment, steps: steps_lib.Steps, state, data, split: Split,
+                shapes: batching.BatchShapes, seeds: Sequence[int], epoch: int,
+                dropout_keys) -> tuple:
+  """One pass over ``split`` for every run of the group (stacked ``state``).
+
+  Each seed has its own rows; all share the bucket schedule
+  (:func:`fusion_jax.data.batch_indices`), so one program steps them together. The
+  batches are gathered on the device from ``data`` (:class:`~fusion_jax.experiment.
+  DeviceSplit`); the host only sends row indices. Returns ``(state, metric sums [S])``.
+  """
   bs = exp.config.train.batch_size
-  acc = sharding.replicate(steps_lib.zero_metrics(), exp.mesh)
-  plan = batching.batch_indices(split, shapes, bs, shuffle=True, seed=seed, epoch=epoch)
-  every = exp.config.train.get("progress_every", 0) or max(1, len(plan) // 10)
-  show = len(plan) >= 20 and sys.stdout.isatty()
-  for i, (b, rows) in enumerate(plan):
-    batch = batching.make_batch(split, rows, shapes.speech_buckets[b], shapes.text_length, bs)
-    state, acc = exp.ledger(steps.train, state, acc, exp.shard(batch), dropout_key)
-    if show and (i + 1) % every == 0 and i + 1 < len(plan):
-      print(f"\r  epoch {epoch + 1}: step {i + 1}/{len(plan)}", end="", flush=True)
+  acc = sharding.replicate(_stack([steps_lib.zero_metrics()] * len(seeds)), exp.mesh)
+  plans = [batching.batch_indices(split, shapes, bs, shuffle=True, seed=s, epoch=epoch)
+           for s in seeds]
+  every = exp.config.train.get("progress_every", 0) or max(1, len(plans[0]) // 10)
+  show = len(plans[0]) >= 20 and sys.stdout.isatty()
+  for i, steps_i in enumerate(zip(*plans)):
+    b = steps_i[0][0]
+    idx = np.stack([data.indices(rows, bs) for _, rows in steps_i])
+    state, acc = exp.ledger(steps.train_group, state, acc, data.data[b],
+                            sharding.shard_rows(idx, exp.mesh, axis=1), dropout_keys)
+    if show and (i + 1) % every == 0 and i + 1 < len(plans[0]):
+      print(f"\r  epoch {epoch + 1}: step {i + 1}/{len(plans[0])}", end="", flush=True)
   if show:
     print("\r", end="")
   return state, jax.device_get(acc)  # the one host sync of the epoch
 
 
-def _precompile(exp, steps, state, dropout_key, shapes, template) -> float:
-  calls = []
-  for length in shapes.speech_buckets:
-    for step, bs in ((steps.train, exp.config.train.batch_size),
-                     (steps.eval, exp.config.eval.batch_size)):
-      batch = exp.shard(batching.make_batch(template, [], length, shapes.text_length, bs))
-      args = ((state, sharding.replicate(steps_lib.zero_metrics(), exp.mesh), batch,
-               dropout_key) if step is steps.train else (state.params, batch))
-      calls.append((step, args))
+def evaluate_group(exp: Experiment, steps: steps_lib.Steps, params, data, n: int) -> list:
+  """Loss, confusion matrix and summary metrics of each stacked parameter set on a split."""
+  stats = jax.device_get([exp.ledger(steps.eval_group, params, data.data[b],
+                                     sharding.shard_rows(idx, exp.mesh))
+                          for b, idx in data.eval_batches(exp.config.eval.batch_size)])
+  out = []
+  for s in range(len(jax.tree_util.tree_leaves(params)[0])):
+    confusion = np.rint(sum(x["confusion"][s] for x in stats)).astype(np.int64)
+    loss = float(sum(x["loss_sum"][s] for x in stats)) / max(n, 1)
+    out.append(dict(loss=loss, confusion=confusion, **metrics.summary(confusion)))
+  return out
+
+
+def _precompile(exp, steps, state, keys, train_data, val_data) -> float:
+  s = len(keys)
+  acc = sharding.replicate(_stack([steps_lib.zero_metrics()] * s), exp.mesh)
+  idx = np.full((s, exp.config.train.batch_size), -1, np.int32)
+  calls = [(steps.train_group, (state, acc, d, sharding.shard_rows(idx, exp.mesh, axis=1),
+                                keys)) for d in train_data.data]
+  eidx = sharding.shard_rows(np.full(exp.config.eval.batch_size, -1, np.int32), exp.mesh)
+  calls += [(steps.eval_group, (state.params, d, eidx)) for d in val_data.data]
   return exp.ledger.precompile(calls)
 
 
@@ -142,21 +173,40 @@ def train_run(exp: Experiment, variant: str, seed: int, train: Split, val: Split
     ``exp.model_dir/{variant}/seed_{seed}/{best,latest}``; epochs are appended to
     ``exp.results_dir/metrics.jsonl``.
   """
+  return train_runs(exp, variant, [seed], train, val, after_epoch=after_epoch)[0]
+
+
+def train_runs(exp: Experiment, variant: str, seeds: Sequence[int], train: Split, val: Split,
+               *, after_epoch: Optional[Callable[[int], None]] = None) -> list:
+  """Trains the seeds of one variant as one program (see :func:`train_run` for one seed).
+
+  Parameters, optimizer state and plateau rate are stacked on a leading axis and the
+  step is ``vmap``ped over it; each seed keeps its own initialisation, dropout, rows,
+  best checkpoint, history and resume, and gives the result it gives alone (tested).
+  ``config.train.parallel_seeds = False`` trains them one after another (less memory).
+  Seeds whose checkpoints stand at different epochs resume in separate groups.
+  """
   check_data_dims(exp, train, val)
+  seeds = [int(s) for s in seeds]
+  if len(seeds) > 1 and not exp.config.train.get("parallel_seeds", True):
+    return [r for s in seeds for r in train_runs(exp, variant, [s], train, val,
+                                                 after_epoch=after_epoch)]
   fingerprint = runs.fingerprint(exp.config)
-  identity = dict(variant=variant, seed=int(seed), fingerprint=fingerprint,
-                  class_names=list(exp.class_names), train=exp.data_identity(train),
-                  val=exp.data_identity(val))
-  directory = runs.run_dir(exp.model_dir, variant, seed)
-  with runs.RunLock(directory):
-    ckpts = checkpoint.RunCheckpoints(directory)
-    try:
+  with contextlib.ExitStack() as stack:
+    members = []
+    for seed in seeds:
+      identity = dict(variant=variant, seed=seed, fingerprint=fingerprint,
+                      class_names=list(exp.class_names), train=exp.data_identity(train),
+                      val=exp.data_identity(val))
+      directory = runs.run_dir(exp.model_dir, variant, seed)
+      stack.enter_context(runs.RunLock(directory))
+      ckpts = checkpoint.RunCheckpoints(directory)
+      stack.callback(ckpts.close)
       if not os.path.exists(os.path.join(directory, "run.json")):
         _check_unrecorded(ckpts, directory, fingerprint)
       runs.check_identity(directory, identity)
-      return _train(exp, variant, seed, train, val, ckpts, fingerprint, after_epoch)
-    finally:
-      ckpts.close()
+      members.append(ckpts)
+    return _train(exp, variant, seeds, train, val, members, fingerprint, after_epoch)
 
 
 def _check_unrecorded(ckpts, directory, fingerprint) -> None:
@@ -189,83 +239,115 @@ def _resume(exp, ckpts, state, run, fingerprint):
         raise runs.RunMismatch(ckpts.path("latest", step), "was saved with another config",
                                hint="use another --model_dir or delete it")
       saved, meta = ckpts.restore("latest", abstract, step)
-      return sharding.replicate(saved, exp.mesh), runs.RunState.from_meta(meta, run.plateau)
+      return saved, runs.RunState.from_meta(meta, run.plateau)
     except checkpoint.CorruptCheckpoint as e:
       exp.log(f"warning: {e}; trying an older checkpoint")
   return state, run
 
 
-def _train(exp, variant, seed, train, val, ckpts, fingerprint, after_epoch) -> RunResult:
+def _train(exp, variant, seeds, train, val, ckpts_list, fingerprint, after_epoch) -> list:
   cfg, log = exp.config, exp.log
   shapes = exp.training_shapes(train, val)
   steps = exp.steps(variant)
-  root = run_key(seed, variant)
-  state = sharding.replicate(steps.init_state(jax.random.fold_in(root, 0),
-                                              cfg.optim.learning_rate), exp.mesh)
-  dropout_key = jax.random.fold_in(root, 1)
-  state, run = _resume(exp, ckpts, state, runs.RunState.new(
-      variant, seed, steps_lib.Plateau.from_config(cfg.optim)), fingerprint)
-  start_epoch, epochs = run.epoch, cfg.train.epochs
-  n_params = model_lib.count_params(state.params)
-  log(f"[{variant} seed {seed}] {n_params:,} parameters; speech buckets "
-      f"{list(shapes.speech_buckets)}, text length {shapes.text_length}; "
-      + (f"resuming after epoch {start_epoch}/{epochs}" if start_epoch else
-         f"training {epochs} epochs on {len(train)} utterances"))
+  members = []
+  for seed, ckpts in zip(seeds, ckpts_list):
+    root = run_key(seed, variant)
+    state = steps.init_state(jax.random.fold_in(root, 0), cfg.optim.learning_rate)
+    state, run = _resume(exp, ckpts, state, runs.RunState.new(
+        variant, seed, steps_lib.Plateau.from_config(cfg.optim)), fingerprint)
+    members.append((seed, ckpts, jax.device_get(state), run, jax.random.fold_in(root, 1)))
+  starts = sorted({m[3].epoch for m in members})
+  if len(starts) > 1:   # resume points differ: one group per starting epoch
+    log(f"[{variant}] seeds resume from different epochs {starts}: training them in groups")
+    out = {}
+    for start in starts:
+      group = [(m[0], m[1]) for m in members if m[3].epoch == start]
+      for seed, result in zip([g[0] for g in group], _train(
+          exp, variant, [g[0] for g in group], train, val, [g[1] for g in group],
+          fingerprint, after_epoch)):
+        out[seed] = result
+    return [out[s] for s in seeds]
+  start_epoch, epochs = starts[0], cfg.train.epochs
+  if start_epoch > epochs:   # cannot rewind: the best may come from a later epoch
+    raise runs.RunMismatch(ckpts_list[0].directory, f"has trained {start_epoch} epochs, more "
+                           f"than the {epochs} asked for", hint="use another --model_dir for a "
+                           "shorter run, or --epochs >= the epochs done")
+  state = sharding.replicate(_stack([m[2] for m in members]), exp.mesh)
+  keys = jnp.stack([m[4] for m in members])
+  run_states = [m[3] for m in members]
+  n_params = model_lib.count_params(members[0][2].params)
+  for seed, run in zip(seeds, run_states):
+    log(f"[{variant} seed {seed}] {n_params:,} parameters; speech buckets "
+        f"{list(shapes.speech_buckets)}, text length {shapes.text_length}; "
+        + (f"resuming after epoch {start_epoch}/{epochs}" if start_epoch else
+           f"training {epochs} epochs on {len(train)} utterances")
+        + (f" (with seeds {seeds}, as one program)" if len(seeds) > 1 else ""))
   jsonl = _metrics_log(exp)
   if jsonl:
-    jsonl.replace(lambda r: r.get("variant") == variant and r.get("seed") == seed,
-                  [run.epoch_record(e) for e in range(1, run.epoch + 1)])
+    for seed, run in zip(seeds, run_states):
+      jsonl.replace(lambda r, s=seed: r.get("variant") == variant and r.get("seed") == s,
+                    [run.epoch_record(e) for e in range(1, run.epoch + 1)])
 
   t_run, compile_total = time.perf_counter(), 0.0
+  train_data, val_data = exp.device_split(train, shapes), exp.device_split(val, shapes)
   if start_epoch < epochs:
-    compile_total = _precompile(exp, steps, state, dropout_key, shapes, train)
+    compile_total = _precompile(exp, steps, state, keys, train_data, val_data)
     if compile_total > 0.05:
-      log(f"[{variant} seed {seed}] compiled {len(exp.ledger.entries(steps.owner))} step "
-          f"shapes in {compile_total:.1f}s")
-  val_cache: dict = {}
+      log(f"[{variant}] compiled {len(exp.ledger.entries(steps.owner))} step shapes in "
+          f"{compile_total:.1f}s")
   last_save = time.perf_counter()
   for epoch in range(start_epoch, epochs):
     t0, compiled_before = time.perf_counter(), exp.ledger.seconds
-    state, sums = train_epoch(exp, steps, state, train, shapes, seed, epoch, dropout_key)
-    val_stats = exp.evaluate_split(steps, state.params, val, shapes, cache=val_cache)
+    state, sums = train_epoch(exp, steps, state, train_data, train, shapes, seeds, epoch, keys)
+    val_stats = evaluate_group(exp, steps, state.params, val_data, len(val))
     seconds = time.perf_counter() - t0
     compile_s = exp.ledger.seconds - compiled_before
     compile_total += compile_s
-    count = max(float(sums["count"]), 1)
-    train_loss = float(sums["loss_sum"]) / count
-    if not math.isfinite(train_loss):
-      raise FloatingPointError(f"[{variant} seed {seed}] training loss became {train_loss} in "
-                               f"epoch {epoch + 1}; lower optim.learning_rate")
-    lr_used = run.plateau.lr
-    row = dict(train_loss=train_loss, train_acc=float(sums["correct"]) / count,
-               val_loss=val_stats["loss"], val_acc=val_stats["accuracy"],
-               val_uar=val_stats["uar"], val_macro_f1=val_stats["macro_f1"],
-               learning_rate=lr_used, epoch_seconds=seconds,
-               samples_per_second=len(train) / max(seconds - compile_s, 1e-9))
-    improved = run.record(row, val_stats)
-    new_lr = run.plateau.step(row["val_acc"])
-    state = state.replace(learning_rate=jnp.asarray(new_lr, jnp.float32))
-    meta = runs.checkpoint_meta(run, cfg, exp.class_names, shapes, train.preprocessing)
-    # Best first: after a kill, the rerun replays from "latest" (batch order and
-    # dropout are functions of seed and step), reaching the same best again.
-    # A replayed improvement older than the best on disk is superseded: skip it.
-    if improved and run.epoch > (ckpts.latest_step("best") or 0):
-      ckpts.save("best", run.epoch, state, meta)
-    if run.epoch == epochs or time.perf_counter() - last_save >= cfg.train.get(
-        "checkpoint_every_seconds", 0.0):
-      ckpts.save("latest", run.epoch, state, meta)
+    save_latest = epoch + 1 == epochs or time.perf_counter() - last_save >= cfg.train.get(
+        "checkpoint_every_seconds", 0.0)
+    lrs = []
+    for i, (seed, run, ckpts) in enumerate(zip(seeds, run_states, ckpts_list)):
+      count = max(float(sums["count"][i]), 1)
+      train_loss = float(sums["loss_sum"][i]) / count
+      if not math.isfinite(train_loss):
+        raise FloatingPointError(f"[{variant} seed {seed}] training loss became {train_loss} "
+                                 f"in epoch {epoch + 1}; lower optim.learning_rate")
+      lr_used = run.plateau.lr
+      v = val_stats[i]
+      row = dict(train_loss=train_loss, train_acc=float(sums["correct"][i]) / count,
+                 val_loss=v["loss"], val_acc=v["accuracy"], val_uar=v["uar"],
+                 val_macro_f1=v["macro_f1"], learning_rate=lr_used, epoch_seconds=seconds,
+                 samples_per_second=len(seeds) * len(train) / max(seconds - compile_s, 1e-9))
+      improved = run.record(row, v)
+      lrs.append(run.plateau.step(row["val_acc"]))
+      one = _member(state, i).replace(learning_rate=jnp.asarray(lrs[-1], jnp.float32))
+      meta = runs.checkpoint_meta(run, cfg, exp.class_names, shapes, train.preprocessing)
+      # Best first: after a kill, the rerun replays from "latest" (batch order and
+      # dropout are functions of seed and step), reaching the same best again.
+      # A replayed improvement older than the best on disk is superseded: skip it.
+      if improved and run.epoch > (ckpts.latest_step("best") or 0):
+        ckpts.save("best", run.epoch, one, meta)
+      if save_latest:
+        ckpts.save("latest", run.epoch, one, meta)
+      if jsonl:
+        jsonl.append(run.epoch_record(run.epoch))
+      note = (" *best*" if improved else "") + (f" lr→{lrs[-1]:.2e}" if lrs[-1] < lr_used
+                                               else "")
+      log(_epoch_line(variant, seed, run.epoch, epochs, row, seconds, compile_s, note))
+    state = state.replace(learning_rate=sharding.replicate(jnp.asarray(lrs, jnp.float32),
+                                                           exp.mesh))
+    if save_latest:
       last_save = time.perf_counter()
-    if jsonl:
-      jsonl.append(run.epoch_record(run.epoch))
-    note = (" *best*" if improved else "") + (f" lr→{new_lr:.2e}" if new_lr < lr_used else "")
-    log(_epoch_line(variant, seed, run.epoch, epochs, row, seconds, compile_s, note))
     if after_epoch is not None:
-      after_epoch(run.epoch)
+      after_epoch(epoch + 1)
   if start_epoch >= epochs:
-    log(f"[{variant} seed {seed}] already trained ({epochs} epochs); reusing checkpoints")
-  return RunResult(state=run, param_count=n_params, checkpoint_dir=ckpts.directory,
-                   compile_seconds=compile_total, train_seconds=time.perf_counter() - t_run,
-                   resumed_from_epoch=start_epoch)
+    for seed in seeds:
+      log(f"[{variant} seed {seed}] already trained ({epochs} epochs); reusing checkpoints")
+  seconds = time.perf_counter() - t_run
+  return [RunResult(state=run, param_count=n_params, checkpoint_dir=ckpts.directory,
+                    compile_seconds=compile_total, train_seconds=seconds,
+                    resumed_from_epoch=start_epoch)
+          for run, ckpts in zip(run_states, ckpts_list)]
 
 
 def _metrics_log(exp: Experiment) -> Optional[io_utils.JsonLines]:
@@ -302,35 +384,42 @@ def train_and_evaluate(exp: Experiment, train: Split, val: Split, *,
     log(f"Variants {variants}, seeds {seeds}; speech padding {pad['buckets']:.1%} with "
         f"{len(shapes.speech_buckets)} buckets (vs {pad['global_max']:.1%} padding to the "
         "longest utterance)")
-    results = {v: [train_run(exp, v, seed, train, val) for seed in seeds] for v in variants}
+    results = {v: train_runs(exp, v, seeds, train, val) for v in variants}
     if exp.config.train.get("export_torch", False):
       for v in variants:
         export_torch(exp, v, seeds)
     summary = summarize(results, exp.class_names, shapes, pad)
-    # The report set appears together, only once every run has finished.
-    with io_utils.staged_files(results_dir) as out:
-      write_training_reports(out, exp, results, summary)
+    # The report set appears together, once every run has finished, and replaces the
+    # previous training report as a whole: plots of variants this run did not train and
+    # their metrics lines go, so the folder never shows two runs at once.
+    with io_utils.replaced_dir(os.path.join(results_dir, "plots")) as plots_dir, \
+        io_utils.staged_files(results_dir) as out:
+      write_training_reports(plots_dir, out, exp, results, summary)
+    jsonl = _metrics_log(exp)
+    kept = {(v, s) for v in variants for s in seeds}
+    jsonl.replace(lambda r: (r.get("variant"), r.get("seed")) not in kept, [])
   log(reports.training_console_summary(summary))
   log(f"All results saved to: {results_dir}\nAll models saved to: {exp.model_dir}")
   return summary
 
 
-def write_training_reports(out_dir: str, exp: Experiment, results: dict,
+def write_training_reports(plots_dir: str, out_dir: str, exp: Experiment, results: dict,
                            summary: dict) -> None:
-  """The original's training plots and report, ``summary.json`` and ``config.json``."""
+  """The original's training plots (into ``plots_dir``) and report, ``summary.json`` and
+  ``config.json`` (into ``out_dir``)."""
   from fusion_jax import plots  # pylint: disable=import-outside-toplevel
   names = exp.class_names
   for variant, rs in results.items():
     spec = registry.get(variant)
     plots.training_curves({r.seed: r.history for r in rs}, spec.title,
-                          os.path.join(out_dir, "plots", f"{variant}_training_curves.png"))
+                          os.path.join(plots_dir, f"{variant}_training_curves.png"))
     plots.confusion_matrix(
         sum(r.best.confusion for r in rs), names,
         f"Confusion Matrix - {variant.upper()}" + (" Fusion" if spec.is_fusion else "")
         + (f" (validation, {len(rs)} seeds)" if len(rs) > 1 else " (validation)"),
-        os.path.join(out_dir, "plots", f"{variant}_confusion_matrix.png"))
+        os.path.join(plots_dir, f"{variant}_confusion_matrix.png"))
   plots.variants_comparison({v: rs[0].history for v, rs in results.items()},
-                            os.path.join(out_dir, "plots", "fusion_variants_comparison.png"))
+                            os.path.join(plots_dir, "fusion_variants_comparison.png"))
   io_utils.write_text(os.path.join(out_dir, "fusion_variants_comparison.txt"),
                       reports.training_comparison(summary))
   io_utils.write_json(os.path.join(out_dir, "summary.json"), summary)

@@ -5,7 +5,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --features || exit 1
 export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
-.venv/bin/python -m pytest tests "$@"
+# Two worker processes, each test file in one of them (module fixtures are built once).
+.venv/bin/python -m pytest -n 2 --dist loadfile tests "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
   echo "error: pytest collected no tests" >&2

@@ -207,7 +207,8 @@ def _flip_best(model_dir, variant):
 @pytest.mark.parametrize("case", ["model_dir_is_a_file", "results_dir_is_a_file",
                                   "csv_is_a_directory", "features_are_a_directory",
                                   "manifest_is_a_directory", "damaged_checkpoint",
-                                  "run_in_use", "divergence"])
+                                  "run_in_use", "divergence", "epochs_zero",
+                                  "unknown_config_field", "missing_config_file"])
 def test_user_fixable_failures_are_one_line(trained, tmp_path, case):
   """Each failure a user can fix: exit 2, one 'error:' line naming file or flag, no traceback."""
   import shutil  # pylint: disable=import-outside-toplevel
@@ -237,6 +238,12 @@ def test_user_fixable_failures_are_one_line(trained, tmp_path, case):
       "run_in_use": ("train.py", base + [model_dir], f"in use by pid {os.getpid()}"),
       "divergence": ("train.py", base + [model_dir, "--config.optim.learning_rate=1e30"],
                      "training loss became nan in epoch 1; lower optim.learning_rate"),
+      "epochs_zero": ("train.py", base + [model_dir, "--epochs=0"],
+                      "config.train.epochs = 0 must be at least 1"),
+      "unknown_config_field": ("train.py", base + [model_dir, "--config.train.epoch=3"],
+                               "--config: "),
+      "missing_config_file": ("evaluate.py", [f"--config={tmp_path}/none.py", model_dir],
+                              "--config: cannot load the config"),
   }[case]
   if case == "damaged_checkpoint":
     shutil.copytree(d / "models" / "concatenation", tmp_path / "m" / "concatenation")
@@ -567,7 +574,7 @@ def test_wav_files_to_training_to_prediction_and_a_portable_exported_model(tmp_p
              f"--output={tmp_path}/p.csv", f"--export={tmp_path}/ex", "--noprogress")
   df = pd.read_csv(tmp_path / "p.csv")
   assert len(df) == 6 and set(df["predicted"]) <= {"sad", "happy"}
-  assert np.allclose(df[["p_sad", "p_happy"]].sum(1), 1.0, atol=1e-5)
+  assert np.allclose(df[["p_sad", "p_happy"]].sum(axis=1), 1.0, atol=1e-5)
   if text:
     assert {"speech_gate", "text_gate"} <= set(df.columns) and df["transcript"].str.contains(
         "today").all()

@@ -305,3 +305,77 @@ def test_corrupt_checkpoint_metadata_is_named(tiny, reference, tmp_path):
   with pytest.raises(checkpoint.CorruptCheckpoint, match=rf"best/{best}: checkpoint is "
                      "damaged: its metadata is unreadable"):
     runs.load_run(str(tmp_path), "concatenation", 0)
+
+
+def test_fewer_epochs_than_a_finished_run_is_refused(tiny, reference):
+  with pytest.raises(runs.RunMismatch, match="has trained 4 epochs, more than the 2 asked for"):
+    _train(tiny, reference[1], **{"train.epochs": 2})
+
+
+def test_a_training_report_replaces_the_previous_one_as_a_whole(tiny, tmp_path):
+  exp = dataclasses.replace(_exp(tiny, tmp_path / "m", **{"train.epochs": 1}),
+                            results_dir=str(tmp_path / "r"))
+  training.train_and_evaluate(exp, tiny["train"], tiny["val"], variants=["concatenation"],
+                              seeds=[0])
+  training.train_and_evaluate(exp, tiny["train"], tiny["val"], variants=["speech_only"],
+                              seeds=[0])
+  plots = sorted(os.listdir(tmp_path / "r" / "plots"))
+  assert not [p for p in plots if p.startswith("concatenation")] and plots
+  rows = io_utils.JsonLines(tmp_path / "r" / "metrics.jsonl").read()
+  assert {r["variant"] for r in rows} == {"speech_only"}
+  assert list(json.loads((tmp_path / "r" / "summary.json").read_text())["variants"]) == [
+      "speech_only"]
+
+
+def test_settings_that_cannot_work_are_refused_by_name(tmp_path):
+  from fusion_jax import models  # pylint: disable=import-outside-toplevel
+  for field, value, want in (("train.epochs", 0, "at least 1"),
+                             ("train.batch_size", -3, "at least 1"),
+                             ("optim.learning_rate", -1.0, "positive"),
+                             ("runtime.num_devices", -1, "0 \\(all\\) or more")):
+    cfg = configs.tiny()
+    section, name = field.split(".")
+    cfg[section][name] = value
+    with pytest.raises(ValueError, match=rf"config.{field} = .* must be {want}"):
+      experiment.Experiment.create(cfg, ["a"])
+  with pytest.raises(ValueError, match="no variant given"):
+    models.parse_variants(" , ")
+  with pytest.raises(ValueError, match=r"seeds must be comma-separated integers >= 0, got '-1'"):
+    experiment.parse_seeds("-1")
+
+
+def test_class_names_must_be_those_a_run_was_trained_on(tiny, reference):
+  run = runs.load_run(str(reference[1]), "concatenation", 0)
+  runs.check_classes(run, len(tiny["names"]), tiny["names"])
+  renamed = list(tiny["names"])
+  renamed[3] = "joy"
+  with pytest.raises(ValueError, match="was trained on the classes .* but the class list"):
+    runs.check_classes(run, len(renamed), renamed)
+
+
+def test_csv_names_and_wav_lengths_are_checked(tmp_path):
+  pd.DataFrame(dict(path=list("abc"), label=[0, 99, 1], emotion_name=list("xyz"))).to_csv(
+      tmp_path / "gap.csv", index=False)
+  with pytest.raises(data.DataError, match=r"gap.csv, field 'label', row 1: labels must be "
+                     r"0..K-1; label\(s\) \[2, 3, 4, 5, 6\] and 92 more never appear below "
+                     "label 99"):
+    data.class_names_from_csv(tmp_path / "gap.csv")
+  pd.DataFrame(dict(path=["a", "b"], label=[0, 1], emotion_name=["x", ""])).to_csv(
+      tmp_path / "blank.csv", index=False)
+  with pytest.raises(data.DataError, match="blank.csv, field 'emotion_name', row 1: label 1 "
+                     "has no emotion_name"):
+    data.class_names_from_csv(tmp_path / "blank.csv")
+  audio.write_wav(tmp_path / "full.wav", np.sin(np.arange(16000) / 5.0) * 0.3)
+  raw = (tmp_path / "full.wav").read_bytes()
+  (tmp_path / "half.wav").write_bytes(raw[:44 + 16000])   # header says 1 s, data is 0.5 s
+  with pytest.raises(data.DataError, match="half.wav, field 'data': truncated: the header "
+                     "declares 16000 frames but the file holds 8000"):
+    audio.read_audio(tmp_path / "half.wav")
+  (tmp_path / "header.wav").write_bytes(raw[:20])   # cut inside the header
+  with pytest.raises(data.DataError, match="header.wav: not a readable WAV file \\(truncated "
+                     "header"):
+    audio.read_audio(tmp_path / "header.wav")
+  (tmp_path / "text.wav").write_text("not audio at all")
+  with pytest.raises(data.DataError, match="text.wav: (not a readable WAV file|unreadable audio "
+                     ".*Format not recognised|only PCM)"):
+    audio.read_audio(tmp_path / "text.wav")

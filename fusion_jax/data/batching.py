@@ -92,18 +92,21 @@ def batch_indices(split: Split, shapes: BatchShapes, batch_size: int, *, shuffle
                   seed: int = 0, epoch: int = 0) -> list:
   """Plans a pass: a list of ``(bucket, rows)`` with ``len(rows) <= batch_size``.
 
-  With ``shuffle``, rows are permuted within buckets and batches are
-  interleaved, from ``numpy.random.default_rng([seed, epoch])``.
+  With ``shuffle``, rows are permuted within buckets by
+  ``numpy.random.default_rng([seed, epoch])``, and the batches are interleaved by a
+  permutation that depends on the epoch only: every seed visits the buckets in the
+  same order (with its own rows), so several seeds can train as one program.
   """
   buckets = _assign(split, shapes)
-  rng = np.random.default_rng([seed, epoch]) if shuffle else None
-  order = rng.permutation(len(split)) if shuffle else np.arange(len(split))
+  order = np.random.default_rng([seed, epoch]).permutation(len(split)) if shuffle else \
+      np.arange(len(split))
   plan = []
   for b in range(len(shapes.speech_buckets)):
     rows = order[buckets[order] == b]
     plan += [(b, rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)]
   if shuffle:
-    plan = [plan[i] for i in rng.permutation(len(plan))]
+    schedule = np.random.default_rng([epoch, 0x5EED]).permutation(len(plan))
+    plan = [plan[i] for i in schedule]
   return plan
 
 

@@ -19,6 +19,7 @@ class DataError(ValueError):
     self.path = str(path)
     self.field = field
     self.row = row
+    problem = " ".join(str(problem).split())   # one line, whatever a library said
     self.problem = problem
     where = [self.path]
     if field is not None:

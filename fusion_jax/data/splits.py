@@ -47,7 +47,9 @@ def read_split_csv(path) -> SplitCSV:
     raise DataError(path, f"not a readable CSV ({e})") from None
   missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
   if missing:
-    raise DataError(path, f"missing column(s) {missing}; found {list(df.columns)}",
+    found = repr(list(df.columns))
+    raise DataError(path, f"missing column(s) {missing}; found {found[:120]}"
+                    f"{'...' if len(found) > 120 else ''}",
                     field=missing[0], hint="a split CSV needs path,label,emotion_name")
   labels = pd.to_numeric(df["label"], errors="coerce")
   bad = labels.isna() | (labels != labels.round())
@@ -81,14 +83,20 @@ def class_names_from_csv(path) -> list:
     r = int(np.flatnonzero(negative)[0])
     raise DataError(path, f"label {csv.labels[r]} is negative; labels must be 0..K-1",
                     field="label", row=r, hint="renumber the labels from 0")
-  names = {}
-  for label, name in zip(csv.labels.tolist(), csv.emotion_names):
-    names.setdefault(label, name)
+  names, first = {}, {}
+  for r, (label, name) in enumerate(zip(csv.labels.tolist(), csv.emotion_names)):
+    if not name.strip():
+      raise DataError(path, f"label {label} has no emotion_name", field="emotion_name", row=r)
+    names.setdefault(label, name)   # the first name of each label, as the original
+    first.setdefault(label, r)
   ordered = sorted(names)
   if ordered != list(range(len(ordered))):
     missing = sorted(set(range(max(ordered) + 1)) - set(ordered))
-    raise DataError(path, f"labels must be 0..K-1; label(s) {missing} never appear",
-                    field="label", hint="renumber the labels or add the missing classes")
+    top = max(ordered)
+    raise DataError(path, f"labels must be 0..K-1; label(s) {missing[:5]}"
+                    f"{f' and {len(missing) - 5} more' if len(missing) > 5 else ''} never "
+                    f"appear below label {top}", field="label", row=first[top],
+                    hint="renumber the labels or add the missing classes")
   return [names[k] for k in ordered]
 
 

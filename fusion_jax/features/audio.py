@@ -20,6 +20,10 @@ def _read_pcm_wav(path: str):
   with wave.open(path, "rb") as w:
     channels, width, rate, n = w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
     raw = w.readframes(n)
+  if len(raw) < n * width * channels and len(raw) % (width * channels) == 0:
+    raise DataError(path, f"truncated: the header declares {n} frames but the file holds "
+                    f"{len(raw) // (width * channels)}", field="data",
+                    hint="re-copy or re-export the recording")
   if len(raw) % (width * channels):
     raise DataError(path, f"truncated: the audio data ends mid-sample ({len(raw)} bytes, "
                     f"{width * channels}-byte frames)", field="data",
@@ -69,7 +73,10 @@ def read_audio(path, sample_rate: int = 16000, *, min_seconds: float = 0.05) -> 
       x, rate = _read_soundfile(path)
   except DataError:
     raise
-  except (EOFError, OSError, ValueError, RuntimeError) as e:
+  except (EOFError, wave.Error) as e:
+    raise DataError(path, f"not a readable WAV file (truncated header, or another format: "
+                    f"{type(e).__name__} {e})", hint="convert it to 16-bit PCM wav") from None
+  except (OSError, ValueError, RuntimeError) as e:
     raise DataError(path, f"unreadable audio ({type(e).__name__}: {e})") from None
   x = x.mean(axis=1) if x.ndim == 2 else x
   if not np.isfinite(x).all():

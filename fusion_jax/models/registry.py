@@ -123,9 +123,12 @@ def parse(spec: str) -> list:
   """``"all"``, ``"fusion"`` (every fusion head), ``"original"`` (the original's four
   heads) or a comma list → variant names, validated, duplicates dropped."""
   spec = str(spec).strip()
+  if not spec.strip(", "):
+    raise ValueError("no variant given (--variants); e.g. 'original', 'fusion', 'all' or "
+                     f"names from {names()}")
   if spec == "all":
     return names()
-  if spec in ("fusion", ""):
+  if spec == "fusion":
     return names("fusion")
   if spec == "original":
     return names("fusion", original=True)
