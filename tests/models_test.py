@@ -487,3 +487,20 @@ def test_new_heads_are_registered_with_their_papers():
     assert spec.is_fusion and not spec.original and paper in spec.reference
   assert set(models.parse_variants("fusion")) == set(models.parse_variants("original")) | {
       "mult", "bottleneck", "tensor", "low_rank", "late"}
+
+
+def test_hash_dropout_keeps_the_right_fraction_independently():
+  drop = models.layers.Dropout(0.4)
+  x = jnp.ones((64, 8, 50, 40))
+  apply = jax.jit(lambda k: drop.apply({}, x, deterministic=False, rngs={"dropout": k}))
+  a, b = np.asarray(apply(jax.random.key(0))), np.asarray(apply(jax.random.key(1)))
+  kept = a > 0
+  assert abs(kept.mean() - 0.6) < 0.003                       # 1 M elements
+  np.testing.assert_allclose(a[kept], 1 / 0.6, rtol=1e-6)     # inverted scaling
+  assert abs(a.mean() - 1.0) < 0.01
+  np.testing.assert_array_equal(a, np.asarray(apply(jax.random.key(0))))   # a function of key
+  both = (kept & (b > 0)).mean()
+  assert abs(both - 0.36) < 0.003                             # masks of two keys independent
+  flat = kept.reshape(-1).astype(np.float64)
+  assert abs(np.corrcoef(flat[:-1], flat[1:])[0, 1]) < 0.01   # neighbours uncorrelated
+  np.testing.assert_array_equal(drop.apply({}, x, deterministic=True), x)

@@ -27,7 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fusion_jax.models.layers import (EncoderLayer, Linear, MultiHeadAttention, gelu,
+from fusion_jax.models.layers import (Dropout, EncoderLayer, Linear, MultiHeadAttention, gelu,
                                       layer_norm, masked_mean, sinusoidal_positions)
 
 
@@ -40,7 +40,7 @@ class FusionProjection(nn.Module):
   @nn.compact
   def __call__(self, x, *, deterministic):
     x = gelu(Linear(self.features, self.dtype, name="dense")(x))
-    x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
+    x = Dropout(self.dropout)(x, deterministic=deterministic)
     return layer_norm("norm")(x)
 
 
@@ -193,7 +193,7 @@ class _CrossModalLayer(nn.Module):
   @nn.compact
   def __call__(self, z, z_mask, y, y_mask, *, deterministic):
     e = z.shape[-1]
-    drop = lambda v: nn.Dropout(self.dropout)(v, deterministic=deterministic)
+    drop = lambda v: Dropout(self.dropout)(v, deterministic=deterministic)
     q, kv = layer_norm("norm_query")(z), layer_norm("norm_key")(y)
     att, weights = MultiHeadAttention(self.num_heads, self.dropout, self.dtype,
                                       name="attn")(q, kv, y_mask, deterministic=deterministic)
@@ -328,7 +328,7 @@ class BottleneckFusion(FusionHead):
         else:
           xt = y[:, :length]
       shared = (updates[0] + updates[1]) / 2
-    drop = nn.Dropout(self.dropout)
+    drop = Dropout(self.dropout)
     xs = drop(xs, deterministic=deterministic) * speech_mask[..., None].astype(xs.dtype)
     xt = drop(xt, deterministic=deterministic) * text_mask[..., None].astype(xt.dtype)
     aux.update({"temporal/sequence": xs, "temporal/pooled": masked_mean(xs, speech_mask),
@@ -457,7 +457,7 @@ class LateFusion(FusionHead):
   def __call__(self, speech, speech_mask, text, text_mask, *, deterministic):
     def classifier(x, m):
       h = nn.relu(Linear(self.hidden, self.dtype, name=f"{m}_dense1")(x))
-      h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
+      h = Dropout(self.dropout)(h, deterministic=deterministic)
       return Linear(self.num_classes, self.dtype, name=f"{m}_dense2")(h).astype(jnp.float32)
     ls = classifier(masked_mean(speech, speech_mask), "speech")
     lt = classifier(masked_mean(text, text_mask), "text")

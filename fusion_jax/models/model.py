@@ -29,7 +29,8 @@ import jax
 import jax.numpy as jnp
 
 from fusion_jax.models import registry
-from fusion_jax.models.layers import Linear, SequenceEncoder, gelu, layer_norm, masked_mean
+from fusion_jax.models.layers import (Dropout, Linear, SequenceEncoder, gelu, layer_norm,
+                                      masked_mean)
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -102,7 +103,7 @@ class EmotionRecognizer(nn.Module):
     if not spec.is_fusion:  # the original's baseline: pooled block → MLP
       pooled = aux[registry.BLOCKS[spec.blocks[0]][0]]
       h = nn.relu(Linear(c.classifier_hidden, dtype, name="dense1")(pooled))
-      h = nn.Dropout(c.dropout)(h, deterministic=det)
+      h = Dropout(c.dropout)(h, deterministic=det)
       logits = Linear(self.num_classes, dtype, name="dense2")(h)
       return logits.astype(jnp.float32), aux
 
@@ -120,7 +121,7 @@ class EmotionRecognizer(nn.Module):
     aux["fusion/fused"] = fused
     h = Linear(c.classifier_hidden, dtype, name="classifier_dense1")(fused)
     h = gelu(layer_norm("classifier_norm")(h))
-    h = nn.Dropout(c.dropout)(h, deterministic=det)
+    h = Dropout(c.dropout)(h, deterministic=det)
     logits = Linear(self.num_classes, dtype, name="classifier_dense2")(h)
     return logits.astype(jnp.float32), aux
 
