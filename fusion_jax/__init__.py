@@ -10,7 +10,8 @@ import importlib
 
 __version__ = "0.1.0"
 _SUBMODULES = ("analysis", "benchmark", "checkpoint", "cli", "configs", "data", "evaluation",
-               "experiment", "features", "io_utils", "metrics", "models", "plots", "recipes",
+               "experiment", "features", "io_utils", "metrics", "models", "plots", "predict",
+               "recipes",
                "reports", "runs", "sharding", "steps", "training")
 
 

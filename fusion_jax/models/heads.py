@@ -65,12 +65,18 @@ class FusionHead(nn.Module):
   # returns the blocks' aux entries too; a head that produces logits skips the classifier.
   owns_encoders: ClassVar[bool] = False
   produces_logits: ClassVar[bool] = False
+  # More knobs: head field → ModelConfig field it is read from.
+  CONFIG: ClassVar[dict] = {}
 
   @classmethod
   def from_config(cls, config, num_classes: int, name: str = "fusion_head") -> "FusionHead":
-    """The head for a :class:`~fusion_jax.models.ModelConfig` (heads with more knobs override)."""
-    del num_classes
-    return cls(config.f_hidden, config.heads, config.dropout, config.compute_dtype, name=name)
+    """The head for a :class:`~fusion_jax.models.ModelConfig` (and K, if it has a field
+    ``num_classes``)."""
+    extra = {field: getattr(config, source) for field, source in cls.CONFIG.items()}
+    if "num_classes" in {f.name for f in dataclasses.fields(cls)}:
+      extra["num_classes"] = num_classes
+    return cls(config.f_hidden, config.heads, config.dropout, config.compute_dtype, name=name,
+               **extra)
 
   @classmethod
   def flops(cls, config, speech_len: int, text_len: int, speech_dim: int,
@@ -216,12 +222,7 @@ class MulTFusion(FusionHead):
   ``fusion/text_to_speech_attention [B, L, T]``.
   """
   layers: int = 2
-
-  @classmethod
-  def from_config(cls, config, num_classes: int, name: str = "fusion_head"):
-    del num_classes
-    return cls(config.f_hidden, config.heads, config.dropout, config.compute_dtype,
-               layers=config.mult_layers, name=name)
+  CONFIG: ClassVar[dict] = {"layers": "mult_layers"}
 
   @nn.compact
   def __call__(self, speech, speech_mask, text, text_mask, *, deterministic):
@@ -274,20 +275,14 @@ class BottleneckFusion(FusionHead):
   """
   owns_encoders: ClassVar[bool] = True
   layers: int = 2
-  ff_dim: int = 1024
+  hidden: int = 256             # feed-forward width 4 · hidden, as the blocks
   model_dim: int = 0
   positional_encoding: bool = False
   bottleneck_tokens: int = 4
   fusion_layer: int = 1
-
-  @classmethod
-  def from_config(cls, config, num_classes: int, name: str = "fusion_head"):
-    del num_classes
-    return cls(config.f_hidden, config.heads, config.dropout, config.compute_dtype,
-               layers=config.layers, ff_dim=4 * config.hidden, model_dim=config.model_dim,
-               positional_encoding=config.positional_encoding,
-               bottleneck_tokens=config.bottleneck_tokens, fusion_layer=config.fusion_layer,
-               name=name)
+  CONFIG: ClassVar[dict] = {k: k for k in ("layers", "hidden", "model_dim",
+                                           "positional_encoding", "bottleneck_tokens",
+                                           "fusion_layer")}
 
   def _embed(self, x, name):
     if self.model_dim:
@@ -309,7 +304,7 @@ class BottleneckFusion(FusionHead):
       shared = jnp.broadcast_to(shared, (xs.shape[0], n, xs.shape[-1])).astype(xs.dtype)
     aux = {}
     for i in range(self.layers):
-      layer = lambda m: EncoderLayer(self.num_heads, self.ff_dim, self.dropout, self.dtype,
+      layer = lambda m: EncoderLayer(self.num_heads, 4 * self.hidden, self.dropout, self.dtype,
                                      name=f"{m}_layer_{i}")
       if i < self.fusion_layer or not n:
         xs = layer("speech")(xs, speech_mask, deterministic=deterministic)
@@ -365,12 +360,7 @@ class TensorFusion(FusionHead):
   ``fusion/speech_vector``, ``fusion/text_vector [B, k]``, ``fusion/tensor``.
   """
   tensor_dim: int = 32
-
-  @classmethod
-  def from_config(cls, config, num_classes: int, name: str = "fusion_head"):
-    del num_classes
-    return cls(config.f_hidden, config.heads, config.dropout, config.compute_dtype,
-               tensor_dim=config.tensor_dim, name=name)
+  CONFIG: ClassVar[dict] = {"tensor_dim": "tensor_dim"}
 
   @nn.compact
   def __call__(self, speech, speech_mask, text, text_mask, *, deterministic):
@@ -402,12 +392,7 @@ class LowRankFusion(FusionHead):
   """
   tensor_dim: int = 32
   rank: int = 4
-
-  @classmethod
-  def from_config(cls, config, num_classes: int, name: str = "fusion_head"):
-    del num_classes
-    return cls(config.f_hidden, config.heads, config.dropout, config.compute_dtype,
-               tensor_dim=config.tensor_dim, rank=config.rank, name=name)
+  CONFIG: ClassVar[dict] = {"tensor_dim": "tensor_dim", "rank": "rank"}
 
   @nn.compact
   def __call__(self, speech, speech_mask, text, text_mask, *, deterministic):
@@ -447,11 +432,7 @@ class LateFusion(FusionHead):
   produces_logits: ClassVar[bool] = True
   num_classes: int = 7
   hidden: int = 256
-
-  @classmethod
-  def from_config(cls, config, num_classes: int, name: str = "fusion_head"):
-    return cls(config.f_hidden, config.heads, config.dropout, config.compute_dtype,
-               num_classes=num_classes, hidden=config.classifier_hidden, name=name)
+  CONFIG: ClassVar[dict] = {"hidden": "classifier_hidden"}
 
   @nn.compact
   def __call__(self, speech, speech_mask, text, text_mask, *, deterministic):

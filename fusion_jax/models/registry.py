@@ -158,11 +158,8 @@ for _v in (
             original=True),
     Variant("text_only", ("text",), None, "contextual block alone", _PAPER, id=5,
             original=True),
-):
-  # Ids 0..5 are the original order: runs' random keys stay what they always were.
-  register(_v)
-
-for _v in (
+    # Ids 0..5 are the original order (runs' random keys stay what they always were);
+    # every later variant's id is the crc32 of its name.
     Variant("mult", ("speech", "text"), heads.MulTFusion,
             "directional crossmodal transformers (MulT)",
             "Tsai et al., Multimodal Transformer for Unaligned Multimodal Language "
