@@ -348,6 +348,11 @@ class CompileLedger:
       return 0.0
     t0 = time.perf_counter()
     workers = max(1, min(len(todo), os.cpu_count() or 1))
+    if jax.config.jax_compilation_cache_dir:
+      # JAX 0.10.2 crashed (segmentation fault) here once when one thread wrote an
+      # executable to the persistent cache while another compiled: with the cache on,
+      # compile one at a time (the cache makes every later run skip compiling anyway).
+      workers = 1
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
       list(pool.map(lambda call: self.compile(call[0], *call[1]), todo))
     return time.perf_counter() - t0
