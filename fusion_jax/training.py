@@ -289,8 +289,8 @@ def _train(exp, variant, seeds, train, val, ckpts_list, fingerprint, after_epoch
                     [run.epoch_record(e) for e in range(1, run.epoch + 1)])
 
   t_run, compile_total = time.perf_counter(), 0.0
-  train_data, val_data = exp.device_split(train, shapes), exp.device_split(val, shapes)
-  if start_epoch < epochs:
+  if start_epoch < epochs:   # (a finished run uploads nothing)
+    train_data, val_data = exp.device_split(train, shapes), exp.device_split(val, shapes)
     compile_total = _precompile(exp, steps, state, keys, train_data, val_data)
     if compile_total > 0.05:
       log(f"[{variant}] compiled {len(exp.ledger.entries(steps.owner))} step shapes in "
