@@ -504,3 +504,23 @@ def test_hash_dropout_keeps_the_right_fraction_independently():
   flat = kept.reshape(-1).astype(np.float64)
   assert abs(np.corrcoef(flat[:-1], flat[1:])[0, 1]) < 0.01   # neighbours uncorrelated
   np.testing.assert_array_equal(drop.apply({}, x, deterministic=True), x)
+
+
+def test_attention_one_head_at_a_time_equals_the_whole_tensor():
+  """The memory-saving path (per head, recomputed in the backward pass) changes nothing:
+  same outputs, same dropout masks, same gradients, padded keys included."""
+  q = jax.random.normal(jax.random.key(0), (3, 9, 12))
+  kv = jax.random.normal(jax.random.key(1), (3, 7, 12))
+  mask = (jnp.arange(7)[None] < jnp.array([[7], [4], [1]])).astype(jnp.float32)
+  def run(recompute_above):
+    mha = models.layers.MultiHeadAttention(num_heads=3, dropout=0.3,
+                                           recompute_above=recompute_above)
+    params = mha.init(jax.random.key(2), q, kv, mask, deterministic=True)
+    def loss(p, q, kv):
+      out, _ = mha.apply(p, q, kv, mask, deterministic=False, rngs={"dropout": jax.random.key(3)})
+      return jnp.sum(out * jnp.cos(out))
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(params, q, kv)
+  (whole, g_whole), (per_head, g_head) = run(2 ** 40), run(0)
+  np.testing.assert_allclose(per_head, whole, rtol=1e-6)
+  for a, b in zip(jax.tree_util.tree_leaves(g_head), jax.tree_util.tree_leaves(g_whole)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -39,6 +39,26 @@ def gelu(x):
   return nn.gelu(x, approximate=False)
 
 
+def hash_dropout(x: jax.Array, seed: jax.Array, rate: float, index=None) -> jax.Array:
+  """Inverted dropout of ``x`` with a mask hashed from ``seed`` (uint32) and each element's
+  row-major index (or ``index``, uint32 broadcastable to ``x``: a slice's place in a whole)."""
+  if index is None:
+    index = jax.lax.iota(jnp.uint32, x.size).reshape(x.shape)
+  h = index * jnp.uint32(0x9E3779B1) + seed
+  h = (h ^ (h >> 16)) * jnp.uint32(0x7FEB352D)
+  h = (h ^ (h >> 15)) * jnp.uint32(0x846CA68B)
+  keep = (h ^ (h >> 16)) >= jnp.uint32(min(int(rate * 2.0 ** 32), 2 ** 32 - 1))
+  return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros_like(x))
+
+
+class DropoutSeed(nn.Module):
+  """The 32-bit seed a :class:`Dropout` of the same name would draw (for fused callers)."""
+
+  @nn.compact
+  def __call__(self):
+    return jax.random.bits(self.make_rng("dropout"), (), jnp.uint32)
+
+
 class Dropout(nn.Module):
   """Inverted dropout whose mask is a counter-based hash, not a Threefry draw per element.
 
@@ -55,12 +75,7 @@ class Dropout(nn.Module):
   def __call__(self, x, deterministic: bool):
     if deterministic or self.rate == 0.0:
       return x
-    seed = jax.random.bits(self.make_rng("dropout"), (), jnp.uint32)
-    h = jax.lax.iota(jnp.uint32, x.size).reshape(x.shape) * jnp.uint32(0x9E3779B1) + seed
-    h = (h ^ (h >> 16)) * jnp.uint32(0x7FEB352D)
-    h = (h ^ (h >> 15)) * jnp.uint32(0x846CA68B)
-    keep = (h ^ (h >> 16)) >= jnp.uint32(min(int(self.rate * 2.0 ** 32), 2 ** 32 - 1))
-    return jnp.where(keep, x / jnp.asarray(1.0 - self.rate, x.dtype), jnp.zeros_like(x))
+    return hash_dropout(x, jax.random.bits(self.make_rng("dropout"), (), jnp.uint32), self.rate)
 
 
 def _uniform(bound: float):
@@ -98,6 +113,13 @@ def layer_norm(name: str):
   return nn.LayerNorm(epsilon=LN_EPS, dtype=jnp.float32, param_dtype=jnp.float32, name=name)
 
 
+def _attention_weights(q, k, valid):
+  """Softmax attention ``[B, H, Tq, Tk]`` (float32) of ``q [B, Tq, H, dh]`` over ``k``."""
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q * (1.0 / math.sqrt(q.shape[-1])), k,
+                      preferred_element_type=jnp.float32)
+  return jax.nn.softmax(jnp.where(valid, logits, jnp.finfo(jnp.float32).min), axis=-1)
+
+
 class MultiHeadAttention(nn.Module):
   """``torch.nn.MultiheadAttention`` (batch first) with a key padding mask.
 
@@ -107,6 +129,9 @@ class MultiHeadAttention(nn.Module):
   num_heads: int
   dropout: float = 0.0
   dtype: Dtype = jnp.float32
+  # Training with weights [B, H, Tq, Tk] of at least this many float32 bytes: one head at a
+  # time, recomputed in the backward pass (smaller tensors are faster kept whole).
+  recompute_above: int = 64 * 2 ** 20
 
   @nn.compact
   def __call__(self, query, key_value, key_mask, *, deterministic: bool):
@@ -120,15 +145,32 @@ class MultiHeadAttention(nn.Module):
     q = proj("query")(query).reshape(b, tq, self.num_heads, dh)
     k = proj("key")(key_value).reshape(b, tk, self.num_heads, dh)
     v = proj("value")(key_value).reshape(b, tk, self.num_heads, dh)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q * (1.0 / math.sqrt(dh)), k,
-                        preferred_element_type=jnp.float32)
     valid = key_mask[:, None, None, :] > 0
-    logits = jnp.where(valid, logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1)
-    dropped = Dropout(self.dropout)(weights, deterministic=deterministic)
-    out = jnp.einsum("bhqk,bkhd->bqhd", dropped.astype(self.dtype), v).reshape(b, tq, e)
-    out = Linear(e, self.dtype, zero_bias=True, name="out")(out)
-    return out, jnp.mean(weights, axis=1)
+    train = not deterministic and self.dropout > 0.0
+    # Same key as a ``Dropout`` submodule here would draw (checkpoints' masks unchanged).
+    seed = DropoutSeed(name="Dropout_0")() if train else None
+
+    def attend(q, k, v, seed, index):
+      weights = _attention_weights(q, k, valid)
+      dropped = hash_dropout(weights, seed, self.dropout, index) if train else weights
+      return jnp.einsum("bhqk,bkhd->bqhd", dropped.astype(self.dtype), v)
+
+    if not train or 4 * b * self.num_heads * tq * tk < self.recompute_above:
+      mixed = attend(q, k, v, seed, None)
+    else:
+      # One head at a time, recomputed in the backward pass: the [B, Tq, Tk] weights
+      # and masks of one head live at once instead of [B, H, Tq, Tk] several times
+      # over; same values, same masks (BUILD_NOTES, Performance).
+      hq, hk, hv = (jnp.moveaxis(a, 2, 0)[:, :, :, None] for a in (q, k, v))
+      base = (jax.lax.iota(jnp.uint32, b)[:, None, None, None] * jnp.uint32(self.num_heads * tq * tk)
+              + jax.lax.iota(jnp.uint32, tq)[None, None, :, None] * jnp.uint32(tk)
+              + jax.lax.iota(jnp.uint32, tk)[None, None, None, :])
+      one = jax.checkpoint(lambda a: attend(a[0], a[1], a[2], seed,
+                                            base + a[3] * jnp.uint32(tq * tk)))
+      heads = jax.lax.map(one, (hq, hk, hv, jnp.arange(self.num_heads, dtype=jnp.uint32)))
+      mixed = jnp.moveaxis(heads[:, :, :, 0], 0, 2)
+    out = Linear(e, self.dtype, zero_bias=True, name="out")(mixed.reshape(b, tq, e))
+    return out, jnp.mean(_attention_weights(q, k, valid), axis=1)
 
 
 class EncoderLayer(nn.Module):
