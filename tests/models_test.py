@@ -503,6 +503,13 @@ def test_hash_dropout_keeps_the_right_fraction_independently():
   assert abs(both - 0.36) < 0.003                             # masks of two keys independent
   flat = kept.reshape(-1).astype(np.float64)
   assert abs(np.corrcoef(flat[:-1], flat[1:])[0, 1]) < 0.01   # neighbours uncorrelated
+  # seeds 5·φ apart: were the seed only added to index·φ, the second mask would be the
+  # first one shifted by 5 elements
+  s1 = 7
+  s2 = (s1 + 5 * 0x9E3779B1) % 2 ** 32
+  m1, m2 = (np.asarray(models.layers.hash_dropout(jnp.ones(1 << 16), jnp.uint32(s), 0.5)) > 0
+            for s in (s1, s2))
+  assert abs((m1[5:] == m2[:-5]).mean() - 0.5) < 0.02
   np.testing.assert_array_equal(drop.apply({}, x, deterministic=True), x)
 
 
