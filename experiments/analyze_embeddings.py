@@ -17,6 +17,8 @@ internals: {variant}_gates_by_class.png, {variant}_modality_weights_by_class.png
 {variant}_attention_map.png. Works with the original's .pt checkpoints too.
 """
 
+import os
+
 from absl import flags
 
 from fusion_jax import cli
@@ -56,14 +58,16 @@ def main(argv):
   text = FLAGS.text_features or cli.data_path(config, f"{split}_text_features",
                                                f"{split}_text.pt")
   csv = cli.data_path(config, "csv_path", "train_split.csv")
-  split_csv = FLAGS.split_csv_path or cli.data_path(
+  if FLAGS.split_csv_path and not os.path.exists(FLAGS.split_csv_path):
+    cli.fail(f"--split_csv_path={FLAGS.split_csv_path}: no such file")
+  split_csv = FLAGS.split_csv_path or cli.optional_path(
       config, "csv_path" if split == "train" else f"{split}_csv_path", f"{split}_split.csv")
   cli.require(speech_features=speech, text_features=text, csv_path=csv)
   from fusion_jax import analysis, data, evaluation, experiment  # pylint: disable=import-outside-toplevel
   try:
     mesh = cli.setup_jax(config)
     names = data.class_names_from_csv(csv)
-    sp = data.load_split(split, speech, text, cli.existing(split_csv), class_names=names)
+    sp = data.load_split(split, speech, text, split_csv, class_names=names)
     exp = experiment.Experiment.create(config, names, mesh=mesh,
                                        model_dir=config.paths.model_dir,
                                        results_dir=config.paths.results_dir)

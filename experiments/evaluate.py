@@ -57,7 +57,7 @@ def main(argv):
   speech = cli.data_path(config, "test_speech_features", "test_speech.pt")
   text = cli.data_path(config, "test_text_features", "test_text.pt")
   csv = cli.data_path(config, "csv_path", "train_split.csv")
-  test_csv = cli.existing(cli.data_path(config, "test_csv_path", "test_split.csv"))
+  test_csv = cli.optional_path(config, "test_csv_path", "test_split.csv")
   cli.require(test_speech_features=speech, test_text_features=text, csv_path=csv)
   from fusion_jax import analysis, data, evaluation, experiment  # pylint: disable=import-outside-toplevel
   try:
@@ -65,10 +65,13 @@ def main(argv):
     names = data.class_names_from_csv(csv)
     test = data.load_split("test", speech, text, test_csv, class_names=names)
     train = None
-    tr_s = cli.existing(cli.data_path(config, "train_speech_features", "train_speech.pt"))
-    tr_t = cli.existing(cli.data_path(config, "train_text_features", "train_text.pt"))
+    tr_s = cli.optional_path(config, "train_speech_features", "train_speech.pt")
+    tr_t = cli.optional_path(config, "train_text_features", "train_text.pt")
     if FLAGS.ablation == "mean" and tr_s and tr_t:
       train = data.load_split("train", tr_s, tr_t)
+    elif FLAGS.ablation == "mean":
+      print("note: no training features (--train_speech_features, --train_text_features): "
+            "modality removal fills with the test split's own mean frame", flush=True)
     exp = experiment.Experiment.create(config, names, mesh=mesh,
                                        model_dir=config.paths.model_dir,
                                        results_dir=config.paths.results_dir)

@@ -45,18 +45,21 @@ flags.adopt_module_key_flags(cli)
 def main(argv):
   config = cli.config_from_flags()
   cli.require("a model or recipe directory", run=FLAGS.run)
-  from fusion_jax import io_utils, predict  # pylint: disable=import-outside-toplevel
+  if FLAGS.output.endswith(".jsonl"):
+    cli.fail(f"--output={FLAGS.output}: give the CSV's path; the JSON lines go beside it "
+             "(.jsonl)")
+  from fusion_jax import experiment, io_utils, predict  # pylint: disable=import-outside-toplevel
+  from fusion_jax.models import registry  # pylint: disable=import-outside-toplevel
   import pandas as pd  # pylint: disable=import-outside-toplevel
   try:
     cli.setup_jax(config)
     variant = None
     if cli.explicit("train.variants"):
-      names = [v.strip() for v in config.train.variants.split(",") if v.strip()]
+      names = registry.parse(config.train.variants)
       if len(names) != 1:
         cli.fail(f"--variants={config.train.variants}: predict uses one variant")
       variant = names[0]
-    seeds = [int(s) for s in config.train.seeds.split(",")] if cli.explicit(
-        "train.seeds") else None
+    seeds = experiment.parse_seeds(config.train.seeds) if cli.explicit("train.seeds") else None
     predictor = predict.Predictor.from_run(FLAGS.run, variant, seeds, config)
     if FLAGS.export:
       out = predictor.export(FLAGS.export)

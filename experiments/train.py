@@ -59,11 +59,11 @@ def _paths(config):
   paths = {f: cli.data_path(config, f, name) for f, name in names.items()}
   cli.require("or give --data_dir DIR holding {train,val}_{speech,text}.pt and "
               "train_split.csv", **paths)
-  val_csv = cli.data_path(config, "val_csv_path", "val_split.csv")
-  if val_csv is None:
-    guess = os.path.join(os.path.dirname(paths["csv_path"]), "val_split.csv")
-    val_csv = guess if "train" in os.path.basename(paths["csv_path"]) else None
-  paths["val_csv_path"] = cli.existing(val_csv)
+  val_csv = cli.optional_path(config, "val_csv_path", "val_split.csv")
+  if val_csv is None and not config.paths.val_csv_path and "train" in os.path.basename(
+      paths["csv_path"]):   # beside the training CSV, as the original's layout has it
+    val_csv = cli.existing(os.path.join(os.path.dirname(paths["csv_path"]), "val_split.csv"))
+  paths["val_csv_path"] = val_csv
   return paths
 
 

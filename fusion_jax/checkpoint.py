@@ -44,11 +44,12 @@ class RunCheckpoints:
 
   def __init__(self, directory: str):
     self.directory = os.path.abspath(directory)
-    self._managers = {
-        kind: ocp.CheckpointManager(os.path.join(self.directory, kind), options=ocp.
-                                    CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                                             enable_async_checkpointing=False))
-        for kind, keep in KEEP.items()}
+    self._managers = {kind: self._manager(kind) for kind in KEEP}
+
+  def _manager(self, kind: str) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(os.path.join(self.directory, kind), options=ocp.
+                                 CheckpointManagerOptions(max_to_keep=KEEP[kind], create=True,
+                                                          enable_async_checkpointing=False))
 
   def path(self, kind: str, step: int) -> str:
     return os.path.join(self.directory, kind, str(step))
@@ -109,13 +110,13 @@ class RunCheckpoints:
                           "mismatch: damaged on disk)")
     return state, meta
 
-  def remove(self, kind: str) -> None:
-    """Deletes every ``kind`` checkpoint (a damaged best that training will redo)."""
+  def remove(self, kind: str, step: Optional[int] = None) -> None:
+    """Deletes one ``kind`` checkpoint, or all of them (damaged ones that training will
+    redo: a step that exists is never saved again)."""
     self._managers[kind].close()
-    shutil.rmtree(os.path.join(self.directory, kind), ignore_errors=True)
-    self._managers[kind] = ocp.CheckpointManager(
-        os.path.join(self.directory, kind), options=ocp.CheckpointManagerOptions(
-            max_to_keep=KEEP[kind], create=True, enable_async_checkpointing=False))
+    shutil.rmtree(os.path.join(self.directory, kind) if step is None else self.path(kind, step),
+                  ignore_errors=True)
+    self._managers[kind] = self._manager(kind)
 
   def _corrupt(self, kind, step, problem) -> CorruptCheckpoint:
     return CorruptCheckpoint(self.path(kind, step), f"checkpoint is damaged: {problem}",

@@ -191,6 +191,17 @@ def existing(path: Optional[str]) -> Optional[str]:
   return path if path and os.path.exists(path) else None
 
 
+def optional_path(config, field: str, default_name: Optional[str] = None) -> Optional[str]:
+  """An optional input: ``--<field>`` must exist when given (a typo is an error, not a
+  silently missing input); the ``--data_dir`` default is used only if it exists."""
+  given = config.paths[field]
+  if given:
+    if not os.path.exists(given):
+      fail(f"--{field}={given}: no such file (it is optional: leave it out to go without)")
+    return given
+  return existing(data_path(config, field, default_name))
+
+
 def require(hint: str = "or give --data_dir", **flag_values) -> None:
   """Fails with one line listing every ``--flag`` whose value is empty."""
   missing = [f"--{name}" for name, value in flag_values.items() if not value]

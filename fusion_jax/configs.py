@@ -6,6 +6,7 @@ Override on the command line, e.g. ``--config=configs/default.py
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def default() -> ml_collections.ConfigDict:
@@ -54,7 +55,9 @@ def default() -> ml_collections.ConfigDict:
       variants="original",     # the original's four fusion heads ("all" adds the baselines)
       progress_every=0,        # print a progress line every N steps (0 = about 10 per epoch)
       checkpoint_every_seconds=60.0,  # "latest" (resume) checkpoint cadence; always at the end
-      parallel_seeds=True,     # the seeds of a variant train as one program (False: in turn)
+      # the seeds of a variant as one vmapped program (True) or one after another (False);
+      # unset: one program on GPU/TPU, in turn on CPU, where it measured faster (BUILD_NOTES)
+      parallel_seeds=config_dict.placeholder(bool),
       export_torch=True,       # also write the original's model_dir/best_{variant}_model.pt
       export_torch_seed=-1,    # ... of this seed (-1 = the first seed trained)
   ))
@@ -196,6 +199,15 @@ def validate(c) -> None:
       ("model.dropout", 0 <= c.model.dropout < 1, "in [0, 1)"),
       ("model.layers", c.model.layers >= 1, "at least 1"),
       ("model.heads", c.model.heads >= 1, "at least 1"),
+      ("model.hidden", c.model.hidden >= 1, "at least 1"),
+      ("model.f_hidden", c.model.f_hidden >= 1, "at least 1"),
+      ("model.classifier_hidden", c.model.classifier_hidden >= 1, "at least 1"),
+      ("model.model_dim", c.model.model_dim >= 0, "0 (off) or more"),
+      ("model.mult_layers", c.model.mult_layers >= 1, "at least 1"),
+      ("model.bottleneck_tokens", c.model.bottleneck_tokens >= 0, "0 or more"),
+      ("model.fusion_layer", c.model.fusion_layer >= 0, "0 or more"),
+      ("model.tensor_dim", c.model.tensor_dim >= 1, "at least 1"),
+      ("model.rank", c.model.rank >= 1, "at least 1"),
       ("runtime.num_devices", c.runtime.num_devices >= 0, "0 (all) or more"),
   ]
   for field, ok, want in checks:

@@ -42,13 +42,15 @@ def default_log(msg: str) -> None:
 
 
 def parse_seeds(spec) -> list:
-  """``"0,1,2"`` or ``3`` (= seeds 0..2) or a list → list of ints."""
-  if isinstance(spec, (list, tuple)):
-    return [int(s) for s in spec]
-  if isinstance(spec, int):
-    return list(range(spec))
+  """``"0,1,2"`` or ``3`` (= seeds 0..2) or a list → list of distinct ints, in order."""
   try:
-    seeds = [int(s) for s in str(spec).split(",") if s.strip()]
+    if isinstance(spec, (list, tuple)):
+      seeds = [int(s) for s in spec]
+    elif isinstance(spec, int):
+      seeds = list(range(spec))
+    else:
+      seeds = [int(s) for s in str(spec).split(",") if s.strip()]
+    seeds = list(dict.fromkeys(seeds))   # "0,0" would lock one run twice
   except ValueError:
     seeds = None
   if not seeds or min(seeds) < 0:
@@ -262,6 +264,12 @@ class Experiment:
     self._identities[key] = (split, out)
     return out
 
+  def release(self, *splits: Split) -> None:
+    """Forgets what is cached for ``splits`` (device copies, identities): a recipe's fold
+    is done with them, and every context derived from this one shares the cache."""
+    for key in [k for k, v in self._identities.items() if any(v[0] is s for s in splits)]:
+      del self._identities[key]
+
   def evaluate_split(self, steps: steps_lib.Steps, params, split: Split,
                      shapes: Optional[batching.BatchShapes] = None,
                      cache: Optional[dict] = None) -> dict:
@@ -281,8 +289,11 @@ class Experiment:
 
   def predict(self, steps: steps_lib.Steps, params, split: Split,
               aux_keys: Sequence[str] = (),
-              shapes: Optional[batching.BatchShapes] = None) -> tuple:
-    """Softmax probabilities ``[N, K]`` and requested ``aux`` arrays, in split order."""
-    return steps_lib.predict_batches(self.ledger, steps, params, self.batches(split, shapes),
+              shapes: Optional[batching.BatchShapes] = None,
+              batch_size: Optional[int] = None) -> tuple:
+    """Softmax probabilities ``[N, K]`` and requested ``aux`` arrays, in split order
+    (entries with time axes padded to the longest bucket)."""
+    return steps_lib.predict_batches(self.ledger, steps, params,
+                                     self.batches(split, shapes, batch_size),
                                      len(split), self.num_classes, aux_keys)
 

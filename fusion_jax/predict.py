@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fusion_jax import configs, io_utils, runs
+from fusion_jax.data import batching
 from fusion_jax.data.errors import DataError
 from fusion_jax.data.splits import Split
 from fusion_jax.experiment import Experiment
@@ -49,7 +50,8 @@ class Prediction:
     emotion: the predicted class; confidence its probability.
     probabilities: every class's probability.
     relied_on: what the head weighed — mean gate per modality, modality weights, or
-      the normalised entropy of each attention map (0 = one position, 1 = uniform).
+      the normalised entropy of each attention map (0 = one position, 1 = uniform;
+      for attention onto bottleneck tokens, also the share of attention they get).
   """
   name: str
   transcript: str
@@ -138,11 +140,18 @@ class Predictor:
     members = []
     for d in dirs:
       have = runs.available_seeds(d, variant)
-      if have or os.path.exists(runs.torch_checkpoint_path(d, variant)):
-        wanted = [s for s in (seeds if seeds is not None else have) if s in have] or None
-        members += runs.load_runs(d, [variant], wanted, _num_classes(d, variant, wanted), log=log)
+      if seeds is not None:   # only the seeds asked for; a folder without them adds nothing
+        wanted = [s for s in seeds if s in have]
+        if wanted:
+          members += runs.load_runs(d, [variant], wanted, _num_classes(d, variant, wanted),
+                                    log=log)
+      elif have or os.path.exists(runs.torch_checkpoint_path(d, variant)):
+        members += runs.load_runs(d, [variant], None, _num_classes(d, variant, None), log=log)
     if not members:
-      raise DataError(os.fspath(path), f"holds no run of {variant}",
+      found = sorted({s for d in dirs for s in runs.available_seeds(d, variant)})
+      raise DataError(os.fspath(path), f"holds no run of {variant}"
+                      + (f" with seeds {list(seeds)} (found seeds {found})" if seeds is not None
+                         else ""),
                       hint=f"variants there: {sorted({v for d in dirs for v in runs.available_variants(d)})}")
     names = members[0].class_names
     if names is None:
@@ -215,13 +224,21 @@ class Predictor:
     return Split("predict", s, t, np.zeros(len(s), np.int64))
 
   def predict_features(self, speech: Sequence, text: Sequence, names: Sequence[str],
-                       transcripts: Optional[Sequence[str]] = None) -> list:
-    """Predictions from raw extractor features (``None`` for a modality not read)."""
+                       transcripts: Optional[Sequence[str]] = None,
+                       batch_size: int = 16) -> list:
+    """Predictions from raw extractor features (``None`` for a modality not read).
+
+    Batches of ``batch_size`` rows, padded to lengths on a fixed grid
+    (:func:`grid_length`), so that new files reuse a few compiled shapes.
+    """
     probs, relied = 0.0, []
     for member in self.members:
       split = self._member_split(member, speech, text)
       steps = self.exp.steps(member.variant, member.model_config)
-      p, aux = self.exp.predict(steps, member.params, split, INTERNALS)
+      shapes = batching.BatchShapes((grid_length(int(split.speech_lengths.max())),),
+                                    grid_length(int(split.text_lengths.max())))
+      p, aux = self.exp.predict(steps, member.params, split, INTERNALS, shapes,
+                                batch_size=min(batch_size, len(split)))
       probs = probs + p / len(self.members)
       relied.append(_summaries(aux, split))
     out = []
@@ -229,18 +246,24 @@ class Predictor:
       k = int(np.argmax(probs[i]))
       summary = {key: float(np.mean([r[i][key] for r in relied])) for key in relied[0][i]}
       out.append(Prediction(
-          name=str(name), transcript=transcripts[i] if transcripts is not None else "",
+          name=str(name), transcript=(transcripts[i] or "") if transcripts is not None else "",
           emotion=self.class_names[k], confidence=float(probs[i, k]),
           probabilities={c: float(probs[i, j]) for j, c in enumerate(self.class_names)},
           relied_on=summary))
     return out
 
   def predict(self, waveforms: Sequence[np.ndarray], transcripts: Optional[Sequence[str]] = None,
-              names: Optional[Sequence[str]] = None) -> list:
+              names: Optional[Sequence[str]] = None, batch_size: int = 16) -> list:
     """Predictions for 16 kHz mono clips (and their transcripts, if the model reads text)."""
     names = names or [f"clip_{i}" for i in range(len(waveforms))]
     speech, text = self.features(waveforms, transcripts)
-    return self.predict_features(speech, text, names, transcripts)
+    out = []
+    for i in range(0, len(names), batch_size):   # one padded length per batch
+      part = slice(i, i + batch_size)
+      out += self.predict_features(speech[part], text[part], names[part],
+                                   transcripts[part] if transcripts is not None else None,
+                                   batch_size)
+    return out
 
   def predict_files(self, paths: Sequence[str], transcripts: Optional[Sequence[str]] = None, *,
                     transcribe: bool = False, batch_size: int = 16,
@@ -251,10 +274,15 @@ class Predictor:
       ``(predictions, failures)``, failures ``[(path, message)]`` in input order.
     """
     from fusion_jax import features  # pylint: disable=import-outside-toplevel
-    if transcripts is None and self.spec.reads("text") and not transcribe:
-      raise ValueError(f"{self.variant} reads text: give transcripts (manifest column "
-                       "'transcript') or --transcribe")
+    missing = [p for i, p in enumerate(paths) if transcripts is None or not transcripts[i]]
+    if missing and self.spec.reads("text") and not transcribe:
+      raise ValueError(f"{self.variant} reads text: {len(missing)} of {len(paths)} files have "
+                       f"no transcript (first: {missing[0]}); give them in a manifest's "
+                       "'transcript' column, or --transcribe")
     sample_rate = self.extractor("speech").sample_rate if self.spec.reads("speech") else 16000
+    limits = ([self.extractor("speech").max_seconds] if self.spec.reads("speech") else []) + (
+        [30.0] if transcribe else [])   # Whisper's window
+    seen = min([s for s in limits if s], default=None)
     bar = features.Progress(len(paths), f"predict ({self.variant})", enabled=progress)
     preds, failures = [], []
     for start in range(0, len(paths), batch_size):
@@ -264,13 +292,20 @@ class Predictor:
         try:
           clips.append(features.audio.read_audio(paths[i], sample_rate))
           ok.append(i)
+          if seen and len(clips[-1]) > seen * sample_rate:
+            self.exp.log(f"warning: {paths[i]} is {len(clips[-1]) / sample_rate:.1f} s; only "
+                         f"its first {seen:.0f} s are used (Whisper's window)")
         except DataError as e:
           failures.append((paths[i], str(e)))
       if ok:
-        texts = [transcripts[i] for i in ok] if transcripts is not None else None
-        if transcribe and transcripts is None:
-          texts = self.transcriber().transcribe(clips)
-        preds += self.predict(clips, texts, [paths[i] for i in ok])
+        texts = [(transcripts[i] or None) if transcripts is not None else None for i in ok]
+        need = [j for j, t in enumerate(texts) if t is None] if transcribe else []
+        if need:   # Whisper only for the files without a transcript
+          for j, heard in zip(need, self.transcriber().transcribe([clips[j] for j in need])):
+            texts[j] = heard
+        if all(t is None for t in texts):
+          texts = None
+        preds += self.predict(clips, texts, [paths[i] for i in ok], batch_size)
       bar.update(len(chunk))
     return preds, failures
 
@@ -300,10 +335,10 @@ class Predictor:
             t, tm = x, mask
         logits, aux = model.apply({"params": member.params}, s, sm, t, tm)
         total = total + jax.nn.softmax(logits, -1) / len(members)
-        if not internals:
-          internals = {k: v for k, v in aux.items() if k.endswith(("_gate", "_weights"))
-                       and k.startswith("fusion/")}
-      return dict(probabilities=total, **{k.replace("fusion/", ""): v.astype(jnp.float32)
+        for k, v in aux.items():   # gates and modality weights, averaged like relied_on
+          if k.startswith("fusion/") and k.endswith(("_gate", "_weights")):
+            internals[k] = internals.get(k, 0.0) + v.astype(jnp.float32) / len(members)
+      return dict(probabilities=total, **{k.replace("fusion/", ""): v
                                           for k, v in internals.items()})
     return fn
 
@@ -326,7 +361,9 @@ class Predictor:
     try:
       exported = export.export(jax.jit(self.inference_function()),
                                platforms=tuple(platforms))(*args)
-    except Exception:  # pylint: disable=broad-except  (a platform this JAX cannot lower for)
+    except Exception as e:  # pylint: disable=broad-except  (a platform JAX cannot lower for)
+      self.exp.log(f"note: exporting for {', '.join(platforms)} failed ({type(e).__name__}: "
+                   f"{str(e)[:200]}); exporting for cpu only")
       exported = export.export(jax.jit(self.inference_function()), platforms=("cpu",))(*args)
     blob = exported.serialize()
     os.makedirs(out_dir, exist_ok=True)
@@ -353,6 +390,15 @@ class Predictor:
         export_seconds=time.perf_counter() - t0)
     io_utils.write_json(os.path.join(out_dir, "model.json"), spec)
     return dict(path=os.path.join(out_dir, "model.jaxexport"), bytes=len(blob), spec=spec)
+
+
+def grid_length(n: int, multiple: int = 8) -> int:
+  """The smallest length ≥ ``n`` on the grid 8, 16, 24, ... growing by ≥ 1/8 per step:
+  at most 12.5% padding, and 48 shapes between 8 and 10,000 frames."""
+  g = multiple
+  while g < n:
+    g = max(g + multiple, -(-(g * 9 // 8) // multiple) * multiple)
+  return g
 
 
 def _num_classes(model_dir, variant, seeds) -> int:
@@ -387,6 +433,10 @@ def _summaries(aux: dict, split: Split) -> list:
       for i in range(len(split)):
         a = x[i][:lengths[q][i] if q in lengths else x.shape[1],
                  :lengths[k][i] if k in lengths else x.shape[2]]
+        mass = a.sum(-1, keepdims=True)
+        if k not in lengths:   # MBT's maps are a slice of the keys: report their share
+          out[i][f"{name}_mass"] = float(mass.mean())
+        a = a / np.maximum(mass, 1e-12)
         ent = -(a * np.log(a + 1e-12)).sum(-1).mean()
         out[i][f"{name}_entropy"] = float(ent / max(np.log(a.shape[1]), 1e-12))
   return out
@@ -394,8 +444,8 @@ def _summaries(aux: dict, split: Split) -> list:
 
 def read_inputs(specs: Sequence[str]) -> tuple:
   """Audio files from paths, folders (``*.wav``, recursively) and manifest CSVs
-  (``path[,transcript]``, paths relative to the CSV). Returns ``(paths, transcripts or
-  None)``; transcripts come from manifests only (all or none)."""
+  (``path[,transcript]``, paths relative to the CSV). Returns ``(paths, transcripts)``:
+  one per path from manifests (None where a file has none), or None when no file has one."""
   import pandas as pd  # pylint: disable=import-outside-toplevel
   paths, texts = [], []
   for spec in specs:
@@ -419,5 +469,5 @@ def read_inputs(specs: Sequence[str]) -> tuple:
       texts.append(None)
   if not paths:
     raise ValueError("no audio files given (paths, folders of .wav files, or a manifest CSV)")
-  have = [t is not None for t in texts]
-  return paths, (texts if all(have) else None)
+  texts = [t if isinstance(t, str) and t.strip() else None for t in texts]
+  return paths, (texts if any(t is not None for t in texts) else None)

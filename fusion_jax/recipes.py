@@ -145,6 +145,7 @@ def cross_validate(exp: Experiment, split: Split, folds: Sequence[Fold], work_di
     if fold.index in analyse_folds:
       loaded = evaluation.load_runs(fexp, list(summary["variants"]), fexp.seeds[:1])
       analysis.analyze(fexp, loaded, te)
+    exp.release(tr, va, te)   # the next fold's data replaces this one's on the device
   out = dict(folds=[dataclasses.asdict(f) for f in folds], class_names=list(exp.class_names),
              seconds=time.perf_counter() - t0, variants={})
   for v, rs in runs.items():

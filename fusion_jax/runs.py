@@ -51,8 +51,10 @@ def torch_checkpoint_path(model_dir: str, variant: str) -> str:
 
 
 def available_seeds(model_dir: str, variant: str) -> list:
-  dirs = glob.glob(os.path.join(model_dir, variant, "seed_*", "best"))
-  return sorted(int(re.search(r"seed_(\d+)", d).group(1)) for d in dirs)
+  """Seeds with a ``best`` checkpoint (``seed_N`` folders; other names ignored)."""
+  found = (re.fullmatch(r"seed_(\d+)", os.path.basename(os.path.dirname(d)))
+           for d in glob.glob(os.path.join(model_dir, variant, "seed_*", "best")))
+  return sorted(int(m.group(1)) for m in found if m)
 
 
 def available_variants(model_dir: str) -> list:
@@ -63,10 +65,31 @@ def available_variants(model_dir: str) -> list:
 
 
 def fingerprint(config) -> dict:
-  """The parts of the config a resumed run must share with the interrupted one."""
+  """The parts of the config a resumed run must share with the interrupted one (compared
+  without the head knobs its variant does not read)."""
   return json.loads(json.dumps(dict(
       model=dict(config.model), optim=dict(config.optim), batch_size=config.train.batch_size,
       num_buckets=config.data.num_buckets)))
+
+
+def _unused_knobs(variant: str) -> set:
+  """Head knobs (``ModelConfig.HEAD_KNOBS``) that ``variant``'s model does not read."""
+  head = registry.get(variant).head if variant in registry.names() else None
+  used = set(head.CONFIG.values()) if head is not None else set()
+  return set(model_lib.ModelConfig.HEAD_KNOBS) - used
+
+
+def _comparable(flat: dict, variant: str) -> dict:
+  """A flattened identity without what does not make another run: where the data lives
+  (moved files with the same content hash are the same data) and head knobs the variant
+  does not read (``--config.model.tensor_dim`` does not change a gated run)."""
+  unused = {f"fingerprint.model.{k}" for k in _unused_knobs(variant)}
+  return {k: v for k, v in flat.items() if ".files." not in f".{k}" and k not in unused}
+
+
+def comparable_fingerprint(fp: dict, variant: str) -> dict:
+  """``fp`` (a :func:`fingerprint`) as compared between runs of ``variant``."""
+  return _comparable(_flatten({"fingerprint": fp}), variant)
 
 
 # ------------------------------------------------------------------ identity and lock
@@ -124,8 +147,8 @@ def check_identity(directory: str, identity: dict) -> None:
       raise RunMismatch(path, f"unreadable run record ({e})",
                         hint="delete the run directory to start it over") from None
     want = json.loads(json.dumps(identity))
-    if recorded != want:
-      a, b = _flatten(recorded), _flatten(want)
+    a, b = (_comparable(_flatten(x), str(want.get("variant"))) for x in (recorded, want))
+    if a != b:
       diff = [f"{k}: {a.get(k, '-')!s:.40} → {b.get(k, '-')!s:.40}" for k in sorted(set(a) | set(b))
               if a.get(k) != b.get(k)]
       raise RunMismatch(directory, "holds another run than this one: " + "; ".join(diff[:6])

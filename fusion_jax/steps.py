@@ -380,10 +380,12 @@ def predict_batches(ledger: CompileLedger, steps: Steps, params, batches: Iterab
   """Softmax probabilities ``[N, K]`` and requested ``aux`` arrays, in split order.
 
   ``batches`` yields ``(placed_batch, index)`` with ``index [B]`` the split rows
-  (-1 for padding rows).
+  (-1 for padding rows). An ``aux`` entry with time axes (attention maps, sequences)
+  is zero-padded to the longest bucket's length: row ``i`` is valid up to its own
+  lengths.
   """
   probs = np.zeros((num_examples, num_classes), np.float32)
-  aux_out: dict = {}
+  parts: dict = {}
   fn = steps.predict(aux_keys)
   for batch, index in batches:
     logits, aux = jax.device_get(ledger(fn, params, batch))
@@ -391,7 +393,11 @@ def predict_batches(ledger: CompileLedger, steps: Steps, params, batches: Iterab
     idx = index[rows]
     probs[idx] = jax.nn.softmax(logits[rows], axis=-1)
     for k, v in aux.items():
-      if k not in aux_out:
-        aux_out[k] = np.zeros((num_examples,) + v.shape[1:], np.float32)
-      aux_out[k][idx] = v[rows]
+      parts.setdefault(k, []).append((idx, np.asarray(v[rows], np.float32)))
+  aux_out = {}
+  for k, pieces in parts.items():
+    shape = tuple(max(v.shape[d] for _, v in pieces) for d in range(1, pieces[0][1].ndim))
+    out = aux_out[k] = np.zeros((num_examples,) + shape, np.float32)
+    for idx, v in pieces:
+      out[(idx,) + tuple(slice(0, n) for n in v.shape[1:])] = v
   return probs, aux_out

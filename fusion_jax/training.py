@@ -108,6 +108,7 @@ def train_epoch(exp: Experiment, steps: steps_lib.Steps, state, data, split: Spl
   show = len(plans[0]) >= 20 and sys.stdout.isatty()
   for i, steps_i in enumerate(zip(*plans)):
     b = steps_i[0][0]
+    assert all(s[0] == b for s in steps_i), "seeds of a group must share the bucket schedule"
     idx = np.stack([data.indices(rows, bs) for _, rows in steps_i])
     state, acc = exp.ledger(steps.train_group, state, acc, data.data[b],
                             sharding.shard_rows(idx, exp.mesh, axis=1), dropout_keys)
@@ -176,6 +177,13 @@ def train_run(exp: Experiment, variant: str, seed: int, train: Split, val: Split
   return train_runs(exp, variant, [seed], train, val, after_epoch=after_epoch)[0]
 
 
+def parallel_seeds(config) -> bool:
+  """``config.train.parallel_seeds``; unset: True on accelerators, False on CPU, where three
+  seeds as one vmapped program measured slower than one after another (BUILD_NOTES)."""
+  value = config.train.get("parallel_seeds")
+  return jax.default_backend() != "cpu" if value is None else bool(value)
+
+
 def train_runs(exp: Experiment, variant: str, seeds: Sequence[int], train: Split, val: Split,
                *, after_epoch: Optional[Callable[[int], None]] = None) -> list:
   """Trains the seeds of one variant as one program (see :func:`train_run` for one seed).
@@ -183,12 +191,13 @@ def train_runs(exp: Experiment, variant: str, seeds: Sequence[int], train: Split
   Parameters, optimizer state and plateau rate are stacked on a leading axis and the
   step is ``vmap``ped over it; each seed keeps its own initialisation, dropout, rows,
   best checkpoint, history and resume, and gives the result it gives alone (tested).
-  ``config.train.parallel_seeds = False`` trains them one after another (less memory).
+  With ``config.train.parallel_seeds`` False (the default on CPU: :func:`parallel_seeds`)
+  they train one after another instead.
   Seeds whose checkpoints stand at different epochs resume in separate groups.
   """
   check_data_dims(exp, train, val)
   seeds = [int(s) for s in seeds]
-  if len(seeds) > 1 and not exp.config.train.get("parallel_seeds", True):
+  if len(seeds) > 1 and not parallel_seeds(exp.config):
     return [r for s in seeds for r in train_runs(exp, variant, [s], train, val,
                                                  after_epoch=after_epoch)]
   fingerprint = runs.fingerprint(exp.config)
@@ -203,18 +212,19 @@ def train_runs(exp: Experiment, variant: str, seeds: Sequence[int], train: Split
       ckpts = checkpoint.RunCheckpoints(directory)
       stack.callback(ckpts.close)
       if not os.path.exists(os.path.join(directory, "run.json")):
-        _check_unrecorded(ckpts, directory, fingerprint)
+        _check_unrecorded(ckpts, directory, fingerprint, variant)
       runs.check_identity(directory, identity)
       members.append(ckpts)
     return _train(exp, variant, seeds, train, val, members, fingerprint, after_epoch)
 
 
-def _check_unrecorded(ckpts, directory, fingerprint) -> None:
+def _check_unrecorded(ckpts, directory, fingerprint, variant) -> None:
   """Checkpoints without a run record (written before records existed): same config only."""
   for kind in ("latest", "best"):
     if ckpts.latest_step(kind) is not None:
       meta = ckpts.restore_meta(kind)
-      if meta.get("fingerprint") != fingerprint:
+      same = lambda f: runs.comparable_fingerprint(f, variant)
+      if same(meta.get("fingerprint") or {}) != same(fingerprint):
         raise runs.RunMismatch(directory, f"holds a run with a different config "
                                f"({meta.get('fingerprint')} vs {fingerprint})",
                                hint="use another --model_dir or delete it")
@@ -235,13 +245,15 @@ def _resume(exp, ckpts, state, run, fingerprint):
   for step in ckpts.steps("latest"):
     try:
       meta = ckpts.restore_meta("latest", step)
-      if meta.get("fingerprint") != fingerprint:
+      if (runs.comparable_fingerprint(meta.get("fingerprint") or {}, run.variant)
+          != runs.comparable_fingerprint(fingerprint, run.variant)):
         raise runs.RunMismatch(ckpts.path("latest", step), "was saved with another config",
                                hint="use another --model_dir or delete it")
       saved, meta = ckpts.restore("latest", abstract, step)
       return saved, runs.RunState.from_meta(meta, run.plateau)
     except checkpoint.CorruptCheckpoint as e:
-      exp.log(f"warning: {e}; trying an older checkpoint")
+      exp.log(f"warning: {e}; removed it, trying an older checkpoint")
+      ckpts.remove("latest", step)   # else replaying this epoch could never save it again
   return state, run
 
 
@@ -343,9 +355,10 @@ def _train(exp, variant, seeds, train, val, ckpts_list, fingerprint, after_epoch
   if start_epoch >= epochs:
     for seed in seeds:
       log(f"[{variant} seed {seed}] already trained ({epochs} epochs); reusing checkpoints")
+  share = len(seeds)   # a group's time, split evenly between its seeds (sums stay true)
   seconds = time.perf_counter() - t_run
   return [RunResult(state=run, param_count=n_params, checkpoint_dir=ckpts.directory,
-                    compile_seconds=compile_total, train_seconds=seconds,
+                    compile_seconds=compile_total / share, train_seconds=seconds / share,
                     resumed_from_epoch=start_epoch)
           for run, ckpts in zip(run_states, ckpts_list)]
 
@@ -374,6 +387,9 @@ def train_and_evaluate(exp: Experiment, train: Split, val: Split, *,
     The summary dict (also in ``summary.json``).
   """
   log, results_dir = exp.log, exp.results_dir
+  if not results_dir:
+    raise ValueError("train_and_evaluate writes reports: give the experiment a results_dir "
+                     "(--results_dir)")
   variants = list(variants or exp.variants)
   seeds = list(seeds if seeds is not None else exp.seeds)
   with runs.RunLock(results_dir, "training report"):

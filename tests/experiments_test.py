@@ -208,7 +208,8 @@ def _flip_best(model_dir, variant):
                                   "csv_is_a_directory", "features_are_a_directory",
                                   "manifest_is_a_directory", "damaged_checkpoint",
                                   "run_in_use", "divergence", "epochs_zero",
-                                  "unknown_config_field", "missing_config_file"])
+                                  "unknown_config_field", "missing_config_file",
+                                  "mistyped_optional_csv"])
 def test_user_fixable_failures_are_one_line(trained, tmp_path, case):
   """Each failure a user can fix: exit 2, one 'error:' line naming file or flag, no traceback."""
   import shutil  # pylint: disable=import-outside-toplevel
@@ -244,6 +245,9 @@ def test_user_fixable_failures_are_one_line(trained, tmp_path, case):
                                "--config: "),
       "missing_config_file": ("evaluate.py", [f"--config={tmp_path}/none.py", model_dir],
                               "--config: cannot load the config"),
+      "mistyped_optional_csv": ("evaluate.py", base[:3] + [
+          f"--model_dir={d}/models", f"--test_csv_path={tmp_path}/tset_split.csv"],
+                                "tset_split.csv: no such file (it is optional"),
   }[case]
   if case == "damaged_checkpoint":
     shutil.copytree(d / "models" / "concatenation", tmp_path / "m" / "concatenation")

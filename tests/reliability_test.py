@@ -165,6 +165,16 @@ def test_a_damaged_latest_falls_back_to_the_older_one_with_the_same_result(
   assert result.resumed_from_epoch == 2
   assert any("latest/3: checkpoint is damaged" in l for l in lines)
   _same(result, reference[0])
+  # the last epoch's checkpoint damaged: replayed and saved anew (a step that exists is
+  # never saved again, so it must be removed), and the next rerun has nothing to train
+  _flip_a_byte(os.path.join(run_dir, "latest", "4"))
+  lines.clear()
+  assert training.train_run(exp, "concatenation", 0, tiny["train"], tiny["val"]
+                            ).resumed_from_epoch == 3
+  assert any("latest/4: checkpoint is damaged" in l for l in lines)
+  lines.clear()
+  again = training.train_run(exp, "concatenation", 0, tiny["train"], tiny["val"])
+  assert again.resumed_from_epoch == 4 and not any("damaged" in l for l in lines)
 
 
 # ------------------------------------------------------------------ locks (races)
@@ -379,3 +389,33 @@ def test_csv_names_and_wav_lengths_are_checked(tmp_path):
   with pytest.raises(data.DataError, match="text.wav: (not a readable WAV file|unreadable audio "
                      ".*Format not recognised|only PCM)"):
     audio.read_audio(tmp_path / "text.wav")
+
+
+def test_moved_data_is_the_same_run_but_other_content_is_not(tmp_path):
+  ident = {"variant": "gated", "train": {"files": {"speech": {"path": "/old/a.pt", "bytes": 10}},
+                                         "content": "abc", "utterances": 6}}
+  runs.check_identity(str(tmp_path), ident)
+  moved = json.loads(json.dumps(ident))
+  moved["train"]["files"]["speech"] = {"path": "/new/a.npz", "bytes": 12}
+  runs.check_identity(str(tmp_path), moved)           # same content elsewhere: accepted
+  moved["train"]["content"] = "abd"
+  with pytest.raises(runs.RunMismatch, match=r"train.content: abc → abd"):
+    runs.check_identity(str(tmp_path), moved)
+
+
+def test_seeds_are_read_from_the_run_folder_names_only(tmp_path):
+  root = tmp_path / "sweep" / "seed_3" / "models"
+  for seed in ("seed_0", "seed_12", "seed_old"):
+    (root / "gated" / seed / "best").mkdir(parents=True)
+  assert runs.available_seeds(str(root), "gated") == [0, 12]
+
+
+def test_a_head_knob_changes_only_the_runs_of_heads_that_read_it(tmp_path):
+  cfg = configs.tiny()
+  ident = lambda variant, c: dict(variant=variant, seed=0, fingerprint=runs.fingerprint(c))
+  for v in ("gated", "tensor"):
+    runs.check_identity(str(tmp_path / v), ident(v, cfg))
+  cfg.model.tensor_dim += 1
+  runs.check_identity(str(tmp_path / "gated"), ident("gated", cfg))    # gated reads no tensor_dim
+  with pytest.raises(runs.RunMismatch, match="fingerprint.model.tensor_dim"):
+    runs.check_identity(str(tmp_path / "tensor"), ident("tensor", cfg))

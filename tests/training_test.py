@@ -249,6 +249,7 @@ def test_parallel_seeds_reproduce_each_seed_trained_alone(tiny_data, shared, tmp
   """Seeds 0, 1, 2 as one vmapped program vs each on its own (the sequential reference):
   the same per-epoch losses and final weights, also after an interrupted parallel run."""
   cfg = _cfg(epochs=3)
+  cfg.train.parallel_seeds = True        # (unset, CPU trains seeds in turn)
   par_exp = _exp(tiny_data, tmp_path / "par", cfg, shared)
 
   def stop(epoch):
@@ -277,3 +278,36 @@ def test_parallel_seeds_reproduce_each_seed_trained_alone(tiny_data, shared, tmp
         np.testing.assert_allclose(x, b[path], rtol=1e-4, atol=1e-5,
                                    err_msg=jax.tree_util.keystr(path))
   assert parallel[0].history["train_loss"] != parallel[1].history["train_loss"]
+
+
+def test_released_splits_leave_the_shared_cache(tiny_data, shared):
+  """A recipe's folds share one cache through derived contexts; a finished fold's device
+  copies are released instead of accumulating."""
+  fold = shared.with_dirs(None, None)
+  split, shapes = tiny_data["val"], shared.training_shapes(tiny_data["train"])
+  first = fold.device_split(split, shapes)
+  assert shared.device_split(split, shapes) is first          # shared between contexts
+  shared.release(split)
+  assert fold.device_split(split, shapes) is not first        # uploaded anew
+  shared.release(split)
+
+
+def test_predicted_attention_maps_span_length_buckets(tiny_data, shared):
+  """Maps of utterances in different buckets come back in one array, padded to the longest
+  bucket; each row equals that utterance predicted alone."""
+  from fusion_jax.data import batching  # pylint: disable=import-outside-toplevel
+  steps_ = shared.steps("cross_attention")
+  params = steps_.init_state(jax.random.key(0), 1e-3).params
+  split = tiny_data["val"]
+  lengths = split.speech_lengths
+  shapes = batching.BatchShapes((int(np.median(lengths)) // 8 * 8 + 8, int(lengths.max()) + 8),
+                                int(split.text_lengths.max()))
+  key = "fusion/speech_to_text_attention"
+  probs, aux = shared.predict(steps_, params, split, (key,), shapes, batch_size=4)
+  assert aux[key].shape == (len(split), shapes.speech_buckets[-1], shapes.text_length)
+  for i in (int(np.argmin(lengths)), int(np.argmax(lengths))):
+    t, l = int(lengths[i]), int(split.text_lengths[i])
+    p1, a1 = shared.predict(steps_, params, split.take([i]), (key,), batch_size=4)
+    np.testing.assert_allclose(probs[i], p1[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(aux[key][i, :t, :l], a1[key][0, :t, :l], rtol=1e-5, atol=1e-6)
+    assert not aux[key][i, shapes.speech_buckets[shapes.bucket_of(t)]:].any()   # beyond its bucket

@@ -41,6 +41,7 @@ class Extractor:
   modality: str = ""   # "speech" or "text"
   dim: int = 0
   frame_rate: Optional[float] = None   # frames per second (speech)
+  max_seconds: Optional[float] = None  # audio beyond this is not seen (Whisper's 30-s window)
   REBUILD: tuple = ()
 
   def options(self) -> dict:
@@ -168,6 +169,7 @@ class WhisperExtractor(Extractor):
   """Whisper encoder states (CTranslate2 weights run in JAX), cropped to each clip."""
   name, modality = "whisper", "speech"
   REBUILD = ("pool",)
+  max_seconds = 30.0
 
   def __init__(self, model_dir: Optional[str] = None, pool: int = 1, batch_size: int = 4):
     from fusion_jax.features import whisper  # pylint: disable=import-outside-toplevel

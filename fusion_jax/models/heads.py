@@ -227,6 +227,10 @@ class MulTFusion(FusionHead):
   @nn.compact
   def __call__(self, speech, speech_mask, text, text_mask, *, deterministic):
     width = self.features // 2
+    if self.layers < 1 or width % self.num_heads:
+      raise ValueError(f"MulT needs model.mult_layers >= 1 (got {self.layers}) and its width "
+                       f"model.f_hidden / 2 = {width} divisible by model.heads = "
+                       f"{self.num_heads} (--config.model.f_hidden, --config.model.heads)")
     embed = lambda x, m, name: (Linear(width, self.dtype, name=name)(x) + sinusoidal_positions(
         x.shape[1], width).astype(self.dtype)) * m[..., None].astype(self.dtype)
     s, t = embed(speech, speech_mask, "speech_proj"), embed(text, text_mask, "text_proj")
@@ -348,7 +352,7 @@ class BottleneckFusion(FusionHead):
       total += 2.0 * length * d_in * d if config.model_dim else 0.0
       total += (config.layers - fused_layers) * encoder_flops(one, length, d)[0]
       total += fused_layers * encoder_flops(one, length + n, d)[0]
-    return total + 2 * 3 * (config.model_dim or speech_dim) * config.f_hidden
+    return total + 2 * (3 if n else 2) * (config.model_dim or speech_dim) * config.f_hidden
 
 
 class TensorFusion(FusionHead):
@@ -450,4 +454,4 @@ class LateFusion(FusionHead):
   @classmethod
   def flops(cls, config, speech_len, text_len, speech_dim, text_dim):
     h = config.classifier_hidden
-    return 2 * (speech_dim + text_dim) * h + 2 * 2 * h * 7
+    return 2 * (speech_dim + text_dim) * h   # (K-wide output layers omitted, as everywhere)

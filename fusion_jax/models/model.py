@@ -1,4 +1,5 @@
-"""The four fusion heads, the classifier, unimodal baselines and the full model.
+"""The full model: encoders, a fusion head (:mod:`fusion_jax.models.heads`), the classifier;
+and the unimodal baselines.
 
 Every variant is called the same way::
 
@@ -9,11 +10,14 @@ with ``speech [B, T, Ds]``, ``speech_mask [B, T]``, ``text [B, L, Dt]``,
 
 * ``temporal/sequence [B, T, D]``, ``temporal/pooled [B, D]`` (speech block),
 * ``contextual/sequence [B, L, D]``, ``contextual/pooled [B, D]`` (text block),
-* ``fusion/fused [B, F]`` (the classifier's input, fusion variants),
-* head internals: ``fusion/speech_to_text_attention [B, T, L]`` and
-  ``fusion/text_to_speech_attention [B, L, T]`` (cross_attention),
+* ``fusion/fused [B, F]`` (the classifier's input, fusion variants; for ``late``, which
+  has no classifier, its logits ``[B, K]``),
+* head internals, e.g. ``fusion/speech_to_text_attention [B, T, L]`` and
+  ``fusion/text_to_speech_attention [B, L, T]`` (cross_attention, mult),
   ``fusion/speech_gate``, ``fusion/text_gate [B, F]`` (gated),
-  ``fusion/modality_weights [B, 2]`` (weighted: speech, text).
+  ``fusion/modality_weights [B, 2]`` (weighted, late: speech, text),
+  ``fusion/{speech,text}_to_bottleneck_attention`` (bottleneck); each head's docstring
+  lists its own.
 
 A unimodal baseline (``speech_only``, ``text_only``) has only its own block's
 entries. Unused entries cost nothing under ``jit`` (dead code is removed).
@@ -46,12 +50,14 @@ class ModelConfig:
   model_dim: int = 0
   positional_encoding: bool = False
   dtype: str = "float32"
-  # knobs of the heads beyond the original's (fusion_jax.models.heads)
+  # knobs of the heads beyond the original's (fusion_jax.models.heads); only the heads
+  # that read one (their CONFIG table) depend on it
   mult_layers: int = 2          # MulT: crossmodal blocks per direction
   bottleneck_tokens: int = 4    # MBT: shared tokens (0 = two independent encoders)
   fusion_layer: int = 1         # MBT: the first encoder layer that fuses (>= layers: none)
   tensor_dim: int = 32          # tensor / low-rank fusion: width of each modality's vector
   rank: int = 4                 # low-rank fusion: CP rank of the fusion weight
+  HEAD_KNOBS = ("mult_layers", "bottleneck_tokens", "fusion_layer", "tensor_dim", "rank")
 
   @classmethod
   def from_config(cls, cfg) -> "ModelConfig":
