@@ -84,7 +84,8 @@ def main(argv):
     exp = experiment.Experiment.create(config, manifest.class_names, train=split, mesh=mesh)
     folds = recipes.group_folds(split.groups, FLAGS.folds, FLAGS.val_speakers)
     analyse = [int(f) for f in FLAGS.analyse_folds.split(",") if f.strip()]
-    summary = recipes.cross_validate(exp, split, folds, FLAGS.work_dir, analyse_folds=analyse)
+    summary = recipes.cross_validate(exp, split, folds, FLAGS.work_dir, analyse_folds=analyse,
+                                     write_summary=False)
     extra = {}
     if FLAGS.baseline:
       try:
@@ -108,8 +109,9 @@ def main(argv):
         f"\n\nSpeech features: {speech_ex.name} ({speech_ex.dim}-d, " \
         f"{speech_ex.frame_rate:g} frames/s); text: {text_ex.name} ({text_ex.dim}-d). " \
         f"Total {summary['total_seconds'] / 60:.1f} min (extraction {extract_seconds:.0f} s).\n"
-    io_utils.write_json(os.path.join(FLAGS.work_dir, "cv_summary.json"), summary)
-    io_utils.write_text(os.path.join(FLAGS.work_dir, "cv_results.txt"), table)
+    with io_utils.staged_files(FLAGS.work_dir) as tmp:   # both files, or neither
+      io_utils.write_json(os.path.join(tmp, "cv_summary.json"), summary)
+      io_utils.write_text(os.path.join(tmp, "cv_results.txt"), table)
     print("\n" + table, flush=True)
   except cli.USER_ERRORS as e:
     cli.fail(str(e))

@@ -111,13 +111,15 @@ def summarise(values: Sequence[float]) -> dict:
 
 
 def cross_validate(exp: Experiment, split: Split, folds: Sequence[Fold], work_dir: str, *,
-                   analyse_folds: Sequence[int] = (0,), ablation: str = "mean") -> dict:
+                   analyse_folds: Sequence[int] = (0,), ablation: str = "mean",
+                   write_summary: bool = True) -> dict:
   """Trains, evaluates (and analyses) every variant × seed of ``exp`` on every fold.
 
   Writes under ``work_dir/fold_{k}/``: ``models/``, ``results/`` (the original's
   training plots and reports), ``results/test_results/`` (test reports) and, for
   folds in ``analyse_folds``, ``results/separability/``. Writes
-  ``work_dir/cv_summary.json`` and ``work_dir/cv_results.txt``.
+  ``work_dir/cv_summary.json`` and ``work_dir/cv_results.txt`` (unless
+  ``write_summary`` is False: a caller adding baselines writes them once, together).
 
   Returns:
     ``{"variants": {v: {"accuracy": {mean, std, n}, "uar": …, "macro_f1": …,
@@ -153,8 +155,10 @@ def cross_validate(exp: Experiment, split: Split, folds: Sequence[Fold], work_di
                           for k in ("val_acc", "accuracy", "uar", "macro_f1", "weighted_f1")}
     out["variants"][v]["runs"] = rs
   out.update(compare_to_reference(runs))
-  io_utils.write_json(os.path.join(work_dir, "cv_summary.json"), out)
-  io_utils.write_text(os.path.join(work_dir, "cv_results.txt"), reports.cv_table(out))
+  if write_summary:
+    with io_utils.staged_files(work_dir) as tmp:
+      io_utils.write_json(os.path.join(tmp, "cv_summary.json"), out)
+      io_utils.write_text(os.path.join(tmp, "cv_results.txt"), reports.cv_table(out))
   exp.log("\n" + reports.cv_table(out))
   return out
 
