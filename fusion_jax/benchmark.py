@@ -93,7 +93,7 @@ def run_variant(exp: Experiment, variant: str, split: Split, *, repeats: int = 3
   one = steps.init_state(jax.random.key(0), cfg.optim.learning_rate)
   keys = jnp.stack([jax.random.key(1 + s) for s in range(seeds)])
   if batches == "device":
-    state = sharding.replicate(training._stack([one] * seeds), exp.mesh)  # pylint: disable=protected-access
+    state = sharding.replicate(training.stack_runs([one] * seeds), exp.mesh)
     data = exp.device_split(split, shapes)
   else:
     state, key = sharding.replicate(one, exp.mesh), jax.random.key(1)
@@ -104,7 +104,8 @@ def run_variant(exp: Experiment, variant: str, split: Split, *, repeats: int = 3
     nonlocal state
     times, issue = [], []
     if batches == "device":
-      acc = sharding.replicate(training._stack([steps_lib.zero_metrics()] * seeds), exp.mesh)  # pylint: disable=protected-access
+      acc = sharding.replicate(training.stack_runs([steps_lib.zero_metrics()] * seeds),
+                               exp.mesh)
     else:
       acc = sharding.replicate(steps_lib.zero_metrics(), exp.mesh)
     plans = [batching.batch_indices(split, shapes, bs, shuffle=True, seed=s, epoch=e)
@@ -146,7 +147,7 @@ def run_variant(exp: Experiment, variant: str, split: Split, *, repeats: int = 3
   useful = seeds * sum(3 * model_lib.forward_flops(model_cfg, variant, int(s), int(t))
                        for s, t in zip(split.speech_lengths, split.text_lengths))
   train_rate = float(np.median(epoch_rates))
-  params = training._member(state.params, 0) if batches == "device" else state.params  # pylint: disable=protected-access
+  params = training.run_of(state.params, 0) if batches == "device" else state.params
   cache: dict = {}
   exp.evaluate_split(steps, params, split, shapes, cache=cache)  # compile + transfer
   eval_rates = []

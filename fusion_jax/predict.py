@@ -211,10 +211,7 @@ class Predictor:
       p = prep.get(m, {})
       if seqs[0] is None or "zero_frame" in p:
         return [np.zeros((1, dim), np.float32)] * len(seqs)
-      out = [np.asarray(x, np.float32) for x in seqs]
-      if "standardize" in p:
-        mu, sd = np.asarray(p["standardize"]["mean"]), np.asarray(p["standardize"]["std"])
-        out = [((x - mu) / sd).astype(np.float32) for x in out]
+      out = [standardized(np.asarray(x, np.float32), p, np) for x in seqs]
       if "max_tokens" in p:
         out = [x[:p["max_tokens"]] for x in out]
       return out
@@ -324,9 +321,7 @@ class Predictor:
         for m in ("speech", "text"):
           p = member.inputs.get(m, {})
           x, mask = (s, sm) if m == "speech" else (t, tm)
-          if "standardize" in p:
-            x = (x - jnp.asarray(p["standardize"]["mean"], jnp.float32)) / jnp.asarray(
-                p["standardize"]["std"], jnp.float32)
+          x = standardized(x, p, jnp)
           if "max_tokens" in p:   # truncation, as masking (positions of earlier tokens kept)
             mask = mask * (jnp.arange(mask.shape[1]) < p["max_tokens"]).astype(mask.dtype)
           if m == "speech":
@@ -390,6 +385,15 @@ class Predictor:
         export_seconds=time.perf_counter() - t0)
     io_utils.write_json(os.path.join(out_dir, "model.json"), spec)
     return dict(path=os.path.join(out_dir, "model.jaxexport"), bytes=len(blob), spec=spec)
+
+
+def standardized(x, inputs: dict, xp=np):
+  """``x [..., D]`` standardised with a run's recorded statistics (``inputs[m]``), if any;
+  ``xp`` is numpy or jax.numpy (the exported function)."""
+  if "standardize" not in inputs:
+    return x
+  return ((x - xp.asarray(inputs["standardize"]["mean"], xp.float32))
+          / xp.asarray(inputs["standardize"]["std"], xp.float32)).astype(xp.float32)
 
 
 def grid_length(n: int, multiple: int = 8) -> int:

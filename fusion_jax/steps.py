@@ -369,7 +369,12 @@ class CompileLedger:
 def evaluate_batches(ledger: CompileLedger, steps: Steps, params,
                      batches: Iterable[dict], num_examples: int) -> dict:
   """Loss and confusion matrix over already-placed batches (one host sync at the end)."""
-  stats = jax.device_get([ledger(steps.eval, params, b) for b in batches])
+  return summarise_eval(jax.device_get([ledger(steps.eval, params, b) for b in batches]),
+                        num_examples)
+
+
+def summarise_eval(stats: Sequence[dict], num_examples: int) -> dict:
+  """Loss, confusion matrix and summary metrics from per-batch ``eval_step`` outputs."""
   confusion = np.rint(sum(s["confusion"] for s in stats)).astype(np.int64)
   loss = float(sum(s["loss_sum"] for s in stats)) / max(num_examples, 1)
   return dict(loss=loss, confusion=confusion, **metrics_lib.summary(confusion))

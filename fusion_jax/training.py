@@ -82,11 +82,13 @@ def check_data_dims(exp: Experiment, *splits: Split) -> None:
                         "train=...)) so dims come from it")
 
 
-def _stack(trees):
+def stack_runs(trees):
+  """Pytrees of S runs (states, metric sums) → one pytree with a leading ``[S]`` axis."""
   return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
 
 
-def _member(tree, i):
+def run_of(tree, i):
+  """Run ``i`` of a :func:`stack_runs` pytree."""
   return jax.tree_util.tree_map(lambda x: x[i], tree)
 
 
@@ -101,7 +103,7 @@ def train_epoch(exp: Experiment, steps: steps_lib.Steps, state, data, split: Spl
   DeviceSplit`); the host only sends row indices. Returns ``(state, metric sums [S])``.
   """
   bs = exp.config.train.batch_size
-  acc = sharding.replicate(_stack([steps_lib.zero_metrics()] * len(seeds)), exp.mesh)
+  acc = sharding.replicate(stack_runs([steps_lib.zero_metrics()] * len(seeds)), exp.mesh)
   plans = [batching.batch_indices(split, shapes, bs, shuffle=True, seed=s, epoch=epoch)
            for s in seeds]
   every = exp.config.train.get("progress_every", 0) or max(1, len(plans[0]) // 10)
@@ -124,17 +126,13 @@ def evaluate_group(exp: Experiment, steps: steps_lib.Steps, params, data, n: int
   stats = jax.device_get([exp.ledger(steps.eval_group, params, data.data[b],
                                      sharding.shard_rows(idx, exp.mesh))
                           for b, idx in data.eval_batches(exp.config.eval.batch_size)])
-  out = []
-  for s in range(len(jax.tree_util.tree_leaves(params)[0])):
-    confusion = np.rint(sum(x["confusion"][s] for x in stats)).astype(np.int64)
-    loss = float(sum(x["loss_sum"][s] for x in stats)) / max(n, 1)
-    out.append(dict(loss=loss, confusion=confusion, **metrics.summary(confusion)))
-  return out
+  return [steps_lib.summarise_eval([{k: v[s] for k, v in x.items()} for x in stats], n)
+          for s in range(len(jax.tree_util.tree_leaves(params)[0]))]
 
 
 def _precompile(exp, steps, state, keys, train_data, val_data) -> float:
   s = len(keys)
-  acc = sharding.replicate(_stack([steps_lib.zero_metrics()] * s), exp.mesh)
+  acc = sharding.replicate(stack_runs([steps_lib.zero_metrics()] * s), exp.mesh)
   idx = np.full((s, exp.config.train.batch_size), -1, np.int32)
   calls = [(steps.train_group, (state, acc, d, sharding.shard_rows(idx, exp.mesh, axis=1),
                                 keys)) for d in train_data.data]
@@ -284,7 +282,7 @@ def _train(exp, variant, seeds, train, val, ckpts_list, fingerprint, after_epoch
     raise runs.RunMismatch(ckpts_list[0].directory, f"has trained {start_epoch} epochs, more "
                            f"than the {epochs} asked for", hint="use another --model_dir for a "
                            "shorter run, or --epochs >= the epochs done")
-  state = sharding.replicate(_stack([m[2] for m in members]), exp.mesh)
+  state = sharding.replicate(stack_runs([m[2] for m in members]), exp.mesh)
   keys = jnp.stack([m[4] for m in members])
   run_states = [m[3] for m in members]
   n_params = model_lib.count_params(members[0][2].params)
@@ -332,15 +330,17 @@ def _train(exp, variant, seeds, train, val, ckpts_list, fingerprint, after_epoch
                  samples_per_second=len(seeds) * len(train) / max(seconds - compile_s, 1e-9))
       improved = run.record(row, v)
       lrs.append(run.plateau.step(row["val_acc"]))
-      one = _member(state, i).replace(learning_rate=jnp.asarray(lrs[-1], jnp.float32))
-      meta = runs.checkpoint_meta(run, cfg, exp.class_names, shapes, train.preprocessing)
-      # Best first: after a kill, the rerun replays from "latest" (batch order and
-      # dropout are functions of seed and step), reaching the same best again.
-      # A replayed improvement older than the best on disk is superseded: skip it.
-      if improved and run.epoch > (ckpts.latest_step("best") or 0):
-        ckpts.save("best", run.epoch, one, meta)
-      if save_latest:
-        ckpts.save("latest", run.epoch, one, meta)
+      save_best = improved and run.epoch > (ckpts.latest_step("best") or 0)
+      if save_best or save_latest:   # (slicing seed i out of the group costs a dispatch per leaf)
+        one = run_of(state, i).replace(learning_rate=jnp.asarray(lrs[-1], jnp.float32))
+        meta = runs.checkpoint_meta(run, cfg, exp.class_names, shapes, train.preprocessing)
+        # Best first: after a kill, the rerun replays from "latest" (batch order and
+        # dropout are functions of seed and step), reaching the same best again.
+        # A replayed improvement older than the best on disk is superseded: skip it.
+        if save_best:
+          ckpts.save("best", run.epoch, one, meta)
+        if save_latest:
+          ckpts.save("latest", run.epoch, one, meta)
       if jsonl:
         jsonl.append(run.epoch_record(run.epoch))
       note = (" *best*" if improved else "") + (f" lr→{lrs[-1]:.2e}" if lrs[-1] < lr_used

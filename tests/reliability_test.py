@@ -342,7 +342,10 @@ def test_settings_that_cannot_work_are_refused_by_name(tmp_path):
   for field, value, want in (("train.epochs", 0, "at least 1"),
                              ("train.batch_size", -3, "at least 1"),
                              ("optim.learning_rate", -1.0, "positive"),
-                             ("runtime.num_devices", -1, "0 \\(all\\) or more")):
+                             ("runtime.num_devices", -1, "0 \\(all\\) or more"),
+                             ("model.mult_layers", 0, "at least 1"),
+                             ("model.bottleneck_tokens", -1, "0 or more"),
+                             ("model.rank", 0, "at least 1")):
     cfg = configs.tiny()
     section, name = field.split(".")
     cfg[section][name] = value

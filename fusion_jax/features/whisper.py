@@ -189,6 +189,15 @@ def reference_forward(weights: dict, mel: np.ndarray) -> np.ndarray:
   return ln(x, "layer_norm")
 
 
+def _float_weights(weights: dict, part: str, required: str) -> dict:
+  """``part``'s float arrays (``part/name`` → ``name``), float32; ``required`` must be one."""
+  out = {k[len(part) + 1:]: np.asarray(v, np.float32) for k, v in weights.items()
+         if k.startswith(part + "/") and np.asarray(v).dtype.kind == "f"}
+  if required not in out:
+    raise ValueError(f"no Whisper {part} weights ({part}/{required}) in this model")
+  return out
+
+
 class WhisperEncoder:
   """Jitted Whisper encoder over batches of 30 s windows.
 
@@ -198,10 +207,7 @@ class WhisperEncoder:
 
   def __init__(self, weights: dict):
     import jax  # pylint: disable=import-outside-toplevel
-    enc = {k[len("encoder/"):]: np.asarray(v, np.float32) for k, v in weights.items()
-           if k.startswith("encoder/") and np.asarray(v).dtype.kind == "f"}
-    if "conv1/weight" not in enc:
-      raise ValueError("no Whisper encoder weights (encoder/conv1/weight) in this model")
+    enc = _float_weights(weights, "encoder", "conv1/weight")
     self.num_heads = int(weights.get("encoder/num_heads", 6))
     self.num_layers = sum(1 for k in enc if k.endswith("ffn/linear_0/weight"))
     self.dim = int(enc["conv1/weight"].shape[0])
@@ -376,10 +382,7 @@ class WhisperModel:
   def __init__(self, weights: dict, model_dir=None, max_tokens: int = 96):
     import jax  # pylint: disable=import-outside-toplevel
     self.encoder = WhisperEncoder(weights)
-    dec = {k[len("decoder/"):]: np.asarray(v, np.float32) for k, v in weights.items()
-           if k.startswith("decoder/") and np.asarray(v).dtype.kind == "f"}
-    if "embeddings/weight" not in dec:
-      raise ValueError("no Whisper decoder weights (decoder/embeddings/weight) in this model")
+    dec = _float_weights(weights, "decoder", "embeddings/weight")
     self.num_heads = int(weights.get("decoder/num_heads", 6))
     self.num_layers = sum(1 for k in dec if k.endswith("ffn/linear_0/weight"))
     self.vocab_size = int(dec["embeddings/weight"].shape[0])
