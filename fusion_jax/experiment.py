@@ -127,7 +127,7 @@ class Experiment:
   shapes: Optional[batching.BatchShapes] = None
   ledger: steps_lib.CompileLedger = dataclasses.field(default_factory=steps_lib.CompileLedger)
   _steps: dict = dataclasses.field(default_factory=dict, repr=False)
-  _identities: dict = dataclasses.field(default_factory=dict, repr=False)
+  _cache: dict = dataclasses.field(default_factory=dict, repr=False)   # per split: identity, device copy
 
   @classmethod
   def create(cls, config, class_names: Sequence[str], *, train: Optional[Split] = None,
@@ -182,9 +182,9 @@ class Experiment:
   def data_identity(self, split: Split) -> dict:
     """:func:`fusion_jax.runs.data_identity` of ``split``, computed once per split object."""
     key = id(split)
-    if key not in self._identities or self._identities[key][0] is not split:
-      self._identities[key] = (split, runs.data_identity(split))
-    return self._identities[key][1]
+    if key not in self._cache or self._cache[key][0] is not split:
+      self._cache[key] = (split, runs.data_identity(split))
+    return self._cache[key][1]
 
   # -- what the config says
   @property
@@ -248,7 +248,7 @@ class Experiment:
   def device_split(self, split: Split, shapes: batching.BatchShapes) -> DeviceSplit:
     """``split`` on the device, once per (split, shapes): see :class:`DeviceSplit`."""
     key = ("device", id(split), shapes)
-    cached = self._identities.get(key)
+    cached = self._cache.get(key)
     if cached is not None and cached[0] is split:
       return cached[1]
     buckets = np.array([shapes.bucket_of(n) for n in split.speech_lengths], np.int64)
@@ -261,14 +261,14 @@ class Experiment:
       data.append(sharding.replicate({k: batch[k] for k in ("speech", "speech_mask", "text",
                                                             "text_mask", "label")}, self.mesh))
     out = DeviceSplit(data, where)
-    self._identities[key] = (split, out)
+    self._cache[key] = (split, out)
     return out
 
   def release(self, *splits: Split) -> None:
     """Forgets what is cached for ``splits`` (device copies, identities): a recipe's fold
     is done with them, and every context derived from this one shares the cache."""
-    for key in [k for k, v in self._identities.items() if any(v[0] is s for s in splits)]:
-      del self._identities[key]
+    for key in [k for k, v in self._cache.items() if any(v[0] is s for s in splits)]:
+      del self._cache[key]
 
   def evaluate_split(self, steps: steps_lib.Steps, params, split: Split,
                      shapes: Optional[batching.BatchShapes] = None,

@@ -87,12 +87,7 @@ def model_dirs(path: str) -> list:
 
 
 def _val_acc(model_dir: str, variant: str, seed: int) -> float:
-  from fusion_jax import checkpoint  # pylint: disable=import-outside-toplevel
-  ckpts = checkpoint.RunCheckpoints(runs.run_dir(model_dir, variant, seed))
-  try:
-    meta = ckpts.restore_meta("best")
-  finally:
-    ckpts.close()
+  meta = runs.best_meta(model_dir, variant, seed)
   return float(runs.RunState.from_meta(meta).best.val_acc) if meta else float("nan")
 
 
@@ -409,12 +404,7 @@ def _num_classes(model_dir, variant, seeds) -> int:
   """Classes of a run, from its checkpoint (or an original .pt's weights)."""
   have = runs.available_seeds(model_dir, variant)
   if have:
-    from fusion_jax import checkpoint  # pylint: disable=import-outside-toplevel
-    ckpts = checkpoint.RunCheckpoints(runs.run_dir(model_dir, variant, (seeds or have)[0]))
-    try:
-      return len(ckpts.restore_meta("best")["class_names"])
-    finally:
-      ckpts.close()
+    return len(runs.best_meta(model_dir, variant, (seeds or have)[0])["class_names"])
   from fusion_jax.models import convert  # pylint: disable=import-outside-toplevel
   return convert.load_torch_checkpoint(runs.torch_checkpoint_path(model_dir, variant))[
       "num_classes"]

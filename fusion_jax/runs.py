@@ -339,6 +339,16 @@ def _abstract_state(model_cfg, variant: str, num_classes: int, optim_cfg):
                           learning_rate=jax.ShapeDtypeStruct((), jnp.float32))
 
 
+def best_meta(model_dir: str, variant: str, seed: int) -> Optional[dict]:
+  """The metadata of a run's best checkpoint (history, config, classes), without its arrays;
+  None if it has none."""
+  ckpts = checkpoint.RunCheckpoints(run_dir(model_dir, variant, seed))
+  try:
+    return ckpts.restore_meta("best")
+  finally:
+    ckpts.close()
+
+
 def load_run(model_dir: str, variant: str, seed: int) -> Run:
   """The best checkpoint of an orbax run, with the model config it was trained with."""
   import ml_collections  # pylint: disable=import-outside-toplevel
