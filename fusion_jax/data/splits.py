@@ -106,8 +106,9 @@ class Split:
 
   Attributes:
     name: "train", "val", "test", ...
-    speech: N float32 arrays ``[T_i, speech_dim]``.
-    text: N float32 arrays ``[L_i, text_dim]``.
+    speech: N float32 arrays ``[T_i, speech_dim]`` (float16 for stacks of hidden states:
+      ``preprocessing["speech"]["stack"]`` states of ``speech_dim / stack`` per frame).
+    text: N float32 arrays ``[L_i, text_dim]`` (likewise).
     labels: ``[N]`` int64 in ``[0, num_classes)``.
     paths: N audio file names from the split CSV, or None.
     transcripts: N transcripts from the split CSV, or None.
@@ -242,8 +243,19 @@ def load_split(name: str, speech_path, text_path, csv_path=None, *,
       paths=csv.paths if csv else None, transcripts=csv.transcripts if csv else None,
       groups=csv.groups if csv else None,
       sources={"speech": speech.path, "text": text.path, "csv": csv.path if csv else None},
-      preprocessing={m: {"extractor": fp} for m, fp in (
-          ("speech", read_extractor(speech.path)), ("text", read_extractor(text.path))) if fp})
+      preprocessing=_preprocessing(speech, text))
+
+
+def _preprocessing(speech: ModalityFeatures, text: ModalityFeatures) -> dict:
+  """Per modality: the extractor (from the sidecar) and the stack of hidden states (if > 1)."""
+  out = {}
+  for m, feats in (("speech", speech), ("text", text)):
+    fp = read_extractor(feats.path)
+    entry = ({"extractor": fp} if fp else {}) | ({"stack": feats.stack} if feats.stack > 1
+                                                   else {})
+    if entry:
+      out[m] = entry
+  return out
 
 
 def split_from_arrays(name: str, speech_x, speech_m, text_x, text_m, labels, *,

@@ -17,6 +17,9 @@ import json
 import os
 from typing import Optional, Sequence
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from fusion_jax.data.errors import DataError
@@ -47,46 +50,63 @@ class BertConfig:
     return cls(**{k: v for k, v in raw.items() if k in names})
 
 
-def _make_module(cfg: BertConfig):
-  import flax.linen as nn  # pylint: disable=import-outside-toplevel
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+class BertLayer(nn.Module):
+  """One post-LN BERT layer: ``x [B, L, H]``, additive key bias ``[B, 1, 1, L]`` → ``[B, L, H]``.
 
-  class Layer(nn.Module):
-    @nn.compact
-    def __call__(self, x, bias):
-      b, t, h = x.shape
-      nh = cfg.num_attention_heads
-      split = lambda y: y.reshape(b, t, nh, h // nh)
-      q = split(nn.Dense(h, name="query")(x))
-      k = split(nn.Dense(h, name="key")(x))
-      v = split(nn.Dense(h, name="value")(x))
-      scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(h // nh) + bias
-      ctx = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1), v).reshape(b, t, h)
-      x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, name="attention_norm")(
-          x + nn.Dense(h, name="attention_out")(ctx))
-      y = nn.Dense(cfg.intermediate_size, name="intermediate")(x)
-      y = nn.Dense(h, name="output")(jax.nn.gelu(y, approximate=False))
-      return nn.LayerNorm(epsilon=cfg.layer_norm_eps, name="output_norm")(x + y)
+  ``dropout`` (hidden and attention, as BERT's 0.1) acts only with ``deterministic=False``
+  (fine-tuning, :mod:`fusion_jax.models.encoders`); extraction runs it without.
+  """
+  cfg: BertConfig
+  dropout: float = 0.0
 
-  class Bert(nn.Module):
-    """ids ``[B, L]`` int, mask ``[B, L]`` (1 = real token) → states ``[B, L, H]``."""
+  @nn.compact
+  def __call__(self, x, bias, deterministic: bool = True):
+    from fusion_jax.models.layers import Dropout  # pylint: disable=import-outside-toplevel
+    cfg = self.cfg
+    drop = lambda y: Dropout(self.dropout)(y, deterministic=deterministic)
+    b, t, h = x.shape
+    nh = cfg.num_attention_heads
+    split = lambda y: y.reshape(b, t, nh, h // nh)
+    q = split(nn.Dense(h, name="query")(x))
+    k = split(nn.Dense(h, name="key")(x))
+    v = split(nn.Dense(h, name="value")(x))
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(h // nh) + bias
+    ctx = jnp.einsum("bhqk,bkhd->bqhd", drop(jax.nn.softmax(scores, axis=-1)), v)
+    x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, name="attention_norm")(
+        x + drop(nn.Dense(h, name="attention_out")(ctx.reshape(b, t, h))))
+    y = nn.Dense(cfg.intermediate_size, name="intermediate")(x)
+    y = nn.Dense(h, name="output")(jax.nn.gelu(y, approximate=False))
+    return nn.LayerNorm(epsilon=cfg.layer_norm_eps, name="output_norm")(x + drop(y))
 
-    @nn.compact
-    def __call__(self, ids, mask):
-      length = ids.shape[1]
-      x = (nn.Embed(cfg.vocab_size, cfg.hidden_size, name="word_embeddings")(ids)
-           + nn.Embed(cfg.max_position_embeddings, cfg.hidden_size,
-                      name="position_embeddings")(jnp.arange(length))[None]
-           + nn.Embed(cfg.type_vocab_size, cfg.hidden_size,
-                      name="token_type_embeddings")(jnp.zeros_like(ids)))
-      x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, name="embeddings_norm")(x)
-      bias = jnp.where(mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
-      for i in range(cfg.num_hidden_layers):
-        x = Layer(name=f"layer_{i}")(x, bias)
-      return x
 
-  return Bert()
+def attention_bias(mask):
+  """``[B, L]`` (1 = real token) → the additive key bias ``[B, 1, 1, L]`` of :class:`BertLayer`."""
+  return jnp.where(mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
+
+
+class Bert(nn.Module):
+  """ids ``[B, L]`` int, mask ``[B, L]`` (1 = real token), optional segment ids ``[B, L]``
+  → states ``[B, L, H]``, or with ``all_layers`` ``[B, L, N + 1, H]`` (the embeddings'
+  output, then each of the N layers')."""
+  cfg: BertConfig
+  all_layers: bool = False
+
+  @nn.compact
+  def __call__(self, ids, mask, token_types=None):
+    cfg = self.cfg
+    length = ids.shape[1]
+    types = jnp.zeros_like(ids) if token_types is None else token_types
+    x = (nn.Embed(cfg.vocab_size, cfg.hidden_size, name="word_embeddings")(ids)
+         + nn.Embed(cfg.max_position_embeddings, cfg.hidden_size,
+                    name="position_embeddings")(jnp.arange(length))[None]
+         + nn.Embed(cfg.type_vocab_size, cfg.hidden_size, name="token_type_embeddings")(types))
+    x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, name="embeddings_norm")(x)
+    bias = attention_bias(mask)
+    states = [x]
+    for i in range(cfg.num_hidden_layers):
+      x = BertLayer(cfg, name=f"layer_{i}")(x, bias)
+      states.append(x)
+    return jnp.stack(states, axis=2) if self.all_layers else x
 
 
 def params_from_state_dict(sd: dict, cfg: BertConfig) -> dict:
@@ -167,11 +187,10 @@ class BertFeatureEncoder:
 
   def __init__(self, cfg: BertConfig, state_dict: dict, tokenizer: WordPieceTokenizer,
                name: str = "bert"):
-    import jax  # pylint: disable=import-outside-toplevel
     self.cfg, self.tokenizer, self.name = cfg, tokenizer, name
-    self.module = _make_module(cfg)
     self.params = jax.device_put(params_from_state_dict(state_dict, cfg))
-    self._apply = jax.jit(self.module.apply)
+    self._apply = {all_layers: jax.jit(Bert(cfg, all_layers).apply)
+                   for all_layers in (False, True)}
 
   @classmethod
   def from_directory(cls, directory, name: Optional[str] = None) -> "BertFeatureEncoder":
@@ -191,25 +210,39 @@ class BertFeatureEncoder:
   def dim(self) -> int:
     return self.cfg.hidden_size
 
-  def states(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``ids, mask [B, L]`` → float32 ``[B, L, H]`` (padding rows are garbage)."""
-    return np.asarray(self._apply(self.params, ids, mask))
+  def states(self, ids: np.ndarray, mask: np.ndarray, token_types=None,
+             all_layers: bool = False) -> np.ndarray:
+    """``ids, mask [B, L]`` → float32 ``[B, L, H]`` (``[B, L, N + 1, H]`` with
+    ``all_layers``; padding rows are garbage)."""
+    types = np.zeros_like(ids) if token_types is None else token_types
+    return np.asarray(self._apply[all_layers](self.params, ids, mask, types))
 
-  def encode(self, texts: Sequence[str], batch_size: int = 64) -> list:
-    """Token states of each line, ``[L_i, H]`` float32, ``[CLS]`` and ``[SEP]`` included."""
-    encoded = self.tokenizer.encode_batch(texts)
+  def encode(self, texts: Sequence, batch_size: int = 64, all_layers: bool = False) -> list:
+    """Token states of each line, ``[CLS]`` and ``[SEP]`` included: ``[L_i, H]`` float32, or
+    ``[L_i, (N + 1) * H]`` with ``all_layers`` (embeddings, layer 1, …, layer N side by side).
+
+    An item may be a ``(line, context)`` pair: ``[CLS] line [SEP] context [SEP]``, the
+    context as segment B (:meth:`WordPieceTokenizer.encode_pair`).
+    """
+    encoded = [self.tokenizer.encode_pair(*t) if isinstance(t, tuple)
+               else (self.tokenizer.encode(t), None) for t in texts]
     out: list = [None] * len(texts)
-    order = np.argsort([len(e) for e in encoded], kind="stable")
+    order = np.argsort([len(e) for e, _ in encoded], kind="stable")
     for s in range(0, len(order), batch_size):
       rows = order[s:s + batch_size]
-      length = min(_bucket(max(len(encoded[r]) for r in rows)),
+      length = min(_bucket(max(len(encoded[r][0]) for r in rows)),
                    self.cfg.max_position_embeddings)
       ids = np.zeros((batch_size, length), np.int32)
       mask = np.zeros((batch_size, length), np.int32)
+      types = np.zeros((batch_size, length), np.int32)
       for j, r in enumerate(rows):
-        ids[j, :len(encoded[r])] = encoded[r]
-        mask[j, :len(encoded[r])] = 1
-      states = self.states(ids, mask)
+        e, t = encoded[r]
+        ids[j, :len(e)] = e
+        mask[j, :len(e)] = 1
+        if t is not None:
+          types[j, :len(t)] = t
+      states = self.states(ids, mask, types, all_layers)
       for j, r in enumerate(rows):
-        out[r] = states[j, :len(encoded[r])].copy()
+        x = states[j, :len(encoded[r][0])]
+        out[r] = x.reshape(x.shape[0], -1).copy()
     return out

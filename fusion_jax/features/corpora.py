@@ -123,5 +123,37 @@ def meld_manifest(csv_path, *, audio_dir: Optional[str] = None,
   frame = pd.DataFrame(dict(
       id=ids, path=paths, transcript=[clean_meld_text(t) for t in df["Utterance"]],
       label=df["Emotion"].str.strip().str.lower(), speaker="dia" + df["Dialogue_ID"],
-      character=df.get("Speaker", "")))
+      character=[clean_meld_text(c) for c in df.get("Speaker", [""] * len(df))],
+      turn=df["Utterance_ID"].astype(int)))
   return manifest_from_frame(frame, csv_path, class_names=MELD_EMOTIONS)
+
+
+def dialogue_context(frame: pd.DataFrame, lines: int, *, dialogue: str = "speaker",
+                     turn: str = "turn", who: str = "character",
+                     text: str = "transcript") -> list:
+  """The previous ``lines`` lines of each row's dialogue, oldest first, as
+  ``"Who: text | Who: text"`` ("" for a dialogue's first line or ``lines`` = 0).
+
+  Only earlier turns of the *same* dialogue are used (never a later line, never
+  another dialogue), so a model reading it could run online. Rows may be in any
+  order; ``turn`` orders lines inside a dialogue (MELD's Utterance_ID).
+
+  Args:
+    frame: one row per line with columns ``dialogue``, ``turn``, ``who`` (may be
+      absent: lines without speaker names) and ``text``.
+    lines: how many earlier lines to give.
+  """
+  if lines < 0:
+    raise ValueError(f"context lines must be 0 or more, got {lines}")
+  out = [""] * len(frame)
+  if not lines:
+    return out
+  names = frame[who].astype(str).tolist() if who in frame.columns else [""] * len(frame)
+  texts = frame[text].astype(str).tolist()
+  turns = frame[turn].to_numpy()
+  for _, rows in frame.groupby(dialogue, sort=False).indices.items():
+    rows = sorted(rows, key=lambda r: turns[r])
+    for j, r in enumerate(rows):
+      past = [r2 for r2 in rows[max(0, j - lines):j] if turns[r2] < turns[r]]
+      out[r] = " | ".join(f"{names[p]}: {texts[p]}" if names[p] else texts[p] for p in past)
+  return out

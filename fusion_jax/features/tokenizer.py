@@ -158,5 +158,18 @@ class WordPieceTokenizer:
     return ([self.vocab[self.cls_token]] + [self.vocab[p] for p in pieces]
             + [self.vocab[self.sep_token]])
 
+  def encode_pair(self, text: str, context: str) -> tuple:
+    """``[CLS] text [SEP] context [SEP]`` ids and their segment ids (0, then 1 from the
+    context on), truncated to ``max_length``: the line keeps its pieces first, the context
+    keeps its *last* pieces (the lines nearest the current one)."""
+    pieces = self.tokenize(text)[:max(self.max_length - 3, 0)]
+    budget = max(self.max_length - 3 - len(pieces), 0)
+    ctx = self.tokenize(context)
+    ctx = ctx[max(len(ctx) - budget, 0):] if budget else []
+    first = [self.vocab[self.cls_token]] + [self.vocab[p] for p in pieces] + [
+        self.vocab[self.sep_token]]
+    second = [self.vocab[p] for p in ctx] + [self.vocab[self.sep_token]]
+    return first + second, [0] * len(first) + [1] * len(second)
+
   def encode_batch(self, texts: Sequence[str]) -> list:
     return [self.encode(t) for t in texts]

@@ -212,7 +212,7 @@ class WhisperEncoder:
     self.num_layers = sum(1 for k in enc if k.endswith("ffn/linear_0/weight"))
     self.dim = int(enc["conv1/weight"].shape[0])
     self.params = jax.device_put(enc)
-    self._forward = jax.jit(self._apply)
+    self._forward = jax.jit(self._apply, static_argnums=2)
 
   @classmethod
   def from_ctranslate2(cls, model_dir) -> "WhisperEncoder":
@@ -225,8 +225,10 @@ class WhisperEncoder:
       raise DataError(path, f"expected a WhisperSpec model, got {weights['__spec__']!r}")
     return cls(weights)
 
-  def _apply(self, p, mel):
-    """mel ``[B, 80, 3000]`` → ``[B, 1500, D]``."""
+  def _apply(self, p, mel, all_layers: bool = False):
+    """mel ``[B, 80, 3000]`` → ``[B, 1500, D]``; with ``all_layers`` ``[B, 1500, N + 1, D]``:
+    the input embeddings, layers 1 … N-1 (residual stream) and the final normed output,
+    as Hugging Face's ``output_hidden_states``."""
     import jax  # pylint: disable=import-outside-toplevel
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
     gelu = lambda y: jax.nn.gelu(y, approximate=False)
@@ -246,6 +248,7 @@ class WhisperEncoder:
     x = x + p["position_encodings/encodings"][:x.shape[1]]
     b, t, d = x.shape
     nh = self.num_heads
+    hidden = [x]
     for i in range(self.num_layers):
       q = f"layer_{i}/"
       h = ln(x, q + "self_attention/layer_norm")
@@ -258,16 +261,20 @@ class WhisperEncoder:
       h = ln(x, q + "ffn/layer_norm")
       h = gelu(h @ p[q + "ffn/linear_0/weight"].T + p[q + "ffn/linear_0/bias"])
       x = x + h @ p[q + "ffn/linear_1/weight"].T + p[q + "ffn/linear_1/bias"]
-    return ln(x, "layer_norm")
+      hidden.append(x)
+    out = ln(x, "layer_norm")
+    return jnp.stack(hidden[:-1] + [out], axis=2) if all_layers else out
 
-  def states(self, mels: np.ndarray) -> np.ndarray:
-    """``[B, 80, 3000]`` → float32 ``[B, 1500, D]``."""
-    return np.asarray(self._forward(self.params, mels))
+  def states(self, mels: np.ndarray, all_layers: bool = False) -> np.ndarray:
+    """``[B, 80, 3000]`` → float32 ``[B, 1500, D]`` (``[B, 1500, N + 1, D]`` with
+    ``all_layers``)."""
+    return np.asarray(self._forward(self.params, mels, all_layers))
 
-  def encode(self, clips: Sequence[np.ndarray]) -> list:
-    """Encoder states of 16 kHz clips (≤ 30 s), cropped to each clip: ``[F_i, D]``."""
+  def encode(self, clips: Sequence[np.ndarray], all_layers: bool = False) -> list:
+    """Encoder states of 16 kHz clips (≤ 30 s), cropped to each clip: ``[F_i, D]``, or
+    ``[F_i, N + 1, D]`` with ``all_layers``."""
     mels = np.stack([whisper_log_mel(c) for c in clips])
-    states = self.states(mels)
+    states = self.states(mels, all_layers)
     return [states[i, :output_frames(len(c))].copy() for i, c in enumerate(clips)]
 
 
