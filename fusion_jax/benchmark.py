@@ -118,8 +118,7 @@ def run_variant(exp: Experiment, variant: str, split: Split, *, repeats: int = 3
                                   exp.mesh, axis=1)
         state, acc = exp.ledger(steps.train_group, state, acc, data.data[b], idx, keys)
       else:
-        batch = exp.shard(batching.make_batch(split, steps_i[0][1], shapes.speech_buckets[b],
-                                              shapes.text_length, bs))
+        batch = exp.shard(batching.make_batch(split, steps_i[0][1], *shapes.lengths(b), bs))
         state, acc = exp.ledger(steps.train, state, acc, batch, key)
       issue.append(time.perf_counter() - t0)
       jax.block_until_ready(acc)

@@ -286,3 +286,26 @@ def test_demo_signal_lives_where_asked(tmp_path, signal):
     assert s_acc < chance + 0.15
   if signal == "complementary":
     assert 0.2 < s_acc < 0.7 and 0.15 < t_acc < 0.5
+
+
+def test_text_only_data_is_bucketed_by_text_length():
+  """With one speech length (a text-only corpus' placeholder frame), buckets follow text."""
+  rng = np.random.default_rng(3)
+  n = 90
+  split = data.Split("t", [np.zeros((1, 1), np.float32)] * n,
+                     [rng.standard_normal((int(k), 3)).astype(np.float16)
+                      for k in rng.integers(1, 60, size=n)], rng.integers(0, 4, size=n))
+  shapes = data.plan_shapes([split], num_buckets=3, batch_size=8)
+  assert shapes.speech_buckets == (8,) and len(shapes.text_buckets) == 3
+  assert shapes.text_buckets[-1] >= int(split.text_lengths.max())
+  seen = []
+  for batch in data.iterate_batches(split, shapes, 8, shuffle=True, seed=0, epoch=1):
+    length = batch["text"].shape[1]
+    assert length in shapes.text_buckets and batch["text"].dtype == np.float16
+    rows = batch["index"][batch["index"] >= 0]
+    seen += list(rows)
+    assert all(shapes.bucket_of(int(split.text_lengths[r])) == shapes.text_buckets.index(length)
+               for r in rows)
+  assert sorted(seen) == list(range(n))
+  one = data.plan_shapes([split], num_buckets=1)
+  assert not one.text_buckets and one.text_length == shapes.text_buckets[-1]

@@ -5,6 +5,7 @@ to one length. Every batch is a dict of NumPy arrays::
 
   speech       [B, T_bucket, Ds] float32     speech_mask  [B, T_bucket] float32
   text         [B, L, Dt] float32            text_mask    [B, L] float32
+  (speech / text float16 when the split holds float16 stacks of hidden states)
   label        [B] int32                     example_mask [B] float32 (0 = padding row)
   index        [B] int32 (row in the split, -1 for padding rows)
 
@@ -29,38 +30,45 @@ def _round_up(n: int, multiple: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class BatchShapes:
-  """The compiled shapes: speech bucket lengths (ascending) and one text length."""
+  """The compiled shapes: speech bucket lengths (ascending) and one text length.
+
+  With ``text_buckets`` (text-only data: every utterance has the same speech length),
+  the buckets are over text lengths instead: bucket ``b`` pads speech to
+  ``speech_buckets[0]`` and text to ``text_buckets[b]``.
+  """
   speech_buckets: tuple
   text_length: int
+  text_buckets: tuple = ()
+
+  @property
+  def num_buckets(self) -> int:
+    return len(self.text_buckets or self.speech_buckets)
+
+  def lengths(self, b: int) -> tuple:
+    """``(speech length, text length)`` of bucket ``b``."""
+    if self.text_buckets:
+      return self.speech_buckets[0], self.text_buckets[b]
+    return self.speech_buckets[b], self.text_length
 
   def bucket_of(self, length: int) -> int:
-    for b, limit in enumerate(self.speech_buckets):
+    """The bucket of an utterance of this speech length (text length with ``text_buckets``)."""
+    limits = self.text_buckets or self.speech_buckets
+    for b, limit in enumerate(limits):
       if length <= limit:
         return b
-    raise ValueError(f"speech length {length} exceeds the largest bucket "
-                     f"{self.speech_buckets[-1]}")
+    raise ValueError(f"{'text' if self.text_buckets else 'speech'} length {length} exceeds "
+                     f"the largest bucket {limits[-1]}")
+
+  def assign(self, split: Split) -> np.ndarray:
+    """Each utterance's bucket ``[N]``."""
+    lengths = split.text_lengths if self.text_buckets else split.speech_lengths
+    return np.array([self.bucket_of(n) for n in lengths], np.int64)
 
 
-def plan_shapes(splits: Sequence[Split], num_buckets: int = 4, multiple: int = 8,
-                fit_on: int = 0, batch_size: int = 32) -> BatchShapes:
-  """Chooses speech bucket lengths that minimise padded frames.
-
-  Args:
-    splits: every split that will be batched (all must fit the largest bucket).
-    num_buckets: how many speech shapes to compile (1 = pad to one length).
-    multiple: bucket lengths are multiples of this.
-    fit_on: which split's lengths drive the choice (0 = the first, training).
-    batch_size: batches are padded to this many rows, so a bucket holding few
-      utterances costs a whole batch; the choice accounts for it.
-
-  Returns:
-    The bucket lengths minimising ``sum over buckets of ceil(n_b / batch) *
-    batch * length_b`` on ``splits[fit_on]`` (dynamic programming over the
-    rounded lengths), the last covering the longest utterance of any split.
-  """
-  longest = _round_up(max(int(s.speech_lengths.max()) for s in splits), multiple)
-  text_length = _round_up(max(int(s.text_lengths.max()) for s in splits), multiple)
-  rounded = np.array([_round_up(n, multiple) for n in splits[fit_on].speech_lengths])
+def _best_buckets(lengths, longest: int, num_buckets: int, multiple: int,
+                  batch_size: int) -> tuple:
+  """Bucket lengths minimising padded batch slots × length (dynamic programming)."""
+  rounded = np.array([_round_up(n, multiple) for n in lengths])
   cands = np.unique(np.append(rounded, longest))
   counts = np.array([(rounded == c).sum() for c in cands], np.int64)
   cum = np.concatenate([[0], np.cumsum(counts)])
@@ -81,11 +89,40 @@ def plan_shapes(splits: Sequence[Split], num_buckets: int = 4, multiple: int = 8
     buckets.append(int(cands[j]))
     j = int(level_start[b][j]) - 1
     b -= 1
-  return BatchShapes(speech_buckets=tuple(sorted(set(buckets))), text_length=text_length)
+  return tuple(sorted(set(buckets)))
+
+
+def plan_shapes(splits: Sequence[Split], num_buckets: int = 4, multiple: int = 8,
+                fit_on: int = 0, batch_size: int = 32) -> BatchShapes:
+  """Chooses speech bucket lengths that minimise padded frames.
+
+  Args:
+    splits: every split that will be batched (all must fit the largest bucket).
+    num_buckets: how many speech shapes to compile (1 = pad to one length).
+    multiple: bucket lengths are multiples of this.
+    fit_on: which split's lengths drive the choice (0 = the first, training).
+    batch_size: batches are padded to this many rows, so a bucket holding few
+      utterances costs a whole batch; the choice accounts for it.
+
+  Returns:
+    The bucket lengths minimising ``sum over buckets of ceil(n_b / batch) *
+    batch * length_b`` on ``splits[fit_on]`` (dynamic programming over the
+    rounded lengths), the last covering the longest utterance of any split.
+    When every utterance has the same speech length (text-only data with a
+    placeholder frame), the buckets are over text lengths (``text_buckets``).
+  """
+  longest = _round_up(max(int(s.speech_lengths.max()) for s in splits), multiple)
+  text_length = _round_up(max(int(s.text_lengths.max()) for s in splits), multiple)
+  one_speech_length = len({int(n) for s in splits for n in s.speech_lengths}) == 1
+  if one_speech_length and num_buckets > 1:
+    return BatchShapes((longest,), text_length, _best_buckets(
+        splits[fit_on].text_lengths, text_length, num_buckets, multiple, batch_size))
+  return BatchShapes(_best_buckets(splits[fit_on].speech_lengths, longest, num_buckets,
+                                   multiple, batch_size), text_length)
 
 
 def _assign(split: Split, shapes: BatchShapes) -> np.ndarray:
-  return np.array([shapes.bucket_of(n) for n in split.speech_lengths], np.int64)
+  return shapes.assign(split)
 
 
 def batch_indices(split: Split, shapes: BatchShapes, batch_size: int, *, shuffle: bool,
@@ -101,7 +138,7 @@ def batch_indices(split: Split, shapes: BatchShapes, batch_size: int, *, shuffle
   order = np.random.default_rng([seed, epoch]).permutation(len(split)) if shuffle else \
       np.arange(len(split))
   plan = []
-  for b in range(len(shapes.speech_buckets)):
+  for b in range(shapes.num_buckets):
     rows = order[buckets[order] == b]
     plan += [(b, rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)]
   if shuffle:
@@ -114,10 +151,11 @@ def make_batch(split: Split, rows: Sequence[int], speech_length: int, text_lengt
                batch_size: int) -> dict:
   """Pads the utterances ``rows`` of ``split`` into one fixed-shape batch."""
   ds, dt = split.speech[0].shape[1], split.text[0].shape[1]
+  dtype = lambda x: np.float16 if x.dtype == np.float16 else np.float32   # stacks stay half
   batch = dict(
-      speech=np.zeros((batch_size, speech_length, ds), np.float32),
+      speech=np.zeros((batch_size, speech_length, ds), dtype(split.speech[0])),
       speech_mask=np.zeros((batch_size, speech_length), np.float32),
-      text=np.zeros((batch_size, text_length, dt), np.float32),
+      text=np.zeros((batch_size, text_length, dt), dtype(split.text[0])),
       text_mask=np.zeros((batch_size, text_length), np.float32),
       label=np.zeros((batch_size,), np.int32),
       example_mask=np.zeros((batch_size,), np.float32),
@@ -139,7 +177,7 @@ def iterate_batches(split: Split, shapes: BatchShapes, batch_size: int, *, shuff
   """Yields every utterance of ``split`` exactly once, in fixed-shape batches."""
   for b, rows in batch_indices(split, shapes, batch_size, shuffle=shuffle, seed=seed,
                                epoch=epoch):
-    yield make_batch(split, rows, shapes.speech_buckets[b], shapes.text_length, batch_size)
+    yield make_batch(split, rows, *shapes.lengths(b), batch_size)
 
 
 def padding_fraction(split: Split, shapes: BatchShapes, batch_size: int) -> dict:
@@ -155,7 +193,7 @@ def padding_fraction(split: Split, shapes: BatchShapes, batch_size: int) -> dict
   real = float(lengths.sum())
   total_buckets = total_batch_max = 0.0
   for b, rows in batch_indices(split, shapes, batch_size, shuffle=True):
-    total_buckets += batch_size * shapes.speech_buckets[b]
+    total_buckets += batch_size * shapes.lengths(b)[0]
   rng = np.random.default_rng(0)
   order = rng.permutation(len(split))
   for i in range(0, len(order), batch_size):
