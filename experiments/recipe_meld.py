@@ -35,6 +35,13 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("meld_dir", None, "Folder with MELD's train_sent_emo.csv and dev_sent_emo.csv.")
 flags.DEFINE_string("work_dir", "runs/meld", "Features, checkpoints, reports and tables.")
 flags.DEFINE_string("text_extractor", "minilm", "Text features (minilm).")
+flags.DEFINE_integer("context", 0, "Give each line the previous N lines of its dialogue with "
+                     "their speakers (\"Who: text | ...\", as MiniLM's segment B; never a later "
+                     "line or another dialogue). 0 = the line alone.")
+flags.DEFINE_enum("text_hidden_states", "last", ["last", "all"], "MiniLM's last layer, or "
+                  "every hidden state (embeddings + 6 layers, float16): the model mixes them "
+                  "with learned softmax weights, or fine-tunes the top "
+                  "--config.model.text_finetune_layers layers (which implies all).")
 flags.DEFINE_string("train_speech_features", None, "Optional speech features of the train clips.")
 flags.DEFINE_string("dev_speech_features", None, "Optional speech features of the dev clips.")
 flags.DEFINE_enum("select_on", "dev", ["dev", "train_holdout"], "Where checkpoints are chosen: "
@@ -58,9 +65,12 @@ def _prepare(tag, csv_name, features, extractor):
   manifest = features.corpora.meld_manifest(os.path.join(FLAGS.meld_dir, csv_name))
   if FLAGS.limit:
     manifest.frame = manifest.frame.iloc[:FLAGS.limit].reset_index(drop=True)
+  manifest.frame["context"] = features.corpora.dialogue_context(manifest.frame, FLAGS.context)
   fdir = os.path.join(FLAGS.work_dir, "features")
+  name = (f"meld_{tag}_{extractor.name}" + (f"_ctx{FLAGS.context}" if FLAGS.context else "")
+          + ("_all" if extractor.stack > 1 else "") + ".npz")
   out = features.extract_aligned(
-      manifest, {"text": (extractor, os.path.join(fdir, f"meld_{tag}_{extractor.name}.npz"))},
+      manifest, {"text": (extractor, os.path.join(fdir, name))},
       os.path.join(fdir, f"meld_{tag}_split.csv"), batch_size=256)
   return manifest, out.paths["text"], out.split_csv
 
@@ -95,7 +105,10 @@ def main(argv):
     if needs_speech and not has_speech:
       cli.fail(f"variants {needs_speech} need speech features: give --train_speech_features "
                "and --dev_speech_features, or --variants=text_only")
-    extractor = features.make_extractor(FLAGS.text_extractor)
+    hidden = "all" if config.model.text_finetune_layers else FLAGS.text_hidden_states
+    extractor = features.make_extractor(
+        FLAGS.text_extractor, **({"hidden_states": hidden} if hidden != "last" else {}),
+        **({"context": FLAGS.context} if FLAGS.context else {}))
     train_m, train_text, train_csv = _prepare("train", "train_sent_emo.csv", features, extractor)
     _, dev_text, dev_csv = _prepare("dev", "dev_sent_emo.csv", features, extractor)
     extract_seconds = time.time() - t0
@@ -123,6 +136,9 @@ def main(argv):
       rows[v] = {k: recipes.summarise([t[k] for t in s["test"]])
                  for k in ("accuracy", "uar", "macro_f1", "weighted_f1")}
       rows[v]["val_acc"] = recipes.summarise(s["val_acc"])
+      rows[v]["per_class_f1"] = {c: recipes.summarise([t["per_class"]["f1"][i]
+                                                       for t in s["test"]])
+                                 for i, c in enumerate(names)}
     if FLAGS.baseline:
       rows["minilm_mean_pool_lr"] = recipes.sentence_vector_baseline(train, dev, len(names))
     table = _table(rows, extractor, extract_seconds, time.time() - t0)
@@ -147,9 +163,19 @@ def _table(rows, extractor, extract_seconds, total):
   for v, r in rows.items():
     lines.append(f"{v:<24} {reports.cell(r['accuracy']):>15} {reports.cell(r['weighted_f1']):>15} "
                  f"{reports.cell(r['macro_f1']):>15} {r['accuracy']['n']:>5}")
+  with_classes = [v for v, r in rows.items() if "per_class_f1" in r]
+  if with_classes:
+    names = list(rows[with_classes[0]]["per_class_f1"])
+    lines += ["", "Per-class F1 on dev (mean over runs):",
+              f"{'Model':<24} " + " ".join(f"{c[:8]:>8}" for c in names)]
+    lines += [f"{v:<24} " + " ".join(f"{rows[v]['per_class_f1'][c]['mean']:>8.3f}"
+                                     for c in names) for v in with_classes]
   lines += ["", "Published (DESIGN.md §3; MELD test split, for orientation):"]
   lines += [f"  {n:<34} {v:.3f}" for n, v in PUBLISHED]
-  lines += ["", f"Text features: {extractor.name} ({extractor.dim}-d token states). Total "
+  lines += ["", f"Text features: {extractor.name} ({extractor.dim}-d token states"
+            + (f", {extractor.stack} hidden states" if extractor.stack > 1 else "")
+            + (f", previous {FLAGS.context} lines as context" if FLAGS.context else "")
+            + f"). Total "
             f"{total / 60:.1f} min (extraction {extract_seconds:.0f} s)."]
   return "\n".join(lines) + "\n"
 

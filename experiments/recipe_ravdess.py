@@ -40,6 +40,11 @@ flags.DEFINE_string("speech_extractor", "whisper", "logmel, egemaps, compare or 
 flags.DEFINE_integer("pool", None, "Average this many consecutive speech frames (default: "
                      "logmel, egemaps, compare 8; whisper 4: all 12.5 frames/s).")
 flags.DEFINE_string("text_extractor", "minilm", "Text features (minilm).")
+flags.DEFINE_enum("speech_hidden_states", "last", ["last", "all"], "whisper: the encoder's "
+                  "last layer, or every hidden state (embeddings + 4 layers, float16), mixed "
+                  "by the model with learned softmax weights (reported after training).")
+flags.DEFINE_enum("text_hidden_states", "last", ["last", "all"], "minilm: the last layer, or "
+                  "every hidden state (embeddings + 6 layers), mixed likewise.")
 flags.DEFINE_integer("folds", 4, "Speaker-independent folds over the actors found.")
 flags.DEFINE_integer("val_speakers", 2, "Validation actors per fold (from the next block).")
 flags.DEFINE_string("analyse_folds", "0", "Folds to run the embedding analysis on ('' = none).")
@@ -71,11 +76,14 @@ def main(argv):
           f"classes {manifest.class_names}", flush=True)
     fdir = os.path.join(FLAGS.work_dir, "features")
     pool = FLAGS.pool or DEFAULT_POOL.get(FLAGS.speech_extractor, 1)
-    speech_ex = features.make_extractor(FLAGS.speech_extractor, pool=pool)
-    text_ex = features.make_extractor(FLAGS.text_extractor)
+    hidden = lambda h: {} if h == "last" else {"hidden_states": h}
+    speech_ex = features.make_extractor(FLAGS.speech_extractor, pool=pool,
+                                        **hidden(FLAGS.speech_hidden_states))
+    text_ex = features.make_extractor(FLAGS.text_extractor, **hidden(FLAGS.text_hidden_states))
+    name = lambda ex: f"ravdess_{ex.name}{'_all' if ex.stack > 1 else ''}.npz"
     out = features.extract_aligned(
-        manifest, {"speech": (speech_ex, os.path.join(fdir, f"ravdess_{speech_ex.name}.npz")),
-                   "text": (text_ex, os.path.join(fdir, f"ravdess_{text_ex.name}.npz"))},
+        manifest, {"speech": (speech_ex, os.path.join(fdir, name(speech_ex))),
+                   "text": (text_ex, os.path.join(fdir, name(text_ex)))},
         os.path.join(fdir, "ravdess_split.csv"))
     extract_seconds = time.time() - t0
     mesh = cli.setup_jax(config)

@@ -31,6 +31,12 @@ def default() -> ml_collections.ConfigDict:
       fusion_layer=1,          # MBT: first encoder layer that fuses (>= layers: none)
       tensor_dim=32,           # tensor / low-rank fusion: each modality's vector width
       rank=4,                  # low-rank fusion: rank of the fusion weight
+      # features holding every hidden state of a pretrained encoder (extract with
+      # hidden_states=all): learned softmax mix of the layers, or fine-tune the text
+      # encoder's top k layers (speech_layers / text_layers / text_encoder come from the data)
+      speech_layers=1, text_layers=1,
+      text_finetune_layers=0,
+      text_encoder="",
   ))
 
   c.data = ml_collections.ConfigDict(dict(
@@ -46,6 +52,16 @@ def default() -> ml_collections.ConfigDict:
       plateau_factor=0.5,      # ReduceLROnPlateau(mode="max") on validation accuracy
       plateau_patience=3,
       plateau_threshold=1e-4,  # torch's default, relative
+      # the loss for rare classes: "none", or "balanced" (weight n / (K n_k) per class, from
+      # the training labels, as torch's CrossEntropyLoss(weight=...)); focal_gamma > 0
+      # multiplies each example's loss by (1 - p_true)^gamma (Lin et al., 2017)
+      class_weights="none",
+      class_weight_values="",  # set from class_weights and the training labels at run time
+      focal_gamma=0.0,
+      # a fine-tuned encoder's layers (model.text_finetune_layers): their own learning rate
+      # (follows the plateau schedule) with a linear warm-up over this many steps
+      finetune_learning_rate=5e-5,
+      finetune_warmup_steps=200,
   ))
 
   c.train = ml_collections.ConfigDict(dict(
@@ -209,11 +225,26 @@ def validate(c) -> None:
       ("model.tensor_dim", c.model.tensor_dim >= 1, "at least 1"),
       ("model.rank", c.model.rank >= 1, "at least 1"),
       ("runtime.num_devices", c.runtime.num_devices >= 0, "0 (all) or more"),
+      ("model.text_finetune_layers", c.model.text_finetune_layers >= 0, "0 (frozen) or more"),
+      ("optim.class_weights", c.optim.class_weights in ("none", "balanced")
+       or _weights_list(c.optim.class_weights) is not None,
+       "'none', 'balanced' or comma-separated positive weights"),
+      ("optim.focal_gamma", c.optim.focal_gamma >= 0, "0 (off) or more"),
+      ("optim.finetune_learning_rate", c.optim.finetune_learning_rate > 0, "positive"),
+      ("optim.finetune_warmup_steps", c.optim.finetune_warmup_steps >= 0, "0 or more"),
   ]
   for field, ok, want in checks:
     if not ok:
       section, name = field.split(".")
       raise ValueError(f"config.{field} = {c[section][name]!r} must be {want} (--config.{field})")
+
+
+def _weights_list(spec):
+  try:
+    w = [float(x) for x in str(spec).split(",")]
+  except ValueError:
+    return None
+  return w if w and all(x > 0 for x in w) else None
 
 
 PRESETS = {"default": default, "tiny": tiny, "demo": demo, "ravdess": ravdess, "meld": meld}

@@ -31,6 +31,7 @@ import pandas as pd
 from fusion_jax import io_utils, metrics, plots, reports, runs
 from fusion_jax.data.splits import Split
 from fusion_jax.experiment import Experiment
+from fusion_jax.models import model as model_lib
 from fusion_jax.models import registry
 
 
@@ -325,6 +326,8 @@ def evaluate(exp: Experiment, test: Split, *, variants: Optional[Sequence[str]] 
         removed[(run.variant, m)].append(Predictions(run, probs_m, test.labels))
   by = _group(preds)
   summary = test_metrics(preds, names)
+  summary["layer_weights"] = {f"{p.run.variant}/{p.run.seed}": w for p in preds
+                              if (w := model_lib.layer_weights(p.run.params))}
   summary["model_configs"] = {f"{r.variant}/{r.seed}": dataclasses.asdict(
       exp.compute_config(r.model_config)) for r in runs_}
   summary["calibration"] = calibration(preds, exp.config.eval.get("calibration_bins", 15))

@@ -63,7 +63,8 @@ def _dims(split: Split) -> dict:
 
 
 def resolve_dims(config, train: Split, *others: Split):
-  """A copy of ``config`` whose ``model.{speech,text}_dim`` are the training data's.
+  """A copy of ``config`` whose ``model.{speech,text}_dim`` (and ``_layers``: stacked
+  hidden states per frame; ``text_encoder`` when fine-tuning) are the training data's.
 
   Raises:
     DataError: another split's features have other dims than the training split's.
@@ -76,9 +77,42 @@ def resolve_dims(config, train: Split, *others: Split):
                         f"training features ({train.sources.get(m) or train.name}) are "
                         f"{dims[m]}-d", field="x", hint="every split needs features from the "
                         "same extractor")
+  stacks = {m: int(train.preprocessing.get(m, {}).get("stack", 1)) for m in dims}
   config = copy.deepcopy(config)
   with config.unlocked():
     config.model.speech_dim, config.model.text_dim = dims["speech"], dims["text"]
+    config.model.speech_layers, config.model.text_layers = stacks["speech"], stacks["text"]
+    if config.model.get("text_finetune_layers", 0):
+      extractor = train.preprocessing.get("text", {}).get("extractor") or {}
+      if stacks["text"] == 1 or not extractor.get("name"):
+        raise DataError(train.sources.get("text") or train.name, "fine-tuning the text "
+                        "encoder (model.text_finetune_layers) needs features of every hidden "
+                        "state from a known extractor", field="stack",
+                        hint="extract with --text_hidden_states=all (e.g. minilm), or set "
+                        "--config.model.text_finetune_layers=0")
+      config.model.text_encoder = extractor["name"]
+  return config
+
+
+def resolve_class_weights(config, train: Split, num_classes: int):
+  """``config.optim.class_weight_values``: the loss' per-class weights as a comma string
+  ("" = unweighted), from ``optim.class_weights`` ("none", "balanced": from ``train``'s
+  labels only, or explicit weights). Recorded with each run's config."""
+  spec = str(config.optim.get("class_weights", "none"))
+  if spec == "none":
+    values = ""
+  elif spec == "balanced":
+    values = ",".join(f"{w:.6g}" for w in steps_lib.balanced_class_weights(train.labels,
+                                                                             num_classes))
+  else:
+    weights = spec.split(",")
+    if len(weights) != num_classes:
+      raise ValueError(f"config.optim.class_weights gives {len(weights)} weights for "
+                       f"{num_classes} classes (--config.optim.class_weights)")
+    values = spec
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    config.optim.class_weight_values = values
   return config
 
 
@@ -151,6 +185,7 @@ class Experiment:
         raise DataError(path, f"is a file; {flag} must be a directory")
     if train is not None:
       config = resolve_dims(config, train, *([val] if val is not None else []))
+      config = resolve_class_weights(config, train, len(class_names))
     if mesh is None:
       mesh = sharding.make_mesh(config.get("runtime", {}).get("num_devices", 0) or None)
     sharding.check_batch_size(config.train.batch_size, mesh, "train.batch_size")
@@ -222,8 +257,10 @@ class Experiment:
              tuple(sorted((k, str(v)) for k, v in dict(optim).items())))
     if owner not in self._steps:
       model = model_lib.build_model(mc, variant, self.num_classes)
-      self._steps[owner] = steps_lib.Steps(model, steps_lib.make_optimizer(optim),
-                                           optim.label_smoothing, owner)
+      self._steps[owner] = steps_lib.Steps(model, steps_lib.make_optimizer(
+          optim, finetune=bool(mc.text_finetune_layers)),
+                                           optim.label_smoothing, owner,
+                                           steps_lib.Loss.from_config(optim))
     return self._steps[owner]
 
   # -- batches on the mesh
@@ -251,13 +288,13 @@ class Experiment:
     cached = self._cache.get(key)
     if cached is not None and cached[0] is split:
       return cached[1]
-    buckets = np.array([shapes.bucket_of(n) for n in split.speech_lengths], np.int64)
+    buckets = shapes.assign(split)
     where = np.zeros((len(split), 2), np.int64)
     data = []
-    for b, length in enumerate(shapes.speech_buckets):
+    for b in range(shapes.num_buckets):
       rows = np.flatnonzero(buckets == b)
       where[rows, 0], where[rows, 1] = b, np.arange(len(rows))
-      batch = batching.make_batch(split, rows, length, shapes.text_length, max(len(rows), 1))
+      batch = batching.make_batch(split, rows, *shapes.lengths(b), max(len(rows), 1))
       data.append(sharding.replicate({k: batch[k] for k in ("speech", "speech_mask", "text",
                                                             "text_mask", "label")}, self.mesh))
     out = DeviceSplit(data, where)

@@ -82,9 +82,18 @@ def standardize(train: Split, *others: Split) -> tuple:
 
   Returns new Splits (train first); the statistics never see the other splits.
   """
-  def stats(seqs):
-    x = np.concatenate(seqs, 0).astype(np.float64)
-    return x.mean(0), np.maximum(x.std(0), 1e-6)
+  def stats(seqs):   # float64 sums, one utterance at a time (stacks of layers are large)
+    n, total, squares = 0, 0.0, 0.0
+    for x in seqs:
+      x = np.asarray(x, np.float64)
+      n, total, squares = n + x.shape[0], total + x.sum(0), squares + np.square(x).sum(0)
+    mean = total / n
+    return mean, np.maximum(np.sqrt(np.maximum(squares / n - mean ** 2, 0.0)), 1e-6)
+
+  def apply(seqs, mu, sd):   # float16 stacks stay float16, everything else float32
+    mu32, sd32 = mu.astype(np.float32), sd.astype(np.float32)
+    return [((np.asarray(x, np.float32) - mu32) / sd32).astype(
+        np.float16 if x.dtype == np.float16 else np.float32) for x in seqs]
 
   s_mu, s_sd = stats(train.speech)
   t_mu, t_sd = stats(train.text)
@@ -93,9 +102,8 @@ def standardize(train: Split, *others: Split) -> tuple:
     prep = copy.deepcopy(sp.preprocessing)
     for m, mu, sd in (("speech", s_mu, s_sd), ("text", t_mu, t_sd)):
       prep.setdefault(m, {})["standardize"] = dict(mean=mu.tolist(), std=sd.tolist())
-    out.append(dataclasses.replace(
-        sp, speech=[((s - s_mu) / s_sd).astype(np.float32) for s in sp.speech],
-        text=[((t - t_mu) / t_sd).astype(np.float32) for t in sp.text], preprocessing=prep))
+    out.append(dataclasses.replace(sp, speech=apply(sp.speech, s_mu, s_sd),
+                                   text=apply(sp.text, t_mu, t_sd), preprocessing=prep))
   return tuple(out)
 
 
@@ -220,12 +228,15 @@ def sentence_vector_baseline(train: Split, test: Split, num_classes: int, *, C: 
   """Mean-pooled, L2-normalised token states + logistic regression (train → test).
 
   With MiniLM token states this is all-MiniLM-L6-v2's own sentence embedding
-  (mean pooling over real tokens, then normalisation) under a linear classifier.
+  (mean pooling over real tokens, then normalisation) under a linear classifier (of the
+  last layer when the features stack every hidden state).
   """
   from sklearn.linear_model import LogisticRegression  # pylint: disable=import-outside-toplevel
 
-  def vectors(split):
-    v = np.stack([t.mean(0) for t in split.text]).astype(np.float64)
+  def vectors(split):   # of the last hidden state when the file holds all of them
+    stack = int(split.preprocessing.get("text", {}).get("stack", 1))
+    last = lambda t: np.asarray(t[:, -(t.shape[1] // stack):], np.float64)
+    v = np.stack([last(t).mean(0) for t in split.text])
     return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
   clf = LogisticRegression(C=C, max_iter=5000, random_state=seed)

@@ -158,6 +158,13 @@ def test_metrics(summary: dict) -> str:
   out += [f"Selected (best on validation): {best.upper()} — test accuracy {acc(best):.4f}",
           f"Worst on validation: {worst.upper()} — test accuracy {acc(worst):.4f}",
           f"Gap (test accuracy, selected − worst): {acc(best) - acc(worst):+.4f}", ""]
+  if summary.get("layer_weights"):
+    out += ["Learned layer weights (softmax; 0 = the encoder's input embeddings, last = its "
+            "last layer):"]
+    for run, ws in summary["layer_weights"].items():
+      for m, w in ws.items():
+        out.append(f"  {run:<22} {m:<7} " + " ".join(f"{x:.3f}" for x in w))
+    out.append("")
   out += [RULE, "2. PER-CLASS METRICS (test; mean over seeds)", RULE]
   for v in ranked:
     pc = summary["per_class_mean"][v]

@@ -300,7 +300,8 @@ def checkpoint_meta(run: RunState, config, class_names: Sequence[str], shapes,
               class_names=list(class_names), run=run.to_json(), inputs=inputs or {},
               fingerprint=fingerprint(config), config=json.loads(config.to_json_best_effort()),
               shapes=dict(speech_buckets=list(shapes.speech_buckets),
-                          text_length=shapes.text_length))
+                          text_length=shapes.text_length,
+                          text_buckets=list(shapes.text_buckets)))
 
 
 # ------------------------------------------------------------------ loading trained runs
@@ -332,7 +333,7 @@ class Run:
 
 def _abstract_state(model_cfg, variant: str, num_classes: int, optim_cfg):
   model = model_lib.build_model(model_cfg, variant, num_classes)
-  optimizer = steps.make_optimizer(optim_cfg)
+  optimizer = steps.make_optimizer(optim_cfg, finetune=bool(model.config.text_finetune_layers))
   params = jax.eval_shape(lambda: model_lib.init_params(model, jax.random.key(0)))
   return steps.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
                           opt_state=jax.eval_shape(optimizer.init, params),

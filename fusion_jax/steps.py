@@ -54,14 +54,30 @@ class TrainState:
   learning_rate: jax.Array
 
 
-def make_optimizer(optim_cfg) -> optax.GradientTransformation:
+FINETUNED = ("text_finetune",)   # top-level parameter scopes of fine-tuned pretrained layers
+
+
+def make_optimizer(optim_cfg, finetune: bool = False) -> optax.GradientTransformation:
   """torch.optim.Adam with ``weight_decay``: L2 added to the gradient, then Adam.
 
   The learning rate is applied in the step from ``TrainState.learning_rate``,
   so the plateau schedule can change it without touching the optimizer state.
+  With ``finetune``, pretrained layers (:data:`FINETUNED` scopes) get their own rate,
+  ``finetune_learning_rate`` (scaled by the plateau schedule like the rest), reached
+  by a linear warm-up over ``finetune_warmup_steps`` (``optax.multi_transform``).
   """
-  return optax.chain(optax.add_decayed_weights(optim_cfg.weight_decay),
-                     optax.scale_by_adam(b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps))
+  adam = lambda: optax.chain(optax.add_decayed_weights(optim_cfg.weight_decay),
+                             optax.scale_by_adam(b1=optim_cfg.b1, b2=optim_cfg.b2,
+                                                 eps=optim_cfg.eps))
+  if not finetune:
+    return adam()
+  ratio = optim_cfg.get("finetune_learning_rate", 5e-5) / optim_cfg.learning_rate
+  warmup = max(int(optim_cfg.get("finetune_warmup_steps", 0)), 0)
+  ramp = lambda n: ratio * (jnp.minimum((n + 1.0) / warmup, 1.0) if warmup else 1.0)
+  labels = lambda params: {k: "finetune" if k in FINETUNED else "model" for k in params}
+  return optax.multi_transform(
+      {"model": adam(), "finetune": optax.chain(adam(), optax.scale_by_schedule(ramp))},
+      labels)
 
 
 @dataclasses.dataclass
@@ -113,6 +129,47 @@ def smoothed_cross_entropy(logits, labels, smoothing: float = 0.1):
   return optax.softmax_cross_entropy(logits, targets)
 
 
+@dataclasses.dataclass(frozen=True)
+class Loss:
+  """The training loss: cross-entropy with label smoothing, optionally class-weighted
+  (``weights [K]``, normalised by the batch's summed weight as
+  ``torch.nn.CrossEntropyLoss(weight=...)``) and focal (each example's loss times
+  ``(1 - p_true)^gamma``)."""
+  label_smoothing: float = 0.1
+  class_weights: Optional[tuple] = None
+  focal_gamma: float = 0.0
+
+  @classmethod
+  def from_config(cls, optim_cfg) -> "Loss":
+    values = optim_cfg.get("class_weight_values", "")
+    if optim_cfg.get("class_weights", "none") != "none" and not values:
+      raise ValueError(f"optim.class_weights={optim_cfg.class_weights!r} is resolved from the "
+                       "training labels: build the Experiment with train=... "
+                       "(experiment.Experiment.create)")
+    return cls(float(optim_cfg.label_smoothing),
+               tuple(float(x) for x in values.split(",")) if values else None,
+               float(optim_cfg.get("focal_gamma", 0.0)))
+
+  def __call__(self, logits, labels, example_mask):
+    """``(mean loss, per-example loss [B])`` over the real rows (``example_mask`` 1)."""
+    per_example = smoothed_cross_entropy(logits, labels, self.label_smoothing)
+    if self.focal_gamma:
+      p_true = jnp.take_along_axis(jax.nn.softmax(logits.astype(jnp.float32)),
+                                   labels[:, None], axis=-1)[:, 0]
+      per_example = per_example * jnp.power(1.0 - p_true, self.focal_gamma)
+    weights = example_mask
+    if self.class_weights is not None:
+      weights = weights * jnp.asarray(self.class_weights, jnp.float32)[labels]
+    return jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1e-12), per_example
+
+
+def balanced_class_weights(labels, num_classes: int) -> np.ndarray:
+  """``n / (K n_k)`` per class (scikit-learn's "balanced"); a class absent from
+  ``labels`` gets weight 0 (it has no loss term anyway)."""
+  counts = np.bincount(np.asarray(labels, np.int64), minlength=num_classes).astype(np.float64)
+  return np.where(counts > 0, counts.sum() / (num_classes * np.maximum(counts, 1)), 0.0)
+
+
 def zero_metrics() -> dict:
   """The training accumulator: summed loss, correct predictions and examples."""
   return dict(loss_sum=jnp.zeros((), jnp.float32), correct=jnp.zeros((), jnp.float32),
@@ -135,20 +192,22 @@ def _forward(model, params, batch, train, key=None):
 
 
 def train_step(state: TrainState, metrics: dict, batch: dict, dropout_key, *, model,
-               optimizer, label_smoothing: float):
+               optimizer, label_smoothing: float, loss: Optional[Loss] = None):
   """One optimisation step; ``metrics`` accumulates masked loss, correct and count sums.
 
   Dropout's key is ``fold_in(dropout_key, state.step)``: a function of the run and
-  the step only, so an interrupted run replays exactly.
+  the step only, so an interrupted run replays exactly. ``loss`` (default: plain
+  cross-entropy with ``label_smoothing``) may weight classes or be focal; the
+  accumulated ``loss_sum`` is always the plain per-example loss.
   """
   key = jax.random.fold_in(dropout_key, state.step)
   weights = batch["example_mask"]
+  loss = loss or Loss(label_smoothing)
 
   def loss_fn(params):
     logits, _ = _forward(model, params, batch, True, key)
-    per_example = smoothed_cross_entropy(logits, batch["label"], label_smoothing)
-    return jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1.0), (
-        per_example, logits)
+    mean, per_example = loss(logits, batch["label"], weights)
+    return mean, (per_example, logits)
 
   (_, (per_example, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -178,14 +237,15 @@ def gather(data: dict, idx) -> dict:
 
 
 def train_group_step(state: TrainState, metrics: dict, data: dict, idx, dropout_keys, *,
-                     model, optimizer, label_smoothing: float):
+                     model, optimizer, label_smoothing: float, loss: Optional[Loss] = None):
   """:func:`train_step` for S runs at once (seeds of one variant), as one program.
 
   ``state``, ``metrics``, ``idx [S, B]`` and ``dropout_keys [S]`` are stacked on a
   leading axis; ``data`` (one bucket on the device) is shared.
   """
   one = lambda st, m, i, k: train_step(st, m, gather(data, i), k, model=model,
-                                       optimizer=optimizer, label_smoothing=label_smoothing)
+                                       optimizer=optimizer, label_smoothing=label_smoothing,
+                                       loss=loss)
   return jax.vmap(one)(state, metrics, idx, dropout_keys)
 
 
@@ -233,21 +293,24 @@ class Steps:
     optimizer: from :func:`make_optimizer` (used by ``train`` only).
     label_smoothing: as ``torch.nn.CrossEntropyLoss(label_smoothing=...)``.
     owner: a hashable identity of (model, optimizer, smoothing) for the ledger.
+    loss: the training loss (default: plain cross-entropy with ``label_smoothing``).
   """
 
-  def __init__(self, model, optimizer, label_smoothing: float, owner: tuple):
+  def __init__(self, model, optimizer, label_smoothing: float, owner: tuple,
+               loss: Optional[Loss] = None):
     self.model, self.optimizer, self.label_smoothing = model, optimizer, label_smoothing
     self.owner = owner
     self.traces = 0
+    loss = loss or Loss(label_smoothing)
     counted = functools.partial(self._count, train_step)
     self.train = StepFn("train", owner, jax.jit(functools.partial(
-        counted, model=model, optimizer=optimizer, label_smoothing=label_smoothing),
-                                                donate_argnums=(0, 1)))
+        counted, model=model, optimizer=optimizer, label_smoothing=label_smoothing,
+        loss=loss), donate_argnums=(0, 1)))
     self.eval = StepFn("eval", owner, jax.jit(functools.partial(
         eval_step, model=model, label_smoothing=label_smoothing)))
     self.train_group = StepFn("train_group", owner, jax.jit(functools.partial(
         functools.partial(self._count, train_group_step), model=model, optimizer=optimizer,
-        label_smoothing=label_smoothing), donate_argnums=(0, 1)))
+        label_smoothing=label_smoothing, loss=loss), donate_argnums=(0, 1)))
     self.eval_group = StepFn("eval_group", owner, jax.jit(functools.partial(
         eval_group_step, model=model, label_smoothing=label_smoothing)))
     self._predict: dict = {}

@@ -287,8 +287,9 @@ def _train(exp, variant, seeds, train, val, ckpts_list, fingerprint, after_epoch
   run_states = [m[3] for m in members]
   n_params = model_lib.count_params(members[0][2].params)
   for seed, run in zip(seeds, run_states):
-    log(f"[{variant} seed {seed}] {n_params:,} parameters; speech buckets "
-        f"{list(shapes.speech_buckets)}, text length {shapes.text_length}; "
+    log(f"[{variant} seed {seed}] {n_params:,} parameters; "
+        + (f"text buckets {list(shapes.text_buckets)}; " if shapes.text_buckets else
+           f"speech buckets {list(shapes.speech_buckets)}, text length {shapes.text_length}; ")
         + (f"resuming after epoch {start_epoch}/{epochs}" if start_epoch else
            f"training {epochs} epochs on {len(train)} utterances")
         + (f" (with seeds {seeds}, as one program)" if len(seeds) > 1 else ""))
@@ -495,5 +496,6 @@ def summarize(results: dict, class_names: Sequence[str], shapes: batching.BatchS
               reference=reference,
               vs_reference=metrics.against_reference(scores, reference) if reference else {},
               shapes=dict(speech_buckets=list(shapes.speech_buckets),
-                          text_length=shapes.text_length),
+                          text_length=shapes.text_length,
+                          text_buckets=list(shapes.text_buckets)),
               padding_fraction=pad, selected_on="validation")

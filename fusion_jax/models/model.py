@@ -32,7 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fusion_jax.models import registry
+from fusion_jax.models import encoders, registry
 from fusion_jax.models.layers import (Dropout, Linear, SequenceEncoder, gelu, layer_norm,
                                       masked_mean)
 
@@ -57,6 +57,13 @@ class ModelConfig:
   fusion_layer: int = 1         # MBT: the first encoder layer that fuses (>= layers: none)
   tensor_dim: int = 32          # tensor / low-rank fusion: width of each modality's vector
   rank: int = 4                 # low-rank fusion: CP rank of the fusion weight
+  # pretrained encoders' hidden states (fusion_jax.models.encoders): S states side by side
+  # per frame (set from the feature files); S > 1 is mixed with learned softmax weights,
+  # unless the text encoder's top layers are fine-tuned
+  speech_layers: int = 1
+  text_layers: int = 1
+  text_finetune_layers: int = 0   # > 0: train the text encoder's top k layers
+  text_encoder: str = ""          # which pretrained encoder (its extractor's name)
   HEAD_KNOBS = ("mult_layers", "bottleneck_tokens", "fusion_layer", "tensor_dim", "rank")
 
   @classmethod
@@ -88,11 +95,28 @@ class EmotionRecognizer(nn.Module):
     return SequenceEncoder(c.layers, c.heads, 4 * c.hidden, c.dropout, c.model_dim,
                            c.positional_encoding, c.compute_dtype, name=name)
 
+  def _inputs(self, speech, speech_mask, text, text_mask, det, aux):
+    """Stacks of hidden states → one state per frame (a learned mix, or fine-tuned top
+    layers); plain features pass through unchanged."""
+    c, dtype = self.config, self.config.compute_dtype
+    spec = registry.get(self.variant)
+    if c.speech_layers > 1 and spec.reads("speech"):
+      speech, w = encoders.LayerMix(c.speech_layers, dtype, name="speech_layer_mix")(speech)
+      aux["temporal/layer_weights"] = jnp.broadcast_to(w, (speech.shape[0], w.shape[0]))
+    if c.text_finetune_layers and spec.reads("text"):
+      text = encoders.FineTunedTop(c.text_encoder, c.text_finetune_layers, c.text_layers,
+                                   name="text_finetune")(text, text_mask, deterministic=det)
+    elif c.text_layers > 1 and spec.reads("text"):
+      text, w = encoders.LayerMix(c.text_layers, dtype, name="text_layer_mix")(text)
+      aux["contextual/layer_weights"] = jnp.broadcast_to(w, (text.shape[0], w.shape[0]))
+    return speech.astype(jnp.float32), text.astype(jnp.float32)
+
   @nn.compact
   def __call__(self, speech, speech_mask, text, text_mask, *, train: bool = False):
     c, dtype, det = self.config, self.config.compute_dtype, not train
     spec = registry.get(self.variant)
     aux = {}
+    speech, text = self._inputs(speech, speech_mask, text, text_mask, det, aux)
     if spec.is_fusion and spec.head.owns_encoders:   # fusion inside the encoders (MBT)
       head = spec.head.from_config(c, self.num_classes, name="fusion_head")
       fused, aux = head(speech, speech_mask, text, text_mask, deterministic=det)
@@ -148,8 +172,25 @@ def dummy_inputs(config: ModelConfig, batch: int = 2, speech_len: int = 8, text_
 
 
 def init_params(model: EmotionRecognizer, rng: jax.Array):
-  """Initial parameters (float32). Shapes do not depend on sequence lengths."""
-  return model.init({"params": rng}, *dummy_inputs(model.config), train=False)["params"]
+  """Initial parameters (float32; a fine-tuned encoder's layers are its pretrained ones).
+  Shapes do not depend on sequence lengths."""
+  params = model.init({"params": rng}, *dummy_inputs(model.config), train=False)["params"]
+  c = model.config
+  if c.text_finetune_layers and "text_finetune" in params:
+    params = encoders.load_pretrained(params, c.text_encoder, c.text_finetune_layers)
+  return params
+
+
+def layer_weights(params) -> dict:
+  """The learned layer-mix weights of a trained model: ``{"speech": [S], "text": [S]}``
+  (softmax, sum to one; index 0 = the encoder's input embeddings, S - 1 = its last layer),
+  only for modalities that mix stacked hidden states."""
+  out = {}
+  for m in ("speech", "text"):
+    mix = params.get(f"{m}_layer_mix")
+    if mix is not None:
+      out[m] = [float(x) for x in jax.nn.softmax(jnp.asarray(mix["logits"], jnp.float32))]
+  return out
 
 
 def count_params(params) -> int:
@@ -169,10 +210,12 @@ def forward_flops(config: ModelConfig, variant: str, speech_len: int, text_len: 
   """Useful (unpadded) forward FLOPs of one utterance: matmuls and attention only."""
   spec = registry.get(variant)
   if spec.is_fusion and spec.head.owns_encoders:
-    return spec.head.flops(config, speech_len, text_len, config.speech_dim, config.text_dim)
+    return spec.head.flops(config, speech_len, text_len,
+                           config.speech_dim // config.speech_layers,
+                           config.text_dim // config.text_layers)
   flops, dims = 0.0, {"speech": 0, "text": 0}
-  for m, length, d_in in (("speech", speech_len, config.speech_dim),
-                          ("text", text_len, config.text_dim)):
+  for m, length, d_in in (("speech", speech_len, config.speech_dim // config.speech_layers),
+                          ("text", text_len, config.text_dim // config.text_layers)):
     if spec.reads(m):
       f, dims[m] = encoder_flops(config, length, d_in)
       flops += f
