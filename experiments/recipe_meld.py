@@ -14,6 +14,13 @@ r"""MELD text recipe: transcripts → MiniLM token states → the contextual blo
 5. Baseline: mean-pooled, L2-normalised MiniLM sentence vectors + logistic
    regression (the "frozen MiniLM + LR" row of DESIGN.md §3).
 
+Beyond the frozen last layer (BUILD_NOTES, "Accuracy beyond frozen last layers"):
+--text_hidden_states=all mixes MiniLM's 7 hidden states with learned weights;
+--config.model.text_finetune_layers=k fine-tunes its top k layers (k = 6: all of them);
+--context=k gives each line its dialogue's previous k lines; --config.optim.focal_gamma
+and --config.optim.class_weights=balanced weight the rare classes. Choose among them with
+--select_on=train_holdout, so dev stays a test.
+
 With speech features of MELD's clips (--train_speech_features /
 --dev_speech_features: per-utterance files keyed by dia{D}_utt{U}, or any file
 in the CSV's row order) every fusion variant and speech_only can run too

@@ -151,7 +151,9 @@ def cross_validate(exp: Experiment, split: Split, folds: Sequence[Fold], work_di
       for seed, t, val in zip(s["seeds"], s["test"], s["val_acc"]):
         runs.setdefault(v, []).append(dict(
             fold=fold.index, seed=seed, val_acc=val, accuracy=t["accuracy"], uar=t["uar"],
-            macro_f1=t["macro_f1"], weighted_f1=t["weighted_f1"]))
+            macro_f1=t["macro_f1"], weighted_f1=t["weighted_f1"],
+            **({"layer_weights": w} if (w := summary.get("layer_weights", {}).get(
+                f"{v}/{seed}")) else {})))
     if fold.index in analyse_folds:
       loaded = evaluation.load_runs(fexp, list(summary["variants"]), fexp.seeds[:1])
       analysis.analyze(fexp, loaded, te)
@@ -162,6 +164,10 @@ def cross_validate(exp: Experiment, split: Split, folds: Sequence[Fold], work_di
     out["variants"][v] = {k: summarise([r[k] for r in rs])
                           for k in ("val_acc", "accuracy", "uar", "macro_f1", "weighted_f1")}
     out["variants"][v]["runs"] = rs
+    mixed = [r["layer_weights"] for r in rs if "layer_weights" in r]
+    if mixed:   # where emotion lives in each encoder, on average over the runs
+      out["variants"][v]["layer_weights"] = {
+          m: np.mean([w[m] for w in mixed], axis=0).tolist() for m in mixed[0]}
   out.update(compare_to_reference(runs))
   if write_summary:
     with io_utils.staged_files(work_dir) as tmp:

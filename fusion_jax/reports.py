@@ -313,4 +313,9 @@ def cv_table(summary: dict, extra_rows: Optional[dict] = None) -> str:
   if ref:
     lines += ["", f"Paired t-tests over matched (fold, seed) runs against {ref}, the best of "
               "the original's fusion heads on validation."]
+  mixes = [(v, m, w) for v in ranked for m, w in rows[v].get("layer_weights", {}).items()]
+  if mixes:
+    lines += ["", "Learned layer weights, mean over runs (0 = the encoder's input embeddings, "
+              "last = its last layer):"]
+    lines += [f"  {v:<20} {m:<7} " + " ".join(f"{x:.3f}" for x in w) for v, m, w in mixes]
   return "\n".join(lines) + "\n"

@@ -398,8 +398,9 @@ def train_and_evaluate(exp: Experiment, train: Split, val: Split, *,
     pad = batching.padding_fraction(train, shapes, exp.config.train.batch_size)
     log(f"Train {len(train)} / validation {len(val)} utterances, {exp.num_classes} classes: "
         f"{list(exp.class_names)}")
-    log(f"Variants {variants}, seeds {seeds}; speech padding {pad['buckets']:.1%} with "
-        f"{len(shapes.speech_buckets)} buckets (vs {pad['global_max']:.1%} padding to the "
+    log(f"Variants {variants}, seeds {seeds}; "
+        f"{'text' if shapes.text_buckets else 'speech'} padding {pad['buckets']:.1%} with "
+        f"{shapes.num_buckets} buckets (vs {pad['global_max']:.1%} padding to the "
         "longest utterance)")
     results = {v: train_runs(exp, v, seeds, train, val) for v in variants}
     if exp.config.train.get("export_torch", False):

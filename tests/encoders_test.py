@@ -270,3 +270,14 @@ def test_options_round_trip_through_checkpoints_and_resume_exactly(tiny_bert, tm
   c2.optim.focal_gamma = 2.0
   with pytest.raises(runs.RunMismatch, match="focal_gamma"):
     training.train_run(dataclasses.replace(exp, config=c2), "gated", 0, train, val)
+
+
+def test_cross_validation_table_reports_mean_layer_weights():
+  from fusion_jax import reports
+  cell = lambda x: dict(mean=x, std=0.01, n=2)
+  summary = dict(variants={"weighted": dict(
+      val_acc=cell(0.7), accuracy=cell(0.6), uar=cell(0.6), macro_f1=cell(0.6),
+      weighted_f1=cell(0.6), layer_weights={"speech": [0.1, 0.2, 0.7]})})
+  text = reports.cv_table(summary)
+  assert "Learned layer weights" in text
+  assert "weighted             speech  0.100 0.200 0.700" in text

@@ -181,7 +181,8 @@ def iterate_batches(split: Split, shapes: BatchShapes, batch_size: int, *, shuff
 
 
 def padding_fraction(split: Split, shapes: BatchShapes, batch_size: int) -> dict:
-  """Fraction of speech frames that are padding, three ways.
+  """Fraction of speech frames (text tokens, when the buckets follow text) that are
+  padding, three ways.
 
   Returns:
     ``buckets`` (this module's batches), ``batch_max`` (pad each batch to its
@@ -189,11 +190,12 @@ def padding_fraction(split: Split, shapes: BatchShapes, batch_size: int) -> dict
     (the original: every utterance padded to the longest of the file), each as
     padded / total frames, computed over one shuffled pass.
   """
-  lengths = split.speech_lengths
+  by_text = bool(shapes.text_buckets)   # the modality the buckets follow
+  lengths = split.text_lengths if by_text else split.speech_lengths
   real = float(lengths.sum())
   total_buckets = total_batch_max = 0.0
   for b, rows in batch_indices(split, shapes, batch_size, shuffle=True):
-    total_buckets += batch_size * shapes.lengths(b)[0]
+    total_buckets += batch_size * shapes.lengths(b)[1 if by_text else 0]
   rng = np.random.default_rng(0)
   order = rng.permutation(len(split))
   for i in range(0, len(order), batch_size):

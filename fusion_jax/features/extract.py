@@ -292,7 +292,8 @@ def extract(manifest: Manifest, extractor: Extractor, out_path, *, batch_size: i
       for r, f in bad:
         failures.append(Failure(r, rows[r]["id"], f"{rows[r]['path'] or rows[r]['id']}: "
                                 f"extractor gave {f.shape} with non-finite values or no frames"))
-      good = [(r, f) for r, f in good if all(r != b for b, _ in bad)]
+      good = [(r, f.astype(extractor.storage_dtype, copy=False)) for r, f in good
+              if all(r != b for b, _ in bad)]   # (held in the dtype the file stores)
       if good:
         features_lib.save_features(os.path.join(parts, f"part-{part_no:05d}.npz"),
                                    [f for _, f in good], ids=[rows[r]["id"] for r, _ in good],
