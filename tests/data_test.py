@@ -289,7 +289,7 @@ def test_demo_signal_lives_where_asked(tmp_path, signal):
 
 
 def test_text_only_data_is_bucketed_by_text_length():
-  """With one speech length (a text-only corpus' placeholder frame), buckets follow text."""
+  """With one speech frame per utterance (a text-only corpus' placeholder), buckets follow text."""
   rng = np.random.default_rng(3)
   n = 90
   split = data.Split("t", [np.zeros((1, 1), np.float32)] * n,

@@ -32,7 +32,7 @@ def _round_up(n: int, multiple: int) -> int:
 class BatchShapes:
   """The compiled shapes: speech bucket lengths (ascending) and one text length.
 
-  With ``text_buckets`` (text-only data: every utterance has the same speech length),
+  With ``text_buckets`` (text-only data: every utterance has one speech frame),
   the buckets are over text lengths instead: bucket ``b`` pads speech to
   ``speech_buckets[0]`` and text to ``text_buckets[b]``.
   """
@@ -108,13 +108,16 @@ def plan_shapes(splits: Sequence[Split], num_buckets: int = 4, multiple: int = 8
     The bucket lengths minimising ``sum over buckets of ceil(n_b / batch) *
     batch * length_b`` on ``splits[fit_on]`` (dynamic programming over the
     rounded lengths), the last covering the longest utterance of any split.
-    When every utterance has the same speech length (text-only data with a
-    placeholder frame), the buckets are over text lengths (``text_buckets``).
+    When every utterance has one speech frame (text-only data with a placeholder
+    frame, or utterance-level speech vectors), the buckets are over text lengths
+    (``text_buckets``).
   """
   longest = _round_up(max(int(s.speech_lengths.max()) for s in splits), multiple)
   text_length = _round_up(max(int(s.text_lengths.max()) for s in splits), multiple)
-  one_speech_length = len({int(n) for s in splits for n in s.speech_lengths}) == 1
-  if one_speech_length and num_buckets > 1:
+  # Text-only data (a one-frame placeholder, or one utterance-level speech vector each):
+  # nothing to bucket on the speech side, so the buckets follow text lengths.
+  speech_is_one_frame = all(int(s.speech_lengths.max()) == 1 for s in splits)
+  if speech_is_one_frame and num_buckets > 1:
     return BatchShapes((longest,), text_length, _best_buckets(
         splits[fit_on].text_lengths, text_length, num_buckets, multiple, batch_size))
   return BatchShapes(_best_buckets(splits[fit_on].speech_lengths, longest, num_buckets,
