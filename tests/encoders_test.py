@@ -236,7 +236,7 @@ def _splits(tiny_bert):
 def test_options_round_trip_through_checkpoints_and_resume_exactly(tiny_bert, tmp_path):
   train, val = _splits(tiny_bert)
   c = configs.tiny()
-  c.train.epochs, c.train.checkpoint_every_seconds = 3, 0.0
+  c.train.epochs, c.train.checkpoint_every_seconds = 2, 0.0
   c.model.text_finetune_layers = 1
   c.optim.class_weights, c.optim.focal_gamma = "balanced", 1.0
   c.optim.finetune_warmup_steps = 4
