@@ -198,7 +198,7 @@ def train_step(state: TrainState, metrics: dict, batch: dict, dropout_key, *, mo
   Dropout's key is ``fold_in(dropout_key, state.step)``: a function of the run and
   the step only, so an interrupted run replays exactly. ``loss`` (default: plain
   cross-entropy with ``label_smoothing``) may weight classes or be focal; the
-  accumulated ``loss_sum`` is always the plain per-example loss.
+  accumulated ``loss_sum`` sums the per-example loss (focal-scaled, never class-weighted).
   """
   key = jax.random.fold_in(dropout_key, state.step)
   weights = batch["example_mask"]
