@@ -54,15 +54,12 @@ class TrainState:
   learning_rate: jax.Array
 
 
-FINETUNED = ("text_finetune",)   # top-level parameter scopes of fine-tuned pretrained layers
-
-
 def make_optimizer(optim_cfg, finetune: bool = False) -> optax.GradientTransformation:
   """torch.optim.Adam with ``weight_decay``: L2 added to the gradient, then Adam.
 
   The learning rate is applied in the step from ``TrainState.learning_rate``,
   so the plateau schedule can change it without touching the optimizer state.
-  With ``finetune``, pretrained layers (:data:`FINETUNED` scopes) get their own rate,
+  With ``finetune``, pretrained layers (``models.encoders.SCOPE``) get their own rate,
   ``finetune_learning_rate`` (scaled by the plateau schedule like the rest), reached
   by a linear warm-up over ``finetune_warmup_steps`` (``optax.multi_transform``).
   """
@@ -74,7 +71,8 @@ def make_optimizer(optim_cfg, finetune: bool = False) -> optax.GradientTransform
   ratio = optim_cfg.get("finetune_learning_rate", 5e-5) / optim_cfg.learning_rate
   warmup = max(int(optim_cfg.get("finetune_warmup_steps", 0)), 0)
   ramp = lambda n: ratio * (jnp.minimum((n + 1.0) / warmup, 1.0) if warmup else 1.0)
-  labels = lambda params: {k: "finetune" if k in FINETUNED else "model" for k in params}
+  from fusion_jax.models import encoders  # pylint: disable=import-outside-toplevel
+  labels = lambda params: {k: "finetune" if k == encoders.SCOPE else "model" for k in params}
   return optax.multi_transform(
       {"model": adam(), "finetune": optax.chain(adam(), optax.scale_by_schedule(ramp))},
       labels)

@@ -281,3 +281,19 @@ def test_cross_validation_table_reports_mean_layer_weights():
   text = reports.cv_table(summary)
   assert "Learned layer weights" in text
   assert "weighted             speech  0.100 0.200 0.700" in text
+
+
+def test_fine_tuning_without_hidden_states_and_a_bad_stack_fail_clearly(tmp_path):
+  from fusion_jax.data import DataError, load_features
+  c = configs.tiny()
+  c.model.text_finetune_layers = 1
+  plain = Split("train", [np.zeros((2, 4), np.float32)] * 2, [np.zeros((3, 4), np.float32)] * 2,
+                np.array([0, 1]), sources={"text": "t.npz"})
+  with pytest.raises(DataError, match=r"t\.npz.*fine-tuning the text encoder.*every hidden "
+                     r"state.*text_hidden_states=all"):
+    experiment.resolve_dims(c, plain)
+  path = tmp_path / "bad.npz"
+  np.savez(path, features=np.zeros((3, 4), np.float16), lengths=np.array([3]),
+           stack=np.array(3))
+  with pytest.raises(DataError, match=r"bad\.npz.*stack 3 does not divide the feature width 4"):
+    load_features(path)

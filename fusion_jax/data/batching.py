@@ -124,10 +124,6 @@ def plan_shapes(splits: Sequence[Split], num_buckets: int = 4, multiple: int = 8
                                    multiple, batch_size), text_length)
 
 
-def _assign(split: Split, shapes: BatchShapes) -> np.ndarray:
-  return shapes.assign(split)
-
-
 def batch_indices(split: Split, shapes: BatchShapes, batch_size: int, *, shuffle: bool,
                   seed: int = 0, epoch: int = 0) -> list:
   """Plans a pass: a list of ``(bucket, rows)`` with ``len(rows) <= batch_size``.
@@ -137,7 +133,7 @@ def batch_indices(split: Split, shapes: BatchShapes, batch_size: int, *, shuffle
   permutation that depends on the epoch only: every seed visits the buckets in the
   same order (with its own rows), so several seeds can train as one program.
   """
-  buckets = _assign(split, shapes)
+  buckets = shapes.assign(split)
   order = np.random.default_rng([seed, epoch]).permutation(len(split)) if shuffle else \
       np.arange(len(split))
   plan = []

@@ -30,6 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 
 
+SCOPE = "text_finetune"   # the parameters of a fine-tuned text encoder's layers
+
+
 class LayerMix(nn.Module):
   """``x [B, T, S * D]`` (S hidden states side by side) → ``sum_s softmax(w)_s x_s [B, T, D]``.
 
@@ -142,7 +145,7 @@ class FineTunedTop(nn.Module):
     return h * mask[..., None].astype(h.dtype)
 
 
-def load_pretrained(params, name: str, count: int, scope: str = "text_finetune"):
+def load_pretrained(params, name: str, count: int, scope: str = SCOPE):
   """``params`` with ``params[scope]`` replaced by the pretrained top ``count`` layers."""
   spec = get(name)
   first = spec.layers - count

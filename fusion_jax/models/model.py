@@ -105,7 +105,7 @@ class EmotionRecognizer(nn.Module):
       aux["temporal/layer_weights"] = jnp.broadcast_to(w, (speech.shape[0], w.shape[0]))
     if c.text_finetune_layers and spec.reads("text"):
       text = encoders.FineTunedTop(c.text_encoder, c.text_finetune_layers, c.text_layers,
-                                   name="text_finetune")(text, text_mask, deterministic=det)
+                                   name=encoders.SCOPE)(text, text_mask, deterministic=det)
     elif c.text_layers > 1 and spec.reads("text"):
       text, w = encoders.LayerMix(c.text_layers, dtype, name="text_layer_mix")(text)
       aux["contextual/layer_weights"] = jnp.broadcast_to(w, (text.shape[0], w.shape[0]))
@@ -176,7 +176,7 @@ def init_params(model: EmotionRecognizer, rng: jax.Array):
   Shapes do not depend on sequence lengths."""
   params = model.init({"params": rng}, *dummy_inputs(model.config), train=False)["params"]
   c = model.config
-  if c.text_finetune_layers and "text_finetune" in params:
+  if c.text_finetune_layers and encoders.SCOPE in params:
     params = encoders.load_pretrained(params, c.text_encoder, c.text_finetune_layers)
   return params
 
