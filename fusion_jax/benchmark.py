@@ -91,12 +91,14 @@ def run_variant(exp: Experiment, variant: str, split: Split, *, repeats: int = 3
   shapes = exp.training_shapes(split)
   steps = exp.steps(variant)
   one = steps.init_state(jax.random.key(0), cfg.optim.learning_rate)
+  num_params = model_lib.count_params(one.params)
   keys = jnp.stack([jax.random.key(1 + s) for s in range(seeds)])
   if batches == "device":
     state = sharding.replicate(training.stack_runs([one] * seeds), exp.mesh)
     data = exp.device_split(split, shapes)
   else:
     state, key = sharding.replicate(one, exp.mesh), jax.random.key(1)
+  del one  # (its buffers would count in the peak memory)
   n = len(split)
   compiled_before = exp.ledger.seconds
 
@@ -140,7 +142,9 @@ def run_variant(exp: Experiment, variant: str, split: Split, *, repeats: int = 3
     issue_ms += [1000 * t for t in issue]
   # executed FLOPs of one epoch from XLA's cost analysis of each compiled bucket
   plan = batching.batch_indices(split, shapes, bs, shuffle=True, seed=0, epoch=1)
-  per_bucket = {e.batch_shapes["speech"][1]: e.flops() for e in train_entries}
+  # (XLA counts a loop's body once: a step computed in microbatches is scaled by their count)
+  per_bucket = {e.batch_shapes["speech"][1]: e.flops() * steps.microbatches(
+      bs, e.batch_shapes["speech"][1], e.batch_shapes["text"][1]) for e in train_entries}
   executed = sum(per_bucket.get(shapes.speech_buckets[b], 0.0) for b, _ in plan)
   model_cfg = exp.model_config
   useful = seeds * sum(3 * model_lib.forward_flops(model_cfg, variant, int(s), int(t))
@@ -155,17 +159,21 @@ def run_variant(exp: Experiment, variant: str, split: Split, *, repeats: int = 3
     exp.evaluate_split(steps, params, split, shapes, cache=cache)
     eval_rates.append(n / (time.perf_counter() - t0))
   pad = batching.padding_fraction(split, shapes, bs)["buckets"]
+  peak_host_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  compiled_shapes = len(exp.ledger.entries(steps.owner))
+  del state, params, cache
+  exp.forget(variant)  # the next variant starts without this one's executables
   return Result(
       variant=variant, train_samples_per_s=train_rate,
       train_step_ms_median=float(np.median(step_ms)),
       eval_samples_per_s=float(np.median(eval_rates)),
       compile_s=exp.ledger.seconds - compiled_before,
-      compiled_shapes=len(exp.ledger.entries(steps.owner)),
+      compiled_shapes=compiled_shapes,
       padding_fraction=pad, executed_flops_per_sample=executed / (n * seeds),
       useful_flops_per_sample=useful / (n * seeds),
       achieved_tflops=executed / (n * seeds) * train_rate / 1e12,
-      peak_host_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-      peak_device_mb=_peak_device_mb(), params=model_lib.count_params(one.params),
+      peak_host_mb=peak_host_mb,
+      peak_device_mb=_peak_device_mb(), params=num_params,
       seeds=seeds, batches=batches, host_ms_per_step=float(np.median(issue_ms)))
 
 

@@ -109,6 +109,11 @@ def default() -> ml_collections.ConfigDict:
       num_devices=0,           # data parallelism over this many devices (0 = all visible)
       distributed=False,       # jax.distributed.initialize() (multi-host)
       compilation_cache_dir="~/.cache/fusion_jax/xla",  # persistent XLA cache ("" = off)
+      # training and evaluation compute each batch in parts of at most this many frames
+      # (rows x (speech frames + text tokens)) per device, adding the parts' gradients:
+      # activation memory / parts, same step up to float rounding (steps.num_microbatches;
+      # 0 = whole batches; -1 = auto: 4096 on CPU, whole batches on GPU/TPU)
+      microbatch_frames=-1,
   ))
   return c
 
@@ -225,6 +230,8 @@ def validate(c) -> None:
       ("model.tensor_dim", c.model.tensor_dim >= 1, "at least 1"),
       ("model.rank", c.model.rank >= 1, "at least 1"),
       ("runtime.num_devices", c.runtime.num_devices >= 0, "0 (all) or more"),
+      ("runtime.microbatch_frames", c.runtime.get("microbatch_frames", 0) >= -1,
+       "-1 (auto), 0 (whole batches) or more"),
       ("model.text_finetune_layers", c.model.text_finetune_layers >= 0, "0 (frozen) or more"),
       ("optim.class_weights", c.optim.class_weights in ("none", "balanced")
        or _weights_list(c.optim.class_weights) is not None,

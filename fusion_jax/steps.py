@@ -148,16 +148,25 @@ class Loss:
                tuple(float(x) for x in values.split(",")) if values else None,
                float(optim_cfg.get("focal_gamma", 0.0)))
 
-  def __call__(self, logits, labels, example_mask):
-    """``(mean loss, per-example loss [B])`` over the real rows (``example_mask`` 1)."""
+  def per_example(self, logits, labels):
+    """``[B, K], [B] → [B]``: each example's loss (focal-scaled if ``focal_gamma``)."""
     per_example = smoothed_cross_entropy(logits, labels, self.label_smoothing)
     if self.focal_gamma:
       p_true = jnp.take_along_axis(jax.nn.softmax(logits.astype(jnp.float32)),
                                    labels[:, None], axis=-1)[:, 0]
       per_example = per_example * jnp.power(1.0 - p_true, self.focal_gamma)
-    weights = example_mask
-    if self.class_weights is not None:
-      weights = weights * jnp.asarray(self.class_weights, jnp.float32)[labels]
+    return per_example
+
+  def weights(self, labels, example_mask):
+    """``[B]``: each example's weight in the mean (0 for padding rows)."""
+    if self.class_weights is None:
+      return example_mask
+    return example_mask * jnp.asarray(self.class_weights, jnp.float32)[labels]
+
+  def __call__(self, logits, labels, example_mask):
+    """``(mean loss, per-example loss [B])`` over the real rows (``example_mask`` 1)."""
+    per_example = self.per_example(logits, labels)
+    weights = self.weights(labels, example_mask)
     return jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1e-12), per_example
 
 
@@ -189,25 +198,96 @@ def _forward(model, params, batch, train, key=None):
                      batch["text"], batch["text_mask"], train=train, rngs=rngs)
 
 
+def split_rows(tree, parts: int):
+  """``[B, ...] → [parts, B / parts, ...]``: part ``j`` holds rows ``j, j + parts, ...``
+  (strided, so each part keeps the batch axis' sharding over devices)."""
+  return jax.tree_util.tree_map(
+      lambda x: jnp.moveaxis(x.reshape((x.shape[0] // parts, parts) + x.shape[1:]), 1, 0),
+      tree)
+
+
+def merge_rows(tree):
+  """The inverse of :func:`split_rows`: ``[parts, B / parts, ...] → [B, ...]``."""
+  return jax.tree_util.tree_map(
+      lambda x: jnp.moveaxis(x, 0, 1).reshape((x.shape[0] * x.shape[1],) + x.shape[2:]), tree)
+
+
+# Frames per microbatch on CPU (runtime.microbatch_frames = -1): at 768-d a part this size
+# trains as fast as the whole batch of 32 and needs a third of its memory (BUILD_NOTES,
+# Performance); accelerators compute the whole batch at once.
+CPU_MICROBATCH_FRAMES = 4096
+
+
+def microbatch_budget(frames: int) -> int:
+  """``runtime.microbatch_frames`` resolved: -1 (auto) is :data:`CPU_MICROBATCH_FRAMES` on
+  CPU and 0 (whole batches) on GPU/TPU."""
+  if frames >= 0:
+    return frames
+  return CPU_MICROBATCH_FRAMES if jax.default_backend() == "cpu" else 0
+
+
+def num_microbatches(batch_size: int, frames: int, budget: int, multiple: int = 1) -> int:
+  """How many microbatches a training batch of ``batch_size`` rows of ``frames`` frames
+  (speech + text, padded) is computed in: the fewest that divide the batch into equal
+  parts of at most ``budget`` frames per device (rows x frames; ``multiple`` devices
+  share each part's rows). ``budget`` 0: one (the whole batch at once)."""
+  if budget <= 0 or batch_size % multiple:
+    return 1
+  per_device = batch_size // multiple
+  for k in range(1, per_device + 1):
+    if per_device % k == 0 and (per_device // k) * frames <= budget:
+      return k
+  return per_device
+
+
 def train_step(state: TrainState, metrics: dict, batch: dict, dropout_key, *, model,
-               optimizer, label_smoothing: float, loss: Optional[Loss] = None):
+               optimizer, label_smoothing: float, loss: Optional[Loss] = None,
+               microbatches: int = 1):
   """One optimisation step; ``metrics`` accumulates masked loss, correct and count sums.
 
   Dropout's key is ``fold_in(dropout_key, state.step)``: a function of the run and
   the step only, so an interrupted run replays exactly. ``loss`` (default: plain
   cross-entropy with ``label_smoothing``) may weight classes or be focal; the
   accumulated ``loss_sum`` sums the per-example loss (focal-scaled, never class-weighted).
+
+  ``microbatches`` k > 1 (dividing B) computes the gradient over k strided parts of the
+  batch (rows ``j, j + k, ...``) one after another and adds them (gradient accumulation:
+  the step's activation memory / k). Each part draws the whole batch's dropout masks for
+  its rows (:func:`~fusion_jax.models.layers.batch_rows`) and the mean's denominator is
+  the whole batch's, so the step equals the one-pass step up to float rounding.
   """
   key = jax.random.fold_in(dropout_key, state.step)
-  weights = batch["example_mask"]
   loss = loss or Loss(label_smoothing)
+  weights = batch["example_mask"]
+  rows = weights.shape[0]
+  if rows % microbatches:
+    raise ValueError(f"{microbatches} microbatches do not divide a batch of {rows} rows")
+  # the whole batch's, never a part's: the parts' gradients add up to the mean's
+  denominator = jnp.maximum(jnp.sum(loss.weights(batch["label"], weights)), 1e-12)
 
-  def loss_fn(params):
-    logits, _ = _forward(model, params, batch, True, key)
-    mean, per_example = loss(logits, batch["label"], weights)
-    return mean, (per_example, logits)
+  def loss_sum_fn(params, part, stride, offset):
+    from fusion_jax.models import layers  # pylint: disable=import-outside-toplevel
+    with layers.batch_rows(stride, offset):
+      logits, _ = _forward(model, params, part, True, key)
+    per_example = loss.per_example(logits, part["label"])
+    total = jnp.sum(per_example * loss.weights(part["label"], part["example_mask"]))
+    return total / denominator, (per_example, logits)
 
-  (_, (per_example, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grad_fn = jax.value_and_grad(loss_sum_fn, has_aux=True)
+  if microbatches == 1:
+    (_, (per_example, logits)), grads = grad_fn(state.params, batch, 1, 0)
+  else:
+    parts = split_rows(batch, microbatches)  # row m * k + j of the batch: row m of part j
+
+    def accumulate(acc, part_j):
+      part, j = part_j
+      (_, aux), g = grad_fn(state.params, part, microbatches, j)
+      return jax.tree_util.tree_map(jnp.add, acc, g), aux
+
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+    grads, (per_example, logits) = jax.lax.scan(
+        accumulate, zeros, (parts, jnp.arange(microbatches)))
+    per_example, logits = merge_rows((per_example, logits))
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = jax.tree_util.tree_map(lambda p, u: p - state.learning_rate * u, state.params,
                                   updates)
@@ -235,7 +315,8 @@ def gather(data: dict, idx) -> dict:
 
 
 def train_group_step(state: TrainState, metrics: dict, data: dict, idx, dropout_keys, *,
-                     model, optimizer, label_smoothing: float, loss: Optional[Loss] = None):
+                     model, optimizer, label_smoothing: float, loss: Optional[Loss] = None,
+                     microbatches: int = 1):
   """:func:`train_step` for S runs at once (seeds of one variant), as one program.
 
   ``state``, ``metrics``, ``idx [S, B]`` and ``dropout_keys [S]`` are stacked on a
@@ -243,20 +324,29 @@ def train_group_step(state: TrainState, metrics: dict, data: dict, idx, dropout_
   """
   one = lambda st, m, i, k: train_step(st, m, gather(data, i), k, model=model,
                                        optimizer=optimizer, label_smoothing=label_smoothing,
-                                       loss=loss)
+                                       loss=loss, microbatches=microbatches)
   return jax.vmap(one)(state, metrics, idx, dropout_keys)
 
 
-def eval_group_step(params, data: dict, idx, *, model, label_smoothing: float) -> dict:
+def eval_group_step(params, data: dict, idx, *, model, label_smoothing: float,
+                    microbatches: int = 1) -> dict:
   """:func:`eval_step` of S stacked parameter sets on one shared batch (rows ``idx [B]``)."""
   batch = gather(data, idx)
-  return jax.vmap(lambda p: eval_step(p, batch, model=model,
-                                      label_smoothing=label_smoothing))(params)
+  return jax.vmap(lambda p: eval_step(p, batch, model=model, label_smoothing=label_smoothing,
+                                      microbatches=microbatches))(params)
 
 
-def eval_step(params, batch: dict, *, model, label_smoothing: float) -> dict:
-  """Additive statistics of one batch: summed loss and the ``[K, K]`` confusion matrix."""
-  logits, _ = _forward(model, params, batch, False)
+def eval_step(params, batch: dict, *, model, label_smoothing: float,
+              microbatches: int = 1) -> dict:
+  """Additive statistics of one batch: summed loss and the ``[K, K]`` confusion matrix.
+
+  ``microbatches`` k > 1: the logits are computed over k strided parts of the batch one
+  after another (activation memory / k; same numbers, rows never interact)."""
+  if microbatches == 1:
+    logits, _ = _forward(model, params, batch, False)
+  else:
+    logits = merge_rows(jax.lax.map(lambda part: _forward(model, params, part, False)[0],
+                                    split_rows(batch, microbatches)))
   weights = batch["example_mask"]
   k = logits.shape[-1]
   pred = jnp.argmax(logits, -1)
@@ -292,26 +382,59 @@ class Steps:
     label_smoothing: as ``torch.nn.CrossEntropyLoss(label_smoothing=...)``.
     owner: a hashable identity of (model, optimizer, smoothing) for the ledger.
     loss: the training loss (default: plain cross-entropy with ``label_smoothing``).
+    microbatch_frames: training and evaluation compute each batch in the fewest equal
+      parts of at most this many frames (rows x (speech frames + text tokens)) per device,
+      training adding their gradients (:func:`train_step`); 0: the whole batch at once.
+      Only memory and speed depend on it, not the result (up to float rounding).
+    devices: how many devices share a batch's rows (the mesh's data axis).
   """
 
   def __init__(self, model, optimizer, label_smoothing: float, owner: tuple,
-               loss: Optional[Loss] = None):
+               loss: Optional[Loss] = None, microbatch_frames: int = 0, devices: int = 1):
     self.model, self.optimizer, self.label_smoothing = model, optimizer, label_smoothing
     self.owner = owner
     self.traces = 0
+    self.microbatch_frames, self.devices = microbatch_frames, devices
     loss = loss or Loss(label_smoothing)
-    counted = functools.partial(self._count, train_step)
-    self.train = StepFn("train", owner, jax.jit(functools.partial(
-        counted, model=model, optimizer=optimizer, label_smoothing=label_smoothing,
-        loss=loss), donate_argnums=(0, 1)))
-    self.eval = StepFn("eval", owner, jax.jit(functools.partial(
-        eval_step, model=model, label_smoothing=label_smoothing)))
-    self.train_group = StepFn("train_group", owner, jax.jit(functools.partial(
-        functools.partial(self._count, train_group_step), model=model, optimizer=optimizer,
-        label_smoothing=label_smoothing, loss=loss), donate_argnums=(0, 1)))
-    self.eval_group = StepFn("eval_group", owner, jax.jit(functools.partial(
-        eval_group_step, model=model, label_smoothing=label_smoothing)))
+    bound = dict(model=model, optimizer=optimizer, label_smoothing=label_smoothing, loss=loss)
+
+    def train(state, metrics, batch, dropout_key):
+      return train_step(state, metrics, batch, dropout_key, **bound,
+                        microbatches=self.microbatches(batch["speech"].shape[0],
+                                                       batch["speech"].shape[1],
+                                                       batch["text"].shape[1]))
+
+    def train_group(state, metrics, data, idx, dropout_keys):
+      return train_group_step(state, metrics, data, idx, dropout_keys, **bound,
+                              microbatches=self.microbatches(idx.shape[-1],
+                                                             data["speech"].shape[1],
+                                                             data["text"].shape[1]))
+
+    def evaluate(params, batch):
+      return eval_step(params, batch, model=model, label_smoothing=label_smoothing,
+                       microbatches=self.microbatches(batch["speech"].shape[0],
+                                                      batch["speech"].shape[1],
+                                                      batch["text"].shape[1]))
+
+    def evaluate_group(params, data, idx):
+      return eval_group_step(params, data, idx, model=model, label_smoothing=label_smoothing,
+                             microbatches=self.microbatches(idx.shape[-1],
+                                                            data["speech"].shape[1],
+                                                            data["text"].shape[1]))
+
+    self.train = StepFn("train", owner, jax.jit(functools.partial(self._count, train),
+                                                donate_argnums=(0, 1)))
+    self.eval = StepFn("eval", owner, jax.jit(evaluate))
+    self.train_group = StepFn("train_group", owner, jax.jit(
+        functools.partial(self._count, train_group), donate_argnums=(0, 1)))
+    self.eval_group = StepFn("eval_group", owner, jax.jit(evaluate_group))
     self._predict: dict = {}
+
+  def microbatches(self, rows: int, speech_frames: int, text_tokens: int) -> int:
+    """The microbatches a training batch of these (padded) shapes is computed in
+    (:func:`num_microbatches` with this model's ``microbatch_frames`` budget)."""
+    return num_microbatches(rows, speech_frames + text_tokens, self.microbatch_frames,
+                            self.devices)
 
   def _count(self, fn, *args, **kwargs):
     self.traces += 1  # runs only while tracing
@@ -417,6 +540,14 @@ class CompileLedger:
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
       list(pool.map(lambda call: self.compile(call[0], *call[1]), todo))
     return time.perf_counter() - t0
+
+  def forget(self, owner: tuple) -> None:
+    """Drops every executable of ``owner`` (a model done with) and JAX's own caches of
+    traced and compiled functions (which would keep them alive; the other entries stay)."""
+    with self._lock:
+      for key in [k for k in self._entries if k[0] == owner]:
+        del self._entries[key]
+    jax.clear_caches()
 
   def entries(self, owner: Optional[tuple] = None, step: Optional[str] = None) -> list:
     return [e for e in self._entries.values()

@@ -186,16 +186,16 @@ def test_bfloat16_override_reaches_every_binary(evaluated, tmp_path):
 
 
 def test_train_reads_feature_dims_from_the_files(tmp_path):
-  run("make_demo_data.py", f"--out_dir={tmp_path}/data", "--speech_dim=1024", "--text_dim=24",
+  run("make_demo_data.py", f"--out_dir={tmp_path}/data", "--speech_dim=40", "--text_dim=24",
       "--train_size=14", "--val_size=7", "--test_size=7")
   common = [f"--data_dir={tmp_path}/data", f"--config={TINY}", "--variants=concatenation",
             "--epochs=1", "--config.data.num_buckets=1"]
   run("train.py", *common, f"--model_dir={tmp_path}/m", f"--results_dir={tmp_path}/r")
   model = json.loads((tmp_path / "r" / "config.json").read_text())["model"]
-  assert (model["speech_dim"], model["text_dim"]) == (1024, 24)
+  assert (model["speech_dim"], model["text_dim"]) == (40, 24)
   bad = run("train.py", *common, "--config.model.speech_dim=768", f"--model_dir={tmp_path}/m2",
             f"--results_dir={tmp_path}/r2", check=False)
-  assert bad.returncode == 2 and "train_speech.pt" in bad.stderr and "1024-d" in bad.stderr
+  assert bad.returncode == 2 and "train_speech.pt" in bad.stderr and "40-d" in bad.stderr
 
 
 def _flip_best(model_dir, variant):

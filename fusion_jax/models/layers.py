@@ -8,6 +8,8 @@ not NaN.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from typing import Any
 
@@ -39,11 +41,46 @@ def gelu(x):
   return nn.gelu(x, approximate=False)
 
 
+# Where the rows being computed sit in the whole batch: (stride, offset) of traced uint32
+# scalars, or None (the whole batch). Read while tracing, by the dropout masks below.
+_ROWS: contextvars.ContextVar = contextvars.ContextVar("fusion_jax_batch_rows", default=None)
+
+
+@contextlib.contextmanager
+def batch_rows(stride, offset):
+  """Within this context (while tracing), row ``r`` of every tensor a model drops out is
+  row ``r * stride + offset`` of the whole batch, so a microbatch draws exactly the
+  whole batch's dropout masks for its rows (gradient accumulation, ``steps.train_step``).
+  ``stride``/``offset`` may be traced integers."""
+  token = _ROWS.set((jnp.asarray(stride, jnp.uint32), jnp.asarray(offset, jnp.uint32)))
+  try:
+    yield
+  finally:
+    _ROWS.reset(token)
+
+
+def batch_row_index(shape) -> jax.Array:
+  """``uint32 [shape[0], 1, ...]``: each row's place in the whole batch (see
+  :func:`batch_rows`; without it, the row itself)."""
+  rows = jax.lax.broadcasted_iota(jnp.uint32, (shape[0],) + (1,) * (len(shape) - 1), 0)
+  placed = _ROWS.get()
+  return rows if placed is None else rows * placed[0] + placed[1]
+
+
+def element_index(shape) -> jax.Array:
+  """``uint32 shape``: each element's row-major index in the whole batch's tensor (rows
+  first; the batch axis is axis 0)."""
+  row_size = math.prod(shape[1:])
+  within = jax.lax.iota(jnp.uint32, row_size).reshape((1,) + tuple(shape[1:]))
+  return batch_row_index(shape) * jnp.uint32(row_size) + within
+
+
 def hash_dropout(x: jax.Array, seed: jax.Array, rate: float, index=None) -> jax.Array:
   """Inverted dropout of ``x`` with a mask hashed from ``seed`` (uint32) and each element's
-  row-major index (or ``index``, uint32 broadcastable to ``x``: a slice's place in a whole)."""
+  row-major index in the whole batch (:func:`element_index`; or ``index``, uint32
+  broadcastable to ``x``: a slice's place in a whole)."""
   if index is None:
-    index = jax.lax.iota(jnp.uint32, x.size).reshape(x.shape)
+    index = element_index(x.shape)
   def lowbias32(h):
     h = (h ^ (h >> 16)) * jnp.uint32(0x7FEB352D)
     h = (h ^ (h >> 15)) * jnp.uint32(0x846CA68B)
@@ -167,7 +204,7 @@ class MultiHeadAttention(nn.Module):
       # and masks of one head live at once instead of [B, H, Tq, Tk] several times
       # over; same values, same masks (BUILD_NOTES, Performance).
       hq, hk, hv = (jnp.moveaxis(a, 2, 0)[:, :, :, None] for a in (q, k, v))
-      base = (jax.lax.iota(jnp.uint32, b)[:, None, None, None] * jnp.uint32(self.num_heads * tq * tk)
+      base = (batch_row_index((b, 1, 1, 1)) * jnp.uint32(self.num_heads * tq * tk)
               + jax.lax.iota(jnp.uint32, tq)[None, None, :, None] * jnp.uint32(tk)
               + jax.lax.iota(jnp.uint32, tk)[None, None, None, :])
       one = jax.checkpoint(lambda a: attend(a[0], a[1], a[2], seed,
