@@ -56,6 +56,11 @@ def define_common_flags(default_config: str = "default.py") -> None:
         "(multi-host).", module_name=here)
   alias("compilation_cache_dir", "runtime.compilation_cache_dir", str, "Persistent XLA "
         "compilation cache ('' to disable): reruns skip compiling.", module_name=here)
+  alias("microbatch_frames", "runtime.microbatch_frames", int, "Compute each batch in "
+        "equal parts of at most this many frames (rows x (speech frames + text tokens)) per "
+        "device, adding their gradients: less memory, the same result up to float rounding. "
+        "-1 = auto (4096 on CPU, whole batches on GPU/TPU), 0 = whole batches.",
+        module_name=here)
   flags.DEFINE_multi_string("module_import", [], "Python module(s) to import first, e.g. one "
                             "that registers a fusion head with "
                             "fusion_jax.models.register_variant.", module_name=here)

@@ -2,9 +2,9 @@
 
 The three steps are module-level pure functions of arrays::
 
-  train_step(state, metrics, batch, dropout_key, *, model, optimizer, label_smoothing)
-      -> (state, metrics)
-  eval_step(params, batch, *, model, label_smoothing) -> {loss_sum, confusion}
+  train_step(state, metrics, batch, dropout_key, *, model, optimizer, label_smoothing,
+             loss, microbatches) -> (state, metrics)
+  eval_step(params, batch, *, model, label_smoothing, microbatches) -> {loss_sum, confusion}
   predict_step(params, batch, *, model, aux_keys) -> (logits, {aux_key: array})
 
 :class:`Steps` binds their static parts (model, optimizer, smoothing) with
@@ -398,29 +398,24 @@ class Steps:
     loss = loss or Loss(label_smoothing)
     bound = dict(model=model, optimizer=optimizer, label_smoothing=label_smoothing, loss=loss)
 
+    parts = lambda rows, arrays: self.microbatches(rows, arrays["speech"].shape[1],
+                                                   arrays["text"].shape[1])
+
     def train(state, metrics, batch, dropout_key):
       return train_step(state, metrics, batch, dropout_key, **bound,
-                        microbatches=self.microbatches(batch["speech"].shape[0],
-                                                       batch["speech"].shape[1],
-                                                       batch["text"].shape[1]))
+                        microbatches=parts(batch["speech"].shape[0], batch))
 
     def train_group(state, metrics, data, idx, dropout_keys):
       return train_group_step(state, metrics, data, idx, dropout_keys, **bound,
-                              microbatches=self.microbatches(idx.shape[-1],
-                                                             data["speech"].shape[1],
-                                                             data["text"].shape[1]))
+                              microbatches=parts(idx.shape[-1], data))
 
     def evaluate(params, batch):
       return eval_step(params, batch, model=model, label_smoothing=label_smoothing,
-                       microbatches=self.microbatches(batch["speech"].shape[0],
-                                                      batch["speech"].shape[1],
-                                                      batch["text"].shape[1]))
+                       microbatches=parts(batch["speech"].shape[0], batch))
 
     def evaluate_group(params, data, idx):
       return eval_group_step(params, data, idx, model=model, label_smoothing=label_smoothing,
-                             microbatches=self.microbatches(idx.shape[-1],
-                                                            data["speech"].shape[1],
-                                                            data["text"].shape[1]))
+                             microbatches=parts(idx.shape[-1], data))
 
     self.train = StepFn("train", owner, jax.jit(functools.partial(self._count, train),
                                                 donate_argnums=(0, 1)))
