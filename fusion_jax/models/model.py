@@ -175,7 +175,7 @@ def init_params(model: EmotionRecognizer, rng: jax.Array):
   """Initial parameters (float32; a fine-tuned encoder's layers are its pretrained ones).
   Shapes do not depend on sequence lengths."""
   # one compiled program: op by op, init compiled every initializer apart (seconds and
-  # ~0.1 GB of host memory more at 768-d); same values either way
+  # ~0.1 GB of host memory more at 768-d); the same values up to the last bit of normal draws
   params = jax.jit(lambda r: model.init({"params": r}, *dummy_inputs(model.config),
                                         train=False)["params"])(rng)
   c = model.config
