@@ -163,11 +163,17 @@ class Loss:
       return example_mask
     return example_mask * jnp.asarray(self.class_weights, jnp.float32)[labels]
 
-  def __call__(self, logits, labels, example_mask):
-    """``(mean loss, per-example loss [B])`` over the real rows (``example_mask`` 1)."""
+  def denominator(self, labels, example_mask):
+    """The mean's denominator: the batch's summed weight."""
+    return jnp.maximum(jnp.sum(self.weights(labels, example_mask)), 1e-12)
+
+  def __call__(self, logits, labels, example_mask, denominator=None):
+    """``(mean loss, per-example loss [B])`` over the real rows (``example_mask`` 1).
+    ``denominator``: a whole batch's (:meth:`denominator`) when these rows are a part of it."""
     per_example = self.per_example(logits, labels)
-    weights = self.weights(labels, example_mask)
-    return jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1e-12), per_example
+    if denominator is None:
+      denominator = self.denominator(labels, example_mask)
+    return jnp.sum(per_example * self.weights(labels, example_mask)) / denominator, per_example
 
 
 def balanced_class_weights(labels, num_classes: int) -> np.ndarray:
@@ -263,17 +269,16 @@ def train_step(state: TrainState, metrics: dict, batch: dict, dropout_key, *, mo
   if rows % microbatches:
     raise ValueError(f"{microbatches} microbatches do not divide a batch of {rows} rows")
   # the whole batch's, never a part's: the parts' gradients add up to the mean's
-  denominator = jnp.maximum(jnp.sum(loss.weights(batch["label"], weights)), 1e-12)
+  denominator = loss.denominator(batch["label"], weights)
 
-  def loss_sum_fn(params, part, stride, offset):
+  def loss_fn(params, part, stride, offset):
     from fusion_jax.models import layers  # pylint: disable=import-outside-toplevel
     with layers.batch_rows(stride, offset):
       logits, _ = _forward(model, params, part, True, key)
-    per_example = loss.per_example(logits, part["label"])
-    total = jnp.sum(per_example * loss.weights(part["label"], part["example_mask"]))
-    return total / denominator, (per_example, logits)
+    mean, per_example = loss(logits, part["label"], part["example_mask"], denominator)
+    return mean, (per_example, logits)
 
-  grad_fn = jax.value_and_grad(loss_sum_fn, has_aux=True)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if microbatches == 1:
     (_, (per_example, logits)), grads = grad_fn(state.params, batch, 1, 0)
   else:
