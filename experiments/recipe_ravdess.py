@@ -36,12 +36,14 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("ravdess_dir", None, "RAVDESS folder holding Actor_XX/*.wav "
                     "(16 kHz mono; other rates are resampled).")
 flags.DEFINE_string("work_dir", "runs/ravdess", "Features, checkpoints, reports and tables.")
-flags.DEFINE_string("speech_extractor", "whisper", "logmel, egemaps, compare or whisper.")
+flags.DEFINE_string("speech_extractor", "whisper", "logmel, egemaps, compare, whisper "
+                    "(Whisper tiny.en) or whisper_base (Whisper base, 512-d, ≈ 2.4× the time).")
 flags.DEFINE_integer("pool", None, "Average this many consecutive speech frames (default: "
-                     "logmel, egemaps, compare 8; whisper 4: all 12.5 frames/s).")
+                     "logmel, egemaps, compare 8; whisper, whisper_base 4: all 12.5 frames/s).")
 flags.DEFINE_string("text_extractor", "minilm", "Text features (minilm).")
-flags.DEFINE_enum("speech_hidden_states", "last", ["last", "all"], "whisper: the encoder's "
-                  "last layer, or every hidden state (embeddings + 4 layers, float16), mixed "
+flags.DEFINE_enum("speech_hidden_states", "last", ["last", "all"], "whisper, whisper_base: "
+                  "the encoder's last layer, or every hidden state (embeddings + 4 or 6 "
+                  "layers, float16), mixed "
                   "by the model with learned softmax weights (reported after training).")
 flags.DEFINE_enum("text_hidden_states", "last", ["last", "all"], "minilm: the last layer, or "
                   "every hidden state (embeddings + 6 layers), mixed likewise.")
@@ -55,7 +57,7 @@ flags.DEFINE_integer("limit_per_actor", 0, "Use only this many clips per actor (
 cli.define_common_flags("ravdess.py")
 flags.adopt_module_key_flags(cli)
 
-DEFAULT_POOL = {"logmel": 8, "egemaps": 8, "compare": 8, "whisper": 4}
+DEFAULT_POOL = {"logmel": 8, "egemaps": 8, "compare": 8, "whisper": 4, "whisper_base": 4}
 PUBLISHED = [("EmoBox wav2vec2-base (UA)", 0.543), ("EmoBox HuBERT-base (UA)", 0.654),
              ("EmoBox WavLM-large (UA)", 0.720), ("EmoBox Whisper-large-v3 (UA)", 0.753),
              ("eGeMAPS functionals + LR (acc)", 0.50)]

