@@ -1,7 +1,7 @@
 """No input, kill or race corrupts results: run identity, locks, checksums, report sets.
 
 (Crafted pickles and zips are in torch_pickle_test.py; the binaries' one-line errors in
-experiments_test.py.)
+experiments_test.py and experiments_standalone_test.py.)
 """
 
 import dataclasses
