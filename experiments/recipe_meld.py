@@ -143,14 +143,17 @@ def main(argv):
       rows[v] = {k: recipes.summarise([t[k] for t in s["test"]])
                  for k in ("accuracy", "uar", "macro_f1", "weighted_f1")}
       rows[v]["val_acc"] = recipes.summarise(s["val_acc"])
+      rows[v]["val_score"] = recipes.summarise(s["val_score"])   # the selection metric
       rows[v]["per_class_f1"] = {c: recipes.summarise([t["per_class"]["f1"][i]
                                                        for t in s["test"]])
                                  for i, c in enumerate(names)}
     if FLAGS.baseline:
       rows["minilm_mean_pool_lr"] = recipes.sentence_vector_baseline(train, dev, len(names))
-    table = _table(rows, extractor, extract_seconds, time.time() - t0)
+    table = _table(rows, extractor, extract_seconds, time.time() - t0,
+                   summary["selection_metric"])
     io_utils.write_json(os.path.join(FLAGS.work_dir, "meld_summary.json"), dict(
-        rows=rows, class_names=names, select_on=FLAGS.select_on, seeds=exp.seeds,
+        rows=rows, class_names=names, select_on=FLAGS.select_on,
+        selection_metric=summary["selection_metric"], seeds=exp.seeds,
         extractor=extractor.fingerprint(), seconds=time.time() - t0,
         train_size=len(train), val_size=len(val), dev_size=len(dev)))
     io_utils.write_text(os.path.join(FLAGS.work_dir, "meld_results.txt"), table)
@@ -161,10 +164,11 @@ def main(argv):
     cli.interrupted()
 
 
-def _table(rows, extractor, extract_seconds, total):
+def _table(rows, extractor, extract_seconds, total, metric="accuracy"):
   from fusion_jax import reports  # pylint: disable=import-outside-toplevel
   head = f"{'Model':<24} {'Dev acc':>15} {'Weighted F1':>15} {'Macro F1':>15} {'runs':>5}"
   lines = [f"MELD dev (checkpoints selected on {FLAGS.select_on}"
+           + ("" if metric == "accuracy" else f" by {reports.METRIC_NAMES[metric][1]}")
            + ("; dev figures are optimistic" if FLAGS.select_on == "dev" else "") + ")",
            head, "-" * len(head)]
   for v, r in rows.items():

@@ -49,7 +49,7 @@ def default() -> ml_collections.ConfigDict:
       weight_decay=1e-4,       # L2 added to the gradient, as torch.optim.Adam does
       b1=0.9, b2=0.999, eps=1e-8,
       label_smoothing=0.1,
-      plateau_factor=0.5,      # ReduceLROnPlateau(mode="max") on validation accuracy
+      plateau_factor=0.5,      # ReduceLROnPlateau(mode="max") on train.selection_metric
       plateau_patience=3,
       plateau_threshold=1e-4,  # torch's default, relative
       # the loss for rare classes: "none", or "balanced" (weight n / (K n_k) per class, from
@@ -71,6 +71,9 @@ def default() -> ml_collections.ConfigDict:
       variants="original",     # the original's four fusion heads ("all" adds the baselines)
       progress_every=0,        # print a progress line every N steps (0 = about 10 per epoch)
       checkpoint_every_seconds=60.0,  # "latest" (resume) checkpoint cadence; always at the end
+      # the validation metric that picks each run's best checkpoint, drives the plateau
+      # schedule and ranks the variants: accuracy (the original's), uar, macro_f1, weighted_f1
+      selection_metric="accuracy",
       # the seeds of a variant as one vmapped program (True) or one after another (False);
       # unset: one program on GPU/TPU, in turn on CPU, where it measured faster (BUILD_NOTES)
       parallel_seeds=config_dict.placeholder(bool),
@@ -206,6 +209,9 @@ def meld() -> ml_collections.ConfigDict:
   return c
 
 
+SELECTION_METRICS = ("accuracy", "uar", "macro_f1", "weighted_f1")
+
+
 def validate(c) -> None:
   """Raises ``ValueError`` naming the first field whose value cannot work."""
   checks = [
@@ -239,11 +245,18 @@ def validate(c) -> None:
       ("optim.focal_gamma", c.optim.focal_gamma >= 0, "0 (off) or more"),
       ("optim.finetune_learning_rate", c.optim.finetune_learning_rate > 0, "positive"),
       ("optim.finetune_warmup_steps", c.optim.finetune_warmup_steps >= 0, "0 or more"),
+      ("train.selection_metric", selection_metric(c) in SELECTION_METRICS,
+       "one of " + ", ".join(SELECTION_METRICS)),
   ]
   for field, ok, want in checks:
     if not ok:
       section, name = field.split(".")
       raise ValueError(f"config.{field} = {c[section][name]!r} must be {want} (--config.{field})")
+
+
+def selection_metric(c) -> str:
+  """``c.train.selection_metric`` (configs saved before it existed: accuracy)."""
+  return c.train.get("selection_metric", "accuracy")
 
 
 def _weights_list(spec):

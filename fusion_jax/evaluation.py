@@ -98,16 +98,19 @@ def test_metrics(preds: list, class_names: Sequence[str]) -> dict:
   Returns:
     ``ranking_on_validation``, ``selected`` (best on validation), ``test_winner``,
     ``test_disagrees`` (the test winner scores above the selected variant),
-    ``variants`` (per variant: ``val_acc``, ``seeds`` and per seed ``test`` metrics
+    ``selection_metric`` (what chose the checkpoints and ranks the variants),
+    ``variants`` (per variant: ``val_acc``, ``val_score`` (the selection metric's
+    validation value), ``seeds`` and per seed ``test`` metrics
     with ``per_class``), ``per_class_mean`` (over seeds) and ``per_emotion``
     (best / worst variant and mean F1 per class).
   """
   by = _group(preds)
   val = {v: [p.run.val_acc for p in ps] for v, ps in by.items()}
+  score = {v: [p.run.val_score for p in ps] for v, ps in by.items()}   # what chose (and ranks)
   test = {v: [dict(metrics.summary(p.confusion()), per_class=_per_class(p.confusion()))
               for p in ps] for v, ps in by.items()}
   acc = lambda v: float(np.mean([t["accuracy"] for t in test[v]]))
-  ranked = sorted(by, key=lambda v: -np.nanmean(val[v]))
+  ranked = sorted(by, key=lambda v: -np.nanmean(score[v]))
   test_winner = sorted(by, key=lambda v: -acc(v))[0]
   per_class_mean = {}
   for v in ranked:
@@ -124,8 +127,9 @@ def test_metrics(preds: list, class_names: Sequence[str]) -> dict:
   return dict(
       ranking_on_validation=ranked, selected=ranked[0], test_winner=test_winner,
       test_disagrees=acc(test_winner) > acc(ranked[0]), class_names=list(class_names),
-      variants={v: dict(val_acc=val[v], seeds=[p.run.seed for p in by[v]], test=test[v])
-                for v in ranked},
+      selection_metric=preds[0].run.selection_metric,
+      variants={v: dict(val_acc=val[v], val_score=score[v], seeds=[p.run.seed for p in by[v]],
+                        test=test[v]) for v in ranked},
       per_class_mean=per_class_mean, per_emotion=per_emotion)
 
 
@@ -319,7 +323,9 @@ def evaluate(exp: Experiment, test: Split, *, variants: Optional[Sequence[str]] 
     preds.append(p)
     s = metrics.summary(p.confusion())
     log(f"[{run.variant} seed {run.seed}] test acc {s['accuracy']:.4f} uar {s['uar']:.4f} "
-        f"macro F1 {s['macro_f1']:.4f} (val acc {run.val_acc:.4f})")
+        f"macro F1 {s['macro_f1']:.4f} (val acc {run.val_acc:.4f}"
+        + ("" if run.selection_metric == "accuracy" else
+           f", val {run.selection_metric} {run.val_score:.4f}") + ")")
     if len(registry.get(run.variant).modalities) == 2:
       for m, split in ablated.items():
         probs_m, _ = predict(exp, run, split, shapes=abl_shapes[m])

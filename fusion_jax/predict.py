@@ -86,18 +86,19 @@ def model_dirs(path: str) -> list:
   return found
 
 
-def _val_acc(model_dir: str, variant: str, seed: int) -> float:
+def _val_score(model_dir: str, variant: str, seed: int) -> float:
   meta = runs.best_meta(model_dir, variant, seed)
-  return float(runs.RunState.from_meta(meta).best.val_acc) if meta else float("nan")
+  return float(runs.RunState.from_meta(meta).best.score) if meta else float("nan")
 
 
 def choose_variant(dirs: Sequence[str]) -> str:
-  """The variant with the highest mean best-validation accuracy over its runs."""
+  """The variant with the highest mean best-validation score (its runs' selection metric,
+  ``train.selection_metric``) over its runs."""
   scores: dict = {}
   for d in dirs:
     for v in runs.available_variants(d):
       for s in runs.available_seeds(d, v):
-        scores.setdefault(v, []).append(_val_acc(d, v, s))
+        scores.setdefault(v, []).append(_val_score(d, v, s))
   if not scores:
     raise DataError(dirs[0], "holds no orbax run to choose from", hint="give --variants")
   return max(scores, key=lambda v: float(np.nanmean(scores[v])))

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from fusion_jax import io_utils, metrics
+from fusion_jax import configs, io_utils, metrics
 from fusion_jax.data.errors import DataError
 from fusion_jax.data.splits import Split, load_split
 from fusion_jax.experiment import Experiment
@@ -148,9 +148,10 @@ def cross_validate(exp: Experiment, split: Split, folds: Sequence[Fold], work_di
     summary = evaluation.evaluate(fexp, te, variants=fexp.variants, seeds=fexp.seeds,
                                   train=tr, ablation=ablation)
     for v, s in summary["variants"].items():
-      for seed, t, val in zip(s["seeds"], s["test"], s["val_acc"]):
+      for seed, t, val, score in zip(s["seeds"], s["test"], s["val_acc"], s["val_score"]):
         runs.setdefault(v, []).append(dict(
-            fold=fold.index, seed=seed, val_acc=val, accuracy=t["accuracy"], uar=t["uar"],
+            fold=fold.index, seed=seed, val_acc=val, val_score=score,
+            accuracy=t["accuracy"], uar=t["uar"],
             macro_f1=t["macro_f1"], weighted_f1=t["weighted_f1"],
             **({"layer_weights": w} if (w := summary.get("layer_weights", {}).get(
                 f"{v}/{seed}")) else {})))
@@ -159,10 +160,11 @@ def cross_validate(exp: Experiment, split: Split, folds: Sequence[Fold], work_di
       analysis.analyze(fexp, loaded, te)
     exp.release(tr, va, te)   # the next fold's data replaces this one's on the device
   out = dict(folds=[dataclasses.asdict(f) for f in folds], class_names=list(exp.class_names),
-             seconds=time.perf_counter() - t0, variants={})
+             seconds=time.perf_counter() - t0, variants={},
+             selection_metric=configs.selection_metric(exp.config))
   for v, rs in runs.items():
-    out["variants"][v] = {k: summarise([r[k] for r in rs])
-                          for k in ("val_acc", "accuracy", "uar", "macro_f1", "weighted_f1")}
+    out["variants"][v] = {k: summarise([r[k] for r in rs]) for k in (
+        "val_acc", "val_score", "accuracy", "uar", "macro_f1", "weighted_f1")}
     out["variants"][v]["runs"] = rs
     mixed = [r["layer_weights"] for r in rs if "layer_weights" in r]
     if mixed:   # where emotion lives in each encoder, on average over the runs
@@ -188,7 +190,7 @@ def compare_to_reference(runs: dict, metric: str = "uar") -> dict:
   originals = [v for v in runs if registry.get(v).original and registry.get(v).is_fusion]
   if not originals:
     return {}
-  mean_val = lambda v: float(np.mean([r["val_acc"] for r in runs[v]]))
+  mean_val = lambda v: float(np.mean([r.get("val_score", r["val_acc"]) for r in runs[v]]))
   reference = max(originals, key=mean_val)
   key = lambda r: (r["fold"], str(r["seed"]))
   ref = {key(r): r[metric] for r in runs[reference]}

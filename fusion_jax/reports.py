@@ -16,6 +16,11 @@ from fusion_jax import metrics
 RULE, THIN = "=" * 80, "-" * 80
 
 
+# train.selection_metric → (short, long) names in reports
+METRIC_NAMES = {"accuracy": ("Acc", "accuracy"), "uar": ("UAR", "UAR"),
+                "macro_f1": ("Macro F1", "macro F1"), "weighted_f1": ("Wtd F1", "weighted F1")}
+
+
 def mean_std(values: Sequence[float], digits: int = 4) -> str:
   """``"0.7143 ± 0.0123"`` for several values, ``"0.7143"`` for one."""
   mean, std = metrics.mean_std(list(values))
@@ -57,12 +62,13 @@ def training_comparison(summary: dict) -> str:
   """``fusion_variants_comparison.txt`` from :func:`fusion_jax.training.summarize`'s dict."""
   class_names = summary["class_names"]
   runs = {v: list(s["seeds"].values()) for v, s in summary["variants"].items()}
-  best = {v: [r["best_val_acc"] for r in rs] for v, rs in runs.items()}
+  short, what = METRIC_NAMES[summary.get("selection_metric", "accuracy")]
+  best = {v: [r.get("best_val_score", r["best_val_acc"]) for r in rs] for v, rs in runs.items()}
   ranked = summary["ranking"]
   out = [RULE, "MULTIMODAL FUSION VARIANTS COMPARISON REPORT", RULE, "",
          "Model selection uses the validation split only. Ranks are by mean best validation "
-         "accuracy over seeds.", "", "1. OVERALL PERFORMANCE COMPARISON", THIN,
-         f"{'Variant':<20} {'Best Val Acc':<18} {'Final Val Acc':<18} {'Best Val UAR':<18} "
+         f"{what} over seeds.", "", "1. OVERALL PERFORMANCE COMPARISON", THIN,
+         f"{'Variant':<20} {'Best Val ' + short:<18} {'Final Val Acc':<18} {'Best Val UAR':<18} "
          f"{'Rank':<5}", THIN]
   for rank, v in enumerate(ranked, 1):
     rs = runs[v]
@@ -76,9 +82,12 @@ def training_comparison(summary: dict) -> str:
     out += ["", f"{v.upper()}", THIN,
             f"Seeds: {', '.join(summary['variants'][v]['seeds'])}; parameters: "
             f"{summary['variants'][v]['param_count']:,}",
-            f"Best Validation Accuracy: {mean_std(best[v])} (epochs "
-            f"{', '.join(str(r['best_epoch']) for r in rs)})",
-            f"Final Training Accuracy: {mean_std([r['final_train_acc'] for r in rs])}",
+            f"Best Validation {what[0].upper() + what[1:]}: {mean_std(best[v])} (epochs "
+            f"{', '.join(str(r['best_epoch']) for r in rs)})"]
+    if what != "accuracy":
+      out.append(f"Validation Accuracy at the best epoch: "
+                 f"{mean_std([r['best_val_acc'] for r in rs])}")
+    out += [f"Final Training Accuracy: {mean_std([r['final_train_acc'] for r in rs])}",
             f"Final Validation Accuracy: {mean_std([r['final_val_acc'] for r in rs])}", "",
             "Per-Class Accuracy at the best epoch" + (" (summed over seeds)" if len(rs) > 1
                                                        else "") + ":",
@@ -87,8 +96,8 @@ def training_comparison(summary: dict) -> str:
       total = int(cm[i].sum())
       out.append(f"{name:<20} {cm[i, i] / total if total else 0:<10.4f} {int(cm[i, i]):<10} "
                  f"{total:<10}")
-  out += ["", RULE, "3. SEED VARIATION AND SIGNIFICANCE (best validation accuracy)", RULE]
-  out += seed_section(best, "best validation accuracy")
+  out += ["", RULE, f"3. SEED VARIATION AND SIGNIFICANCE (best validation {what})", RULE]
+  out += seed_section(best, f"best validation {what}")
   out += ["", RULE, "4. KEY INSIGHTS", RULE, ""]
   top, bottom = ranked[0], ranked[-1]
   out.append(f"- Best variant on validation: {top.upper()} ({np.mean(best[top]):.4f})")
@@ -122,11 +131,14 @@ def training_comparison(summary: dict) -> str:
 
 def training_console_summary(summary: dict) -> str:
   """The original's ranked console summary."""
-  out = ["", RULE, "SUMMARY OF ALL VARIANTS (ranked by validation accuracy)", RULE]
+  short, what = METRIC_NAMES[summary.get("selection_metric", "accuracy")]
+  out = ["", RULE, f"SUMMARY OF ALL VARIANTS (ranked by validation {what})", RULE]
   for rank, v in enumerate(summary["ranking"], 1):
     s = summary["variants"][v]
-    spread = f" ± {s['best_val_acc_std']:.4f}" if len(s["seeds"]) > 1 else ""
-    out.append(f"{rank}. {v.upper():<20} - Best Val Acc: {s['best_val_acc_mean']:.4f}{spread}")
+    mean, std = s.get("best_val_score_mean", s["best_val_acc_mean"]), s.get(
+        "best_val_score_std", s["best_val_acc_std"])
+    spread = f" ± {std:.4f}" if len(s["seeds"]) > 1 else ""
+    out.append(f"{rank}. {v.upper():<20} - Best Val {short}: {mean:.4f}{spread}")
   out.append(RULE)
   return "\n".join(out)
 
@@ -140,14 +152,16 @@ def test_metrics(summary: dict) -> str:
   variants = summary["variants"]
   test = lambda v, k: [t[k] for t in variants[v]["test"]]
   acc = lambda v: float(np.mean(test(v, "accuracy")))
+  short, what = METRIC_NAMES[summary.get("selection_metric", "accuracy")]
   out = [RULE, "TEST METRICS COMPARISON", RULE, "",
-         "Ranking is by VALIDATION accuracy (each run's best checkpoint); test figures are "
+         f"Ranking is by VALIDATION {what} (each run's best checkpoint); test figures are "
          "reported beside it and never choose the winner.", "",
          "1. RANKING (chosen on validation) WITH TEST FIGURES", THIN,
-         f"{'Rank':<5} {'Variant':<18} {'Val Acc':<17} {'Test Acc':<17} {'Test UAR':<17} "
+         f"{'Rank':<5} {'Variant':<18} {'Val ' + short:<17} {'Test Acc':<17} {'Test UAR':<17} "
          f"{'Macro F1':<17} {'Weighted F1':<17}", THIN]
   for rank, v in enumerate(ranked, 1):
-    out.append(f"{rank:<5} {v:<18} {mean_std(variants[v]['val_acc']):<17} "
+    val = variants[v].get("val_score", variants[v]["val_acc"])
+    out.append(f"{rank:<5} {v:<18} {mean_std(val):<17} "
                f"{mean_std(test(v, 'accuracy')):<17} {mean_std(test(v, 'uar')):<17} "
                f"{mean_std(test(v, 'macro_f1')):<17} {mean_std(test(v, 'weighted_f1')):<17}")
   out.append("")
@@ -294,20 +308,21 @@ def cv_table(summary: dict, extra_rows: Optional[dict] = None) -> str:
   """Cross-validation: variant, accuracy, UAR, macro/weighted F1 (mean ± std, n runs)."""
   rows = dict(summary["variants"])
   rows.update(extra_rows or {})
-  ranked = sorted(rows, key=lambda v: -rows[v]["val_acc"]["mean"]
-                  if "val_acc" in rows[v] else 1.0)
+  short, what = METRIC_NAMES[summary.get("selection_metric", "accuracy")]
+  val = lambda r: r.get("val_score", r.get("val_acc"))   # the selection metric
+  ranked = sorted(rows, key=lambda v: -val(rows[v])["mean"] if val(rows[v]) else 1.0)
   ref, comps = summary.get("reference"), summary.get("comparisons", {})
   vs = f"Δ UAR vs {ref} (p)" if ref else ""
-  head = (f"{'Variant':<22} {'Val acc':>15} {'Test acc':>15} {'Test UAR':>15} "
+  head = (f"{'Variant':<22} {'Val ' + short.lower():>15} {'Test acc':>15} {'Test UAR':>15} "
           f"{'Macro F1':>15} {'Weighted F1':>15} {'runs':>5}  {vs}")
   lines = ["Speaker-independent cross-validation (mean ± std over folds × seeds; ranked by "
-           "validation accuracy)", head.rstrip(), "-" * len(head)]
+           f"validation {what})", head.rstrip(), "-" * len(head)]
   for v in ranked:
     r = rows[v]
     c = comps.get(v)
     test = "" if c is None else (f"{c['mean_diff']:+.3f} (p {c['p_value']:.3f})"
                                  if c["p_value"] is not None else f"{c['mean_diff']:+.3f}")
-    lines.append((f"{v:<22} {cell(r.get('val_acc')):>15} {cell(r['accuracy']):>15} "
+    lines.append((f"{v:<22} {cell(val(r)):>15} {cell(r['accuracy']):>15} "
                   f"{cell(r['uar']):>15} {cell(r['macro_f1']):>15} {cell(r['weighted_f1']):>15} "
                   f"{r['accuracy']['n']:>5}  {'reference' if v == ref else test}").rstrip())
   if ref:

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fusion_jax import checkpoint, io_utils, steps
+from fusion_jax import checkpoint, configs, io_utils, steps
 from fusion_jax.data.errors import DataError
 from fusion_jax.models import convert, registry
 from fusion_jax.models import model as model_lib
@@ -67,9 +67,11 @@ def available_variants(model_dir: str) -> list:
 def fingerprint(config) -> dict:
   """The parts of the config a resumed run must share with the interrupted one (compared
   without the head knobs its variant does not read)."""
+  metric = configs.selection_metric(config)   # (absent when accuracy: earlier runs resume)
   return json.loads(json.dumps(dict(
       model=dict(config.model), optim=dict(config.optim), batch_size=config.train.batch_size,
-      num_buckets=config.data.num_buckets)))
+      num_buckets=config.data.num_buckets,
+      **({} if metric == "accuracy" else {"selection_metric": metric}))))
 
 
 def _unused_knobs(variant: str) -> set:
@@ -210,24 +212,29 @@ class RunLock:
 # ------------------------------------------------------------------ the run's memory
 @dataclasses.dataclass
 class Best:
-  """What the best checkpoint (highest validation accuracy so far) holds."""
+  """What the best checkpoint (highest validation ``train.selection_metric`` so far) holds:
+  its epoch, validation accuracy, confusion matrix and metrics, and ``score``, the value of
+  the selection metric (= ``val_acc`` when selecting on accuracy)."""
   epoch: int = 0
   val_acc: float = -math.inf
   confusion: Optional[np.ndarray] = None   # [K, K] validation confusion matrix
   metrics: dict = dataclasses.field(default_factory=dict)
+  score: float = -math.inf
 
   def to_json(self) -> dict:
-    return dict(epoch=self.epoch, val_acc=self.val_acc if math.isfinite(self.val_acc) else None,
+    finite = lambda x: x if math.isfinite(x) else None
+    return dict(epoch=self.epoch, val_acc=finite(self.val_acc), score=finite(self.score),
                 confusion=None if self.confusion is None else np.asarray(self.confusion).tolist(),
                 metrics=dict(self.metrics))
 
   @classmethod
   def from_json(cls, d: dict) -> "Best":
-    return cls(epoch=int(d["epoch"]),
-               val_acc=-math.inf if d["val_acc"] is None else float(d["val_acc"]),
+    num = lambda x: -math.inf if x is None else float(x)
+    return cls(epoch=int(d["epoch"]), val_acc=num(d["val_acc"]),
                confusion=None if d["confusion"] is None else np.asarray(d["confusion"],
                                                                          np.int64),
-               metrics=dict(d["metrics"]))
+               metrics=dict(d["metrics"]),
+               score=num(d.get("score", d["val_acc"])))   # (runs that selected on accuracy)
 
 
 @dataclasses.dataclass
@@ -248,15 +255,17 @@ class RunState:
   def final_val_acc(self) -> float:
     return self.history["val_acc"][-1] if self.history["val_acc"] else 0.0
 
-  def record(self, row: dict, val_stats: dict) -> bool:
-    """Appends one epoch (``row`` has every :data:`HISTORY_KEYS`); True if it is the best."""
+  def record(self, row: dict, val_stats: dict, metric: str = "accuracy") -> bool:
+    """Appends one epoch (``row`` has every :data:`HISTORY_KEYS`); True if it is the best by
+    the validation ``metric`` (a key of ``val_stats``: accuracy, uar, macro_f1, weighted_f1)."""
     for key in HISTORY_KEYS:
       self.history[key].append(row[key])
     self.epoch += 1
-    improved = row["val_acc"] > self.best.val_acc
+    score = float(val_stats[metric])
+    improved = score > self.best.score
     if improved:
       self.best = Best(self.epoch, row["val_acc"], np.asarray(val_stats["confusion"]),
-                       {m: val_stats[m] for m in BEST_METRICS})
+                       {m: val_stats[m] for m in BEST_METRICS}, score)
     return improved
 
   def epoch_record(self, e: int) -> dict:
@@ -313,7 +322,7 @@ class Run:
     variant, seed: which run (seed ``"torch"`` for an original checkpoint).
     params: Flax parameters.
     model_config: the :class:`~fusion_jax.models.ModelConfig` it was trained with.
-    val_acc: its best validation accuracy (what rankings use).
+    val_acc: the validation accuracy of its best checkpoint.
     source: the directory or file it came from.
     class_names: the classes it predicts, if recorded.
     state: its :class:`RunState` (orbax runs).
@@ -329,6 +338,12 @@ class Run:
   opt_state: Optional[object] = None          # optax state of the best checkpoint
   learning_rate: Optional[float] = None       # the rate in force at the best checkpoint
   inputs: dict = dataclasses.field(default_factory=dict)   # how its features were made
+  selection_metric: str = "accuracy"   # what chose its best checkpoint (and ranks variants)
+  val_score: Optional[float] = None    # that metric's validation value (None: = val_acc)
+
+  def __post_init__(self):
+    if self.val_score is None:
+      self.val_score = self.val_acc
 
 
 def _abstract_state(model_cfg, variant: str, num_classes: int, optim_cfg):
@@ -369,7 +384,9 @@ def load_run(model_dir: str, variant: str, seed: int) -> Run:
   run = RunState.from_meta(meta)
   return Run(variant, str(seed), state.params, model_cfg, float(run.best.val_acc), directory,
              list(meta["class_names"]), run, state.opt_state, float(state.learning_rate),
-             meta.get("inputs", {}))
+             meta.get("inputs", {}),
+             selection_metric=meta["config"]["train"].get("selection_metric", "accuracy"),
+             val_score=float(run.best.score))
 
 
 def load_runs(model_dir: str, variants: Sequence[str], seeds: Optional[Sequence[int]],

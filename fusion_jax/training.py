@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fusion_jax import checkpoint, io_utils, metrics, reports, runs, sharding
+from fusion_jax import checkpoint, configs, io_utils, metrics, reports, runs, sharding
 from fusion_jax import steps as steps_lib
 from fusion_jax.data import batching
 from fusion_jax.data.errors import DataError
@@ -278,6 +278,7 @@ def _train(exp, variant, seeds, train, val, ckpts_list, fingerprint, after_epoch
         out[seed] = result
     return [out[s] for s in seeds]
   start_epoch, epochs = starts[0], cfg.train.epochs
+  metric = configs.selection_metric(cfg)
   if start_epoch > epochs:   # cannot rewind: the best may come from a later epoch
     raise runs.RunMismatch(ckpts_list[0].directory, f"has trained {start_epoch} epochs, more "
                            f"than the {epochs} asked for", hint="use another --model_dir for a "
@@ -329,8 +330,8 @@ def _train(exp, variant, seeds, train, val, ckpts_list, fingerprint, after_epoch
                  val_loss=v["loss"], val_acc=v["accuracy"], val_uar=v["uar"],
                  val_macro_f1=v["macro_f1"], learning_rate=lr_used, epoch_seconds=seconds,
                  samples_per_second=len(seeds) * len(train) / max(seconds - compile_s, 1e-9))
-      improved = run.record(row, v)
-      lrs.append(run.plateau.step(row["val_acc"]))
+      improved = run.record(row, v, metric)
+      lrs.append(run.plateau.step(float(v[metric])))
       save_best = improved and run.epoch > (ckpts.latest_step("best") or 0)
       if save_best or save_latest:   # (slicing seed i out of the group costs a dispatch per leaf)
         one = run_of(state, i).replace(learning_rate=jnp.asarray(lrs[-1], jnp.float32))
@@ -406,7 +407,8 @@ def train_and_evaluate(exp: Experiment, train: Split, val: Split, *,
     if exp.config.train.get("export_torch", False):
       for v in variants:
         export_torch(exp, v, seeds)
-    summary = summarize(results, exp.class_names, shapes, pad)
+    summary = summarize(results, exp.class_names, shapes, pad,
+                        configs.selection_metric(exp.config))
     # The report set appears together, once every run has finished, and replaces the
     # previous training report as a whole: plots of variants this run did not train and
     # their metrics lines go, so the folder never shows two runs at once.
@@ -470,26 +472,30 @@ def export_torch(exp: Experiment, variant: str, seeds: Sequence[int]) -> Optiona
 
 
 def summarize(results: dict, class_names: Sequence[str], shapes: batching.BatchShapes,
-              pad: dict) -> dict:
-  """``summary.json``: per variant the best validation accuracy over seeds, per seed the
-  best checkpoint, the ranking (validation) and paired tests between variants."""
+              pad: dict, selection_metric: str = "accuracy") -> dict:
+  """``summary.json``: per variant the best validation accuracy over seeds and the best
+  ``selection_metric`` (``best_val_score_*``, what chose the checkpoints), per seed the
+  best checkpoint, the ranking (validation, by the selection metric) and paired tests
+  between variants on it."""
   variants = {}
   for v, rs in results.items():
     accs = [r.best.val_acc for r in rs]
     mean, std = metrics.mean_std(accs)
     lo, hi = metrics.bootstrap_ci(accs)
+    score_mean, score_std = metrics.mean_std([r.best.score for r in rs])
     variants[v] = dict(
         best_val_acc_mean=mean, best_val_acc_std=std, best_val_acc_ci95=[lo, hi],
+        best_val_score_mean=score_mean, best_val_score_std=score_std,
         param_count=rs[0].param_count, is_fusion=registry.get(v).is_fusion,
         seeds={str(r.seed): dict(
-            best_val_acc=r.best.val_acc, best_epoch=r.best.epoch,
+            best_val_acc=r.best.val_acc, best_val_score=r.best.score, best_epoch=r.best.epoch,
             final_val_acc=r.state.final_val_acc, final_train_acc=r.history["train_acc"][-1],
             best_metrics=r.best.metrics, checkpoint_dir=r.checkpoint_dir,
             compile_seconds=r.compile_seconds, train_seconds=r.train_seconds,
             resumed_from_epoch=r.resumed_from_epoch,
             best_confusion=r.best.confusion.tolist()) for r in rs})
-  ranking = sorted(variants, key=lambda v: -variants[v]["best_val_acc_mean"])
-  scores = {v: [r.best.val_acc for r in rs] for v, rs in results.items()}
+  ranking = sorted(variants, key=lambda v: -variants[v]["best_val_score_mean"])
+  scores = {v: [r.best.score for r in rs] for v, rs in results.items()}
   originals = [v for v in ranking if registry.get(v).original and registry.get(v).is_fusion]
   reference = originals[0] if originals else None
   return dict(class_names=list(class_names), ranking=ranking, variants=variants,
@@ -499,4 +505,4 @@ def summarize(results: dict, class_names: Sequence[str], shapes: batching.BatchS
               shapes=dict(speech_buckets=list(shapes.speech_buckets),
                           text_length=shapes.text_length,
                           text_buckets=list(shapes.text_buckets)),
-              padding_fraction=pad, selected_on="validation")
+              padding_fraction=pad, selected_on="validation", selection_metric=selection_metric)

@@ -191,6 +191,53 @@ def test_resume_refuses_a_different_config(tiny_data, reference_run):
                        tiny_data["val"])
 
 
+def test_selection_metric_chooses_the_best_epoch_and_round_trips():
+  def stats(acc, f1):
+    return dict(accuracy=acc, uar=acc, macro_f1=f1, weighted_f1=f1, loss=1.0,
+                confusion=np.eye(2, dtype=np.int64))
+  epochs = [stats(0.7, 0.30), stats(0.6, 0.50), stats(0.65, 0.45)]
+  chosen = {}
+  for metric in ("accuracy", "macro_f1"):
+    run = runs.RunState.new("gated", 0, steps.Plateau(lr=1.0))
+    for st in epochs:
+      row = {k: 0.0 for k in runs.HISTORY_KEYS} | dict(val_acc=st["accuracy"])
+      run.record(row, st, metric)
+    chosen[metric] = (run.best.epoch, run.best.val_acc, run.best.score)
+    again = runs.RunState.from_json(json.loads(json.dumps(run.to_json())), steps.Plateau(lr=1.0))
+    assert (again.best.epoch, again.best.val_acc, again.best.score) == chosen[metric]
+  assert chosen == {"accuracy": (1, 0.7, 0.7), "macro_f1": (2, 0.6, 0.5)}
+  old = runs.Best.from_json(dict(epoch=3, val_acc=0.8, confusion=None, metrics={}))
+  assert old.score == 0.8   # a run saved before selection metrics: it selected on accuracy
+  cfg = _cfg()
+  cfg.train.selection_metric = "f1"
+  with pytest.raises(ValueError, match=r"config.train.selection_metric = 'f1' must be one of "
+                     "accuracy, uar, macro_f1, weighted_f1"):
+    configs.validate(cfg)
+
+
+def test_training_selects_ranks_and_reports_on_the_selection_metric(tiny_data, shared,
+                                                                    tmp_path):
+  cfg = _cfg(epochs=4)
+  cfg.train.selection_metric = "uar"
+  exp = dataclasses.replace(_exp(tiny_data, tmp_path / "m", cfg, shared),
+                            results_dir=str(tmp_path / "r"))
+  summary = training.train_and_evaluate(exp, tiny_data["train"], tiny_data["val"],
+                                        variants=["gated"], seeds=[0])
+  run = runs.load_run(str(tmp_path / "m"), "gated", 0)
+  uar = run.state.history["val_uar"]
+  assert run.state.best.epoch == 1 + int(np.argmax(uar))   # the first epoch at the maximum
+  assert run.val_score == max(uar) and run.selection_metric == "uar"
+  assert run.val_acc == run.state.history["val_acc"][run.state.best.epoch - 1]
+  seed = summary["variants"]["gated"]["seeds"]["0"]
+  assert seed["best_val_score"] == max(uar) and summary["selection_metric"] == "uar"
+  report = (tmp_path / "r" / "fusion_variants_comparison.txt").read_text()
+  assert "Ranks are by mean best validation UAR" in report and "Best Val UAR" in report
+  # another selection metric is another run: resuming this one with accuracy is refused
+  with pytest.raises(runs.RunMismatch, match=r"selection_metric: uar → -"):
+    training.train_run(_exp(tiny_data, tmp_path / "m", _cfg(epochs=4), shared), "gated", 0,
+                       tiny_data["train"], tiny_data["val"])
+
+
 def test_train_step_traced_once_per_bucket(tiny_data, tmp_path):
   cfg = _cfg(epochs=2)
   exp = _exp(tiny_data, tmp_path, cfg)
