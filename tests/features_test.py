@@ -354,13 +354,17 @@ def test_whisper_base_is_joined_from_two_packages_checked_and_never_half_written
   monkeypatch.setattr(extractors, "WHISPER_BASE_PARTS", (("fake_wb_part1", "model.bin.part1"),
                                                          ("fake_wb_part2", "model.bin.part2")))
   monkeypatch.setattr(extractors, "WHISPER_BASE_SHA256", "0" * 64)   # wrong: refused
+  monkeypatch.setattr(extractors, "WHISPER_BASE_BYTES", len(whole))
+  files = lambda: sorted(f for f in os.listdir(tmp_path / "cache" / "whisper-base")
+                         if f != ".lock")
   with pytest.raises(ValueError, match=r"whisper-base/model.bin.*SHA-256.*reinstall"):
     extractors.whisper_base_dir(str(tmp_path / "cache"))
-  assert not os.listdir(tmp_path / "cache" / "whisper-base")   # nothing half written
+  assert files() == ["config.json"]   # no model file, whole or half
   monkeypatch.setattr(extractors, "WHISPER_BASE_SHA256", hashlib.sha256(whole).hexdigest())
+  (tmp_path / "cache/whisper-base/model.bin").write_bytes(whole[:10])   # a cut copy: redone
   out = extractors.whisper_base_dir(str(tmp_path / "cache"))
   assert (tmp_path / "cache/whisper-base/model.bin").read_bytes() == whole
-  assert sorted(os.listdir(out)) == ["config.json", "model.bin"]
+  assert files() == ["config.json", "model.bin"]
   ex = extractors.WhisperBaseExtractor(model_dir=out, pool=2, hidden_states="all")
   assert (ex.name, ex.dim, ex.stack, ex.frame_rate) == ("whisper_base", 8 * 3, 3, 25.0)
   monkeypatch.setattr(extractors, "WHISPER_BASE_PARTS", (("fake_wb_part1", "model.bin.part1"),

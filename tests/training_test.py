@@ -218,22 +218,26 @@ def test_selection_metric_chooses_the_best_epoch_and_round_trips():
 def test_training_selects_ranks_and_reports_on_the_selection_metric(tiny_data, shared,
                                                                     tmp_path):
   cfg = _cfg(epochs=4)
-  cfg.train.selection_metric = "uar"
+  cfg.train.selection_metric = "macro_f1"   # (the tiny validation split is balanced: UAR = acc)
   exp = dataclasses.replace(_exp(tiny_data, tmp_path / "m", cfg, shared),
                             results_dir=str(tmp_path / "r"))
+  result = training.train_run(exp, "gated", 0, tiny_data["train"], tiny_data["val"])
+  f1, acc = result.history["val_macro_f1"], result.history["val_acc"]
+  assert result.best.epoch == 1 + int(np.argmax(f1))   # the first epoch at the maximum
+  assert result.state.plateau.best == pytest.approx(max(f1))   # the schedule followed it too
+  assert max(f1) != max(acc)   # (so the checks above could fail on accuracy)
   summary = training.train_and_evaluate(exp, tiny_data["train"], tiny_data["val"],
-                                        variants=["gated"], seeds=[0])
+                                        variants=["gated"], seeds=[0])   # reuses the run
   run = runs.load_run(str(tmp_path / "m"), "gated", 0)
-  uar = run.state.history["val_uar"]
-  assert run.state.best.epoch == 1 + int(np.argmax(uar))   # the first epoch at the maximum
-  assert run.val_score == max(uar) and run.selection_metric == "uar"
-  assert run.val_acc == run.state.history["val_acc"][run.state.best.epoch - 1]
+  assert run.val_score == max(f1) and run.selection_metric == "macro_f1"
+  assert run.val_acc == acc[run.state.best.epoch - 1]
   seed = summary["variants"]["gated"]["seeds"]["0"]
-  assert seed["best_val_score"] == max(uar) and summary["selection_metric"] == "uar"
+  assert seed["best_val_score"] == max(f1) and summary["selection_metric"] == "macro_f1"
   report = (tmp_path / "r" / "fusion_variants_comparison.txt").read_text()
-  assert "Ranks are by mean best validation UAR" in report and "Best Val UAR" in report
+  assert "Ranks are by mean best validation macro F1" in report
+  assert "Best Val Macro F1" in report and "Validation Accuracy at the best epoch" in report
   # another selection metric is another run: resuming this one with accuracy is refused
-  with pytest.raises(runs.RunMismatch, match=r"selection_metric: uar → -"):
+  with pytest.raises(runs.RunMismatch, match=r"selection_metric: macro_f1 → -"):
     training.train_run(_exp(tiny_data, tmp_path / "m", _cfg(epochs=4), shared), "gated", 0,
                        tiny_data["train"], tiny_data["val"])
 

