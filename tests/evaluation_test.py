@@ -65,7 +65,16 @@ def test_winner_is_chosen_on_validation_even_when_test_disagrees():
   assert summary["ranking_on_validation"] == ["gated", "weighted", "concatenation"]
   assert summary["selected"] == "gated" and summary["test_winner"] == "weighted"
   assert "Selected (best on validation): GATED" in text
-  assert "on test, weighted scores highest; the selected variant stays gated" in text
+  assert "weighted has the highest test accuracy; the selected variant stays gated" in text
+  assert summary["selection_metric"] == "accuracy" and "by VALIDATION accuracy" in text
+  # runs chosen on macro F1 rank by it, not by their accuracy; a mix of metrics says so
+  for p, f1 in zip(preds, (0.5, 0.6, 0.7)):
+    p.run.selection_metric, p.run.val_score = "macro_f1", f1
+  summary = evaluation.test_metrics(preds, ["a", "b", "c"])
+  assert summary["ranking_on_validation"] == ["concatenation", "weighted", "gated"]
+  assert "by VALIDATION macro F1" in reports.test_metrics(summary)
+  preds[0].run.selection_metric = "accuracy"
+  assert evaluation.test_metrics(preds, ["a", "b", "c"])["selection_metric"] == "mixed"
   # per-class figures in the summary equal sklearn-checked metrics on the same predictions
   pc = metrics.per_class(preds[1].confusion())
   np.testing.assert_allclose(summary["variants"]["weighted"]["test"][0]["per_class"]["f1"],
