@@ -255,8 +255,9 @@ def validate(c) -> None:
 
 
 def selection_metric(c) -> str:
-  """``c.train.selection_metric`` (configs saved before it existed: accuracy)."""
-  return c.train.get("selection_metric", "accuracy")
+  """``c.train.selection_metric`` of a ConfigDict or of a checkpoint's saved config dict
+  (configs saved before it existed: accuracy)."""
+  return c["train"].get("selection_metric", "accuracy")
 
 
 def _weights_list(spec):

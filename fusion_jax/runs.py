@@ -385,7 +385,7 @@ def load_run(model_dir: str, variant: str, seed: int) -> Run:
   return Run(variant, str(seed), state.params, model_cfg, float(run.best.val_acc), directory,
              list(meta["class_names"]), run, state.opt_state, float(state.learning_rate),
              meta.get("inputs", {}),
-             selection_metric=meta["config"]["train"].get("selection_metric", "accuracy"),
+             selection_metric=configs.selection_metric(meta["config"]),
              val_score=float(run.best.score))
 
 
