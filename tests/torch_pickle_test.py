@@ -230,3 +230,28 @@ def test_directories_and_legacy_files_get_one_clear_line(tmp_path):
   legacy.write_bytes(b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19.\x80\x02M\xe9\x03.")
   with pytest.raises(data.DataError, match="old.pt.*legacy.*re-save it with torch >= 1.6"):
     data.load_torch_file(legacy)
+
+
+def test_tensors_sharing_a_storage_are_not_aliased(tmp_path):
+  """The first tensor covering a whole storage takes the freshly read array itself; a
+  second one over the same storage gets its own copy."""
+  one = _tensor_pickle((2, 2), (2, 1), 4)[2:-1]   # (without protocol header and STOP)
+  path = tmp_path / "shared.pt"
+  _archive(path, b"\x80\x02(" + one + one + b"t.", [("0", np.arange(4, dtype=np.float32)
+                                                      .tobytes())])
+  a, b = data.load_torch_file(path)
+  np.testing.assert_array_equal(a, [[0, 1], [2, 3]])
+  np.testing.assert_array_equal(b, a)
+  a[0, 0] = 7
+  assert b[0, 0] == 0 and a.flags.writeable
+
+
+def test_a_flipped_bit_in_tensor_data_is_caught(tmp_path):
+  path = tmp_path / "flipped.pt"
+  x = np.ones(64, np.float32)
+  data.save_torch_file({"x": x}, path)
+  raw = bytearray(path.read_bytes())
+  raw[raw.find(x.tobytes()) + 5] ^= 1
+  path.write_bytes(bytes(raw))
+  with pytest.raises(data.DataError, match=r"flipped.pt.*corrupt.*CRC"):
+    data.load_torch_file(path)

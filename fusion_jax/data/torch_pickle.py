@@ -23,6 +23,7 @@ import os
 import pickle
 import struct
 import zipfile
+import zlib
 from typing import Any
 
 import ml_dtypes
@@ -79,11 +80,13 @@ class _StorageType:
 
 
 class _Storage:
-  """A storage's bytes, viewed as a flat array of its dtype."""
+  """A storage's bytes, viewed as a flat array of its dtype (``handed_out``: the first
+  tensor that covers all of it took the array itself, so later ones copy)."""
 
   def __init__(self, array: np.ndarray, untyped: bool):
     self.array = array
     self.untyped = untyped
+    self.handed_out = False
 
 
 def _codecs_encode(obj, encoding="utf-8"):
@@ -138,9 +141,17 @@ def _rebuild_tensor(storage: _Storage, storage_offset, size, stride,
     raise _Refused(
         f"tensor of size {size} ({numel} elements) claims more elements than its storage "
         f"holds ({flat.size}); re-save it with tensor.contiguous()")
+  contiguous = tuple(int(np.prod(size[i + 1:], dtype=np.int64)) for i in range(len(size)))
+  if (not storage.handed_out and storage_offset == 0 and numel == flat.size
+      and all(n == 1 or st == c for n, st, c in zip(size, stride, contiguous))):
+    # The whole storage, in order (what torch.save of a plain tensor writes): the
+    # freshly read array is the tensor, no second copy of a file's largest part.
+    storage.handed_out = True
+    return flat.reshape(size)
   view = np.lib.stride_tricks.as_strided(
       flat[storage_offset:], shape=size,
       strides=tuple(st * flat.dtype.itemsize for st in stride), writeable=False)
+  storage.handed_out = True
   return np.array(view, copy=True)
 
 
@@ -257,15 +268,33 @@ class _RestrictedUnpickler(pickle._Unpickler):  # pylint: disable=protected-acce
       if info.file_size != expected:
         raise pickle.UnpicklingError(
             f"storage {record} holds {info.file_size} bytes, expected {expected}")
-      raw = self._archive.read(record)
-      if len(raw) != expected:
-        raise pickle.UnpicklingError(
-            f"storage {record} holds {len(raw)} bytes, expected {expected}")
-      array = np.frombuffer(raw, dtype=dtype)
+      array = _read_stored(self._path, info, dtype, int(numel))
       if self._byteorder == "big":
         array = array.astype(dtype.newbyteorder("<"))
       self._storages[key] = _Storage(array, storage_type.name == "UntypedStorage")
     return self._storages[key]
+
+
+def _read_stored(path: str, info: zipfile.ZipInfo, dtype: np.dtype, numel: int) -> np.ndarray:
+  """An uncompressed record's bytes read straight into a new array, CRC checked.
+
+  (``ZipFile.read`` would read in chunks, join them and copy them once more into an
+  array: 3× slower on a 2.4 GB feature file, twice its memory.)
+  """
+  with open(path, "rb") as f:
+    f.seek(info.header_offset)
+    head = f.read(30)
+    if len(head) != 30 or head[:4] != b"PK\x03\x04":
+      raise zipfile.BadZipFile(f"bad local header of {info.filename}")
+    name_len, extra_len = struct.unpack("<HH", head[26:30])
+    f.seek(info.header_offset + 30 + name_len + extra_len)
+    raw = np.fromfile(f, dtype=np.uint8, count=numel * dtype.itemsize)
+  if raw.size != numel * dtype.itemsize:
+    raise pickle.UnpicklingError(f"storage {info.filename} holds {raw.size} bytes, "
+                                 f"expected {numel * dtype.itemsize}")
+  if zlib.crc32(raw) != info.CRC:
+    raise zipfile.BadZipFile(f"Bad CRC-32 for file {info.filename!r}")
+  return raw.view(dtype)
 
 
 def load_torch_file(path) -> Any:
