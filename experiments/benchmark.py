@@ -44,6 +44,10 @@ flags.DEFINE_integer("parallel_seeds", 1, "Seeds trained as one program (trainin
 flags.DEFINE_enum("batches", "device", ["device", "host"], "device: the split uploaded once, "
                   "batches gathered on the device (what training does); host: each batch "
                   "padded on the host and transferred (the earlier design, to compare).")
+flags.DEFINE_float("peak_tflops", None, "The device's peak TFLOP/s for the run's dtype, "
+                   "to report model FLOP utilisation (MFU = useful FLOPs × samples/s / "
+                   "peak), e.g. 989 (H100/H200 SXM, bfloat16 dense) or 495 (TF32: JAX's "
+                   "default float32 matmuls on those GPUs).", lower_bound=0.0)
 flags.DEFINE_string("dump_data", None, "Write the generated split to this .npz and exit.")
 cli.define_common_flags()
 flags.adopt_module_key_flags(cli)
@@ -82,7 +86,8 @@ def main(argv):
   results = []
   for v in variants:
     results.append(benchmark.run_variant(exp, v, split, repeats=FLAGS.repeats,
-                                         seeds=FLAGS.parallel_seeds, batches=FLAGS.batches))
+                                         seeds=FLAGS.parallel_seeds, batches=FLAGS.batches,
+                                         peak_tflops=FLAGS.peak_tflops))
     print(benchmark.table(results[-1:]).splitlines()[-1], flush=True)
   print()
   print(benchmark.table(results))
@@ -97,7 +102,7 @@ def main(argv):
                     mean_speech_frames=FLAGS.mean_speech_frames,
                     mean_text_tokens=FLAGS.mean_text_tokens, repeats=FLAGS.repeats,
                     parallel_seeds=FLAGS.parallel_seeds, batches=FLAGS.batches,
-                    model=dict(cfg.model)),
+                    peak_tflops=FLAGS.peak_tflops, model=dict(cfg.model)),
       config=json.loads(cfg.to_json_best_effort()),
       results=[dataclasses.asdict(r) for r in results]))
   print(f"wrote {FLAGS.json_out}")

@@ -44,7 +44,7 @@ def synthetic_split(n: int, speech_dim: int, text_dim: int, mean_speech: float =
 class Result:
   variant: str
   train_samples_per_s: float
-  train_step_ms_median: float
+  train_step_ms: float               # an epoch's wall time / its steps (median over epochs)
   eval_samples_per_s: float
   compile_s: float
   compiled_shapes: int
@@ -58,6 +58,8 @@ class Result:
   seeds: int = 1                     # runs trained as one program (samples/s counts all)
   batches: str = "device"            # "device": gathered on the device; "host": built per step
   host_ms_per_step: float = 0.0      # host time to issue one step (median)
+  model_tflops: float = 0.0          # useful (analytic, unpadded) FLOPs × samples/s
+  mfu: Optional[float] = None        # model_tflops / the device's peak, when given
 
 
 def _peak_device_mb() -> Optional[float]:
@@ -71,17 +73,22 @@ def _peak_device_mb() -> Optional[float]:
 
 
 def run_variant(exp: Experiment, variant: str, split: Split, *, repeats: int = 3,
-                seeds: int = 1, batches: str = "device") -> Result:
+                seeds: int = 1, batches: str = "device",
+                peak_tflops: Optional[float] = None) -> Result:
   """Times whole training epochs (after a compile/warm-up epoch) and evaluation passes.
 
   ``exp`` is built on ``split`` (its dims and batch shapes); compile times and XLA's
-  FLOP counts come from the experiment's compile ledger.
+  FLOP counts come from the experiment's compile ledger. An epoch is timed as training
+  runs it: steps issued one after another without waiting for each (JAX dispatches
+  asynchronously), one wait at the end; "host ms" is the median time to issue a step.
 
   Args:
     seeds: how many runs step together (the vmapped group step of training).
     batches: ``"device"`` — the split uploaded once, each step gathers its rows on the
       device (what training does); ``"host"`` — each batch padded on the host and
       transferred (the previous design, kept to compare; one seed only).
+    peak_tflops: the device's peak rate for the step's dtype (e.g. 989 for an H100/H200
+      in bfloat16, 495 in TF32); gives ``mfu``, model FLOP utilisation.
   """
   from fusion_jax import training  # pylint: disable=import-outside-toplevel
   if batches not in ("device", "host") or (batches == "host" and seeds != 1):
@@ -104,7 +111,7 @@ def run_variant(exp: Experiment, variant: str, split: Split, *, repeats: int = 3
 
   def epoch(e):
     nonlocal state
-    times, issue = [], []
+    issue = []
     if batches == "device":
       acc = sharding.replicate(training.stack_runs([steps_lib.zero_metrics()] * seeds),
                                exp.mesh)
@@ -112,6 +119,7 @@ def run_variant(exp: Experiment, variant: str, split: Split, *, repeats: int = 3
       acc = sharding.replicate(steps_lib.zero_metrics(), exp.mesh)
     plans = [batching.batch_indices(split, shapes, bs, shuffle=True, seed=s, epoch=e)
              for s in range(seeds)]
+    start = time.perf_counter()
     for steps_i in zip(*plans):
       b = steps_i[0][0]
       t0 = time.perf_counter()
@@ -123,9 +131,8 @@ def run_variant(exp: Experiment, variant: str, split: Split, *, repeats: int = 3
         batch = exp.shard(batching.make_batch(split, steps_i[0][1], *shapes.lengths(b), bs))
         state, acc = exp.ledger(steps.train, state, acc, batch, key)
       issue.append(time.perf_counter() - t0)
-      jax.block_until_ready(acc)
-      times.append(time.perf_counter() - t0)
-    return times, issue
+    jax.block_until_ready(acc)
+    return time.perf_counter() - start, issue
 
   t0 = time.perf_counter()
   epoch(0)  # compiles every bucket
@@ -136,9 +143,9 @@ def run_variant(exp: Experiment, variant: str, split: Split, *, repeats: int = 3
       f"{exp.ledger.seconds - compiled_before:.1f}s, {len(train_entries)} shapes)")
   epoch_rates, step_ms, issue_ms = [], [], []
   for r in range(repeats):
-    times, issue = epoch(r + 1)
-    epoch_rates.append(seeds * n / sum(times))
-    step_ms += [1000 * t for t in times]
+    seconds, issue = epoch(r + 1)
+    epoch_rates.append(seeds * n / seconds)
+    step_ms.append(1000 * seconds / len(issue))
     issue_ms += [1000 * t for t in issue]
   # executed FLOPs of one epoch from XLA's cost analysis of each compiled bucket
   plan = batching.batch_indices(split, shapes, bs, shuffle=True, seed=0, epoch=1)
@@ -163,9 +170,10 @@ def run_variant(exp: Experiment, variant: str, split: Split, *, repeats: int = 3
   compiled_shapes = len(exp.ledger.entries(steps.owner))
   del state, params, cache
   exp.forget(variant)  # the next variant starts without this one's executables
+  model_tflops = useful / (n * seeds) * train_rate / 1e12
   return Result(
       variant=variant, train_samples_per_s=train_rate,
-      train_step_ms_median=float(np.median(step_ms)),
+      train_step_ms=float(np.median(step_ms)),
       eval_samples_per_s=float(np.median(eval_rates)),
       compile_s=exp.ledger.seconds - compiled_before,
       compiled_shapes=compiled_shapes,
@@ -174,20 +182,22 @@ def run_variant(exp: Experiment, variant: str, split: Split, *, repeats: int = 3
       achieved_tflops=executed / (n * seeds) * train_rate / 1e12,
       peak_host_mb=peak_host_mb,
       peak_device_mb=_peak_device_mb(), params=num_params,
-      seeds=seeds, batches=batches, host_ms_per_step=float(np.median(issue_ms)))
+      seeds=seeds, batches=batches, host_ms_per_step=float(np.median(issue_ms)),
+      model_tflops=model_tflops, mfu=model_tflops / peak_tflops if peak_tflops else None)
 
 
 def table(results: Sequence[Result]) -> str:
   head = (f"{'variant':<16} {'train/s':>8} {'step ms':>8} {'host ms':>7} {'eval/s':>8} "
           f"{'compile s':>9} {'shapes':>6} {'pad':>6} {'GFLOP/sample':>12} {'useful':>8} "
-          f"{'TFLOP/s':>8} {'host MB':>8} {'dev MB':>7}")
+          f"{'TFLOP/s':>8} {'MFU':>6} {'host MB':>8} {'dev MB':>7}")
   rows = [head, "-" * len(head)]
   for r in results:
     dev = f"{r.peak_device_mb:.0f}" if r.peak_device_mb is not None else "-"
-    rows.append(f"{r.variant:<16} {r.train_samples_per_s:>8.1f} {r.train_step_ms_median:>8.1f} "
+    mfu = f"{r.mfu:.1%}" if r.mfu is not None else "-"
+    rows.append(f"{r.variant:<16} {r.train_samples_per_s:>8.1f} {r.train_step_ms:>8.1f} "
                 f"{r.host_ms_per_step:>7.2f} "
                 f"{r.eval_samples_per_s:>8.1f} {r.compile_s:>9.1f} {r.compiled_shapes:>6} "
                 f"{r.padding_fraction:>6.1%} {r.executed_flops_per_sample / 1e9:>12.2f} "
                 f"{r.useful_flops_per_sample / 1e9:>8.2f} {r.achieved_tflops:>8.3f} "
-                f"{r.peak_host_mb:>8.0f} {dev:>7}")
+                f"{mfu:>6} {r.peak_host_mb:>8.0f} {dev:>7}")
   return "\n".join(rows)

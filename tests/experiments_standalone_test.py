@@ -67,8 +67,8 @@ def test_benchmark_prints_table_and_writes_json(tmp_path):
   proc = run("benchmark.py", f"--config={TINY}", "--feature_dim=16",
              "--num_utterances=24", "--variants=concatenation", "--repeats=1",
              "--batch_size=8", "--eval_batch_size=16", "--num_buckets=1",
-             "--config.model.dtype=bfloat16", f"--json_out={out}")
-  assert "train/s" in proc.stdout and "concatenation" in proc.stdout
+             "--config.model.dtype=bfloat16", "--peak_tflops=0.5", f"--json_out={out}")
+  assert "train/s" in proc.stdout and "concatenation" in proc.stdout and "MFU" in proc.stdout
   res = json.loads(out.read_text())
   r = res["results"][0]
   for field in ("train_samples_per_s", "eval_samples_per_s", "compile_s", "compiled_shapes",
@@ -77,6 +77,11 @@ def test_benchmark_prints_table_and_writes_json(tmp_path):
     assert field in r, field
   assert r["train_samples_per_s"] > 0 and r["executed_flops_per_sample"] > r[
       "useful_flops_per_sample"] > 0
+  # model FLOP utilisation: useful FLOPs per sample × samples/s against the given peak
+  np.testing.assert_allclose(r["model_tflops"], r["useful_flops_per_sample"]
+                             * r["train_samples_per_s"] / 1e12, rtol=1e-9)
+  np.testing.assert_allclose(r["mfu"], r["model_tflops"] / 0.5, rtol=1e-9)
+  assert res["settings"]["peak_tflops"] == 0.5
   assert res["settings"]["num_buckets"] == 1 and res["machine"]["platform"] == "cpu"
   # an explicit --config override is never replaced by a flag's default
   assert res["settings"]["dtype"] == res["config"]["model"]["dtype"] == "bfloat16"
