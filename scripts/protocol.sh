@@ -14,7 +14,9 @@
 # Every step runs even if one before it failed; OUT_DIR/protocol.txt gets one line per step
 # (wall seconds and exit status) and OUT_DIR the logs and JSON files. Environment:
 # PYTHON (python3), WORK (scratch, /tmp/fusion_jax_protocol), SIZES ("1960 420 420"),
-# DIM (768), EPOCHS (30), STEPS (all: "data train1 train5 bench32 bench16 bench_seeds").
+# DIM (768), EPOCHS (30), STEPS (default "data train1 train5 bench32 bench16 bench_seeds";
+# also train1_at0 train5_at0 (no GPU autotuning), fill warm1 (persistent cache)). A first
+# GPU run of "data train1" took about 6 minutes on an H200 (BUILD_NOTES, issue 15).
 set -u
 cd "$(dirname "$0")/.."
 OUT_DIR=$(mkdir -p "${1:-protocol_out}" && cd "${1:-protocol_out}" && pwd)
@@ -60,6 +62,19 @@ TRAIN=(experiments/train.py --config configs/default.py --data_dir "$WORK/data"
 step train1 $PY "${TRAIN[@]}" --model_dir "$WORK/m1" --results_dir "$OUT_DIR/results1"
 step train5 $PY "${TRAIN[@]}" --seeds 0,1,2,3,4 --model_dir "$WORK/m5" \
   --results_dir "$OUT_DIR/results5"
+# The same first runs without XLA's GPU autotuning (its kernel timings were most of the
+# 210 s of compiling on an H200): what compile time it saves, what step time it costs.
+AT0=(env "XLA_FLAGS=${XLA_FLAGS:-} --xla_gpu_autotune_level=0")
+step train1_at0 "${AT0[@]}" $PY "${TRAIN[@]}" --model_dir "$WORK/m1_at0" \
+  --results_dir "$OUT_DIR/results1_at0"
+step train5_at0 "${AT0[@]}" $PY "${TRAIN[@]}" --seeds 0,1,2,3,4 --model_dir "$WORK/m5_at0" \
+  --results_dir "$OUT_DIR/results5_at0"
+# A later run of the same shapes: "fill" compiles into a persistent cache, "warm1" is a
+# fresh run (new model_dir) that finds every program there.
+CACHED=(experiments/train.py --config configs/default.py --data_dir "$WORK/data"
+        --variants original --epochs "$EPOCHS" --compilation_cache_dir="$WORK/xla")
+step fill $PY "${CACHED[@]}" --model_dir "$WORK/m_fill" --results_dir "$WORK/r_fill"
+step warm1 $PY "${CACHED[@]}" --model_dir "$WORK/m_warm" --results_dir "$OUT_DIR/results_warm"
 BENCH=(experiments/benchmark.py --num_utterances "$N_TRAIN" --feature_dim "$DIM" --repeats 3
        --compilation_cache_dir=)
 step bench32 $PY "${BENCH[@]}" --peak_tflops "$PEAK_TF32" --json_out "$OUT_DIR/bench32.json"
