@@ -205,7 +205,8 @@ class MultiHeadAttention(nn.Module):
 
     limit = self.recompute_above
     if limit is None:
-      limit = CPU_RECOMPUTE_ABOVE if jax.default_backend() == "cpu" else ACCELERATOR_RECOMPUTE_ABOVE
+      on_cpu = jax.default_backend() == "cpu"
+      limit = CPU_RECOMPUTE_ABOVE if on_cpu else ACCELERATOR_RECOMPUTE_ABOVE
     if not train or 4 * b * self.num_heads * tq * tk < limit:
       mixed = attend(q, k, v, seed, None)
     else:
