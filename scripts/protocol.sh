@@ -39,8 +39,12 @@ step() {  # step NAME COMMAND...: runs it if NAME is in $STEPS, logs to OUT_DIR/
   echo "== $name: $*"
   local t0 t1 rc
   t0=$(date +%s.%N)
-  "$@" >"$OUT_DIR/$name.log" 2>&1
-  rc=$?
+  # each line stamped with the seconds since the step began (where the fixed costs go)
+  "$@" 2>&1 | "$PY" -u -c 'import sys, time
+t0 = time.time()
+for line in sys.stdin:
+  print(f"{time.time() - t0:7.1f} {line}", end="")' >"$OUT_DIR/$name.log"
+  rc=${PIPESTATUS[0]}
   t1=$(date +%s.%N)
   tail -n 25 "$OUT_DIR/$name.log"
   printf '%-12s %8.1f s  exit %d  %s\n' "$name" "$(python3 -c "print($t1 - $t0)")" "$rc" "$*" \
