@@ -7,10 +7,17 @@ Orbax writes into a temporary directory and renames it when complete, so a
 killed process never leaves a partial checkpoint. Every save records a checksum
 of the saved arrays in the metadata, and every restore verifies it: a flipped
 byte is an error naming the checkpoint, never a silently different model.
+
+``save(..., background=True)`` (what training uses) queues the save on one writer thread
+per run, in order, so the next epoch computes while the last one's checkpoint is hashed
+and written; every other call (and ``wait``/``close``) first waits for the queue, so what
+it reads is what was saved, and a failed save is raised there.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import copy
 import hashlib
 import os
 import shutil
@@ -45,6 +52,8 @@ class RunCheckpoints:
   def __init__(self, directory: str):
     self.directory = os.path.abspath(directory)
     self._managers = {kind: self._manager(kind) for kind in KEEP}
+    self._writer: Optional[concurrent.futures.ThreadPoolExecutor] = None
+    self._pending: list = []
 
   def _manager(self, kind: str) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(os.path.join(self.directory, kind), options=ocp.
@@ -55,17 +64,42 @@ class RunCheckpoints:
     return os.path.join(self.directory, kind, str(step))
 
   def latest_step(self, kind: str) -> Optional[int]:
+    self.wait()
     return self._managers[kind].latest_step()
 
   def steps(self, kind: str) -> list:
     """Saved steps, newest first."""
+    self.wait()
     return sorted(self._managers[kind].all_steps(), reverse=True)
 
-  def save(self, kind: str, step: int, state: Any, meta: dict) -> bool:
+  def save(self, kind: str, step: int, state: Any, meta: dict, *,
+           background: bool = False) -> bool:
     """Saves ``state`` (a pytree of arrays) and ``meta`` (JSON, + the state's checksum).
 
-    Skips a step that exists already.
+    Skips a step that exists already (returns False). ``background``: queued behind this
+    run's earlier saves and written by its writer thread (returns True; a skip or a
+    failure shows at the next :meth:`wait`); ``state`` must not be donated or changed
+    afterwards (training hands over its own slice of the stacked state).
     """
+    if background:
+      if self._writer is None:
+        self._writer = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix=f"checkpoint-{os.path.basename(self.directory)}")
+      self._pending.append(self._writer.submit(self._save, kind, step, state,
+                                               copy.deepcopy(meta)))
+      return True
+    self.wait()
+    return self._save(kind, step, state, meta)
+
+  def wait(self) -> None:
+    """Returns when every queued save is on disk; raises the first one's error."""
+    pending, self._pending = self._pending, []
+    errors = [f.exception() for f in pending]
+    for e in errors:
+      if e is not None:
+        raise e
+
+  def _save(self, kind: str, step: int, state: Any, meta: dict) -> bool:
     mgr = self._managers[kind]
     if step in mgr.all_steps():
       return False
@@ -77,6 +111,7 @@ class RunCheckpoints:
 
   def restore_meta(self, kind: str, step: Optional[int] = None) -> Optional[dict]:
     """The metadata of ``step`` (default: the newest), or None if there is none."""
+    self.wait()
     step = self.latest_step(kind) if step is None else step
     if step is None:
       return None
@@ -95,6 +130,7 @@ class RunCheckpoints:
     Raises:
       CorruptCheckpoint: unreadable, or its arrays differ from what was saved.
     """
+    self.wait()
     step = self.latest_step(kind) if step is None else step
     if step is None:
       return None
@@ -113,6 +149,7 @@ class RunCheckpoints:
   def remove(self, kind: str, step: Optional[int] = None) -> None:
     """Deletes one ``kind`` checkpoint, or all of them (damaged ones that training will
     redo: a step that exists is never saved again)."""
+    self.wait()
     self._managers[kind].close()
     shutil.rmtree(os.path.join(self.directory, kind) if step is None else self.path(kind, step),
                   ignore_errors=True)
@@ -124,8 +161,16 @@ class RunCheckpoints:
                              "the result is the same) or restore it from a backup")
 
   def close(self):
-    for mgr in self._managers.values():
-      mgr.close()
+    """Finishes the queued saves (also when training stops on an error or Ctrl-C: what
+    was queued is written), then closes the managers."""
+    try:
+      self.wait()
+    finally:
+      if self._writer is not None:
+        self._writer.shutdown(wait=True)
+        self._writer = None
+      for mgr in self._managers.values():
+        mgr.close()
 
 
 def _short(e: Exception) -> str:

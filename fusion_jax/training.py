@@ -308,6 +308,8 @@ def _train(exp, variant, seeds, train, val, ckpts_list, fingerprint, after_epoch
       log(f"[{variant}] compiled {len(exp.ledger.entries(steps.owner))} step shapes in "
           f"{compile_total:.1f}s")
   last_save = time.perf_counter()
+  best_saved = [ckpts.latest_step("best") or 0 for ckpts in ckpts_list]
+  background = jax.process_count() == 1
   for epoch in range(start_epoch, epochs):
     t0, compiled_before = time.perf_counter(), exp.ledger.seconds
     state, sums = train_epoch(exp, steps, state, train_data, train, shapes, seeds, epoch, keys)
@@ -332,17 +334,21 @@ def _train(exp, variant, seeds, train, val, ckpts_list, fingerprint, after_epoch
                  samples_per_second=len(seeds) * len(train) / max(seconds - compile_s, 1e-9))
       improved = run.record(row, v, metric)
       lrs.append(run.plateau.step(float(v[metric])))
-      save_best = improved and run.epoch > (ckpts.latest_step("best") or 0)
+      save_best = improved and run.epoch > best_saved[i]
       if save_best or save_latest:   # (slicing seed i out of the group costs a dispatch per leaf)
-        one = run_of(state, i).replace(learning_rate=jnp.asarray(lrs[-1], jnp.float32))
+        one = jax.block_until_ready(
+            run_of(state, i).replace(learning_rate=jnp.asarray(lrs[-1], jnp.float32)))
         meta = runs.checkpoint_meta(run, cfg, exp.class_names, shapes, train.preprocessing)
         # Best first: after a kill, the rerun replays from "latest" (batch order and
         # dropout are functions of seed and step), reaching the same best again.
         # A replayed improvement older than the best on disk is superseded: skip it.
+        # Written by the run's writer thread while the next epoch computes (in order;
+        # multi-host runs save in the main thread: orbax synchronises the hosts).
         if save_best:
-          ckpts.save("best", run.epoch, one, meta)
+          ckpts.save("best", run.epoch, one, meta, background=background)
+          best_saved[i] = run.epoch
         if save_latest:
-          ckpts.save("latest", run.epoch, one, meta)
+          ckpts.save("latest", run.epoch, one, meta, background=background)
       if jsonl:
         jsonl.append(run.epoch_record(run.epoch))
       note = (" *best*" if improved else "") + (f" lr→{lrs[-1]:.2e}" if lrs[-1] < lr_used
@@ -353,7 +359,11 @@ def _train(exp, variant, seeds, train, val, ckpts_list, fingerprint, after_epoch
     if save_latest:
       last_save = time.perf_counter()
     if after_epoch is not None:
+      for ckpts in ckpts_list:
+        ckpts.wait()   # (the callback sees this epoch's checkpoints on disk)
       after_epoch(epoch + 1)
+  for ckpts in ckpts_list:
+    ckpts.wait()   # every queued checkpoint on disk (a failed write is raised here)
   if start_epoch >= epochs:
     for seed in seeds:
       log(f"[{variant} seed {seed}] already trained ({epochs} epochs); reusing checkpoints")

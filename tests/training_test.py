@@ -181,6 +181,31 @@ def test_orbax_save_restore_equality(tmp_path):
   ck.close()
 
 
+def test_background_saves_are_ordered_snapshotted_and_their_errors_surface(tmp_path):
+  """Training's saves: queued on the run's writer thread in order; what a later call reads
+  is what was queued (the metadata as it was when queued); a failed write is raised by
+  the next call that waits, and close() finishes the queue."""
+  ck = checkpoint.RunCheckpoints(str(tmp_path))
+  trees = [{"w": jnp.full((3,), float(s))} for s in range(4)]
+  meta = {"history": [0]}
+  for s in (1, 2, 3):
+    assert ck.save("latest", s, trees[s], meta, background=True)
+    meta["history"].append(s)   # training goes on changing its records
+  assert ck.steps("latest") == [3, 2]   # (two kept) — waits for the queue
+  state, got = ck.restore("latest", checkpoint.abstract_like(trees[0]))
+  np.testing.assert_array_equal(state["w"], trees[3]["w"])
+  assert got["history"] == [0, 1, 2]   # as queued, not as changed afterwards
+  ck.save("best", 5, {"w": object()}, {}, background=True)   # cannot be hashed or written
+  with pytest.raises(Exception):
+    ck.wait()
+  ck.wait()   # reported once; the queue goes on
+  ck.save("best", 6, trees[1], {}, background=True)
+  ck.close()
+  reopened = checkpoint.RunCheckpoints(str(tmp_path))
+  assert reopened.latest_step("best") == 6 and reopened.steps("latest") == [3, 2]
+  reopened.close()
+
+
 def test_resume_refuses_a_different_config(tiny_data, reference_run):
   _, ref_dir = reference_run
   cfg = _cfg()
