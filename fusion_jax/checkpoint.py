@@ -77,9 +77,10 @@ class RunCheckpoints:
     """Saves ``state`` (a pytree of arrays) and ``meta`` (JSON, + the state's checksum).
 
     Skips a step that exists already (returns False). ``background``: queued behind this
-    run's earlier saves and written by its writer thread (returns True; a skip or a
-    failure shows at the next :meth:`wait`); ``state`` must not be donated or changed
-    afterwards (training hands over its own slice of the stacked state).
+    run's earlier saves and written by its writer thread (returns True at once; a step
+    that exists is skipped there, a failure is raised by the next :meth:`wait` or any
+    other call); ``state`` must not be donated or changed afterwards (training hands
+    over its own slice of the stacked state).
     """
     if background:
       if self._writer is None:
