@@ -170,8 +170,9 @@ def test_metrics(summary: dict) -> str:
   out.append("")
   best, worst = ranked[0], ranked[-1]
   if summary["test_disagrees"]:
-    out.append(f"Note: {summary['test_winner']} has the highest test accuracy; the selected variant "
-               f"stays {best} (chosen on validation). Picking on test would be optimistic.")
+    out.append(f"Note: {summary['test_winner']} has the highest test accuracy; the selected "
+               f"variant stays {best} (chosen on validation). Picking on test would be "
+               "optimistic.")
   out += [f"Selected (best on validation): {best.upper()} — test accuracy {acc(best):.4f}",
           f"Worst on validation: {worst.upper()} — test accuracy {acc(worst):.4f}",
           f"Gap (test accuracy, selected − worst): {acc(best) - acc(worst):+.4f}", ""]

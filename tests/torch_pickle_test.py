@@ -255,3 +255,13 @@ def test_a_flipped_bit_in_tensor_data_is_caught(tmp_path):
   path.write_bytes(bytes(raw))
   with pytest.raises(data.DataError, match=r"flipped.pt.*corrupt.*CRC"):
     data.load_torch_file(path)
+  # a tensor record whose local header is not one (read straight from its offset)
+  data.save_torch_file({"x": x}, path)
+  with zipfile.ZipFile(path) as z:
+    offset = z.getinfo("archive/data/0").header_offset
+  raw = bytearray(path.read_bytes())
+  raw[offset:offset + 4] = b"XXXX"
+  path.write_bytes(bytes(raw))
+  with pytest.raises(data.DataError, match=r"flipped.pt.*corrupt.*bad local header of "
+                     "archive/data/0"):
+    data.load_torch_file(path)

@@ -196,7 +196,7 @@ def test_background_saves_are_ordered_snapshotted_and_their_errors_surface(tmp_p
   np.testing.assert_array_equal(state["w"], trees[3]["w"])
   assert got["history"] == [0, 1, 2]   # as queued, not as changed afterwards
   ck.save("best", 5, {"w": object()}, {}, background=True)   # cannot be hashed or written
-  with pytest.raises(Exception):
+  with pytest.raises(ValueError, match="Unsupported type"):
     ck.wait()
   ck.wait()   # reported once; the queue goes on
   ck.save("best", 6, trees[1], {}, background=True)
