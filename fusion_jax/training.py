@@ -14,8 +14,10 @@ not over batches; the first epoch always saves a best checkpoint.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -193,13 +195,23 @@ def train_runs(exp: Experiment, variant: str, seeds: Sequence[int], train: Split
   they train one after another instead.
   Seeds whose checkpoints stand at different epochs resume in separate groups.
   """
+  return _train_runs(exp, variant, seeds, train, val, after_epoch=after_epoch)
+
+
+def _train_runs(exp: Experiment, variant: str, seeds: Sequence[int], train: Split, val: Split,
+                *, after_epoch: Optional[Callable[[int], None]] = None,
+                finish: Optional[Callable[[Callable[[], None]], None]] = None) -> list:
+  """:func:`train_runs`; ``finish(job)``, when given, runs each run's closing ``job`` (its
+  last checkpoints written, the run unlocked) later, e.g. in a thread while the next
+  variant trains (:func:`train_and_evaluate`); without it the job runs before returning."""
   check_data_dims(exp, train, val)
   seeds = [int(s) for s in seeds]
   if len(seeds) > 1 and not parallel_seeds(exp.config):
-    return [r for s in seeds for r in train_runs(exp, variant, [s], train, val,
-                                                 after_epoch=after_epoch)]
+    return [r for s in seeds for r in _train_runs(exp, variant, [s], train, val,
+                                                  after_epoch=after_epoch, finish=finish)]
   fingerprint = runs.fingerprint(exp.config)
-  with contextlib.ExitStack() as stack:
+  stack = contextlib.ExitStack()   # the runs' locks and checkpoint writers, closed by the job
+  try:
     members = []
     for seed in seeds:
       identity = dict(variant=variant, seed=seed, fingerprint=fingerprint,
@@ -208,12 +220,20 @@ def train_runs(exp: Experiment, variant: str, seeds: Sequence[int], train: Split
       directory = runs.run_dir(exp.model_dir, variant, seed)
       stack.enter_context(runs.RunLock(directory))
       ckpts = checkpoint.RunCheckpoints(directory)
-      stack.callback(ckpts.close)
+      stack.callback(ckpts.close)   # (waits for the queued saves; raises a failed one)
       if not os.path.exists(os.path.join(directory, "run.json")):
         _check_unrecorded(ckpts, directory, fingerprint, variant)
       runs.check_identity(directory, identity)
       members.append(ckpts)
-    return _train(exp, variant, seeds, train, val, members, fingerprint, after_epoch)
+    results = _train(exp, variant, seeds, train, val, members, fingerprint, after_epoch)
+  except BaseException:
+    stack.close()   # (what was queued is still written)
+    raise
+  if finish is None:
+    stack.close()
+  else:
+    finish(stack.close)
+  return results
 
 
 def _check_unrecorded(ckpts, directory, fingerprint, variant) -> None:
@@ -362,8 +382,7 @@ def _train(exp, variant, seeds, train, val, ckpts_list, fingerprint, after_epoch
       for ckpts in ckpts_list:
         ckpts.wait()   # (the callback sees this epoch's checkpoints on disk)
       after_epoch(epoch + 1)
-  for ckpts in ckpts_list:
-    ckpts.wait()   # every queued checkpoint on disk (a failed write is raised here)
+  # (the last epoch's checkpoints are on disk when the caller closes ckpts_list)
   if start_epoch >= epochs:
     for seed in seeds:
       log(f"[{variant} seed {seed}] already trained ({epochs} epochs); reusing checkpoints")
@@ -373,6 +392,13 @@ def _train(exp, variant, seeds, train, val, ckpts_list, fingerprint, after_epoch
                     compile_seconds=compile_total / share, train_seconds=seconds / share,
                     resumed_from_epoch=start_epoch)
           for run, ckpts in zip(run_states, ckpts_list)]
+
+
+def _raise_failed(futures: Sequence[concurrent.futures.Future], done_only: bool = False) -> None:
+  """Raises the first error of ``futures`` (waiting for each unless ``done_only``)."""
+  for f in futures:
+    if not done_only or f.done():
+      f.result()
 
 
 def _metrics_log(exp: Experiment) -> Optional[io_utils.JsonLines]:
@@ -413,18 +439,37 @@ def train_and_evaluate(exp: Experiment, train: Split, val: Split, *,
         f"{'text' if shapes.text_buckets else 'speech'} padding {pad['buckets']:.1%} with "
         f"{shapes.num_buckets} buckets (vs {pad['global_max']:.1%} padding to the "
         "longest utterance)")
-    results = {v: train_runs(exp, v, seeds, train, val) for v in variants}
-    if exp.config.train.get("export_torch", False):
+    # A variant's closing work (its last checkpoints written, its runs unlocked, the
+    # original's .pt exported) runs in one thread, in order, while the next variant
+    # compiles and trains; a failure there stops the run at the next variant or below.
+    with concurrent.futures.ThreadPoolExecutor(
+        1, thread_name_prefix="fusion_jax_finish") as pool:
+      pending = []
+
+      def finish(job):
+        before = list(pending)
+
+        def run():
+          _raise_failed(before)   # (ordered: nothing builds on a job that failed)
+          job()
+        pending.append(pool.submit(run))
+
+      results = {}
       for v in variants:
-        export_torch(exp, v, seeds)
-    summary = summarize(results, exp.class_names, shapes, pad,
-                        configs.selection_metric(exp.config))
-    # The report set appears together, once every run has finished, and replaces the
-    # previous training report as a whole: plots of variants this run did not train and
-    # their metrics lines go, so the folder never shows two runs at once.
-    with io_utils.replaced_dir(os.path.join(results_dir, "plots")) as plots_dir, \
-        io_utils.staged_files(results_dir) as out:
-      write_training_reports(plots_dir, out, exp, results, summary)
+        _raise_failed(pending, done_only=True)
+        results[v] = _train_runs(exp, v, seeds, train, val, finish=finish)
+        if exp.config.train.get("export_torch", False):
+          finish(functools.partial(export_torch, exp, v, seeds))
+      summary = summarize(results, exp.class_names, shapes, pad,
+                          configs.selection_metric(exp.config))
+      # The report set appears together, once every run has finished (and its files are
+      # written), and replaces the previous training report as a whole: plots of variants
+      # this run did not train and their metrics lines go, so the folder never shows two
+      # runs at once.
+      with io_utils.replaced_dir(os.path.join(results_dir, "plots")) as plots_dir, \
+          io_utils.staged_files(results_dir) as out:
+        write_training_reports(plots_dir, out, exp, results, summary)
+        _raise_failed(pending)
     jsonl = _metrics_log(exp)
     kept = {(v, s) for v in variants for s in seeds}
     jsonl.replace(lambda r: (r.get("variant"), r.get("seed")) not in kept, [])

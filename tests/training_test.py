@@ -4,6 +4,7 @@ import dataclasses
 import functools
 import json
 import os
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -320,6 +321,36 @@ def test_several_seeds_give_mean_std_and_paired_tests(tiny_data, tmp_path):
   report = (tmp_path / "r" / "fusion_variants_comparison.txt").read_text()
   assert "Paired t-tests over 3 seeds" in report and "±" in report
   assert ("exceeds seed noise" in report) or ("within seed noise" in report)
+
+
+def test_a_variants_closing_work_runs_after_its_run_closes_and_its_failure_stops_the_report(
+    tiny_data, shared, tmp_path, monkeypatch):
+  """train_and_evaluate closes a variant's runs (last checkpoints written, unlocked) and
+  exports its .pt in a thread, while the next variant trains; a failure there is raised
+  and no report appears."""
+  cfg = _cfg(epochs=1)
+  cfg.train.export_torch = True
+  model_dir = tmp_path / "m"
+  exp = dataclasses.replace(_exp(tiny_data, model_dir, cfg, shared),
+                            results_dir=str(tmp_path / "r"))
+  seen = []
+
+  def export(exp_, variant, seeds):
+    run = runs.run_dir(str(model_dir), variant, seeds[0])
+    with runs.RunLock(run):   # unlocked by now ...
+      pass
+    seen.append((variant, threading.current_thread().name,
+                 runs.best_meta(str(model_dir), variant, seeds[0])["run"]["epoch"]))   # ... on disk
+    raise OSError(f"disk full writing best_{variant}_model.pt")
+
+  monkeypatch.setattr(training, "export_torch", export)
+  with pytest.raises(OSError, match="disk full writing best_gated_model.pt"):
+    training.train_and_evaluate(exp, tiny_data["train"], tiny_data["val"],
+                                variants=["gated"], seeds=[0])
+  assert len(seen) == 1 and seen[0][0] == "gated" and seen[0][2] == 1
+  assert seen[0][1].startswith("fusion_jax_finish")
+  assert not (tmp_path / "r" / "summary.json").exists()
+  assert not (tmp_path / "r" / "plots").exists()
 
 
 def test_parallel_seeds_reproduce_each_seed_trained_alone(tiny_data, shared, tmp_path):
