@@ -3,6 +3,7 @@ learned layer mix, fine-tuned top layers of a pretrained encoder, dialogue conte
 class-weighted and focal losses; and that every option survives checkpoints and resume."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -74,7 +75,7 @@ def test_layer_mix_weights_sum_to_one_receive_gradients_and_match_numpy():
   def loss(p):
     logits, aux = model.apply({"params": p}, *inputs)
     return jnp.sum(jax.nn.log_softmax(logits)[:, 0]), aux
-  grads, aux = jax.grad(loss, has_aux=True)(p)
+  grads, aux = jax.jit(jax.grad(loss, has_aux=True))(p)
   np.testing.assert_allclose(aux["temporal/layer_weights"].sum(-1), 1.0, rtol=1e-6)
   assert np.abs(np.asarray(grads["speech_layer_mix"]["logits"])).max() > 1e-6
   assert model_lib.layer_weights(p) == {"speech": pytest.approx([1 / 3] * 3)}
@@ -100,7 +101,7 @@ def test_finetuned_top_equals_the_frozen_encoder_at_step_zero_then_moves(tiny_be
     top = encoders.FineTunedTop(TINY, k, 3)
     p = top.init(jax.random.key(0), x, m, deterministic=True)["params"]
     p = encoders.load_pretrained({"text_finetune": p}, TINY, k)["text_finetune"]
-    y = np.asarray(top.apply({"params": p}, x, m, deterministic=True))
+    y = np.asarray(jax.jit(functools.partial(top.apply, deterministic=True))({"params": p}, x, m))
     for i, want in enumerate(last):
       np.testing.assert_allclose(y[i, :len(want)], want, atol=1e-4)
       assert not y[i, len(want):].any()

@@ -59,7 +59,7 @@ def test_original_checkpoint_converts_to_the_same_logits(variant):
   assert ckpt["variant"] == variant and ckpt["num_classes"] == PCFG["classes"]
   assert ckpt["class_names"][0] == "angry" and ckpt["epoch"] == 3
   model = models.build_model(ckpt["model_config"], variant, ckpt["num_classes"])
-  logits, _ = model.apply({"params": ckpt["params"]}, *INPUTS)
+  logits, _ = jax.jit(model.apply)({"params": ckpt["params"]}, *INPUTS)
   np.testing.assert_allclose(logits, PARITY[f"{variant}/logits"], rtol=1e-5, atol=1e-6)
 
 
@@ -215,8 +215,8 @@ def test_bfloat16_compute_within_tolerance(variant_model):
 
 def test_input_projection_and_positions():
   cfg = dataclasses.replace(TINY, model_dim=8, positional_encoding=True)
-  model = models.build_model(cfg, "cross_attention", 7)
-  params = models.init_params(model, jax.random.key(0))
+  model = _Jitted(models.build_model(cfg, "cross_attention", 7))
+  params = models.init_params(model.model, jax.random.key(0))
   assert params["temporal_block"]["input_proj"]["kernel"].shape == (TINY.speech_dim, 8)
   s, sm, t, tm = _batch(np.random.default_rng(5))
   logits, aux = model.apply({"params": params}, s, sm, t, tm)
