@@ -15,7 +15,8 @@
 # (wall seconds and exit status) and OUT_DIR the logs and JSON files. Environment:
 # PYTHON (python3), WORK (scratch, /tmp/fusion_jax_protocol), SIZES ("1960 420 420"),
 # DIM (768), EPOCHS (30), STEPS (default "data train1 train5 bench32 bench16 bench_seeds";
-# also train1_at0 train5_at0 (no GPU autotuning), fill warm1 (persistent cache)). A first
+# also train1_at0 train5_at0 (no GPU autotuning), train1_notriton (no Triton GEMMs), fill warm1
+# (persistent cache)). A first
 # GPU run of "data train1" took about 6 minutes on an H200 (BUILD_NOTES, issue 15).
 set -u
 cd "$(dirname "$0")/.."
@@ -73,6 +74,10 @@ step train1_at0 "${AT0[@]}" $PY "${TRAIN[@]}" --model_dir "$WORK/m1_at0" \
   --results_dir "$OUT_DIR/results1_at0"
 step train5_at0 "${AT0[@]}" $PY "${TRAIN[@]}" --seeds 0,1,2,3,4 --model_dir "$WORK/m5_at0" \
   --results_dir "$OUT_DIR/results5_at0"
+# ... and with XLA's autotuning kept but its Triton GEMM candidates off (cuBLAS only).
+NOTRITON=(env "XLA_FLAGS=${XLA_FLAGS:-} --xla_gpu_enable_triton_gemm=false")
+step train1_notriton "${NOTRITON[@]}" $PY "${TRAIN[@]}" --model_dir "$WORK/m1_nt" \
+  --results_dir "$OUT_DIR/results1_notriton"
 # A later run of the same shapes: "fill" compiles into a persistent cache, "warm1" is a
 # fresh run (new model_dir) that finds every program there.
 CACHED=(experiments/train.py --config configs/default.py --data_dir "$WORK/data"
