@@ -441,7 +441,8 @@ def train_and_evaluate(exp: Experiment, train: Split, val: Split, *,
         "longest utterance)")
     # A variant's closing work (its last checkpoints written, its runs unlocked, the
     # original's .pt exported) runs in one thread, in order, while the next variant
-    # compiles and trains; a failure there stops the run at the next variant or below.
+    # compiles and trains; a failure there is raised before the next variant starts (when
+    # it is known by then) or else before the report set is committed.
     with concurrent.futures.ThreadPoolExecutor(
         1, thread_name_prefix="fusion_jax_finish") as pool:
       pending = []
