@@ -93,6 +93,9 @@ def main(fn) -> None:
 
   def run_and_exit(argv):
     code = fn(argv)
+    sharding = sys.modules.get("fusion_jax.sharding")
+    if sharding is not None:   # (multi-host: the hosts leave together, as JAX's exit would)
+      sharding.maybe_shutdown_distributed()
     exit_now(0 if code is None else int(code))
 
   app.run(run_and_exit, flags_parser=parse_flags)

@@ -15,10 +15,22 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
+_DISTRIBUTED = []   # [True] once jax.distributed.initialize() was called here
+
+
 def maybe_initialize_distributed(enabled: bool) -> None:
   """``jax.distributed.initialize()`` for multi-host runs (env-configured)."""
   if enabled:
     jax.distributed.initialize()
+    _DISTRIBUTED.append(True)
+
+
+def maybe_shutdown_distributed() -> None:
+  """``jax.distributed.shutdown()`` (its barrier: no host leaves while another still needs
+  the coordination service) if :func:`maybe_initialize_distributed` started it."""
+  if _DISTRIBUTED:
+    _DISTRIBUTED.clear()
+    jax.distributed.shutdown()
 
 
 def make_mesh(num_devices: Optional[int] = None) -> Mesh:

@@ -428,8 +428,8 @@ def train_and_evaluate(exp: Experiment, train: Split, val: Split, *,
   if not results_dir:
     raise ValueError("train_and_evaluate writes reports: give the experiment a results_dir "
                      "(--results_dir)")
-  variants = list(variants or exp.variants)
-  seeds = list(seeds if seeds is not None else exp.seeds)
+  variants = list(dict.fromkeys(variants or exp.variants))
+  seeds = list(dict.fromkeys(int(s) for s in (seeds if seeds is not None else exp.seeds)))
   with runs.RunLock(results_dir, "training report"):
     shapes = exp.training_shapes(train, val)
     pad = batching.padding_fraction(train, shapes, exp.config.train.batch_size)
@@ -447,30 +447,42 @@ def train_and_evaluate(exp: Experiment, train: Split, val: Split, *,
         1, thread_name_prefix="fusion_jax_finish") as pool:
       pending = []
 
-      def finish(job):
+      def finish(job, needs_earlier: bool = False):
+        """Queues ``job``; ``needs_earlier``: skipped (raising their error) when an earlier
+        job failed. Closing a run never is: its lock and queued saves must be let go."""
+        if jax.process_count() > 1:   # (orbax synchronises the hosts: main thread only)
+          job()
+          return
         before = list(pending)
 
         def run():
-          _raise_failed(before)   # (ordered: nothing builds on a job that failed)
+          if needs_earlier:
+            _raise_failed(before)
           job()
         pending.append(pool.submit(run))
 
-      results = {}
-      for v in variants:
-        _raise_failed(pending, done_only=True)
-        results[v] = _train_runs(exp, v, seeds, train, val, finish=finish)
-        if exp.config.train.get("export_torch", False):
-          finish(functools.partial(export_torch, exp, v, seeds))
-      summary = summarize(results, exp.class_names, shapes, pad,
-                          configs.selection_metric(exp.config))
-      # The report set appears together, once every run has finished (and its files are
-      # written), and replaces the previous training report as a whole: plots of variants
-      # this run did not train and their metrics lines go, so the folder never shows two
-      # runs at once.
-      with io_utils.replaced_dir(os.path.join(results_dir, "plots")) as plots_dir, \
-          io_utils.staged_files(results_dir) as out:
-        write_training_reports(plots_dir, out, exp, results, summary)
-        _raise_failed(pending)
+      try:
+        results = {}
+        for v in variants:
+          _raise_failed(pending, done_only=True)
+          results[v] = _train_runs(exp, v, seeds, train, val, finish=finish)
+          if exp.config.train.get("export_torch", False):
+            finish(functools.partial(export_torch, exp, v, seeds), needs_earlier=True)
+        summary = summarize(results, exp.class_names, shapes, pad,
+                            configs.selection_metric(exp.config))
+        # The report set appears together, once every run has finished (and its files
+        # are written), and replaces the previous training report as a whole: plots of
+        # variants this run did not train and their metrics lines go, so the folder never
+        # shows two runs at once.
+        with io_utils.replaced_dir(os.path.join(results_dir, "plots")) as plots_dir, \
+            io_utils.staged_files(results_dir) as out:
+          write_training_reports(plots_dir, out, exp, results, summary)
+          _raise_failed(pending)
+      except BaseException as e:   # (the queued jobs still run; say which of them failed)
+        for f in pending:
+          if f.exception() is not None and f.exception() is not e:
+            log(f"warning: closing a finished variant failed too: {f.exception()}")
+        raise
     jsonl = _metrics_log(exp)
     kept = {(v, s) for v in variants for s in seeds}
     jsonl.replace(lambda r: (r.get("variant"), r.get("seed")) not in kept, [])

@@ -323,34 +323,48 @@ def test_several_seeds_give_mean_std_and_paired_tests(tiny_data, tmp_path):
   assert ("exceeds seed noise" in report) or ("within seed noise" in report)
 
 
-def test_a_variants_closing_work_runs_after_its_run_closes_and_its_failure_stops_the_report(
+def test_a_variants_closing_work_runs_beside_the_next_and_its_failure_stops_the_report(
     tiny_data, shared, tmp_path, monkeypatch):
   """train_and_evaluate closes a variant's runs (last checkpoints written, unlocked) and
-  exports its .pt in a thread, while the next variant trains; a failure there is raised
-  and no report appears."""
+  exports its .pt in a thread while the next variant trains. An export that fails is
+  raised and no report appears; later runs are still closed, later exports skipped."""
   cfg = _cfg(epochs=1)
   cfg.train.export_torch = True
   model_dir = tmp_path / "m"
   exp = dataclasses.replace(_exp(tiny_data, model_dir, cfg, shared),
                             results_dir=str(tmp_path / "r"))
-  seen = []
+  unlocked = lambda v: _lock_free(runs.run_dir(str(model_dir), v, 0))
+  second_started, seen, real_train = threading.Event(), [], training._train
+
+  def train(exp_, variant, *args):
+    if variant == "speech_only":
+      second_started.set()
+    return real_train(exp_, variant, *args)
 
   def export(exp_, variant, seeds):
-    run = runs.run_dir(str(model_dir), variant, seeds[0])
-    with runs.RunLock(run):   # unlocked by now ...
-      pass
-    seen.append((variant, threading.current_thread().name,
-                 runs.best_meta(str(model_dir), variant, seeds[0])["run"]["epoch"]))   # ... on disk
+    seen.append((variant, threading.current_thread().name, unlocked(variant),
+                 runs.best_meta(str(model_dir), variant, 0)["run"]["epoch"]))
+    assert second_started.wait(120)   # (so the next variant trains before this fails)
     raise OSError(f"disk full writing best_{variant}_model.pt")
 
+  monkeypatch.setattr(training, "_train", train)
   monkeypatch.setattr(training, "export_torch", export)
   with pytest.raises(OSError, match="disk full writing best_gated_model.pt"):
     training.train_and_evaluate(exp, tiny_data["train"], tiny_data["val"],
-                                variants=["gated"], seeds=[0])
-  assert len(seen) == 1 and seen[0][0] == "gated" and seen[0][2] == 1
+                                variants=["gated", "speech_only"], seeds=[0])
+  assert seen == [("gated", seen[0][1], True, 1)]   # after its run closed; not speech_only's
   assert seen[0][1].startswith("fusion_jax_finish")
+  assert unlocked("speech_only") and runs.best_meta(str(model_dir), "speech_only", 0)
   assert not (tmp_path / "r" / "summary.json").exists()
   assert not (tmp_path / "r" / "plots").exists()
+
+
+def _lock_free(directory) -> bool:
+  try:
+    with runs.RunLock(directory):
+      return True
+  except runs.RunInUse:
+    return False
 
 
 def test_parallel_seeds_reproduce_each_seed_trained_alone(tiny_data, shared, tmp_path):
