@@ -329,7 +329,7 @@ def _train(exp, variant, seeds, train, val, ckpts_list, fingerprint, after_epoch
           f"{compile_total:.1f}s")
   last_save = time.perf_counter()
   best_saved = [ckpts.latest_step("best") or 0 for ckpts in ckpts_list]
-  background = jax.process_count() == 1
+  background = _off_main_thread()
   for epoch in range(start_epoch, epochs):
     t0, compiled_before = time.perf_counter(), exp.ledger.seconds
     state, sums = train_epoch(exp, steps, state, train_data, train, shapes, seeds, epoch, keys)
@@ -362,8 +362,7 @@ def _train(exp, variant, seeds, train, val, ckpts_list, fingerprint, after_epoch
         # Best first: after a kill, the rerun replays from "latest" (batch order and
         # dropout are functions of seed and step), reaching the same best again.
         # A replayed improvement older than the best on disk is superseded: skip it.
-        # Written by the run's writer thread while the next epoch computes (in order;
-        # multi-host runs save in the main thread: orbax synchronises the hosts).
+        # Written by the run's writer thread while the next epoch computes (in order).
         if save_best:
           ckpts.save("best", run.epoch, one, meta, background=background)
           best_saved[i] = run.epoch
@@ -392,6 +391,12 @@ def _train(exp, variant, seeds, train, val, ckpts_list, fingerprint, after_epoch
                     compile_seconds=compile_total / share, train_seconds=seconds / share,
                     resumed_from_epoch=start_epoch)
           for run, ckpts in zip(run_states, ckpts_list)]
+
+
+def _off_main_thread() -> bool:
+  """Whether checkpoint writes and a run's closing work may run in a thread: not on
+  several hosts, where orbax synchronises them (collectives in the main thread only)."""
+  return jax.process_count() == 1
 
 
 def _raise_failed(futures: Sequence[concurrent.futures.Future], done_only: bool = False) -> None:
@@ -450,7 +455,7 @@ def train_and_evaluate(exp: Experiment, train: Split, val: Split, *,
       def finish(job, needs_earlier: bool = False):
         """Queues ``job``; ``needs_earlier``: skipped (raising their error) when an earlier
         job failed. Closing a run never is: its lock and queued saves must be let go."""
-        if jax.process_count() > 1:   # (orbax synchronises the hosts: main thread only)
+        if not _off_main_thread():
           job()
           return
         before = list(pending)
@@ -479,9 +484,8 @@ def train_and_evaluate(exp: Experiment, train: Split, val: Split, *,
           write_training_reports(plots_dir, out, exp, results, summary)
           _raise_failed(pending)
       except BaseException as e:   # (the queued jobs still run; say which of them failed)
-        for f in pending:
-          if f.exception() is not None and f.exception() is not e:
-            log(f"warning: closing a finished variant failed too: {f.exception()}")
+        for error in {f.exception() for f in pending} - {None, e}:
+          log(f"warning: closing a finished variant failed too: {error}")
         raise
     jsonl = _metrics_log(exp)
     kept = {(v, s) for v in variants for s in seeds}

@@ -151,7 +151,6 @@ def _rebuild_tensor(storage: _Storage, storage_offset, size, stride,
   view = np.lib.stride_tricks.as_strided(
       flat[storage_offset:], shape=size,
       strides=tuple(st * flat.dtype.itemsize for st in stride), writeable=False)
-  storage.handed_out = True
   return np.array(view, copy=True)
 
 
