@@ -64,18 +64,15 @@ def main(argv):
       config, "csv_path" if split == "train" else f"{split}_csv_path", f"{split}_split.csv")
   cli.require(speech_features=speech, text_features=text, csv_path=csv)
   from fusion_jax import analysis, data, evaluation, experiment  # pylint: disable=import-outside-toplevel
-  try:
-    mesh = cli.setup_jax(config)
-    names = data.class_names_from_csv(csv)
-    sp = data.load_split(split, speech, text, split_csv, class_names=names)
-    exp = experiment.Experiment.create(config, names, mesh=mesh,
-                                       model_dir=config.paths.model_dir,
-                                       results_dir=config.paths.results_dir)
-    runs = evaluation.load_runs(exp, exp.variants if cli.explicit("train.variants") else None,
-                                exp.seeds if cli.explicit("train.seeds") else None)
-    analysis.analyze(exp, runs, sp)
-  except cli.USER_ERRORS as e:
-    cli.fail(str(e))
+  mesh = cli.setup_jax(config)
+  names = data.class_names_from_csv(csv)
+  sp = data.load_split(split, speech, text, split_csv, class_names=names)
+  exp = experiment.Experiment.create(config, names, mesh=mesh,
+                                     model_dir=config.paths.model_dir,
+                                     results_dir=config.paths.results_dir)
+  runs = evaluation.load_runs(exp, exp.variants if cli.explicit("train.variants") else None,
+                              exp.seeds if cli.explicit("train.seeds") else None)
+  analysis.analyze(exp, runs, sp)
 
 
 if __name__ == "__main__":

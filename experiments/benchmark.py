@@ -68,15 +68,12 @@ def main(argv):
              text_lengths=split.text_lengths, labels=split.labels, feature_dim=dim, seed=0)
     print(f"wrote {FLAGS.dump_data}")
     return
-  try:
-    mesh = cli.setup_jax(config)
-    exp = experiment.Experiment.create(config, [f"class{k}" for k in range(7)], train=split,
-                                       mesh=mesh)
-    # Default: the original's four heads (the config's variant list is for training).
-    variants = exp.variants if cli.explicit("train.variants") else models.parse_variants(
-        "original")
-  except cli.USER_ERRORS as e:
-    cli.fail(str(e))
+  mesh = cli.setup_jax(config)
+  exp = experiment.Experiment.create(config, [f"class{k}" for k in range(7)], train=split,
+                                     mesh=mesh)
+  # Default: the original's four heads (the config's variant list is for training).
+  variants = exp.variants if cli.explicit("train.variants") else models.parse_variants(
+      "original")
   cfg = exp.config
   lens = split.speech_lengths
   print(f"{len(split)} utterances, speech frames mean {lens.mean():.0f} (min {lens.min()}, "

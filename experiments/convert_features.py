@@ -21,19 +21,16 @@ flags.DEFINE_integer("expected_dim", None, "Fail unless the feature dim is this.
 
 def main(argv):
   del argv
-  try:
-    feats = data.load_features(FLAGS.input, expected_dim=FLAGS.expected_dim)
-    if FLAGS.output.endswith(".npz"):
-      data.save_features(FLAGS.output, feats)
-    elif FLAGS.output.endswith(".pt"):
-      if feats.labels is None:
-        raise data.DataError(FLAGS.input, "no labels: the original .pt layout needs 'y'",
-                             field="y")
-      data.save_original_layout(FLAGS.output, feats.sequences, feats.labels)
-    else:
-      raise data.DataError(FLAGS.output, "output must end in .npz or .pt")
-  except cli.USER_ERRORS as e:
-    cli.fail(str(e))
+  feats = data.load_features(FLAGS.input, expected_dim=FLAGS.expected_dim)
+  if FLAGS.output.endswith(".npz"):
+    data.save_features(FLAGS.output, feats)
+  elif FLAGS.output.endswith(".pt"):
+    if feats.labels is None:
+      raise data.DataError(FLAGS.input, "no labels: the original .pt layout needs 'y'",
+                           field="y")
+    data.save_original_layout(FLAGS.output, feats.sequences, feats.labels)
+  else:
+    raise data.DataError(FLAGS.output, "output must end in .npz or .pt")
   lengths = feats.lengths
   print(f"{FLAGS.input} -> {FLAGS.output}: {len(feats)} utterances, dim {feats.dim}, "
         f"{int(lengths.sum())} frames (min {lengths.min()}, max {lengths.max()})")

@@ -60,29 +60,26 @@ def main(argv):
   test_csv = cli.optional_path(config, "test_csv_path", "test_split.csv")
   cli.require(test_speech_features=speech, test_text_features=text, csv_path=csv)
   from fusion_jax import analysis, data, evaluation, experiment  # pylint: disable=import-outside-toplevel
-  try:
-    mesh = cli.setup_jax(config)
-    names = data.class_names_from_csv(csv)
-    test = data.load_split("test", speech, text, test_csv, class_names=names)
-    train = None
-    tr_s = cli.optional_path(config, "train_speech_features", "train_speech.pt")
-    tr_t = cli.optional_path(config, "train_text_features", "train_text.pt")
-    if FLAGS.ablation == "mean" and tr_s and tr_t:
-      train = data.load_split("train", tr_s, tr_t)
-    elif FLAGS.ablation == "mean":
-      print("note: no training features (--train_speech_features, --train_text_features): "
-            "modality removal fills with the test split's own mean frame", flush=True)
-    exp = experiment.Experiment.create(config, names, mesh=mesh,
-                                       model_dir=config.paths.model_dir,
-                                       results_dir=config.paths.results_dir)
-    variants = exp.variants if cli.explicit("train.variants") else None
-    seeds = exp.seeds if cli.explicit("train.seeds") else None
-    evaluation.evaluate(exp, test, variants=variants, seeds=seeds, train=train,
-                        ablation=FLAGS.ablation)
-    if FLAGS.analysis:   # as the original test.py: separability of every block, on test
-      analysis.analyze(exp, evaluation.load_runs(exp, variants, seeds), test)
-  except cli.USER_ERRORS as e:
-    cli.fail(str(e))
+  mesh = cli.setup_jax(config)
+  names = data.class_names_from_csv(csv)
+  test = data.load_split("test", speech, text, test_csv, class_names=names)
+  train = None
+  tr_s = cli.optional_path(config, "train_speech_features", "train_speech.pt")
+  tr_t = cli.optional_path(config, "train_text_features", "train_text.pt")
+  if FLAGS.ablation == "mean" and tr_s and tr_t:
+    train = data.load_split("train", tr_s, tr_t)
+  elif FLAGS.ablation == "mean":
+    print("note: no training features (--train_speech_features, --train_text_features): "
+          "modality removal fills with the test split's own mean frame", flush=True)
+  exp = experiment.Experiment.create(config, names, mesh=mesh,
+                                     model_dir=config.paths.model_dir,
+                                     results_dir=config.paths.results_dir)
+  variants = exp.variants if cli.explicit("train.variants") else None
+  seeds = exp.seeds if cli.explicit("train.seeds") else None
+  evaluation.evaluate(exp, test, variants=variants, seeds=seeds, train=train,
+                      ablation=FLAGS.ablation)
+  if FLAGS.analysis:   # as the original test.py: separability of every block, on test
+    analysis.analyze(exp, evaluation.load_runs(exp, variants, seeds), test)
 
 
 if __name__ == "__main__":

@@ -22,10 +22,7 @@ flags.DEFINE_list("num_buckets", ["1", "2", "3", "4", "6", "8"], "Bucket counts 
 
 def main(argv):
   del argv
-  try:
-    split = data.load_split("train", FLAGS.speech_features, FLAGS.text_features)
-  except cli.USER_ERRORS as e:
-    cli.fail(str(e))
+  split = data.load_split("train", FLAGS.speech_features, FLAGS.text_features)
   lens = split.speech_lengths
   print(f"{len(split)} utterances, speech frames: min {lens.min()}, median "
         f"{int(sorted(lens)[len(lens) // 2])}, mean {lens.mean():.0f}, max {lens.max()}")

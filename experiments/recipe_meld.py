@@ -99,69 +99,64 @@ def main(argv):
   # pylint: disable=import-outside-toplevel
   from fusion_jax import evaluation, experiment, features, io_utils, models, recipes, training
   t0 = time.time()
-  try:
-    has_speech = bool(FLAGS.train_speech_features)
-    variants = models.parse_variants(config.train.variants)
-    if not has_speech and not cli.explicit("train.variants") and variants != ["text_only"]:
-      print(f"No speech features: training text_only (the config lists {variants}).",
-            flush=True)
-      with config.unlocked():
-        config.train.variants = "text_only"
-      variants = ["text_only"]
-    needs_speech = [v for v in variants if models.get_variant(v).reads("speech")]
-    if needs_speech and not has_speech:
-      cli.fail(f"variants {needs_speech} need speech features: give --train_speech_features "
-               "and --dev_speech_features, or --variants=text_only")
-    hidden = "all" if config.model.text_finetune_layers else FLAGS.text_hidden_states
-    extractor = features.make_extractor(
-        FLAGS.text_extractor, **({"hidden_states": hidden} if hidden != "last" else {}),
-        **({"context": FLAGS.context} if FLAGS.context else {}))
-    train_m, train_text, train_csv = _prepare("train", "train_sent_emo.csv", features, extractor)
-    _, dev_text, dev_csv = _prepare("dev", "dev_sent_emo.csv", features, extractor)
-    extract_seconds = time.time() - t0
-    mesh = cli.setup_jax(config)
-    names = train_m.class_names
-    train = _load("train", names, train_text, FLAGS.train_speech_features, train_csv)
-    dev = _load("dev", names, dev_text, FLAGS.dev_speech_features, dev_csv)
-    if FLAGS.max_tokens:
-      cut = recipes.truncate_text([train, dev], FLAGS.max_tokens)
-      print(f"--max_tokens={FLAGS.max_tokens}: {cut} of {len(train) + len(dev)} lines "
-            "truncated", flush=True)
-    if FLAGS.select_on == "train_holdout":
-      train, val = recipes.holdout_split(train, FLAGS.holdout_fraction)
-    else:
-      val = dev
-    results = os.path.join(FLAGS.work_dir, "results")
-    exp = experiment.Experiment.create(config, names, train=train, val=val, mesh=mesh,
-                                       model_dir=os.path.join(FLAGS.work_dir, "models"),
-                                       results_dir=results)
-    training.train_and_evaluate(exp, train, val)
-    summary = evaluation.evaluate(exp, dev, variants=exp.variants, seeds=exp.seeds,
-                                  train=train, ablation="mean" if has_speech else "none")
-    rows = {}
-    for v, s in summary["variants"].items():
-      rows[v] = {k: recipes.summarise([t[k] for t in s["test"]])
-                 for k in ("accuracy", "uar", "macro_f1", "weighted_f1")}
-      rows[v]["val_acc"] = recipes.summarise(s["val_acc"])
-      rows[v]["val_score"] = recipes.summarise(s["val_score"])   # the selection metric
-      rows[v]["per_class_f1"] = {c: recipes.summarise([t["per_class"]["f1"][i]
-                                                       for t in s["test"]])
-                                 for i, c in enumerate(names)}
-    if FLAGS.baseline:
-      rows["minilm_mean_pool_lr"] = recipes.sentence_vector_baseline(train, dev, len(names))
-    table = _table(rows, extractor, extract_seconds, time.time() - t0,
-                   summary["selection_metric"])
-    io_utils.write_json(os.path.join(FLAGS.work_dir, "meld_summary.json"), dict(
-        rows=rows, class_names=names, select_on=FLAGS.select_on,
-        selection_metric=summary["selection_metric"], seeds=exp.seeds,
-        extractor=extractor.fingerprint(), seconds=time.time() - t0,
-        train_size=len(train), val_size=len(val), dev_size=len(dev)))
-    io_utils.write_text(os.path.join(FLAGS.work_dir, "meld_results.txt"), table)
-    print("\n" + table, flush=True)
-  except cli.USER_ERRORS as e:
-    cli.fail(str(e))
-  except KeyboardInterrupt:
-    cli.interrupted()
+  has_speech = bool(FLAGS.train_speech_features)
+  variants = models.parse_variants(config.train.variants)
+  if not has_speech and not cli.explicit("train.variants") and variants != ["text_only"]:
+    print(f"No speech features: training text_only (the config lists {variants}).",
+          flush=True)
+    with config.unlocked():
+      config.train.variants = "text_only"
+    variants = ["text_only"]
+  needs_speech = [v for v in variants if models.get_variant(v).reads("speech")]
+  if needs_speech and not has_speech:
+    cli.fail(f"variants {needs_speech} need speech features: give --train_speech_features "
+             "and --dev_speech_features, or --variants=text_only")
+  hidden = "all" if config.model.text_finetune_layers else FLAGS.text_hidden_states
+  extractor = features.make_extractor(
+      FLAGS.text_extractor, **({"hidden_states": hidden} if hidden != "last" else {}),
+      **({"context": FLAGS.context} if FLAGS.context else {}))
+  train_m, train_text, train_csv = _prepare("train", "train_sent_emo.csv", features, extractor)
+  _, dev_text, dev_csv = _prepare("dev", "dev_sent_emo.csv", features, extractor)
+  extract_seconds = time.time() - t0
+  mesh = cli.setup_jax(config)
+  names = train_m.class_names
+  train = _load("train", names, train_text, FLAGS.train_speech_features, train_csv)
+  dev = _load("dev", names, dev_text, FLAGS.dev_speech_features, dev_csv)
+  if FLAGS.max_tokens:
+    cut = recipes.truncate_text([train, dev], FLAGS.max_tokens)
+    print(f"--max_tokens={FLAGS.max_tokens}: {cut} of {len(train) + len(dev)} lines "
+          "truncated", flush=True)
+  if FLAGS.select_on == "train_holdout":
+    train, val = recipes.holdout_split(train, FLAGS.holdout_fraction)
+  else:
+    val = dev
+  results = os.path.join(FLAGS.work_dir, "results")
+  exp = experiment.Experiment.create(config, names, train=train, val=val, mesh=mesh,
+                                     model_dir=os.path.join(FLAGS.work_dir, "models"),
+                                     results_dir=results)
+  training.train_and_evaluate(exp, train, val)
+  summary = evaluation.evaluate(exp, dev, variants=exp.variants, seeds=exp.seeds,
+                                train=train, ablation="mean" if has_speech else "none")
+  rows = {}
+  for v, s in summary["variants"].items():
+    rows[v] = {k: recipes.summarise([t[k] for t in s["test"]])
+               for k in ("accuracy", "uar", "macro_f1", "weighted_f1")}
+    rows[v]["val_acc"] = recipes.summarise(s["val_acc"])
+    rows[v]["val_score"] = recipes.summarise(s["val_score"])   # the selection metric
+    rows[v]["per_class_f1"] = {c: recipes.summarise([t["per_class"]["f1"][i]
+                                                     for t in s["test"]])
+                               for i, c in enumerate(names)}
+  if FLAGS.baseline:
+    rows["minilm_mean_pool_lr"] = recipes.sentence_vector_baseline(train, dev, len(names))
+  table = _table(rows, extractor, extract_seconds, time.time() - t0,
+                 summary["selection_metric"])
+  io_utils.write_json(os.path.join(FLAGS.work_dir, "meld_summary.json"), dict(
+      rows=rows, class_names=names, select_on=FLAGS.select_on,
+      selection_metric=summary["selection_metric"], seeds=exp.seeds,
+      extractor=extractor.fingerprint(), seconds=time.time() - t0,
+      train_size=len(train), val_size=len(val), dev_size=len(dev)))
+  io_utils.write_text(os.path.join(FLAGS.work_dir, "meld_results.txt"), table)
+  print("\n" + table, flush=True)
 
 
 def _table(rows, extractor, extract_seconds, total, metric="accuracy"):

@@ -69,64 +69,59 @@ def main(argv):
   cli.require("the RAVDESS folder with Actor_XX/*.wav", ravdess_dir=FLAGS.ravdess_dir)
   from fusion_jax import experiment, features, io_utils, recipes, reports  # pylint: disable=import-outside-toplevel
   t0 = time.time()
-  try:
-    manifest = features.corpora.ravdess_manifest(FLAGS.ravdess_dir)
-    if FLAGS.limit_per_actor:
-      manifest.frame = manifest.frame.groupby("speaker", sort=False).head(
-          FLAGS.limit_per_actor).reset_index(drop=True)
-    print(f"RAVDESS: {len(manifest)} clips, {manifest.frame['speaker'].nunique()} actors, "
-          f"classes {manifest.class_names}", flush=True)
-    fdir = os.path.join(FLAGS.work_dir, "features")
-    pool = FLAGS.pool or DEFAULT_POOL.get(FLAGS.speech_extractor, 1)
-    hidden = lambda h: {} if h == "last" else {"hidden_states": h}
-    speech_ex = features.make_extractor(FLAGS.speech_extractor, pool=pool,
-                                        **hidden(FLAGS.speech_hidden_states))
-    text_ex = features.make_extractor(FLAGS.text_extractor, **hidden(FLAGS.text_hidden_states))
-    name = lambda ex: f"ravdess_{ex.name}{'_all' if ex.stack > 1 else ''}.npz"
-    out = features.extract_aligned(
-        manifest, {"speech": (speech_ex, os.path.join(fdir, name(speech_ex))),
-                   "text": (text_ex, os.path.join(fdir, name(text_ex)))},
-        os.path.join(fdir, "ravdess_split.csv"))
-    extract_seconds = time.time() - t0
-    mesh = cli.setup_jax(config)
-    split = recipes.load_corpus(out.paths["speech"], out.paths["text"], out.split_csv,
-                                name="ravdess")
-    exp = experiment.Experiment.create(config, manifest.class_names, train=split, mesh=mesh)
-    folds = recipes.group_folds(split.groups, FLAGS.folds, FLAGS.val_speakers)
-    analyse = [int(f) for f in FLAGS.analyse_folds.split(",") if f.strip()]
-    summary = recipes.cross_validate(exp, split, folds, FLAGS.work_dir, analyse_folds=analyse,
-                                     write_summary=False)
-    extra = {}
-    if FLAGS.baseline:
-      try:
-        x = recipes.cached_functionals(
-            list(out.frame["path"]), list(out.frame["id"]),
-            os.path.join(fdir, "ravdess_egemaps_functionals.npz"),
-            lambda p: features.extractors.opensmile_functionals(features.audio.read_audio(p)))
-        extra["egemaps_functionals_lr"] = b = recipes.functionals_baseline(
-            x, out.frame["label"].to_numpy(), list(out.frame["speaker"]), folds,
-            len(manifest.class_names))
-        print(f"eGeMAPS functionals + LR: accuracy {reports.cell(b['accuracy'])}, UAR "
-              f"{reports.cell(b['uar'])}", flush=True)
-      except ImportError as e:
-        print(f"Skipping the eGeMAPS + LR baseline: {e}", flush=True)
-    summary["baselines"] = extra
-    summary["extractors"] = dict(speech=speech_ex.fingerprint(), text=text_ex.fingerprint())
-    summary["extract_seconds"] = extract_seconds
-    summary["total_seconds"] = time.time() - t0
-    table = reports.cv_table(summary, extra) + "\nPublished (DESIGN.md §3; other protocols, " \
-        "for orientation):\n" + "\n".join(f"  {n:<34} {v:.3f}" for n, v in PUBLISHED) + \
-        f"\n\nSpeech features: {speech_ex.name} ({speech_ex.dim}-d, " \
-        f"{speech_ex.frame_rate:g} frames/s); text: {text_ex.name} ({text_ex.dim}-d). " \
-        f"Total {summary['total_seconds'] / 60:.1f} min (extraction {extract_seconds:.0f} s).\n"
-    with io_utils.staged_files(FLAGS.work_dir) as tmp:   # both files, or neither
-      io_utils.write_json(os.path.join(tmp, "cv_summary.json"), summary)
-      io_utils.write_text(os.path.join(tmp, "cv_results.txt"), table)
-    print("\n" + table, flush=True)
-  except cli.USER_ERRORS as e:
-    cli.fail(str(e))
-  except KeyboardInterrupt:
-    cli.interrupted()
+  manifest = features.corpora.ravdess_manifest(FLAGS.ravdess_dir)
+  if FLAGS.limit_per_actor:
+    manifest.frame = manifest.frame.groupby("speaker", sort=False).head(
+        FLAGS.limit_per_actor).reset_index(drop=True)
+  print(f"RAVDESS: {len(manifest)} clips, {manifest.frame['speaker'].nunique()} actors, "
+        f"classes {manifest.class_names}", flush=True)
+  fdir = os.path.join(FLAGS.work_dir, "features")
+  pool = FLAGS.pool or DEFAULT_POOL.get(FLAGS.speech_extractor, 1)
+  hidden = lambda h: {} if h == "last" else {"hidden_states": h}
+  speech_ex = features.make_extractor(FLAGS.speech_extractor, pool=pool,
+                                      **hidden(FLAGS.speech_hidden_states))
+  text_ex = features.make_extractor(FLAGS.text_extractor, **hidden(FLAGS.text_hidden_states))
+  name = lambda ex: f"ravdess_{ex.name}{'_all' if ex.stack > 1 else ''}.npz"
+  out = features.extract_aligned(
+      manifest, {"speech": (speech_ex, os.path.join(fdir, name(speech_ex))),
+                 "text": (text_ex, os.path.join(fdir, name(text_ex)))},
+      os.path.join(fdir, "ravdess_split.csv"))
+  extract_seconds = time.time() - t0
+  mesh = cli.setup_jax(config)
+  split = recipes.load_corpus(out.paths["speech"], out.paths["text"], out.split_csv,
+                              name="ravdess")
+  exp = experiment.Experiment.create(config, manifest.class_names, train=split, mesh=mesh)
+  folds = recipes.group_folds(split.groups, FLAGS.folds, FLAGS.val_speakers)
+  analyse = [int(f) for f in FLAGS.analyse_folds.split(",") if f.strip()]
+  summary = recipes.cross_validate(exp, split, folds, FLAGS.work_dir, analyse_folds=analyse,
+                                   write_summary=False)
+  extra = {}
+  if FLAGS.baseline:
+    try:
+      x = recipes.cached_functionals(
+          list(out.frame["path"]), list(out.frame["id"]),
+          os.path.join(fdir, "ravdess_egemaps_functionals.npz"),
+          lambda p: features.extractors.opensmile_functionals(features.audio.read_audio(p)))
+      extra["egemaps_functionals_lr"] = b = recipes.functionals_baseline(
+          x, out.frame["label"].to_numpy(), list(out.frame["speaker"]), folds,
+          len(manifest.class_names))
+      print(f"eGeMAPS functionals + LR: accuracy {reports.cell(b['accuracy'])}, UAR "
+            f"{reports.cell(b['uar'])}", flush=True)
+    except ImportError as e:
+      print(f"Skipping the eGeMAPS + LR baseline: {e}", flush=True)
+  summary["baselines"] = extra
+  summary["extractors"] = dict(speech=speech_ex.fingerprint(), text=text_ex.fingerprint())
+  summary["extract_seconds"] = extract_seconds
+  summary["total_seconds"] = time.time() - t0
+  table = reports.cv_table(summary, extra) + "\nPublished (DESIGN.md §3; other protocols, " \
+      "for orientation):\n" + "\n".join(f"  {n:<34} {v:.3f}" for n, v in PUBLISHED) + \
+      f"\n\nSpeech features: {speech_ex.name} ({speech_ex.dim}-d, " \
+      f"{speech_ex.frame_rate:g} frames/s); text: {text_ex.name} ({text_ex.dim}-d). " \
+      f"Total {summary['total_seconds'] / 60:.1f} min (extraction {extract_seconds:.0f} s).\n"
+  with io_utils.staged_files(FLAGS.work_dir) as tmp:   # both files, or neither
+    io_utils.write_json(os.path.join(tmp, "cv_summary.json"), summary)
+    io_utils.write_text(os.path.join(tmp, "cv_results.txt"), table)
+  print("\n" + table, flush=True)
 
 
 if __name__ == "__main__":

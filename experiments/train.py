@@ -72,28 +72,23 @@ def main(argv):
   config = cli.config_from_flags()
   paths = _paths(config)
   from fusion_jax import data, experiment, training  # pylint: disable=import-outside-toplevel
-  try:
-    mesh = cli.setup_jax(config)
-    names = data.class_names_from_csv(paths["csv_path"])
-    train = data.load_split("train", paths["train_speech_features"],
-                            paths["train_text_features"], paths["csv_path"], class_names=names)
-    val = data.load_split("val", paths["val_speech_features"], paths["val_text_features"],
-                          paths["val_csv_path"], class_names=names)
-    for m in ("speech", "text"):  # dims come from the data; an explicit dim must agree
-      field = f"model.{m}_dim"
-      got = int(getattr(train, m)[0].shape[1])
-      if cli.explicit(field) and config.model[f"{m}_dim"] != got:
-        raise data.DataError(train.sources[m], f"{m} features are {got}-d but "
-                             f"--config.{field}={config.model[f'{m}_dim']}", field="x",
-                             hint=f"drop --config.{field}: dims are read from the files")
-    exp = experiment.Experiment.create(config, names, train=train, val=val, mesh=mesh,
-                                       model_dir=config.paths.model_dir,
-                                       results_dir=config.paths.results_dir)
-    training.train_and_evaluate(exp, train, val)
-  except cli.USER_ERRORS as e:
-    cli.fail(str(e))
-  except KeyboardInterrupt:
-    cli.interrupted()
+  mesh = cli.setup_jax(config)
+  names = data.class_names_from_csv(paths["csv_path"])
+  train = data.load_split("train", paths["train_speech_features"],
+                          paths["train_text_features"], paths["csv_path"], class_names=names)
+  val = data.load_split("val", paths["val_speech_features"], paths["val_text_features"],
+                        paths["val_csv_path"], class_names=names)
+  for m in ("speech", "text"):  # dims come from the data; an explicit dim must agree
+    field = f"model.{m}_dim"
+    got = int(getattr(train, m)[0].shape[1])
+    if cli.explicit(field) and config.model[f"{m}_dim"] != got:
+      raise data.DataError(train.sources[m], f"{m} features are {got}-d but "
+                           f"--config.{field}={config.model[f'{m}_dim']}", field="x",
+                           hint=f"drop --config.{field}: dims are read from the files")
+  exp = experiment.Experiment.create(config, names, train=train, val=val, mesh=mesh,
+                                     model_dir=config.paths.model_dir,
+                                     results_dir=config.paths.results_dir)
+  training.train_and_evaluate(exp, train, val)
 
 
 if __name__ == "__main__":

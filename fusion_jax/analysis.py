@@ -27,6 +27,7 @@ from fusion_jax import io_utils, plots, reports, runs
 from fusion_jax.data.splits import Split
 from fusion_jax.experiment import Experiment
 from fusion_jax.models import registry
+from fusion_jax.errors import ConfigError
 
 # Per-utterance head internals drawn by class; attention maps are taken for one utterance.
 GATES = "fusion/*_gate"
@@ -98,7 +99,7 @@ def project(x: np.ndarray, method: str, seed: int = 0, perplexity: float = 30.0)
     import umap  # pylint: disable=import-outside-toplevel
     return umap.UMAP(n_components=2, n_neighbors=min(15, n - 1), random_state=seed,
                      n_jobs=1).fit_transform(x)
-  raise ValueError(f"unknown projection {method!r}; valid: {list(METHODS)}")
+  raise ConfigError(f"unknown projection {method!r}; valid: {list(METHODS)}")
 
 
 def separability(x: np.ndarray, labels: np.ndarray, k: int = 5, folds: int = 5,
@@ -221,7 +222,7 @@ def analyze(exp: Experiment, runs_: Sequence[runs.Run], split: Split, *,
   max_per_class = an.max_per_class if max_per_class is None else max_per_class
   for m in methods:
     if m not in METHODS:
-      raise ValueError(f"unknown projection {m!r}; valid: {list(METHODS)}")
+      raise ConfigError(f"unknown projection {m!r}; valid: {list(METHODS)}")
   runs.check_dims(runs_, split)
   # Written as one set: a failed or concurrent run never leaves a mix of pictures.
   with runs.RunLock(exp.results_dir, "separability report", ".separability.lock"), \

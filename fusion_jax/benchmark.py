@@ -23,6 +23,7 @@ from fusion_jax.data import batching
 from fusion_jax.data.splits import Split
 from fusion_jax.experiment import Experiment
 from fusion_jax.models import model as model_lib
+from fusion_jax.errors import ConfigError
 
 
 def synthetic_split(n: int, speech_dim: int, text_dim: int, mean_speech: float = 180.0,
@@ -92,7 +93,7 @@ def run_variant(exp: Experiment, variant: str, split: Split, *, repeats: int = 3
   """
   from fusion_jax import training  # pylint: disable=import-outside-toplevel
   if batches not in ("device", "host") or (batches == "host" and seeds != 1):
-    raise ValueError("batches must be 'device', or 'host' with one seed")
+    raise ConfigError("batches must be 'device', or 'host' with one seed")
   cfg, log = exp.config, exp.log
   bs = cfg.train.batch_size
   shapes = exp.training_shapes(split)

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from fusion_jax.data.errors import DataError
+from fusion_jax.errors import DataError
 
 KEEP = {"best": 1, "latest": 2}
 

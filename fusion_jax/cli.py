@@ -18,6 +18,8 @@ from typing import Optional
 from absl import flags
 from ml_collections import config_flags
 
+from fusion_jax.errors import UserError, one_line
+
 FLAGS = flags.FLAGS
 REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                             "configs")
@@ -92,7 +94,7 @@ def main(fn) -> None:
   from absl import app  # pylint: disable=import-outside-toplevel
 
   def run_and_exit(argv):
-    code = fn(argv)
+    code = run_at_boundary(fn, argv)
     sharding = sys.modules.get("fusion_jax.sharding")
     if sharding is not None:   # (multi-host: the hosts leave together, as JAX's exit would)
       sharding.maybe_shutdown_distributed()
@@ -238,9 +240,23 @@ def require(hint: str = "or give --data_dir", **flag_values) -> None:
     fail(f"missing {', '.join(missing)} ({hint})")
 
 
-# What a user can fix: bad or missing files and folders (DataError is a ValueError),
-# settings, a diverging run, a missing optional package, memory. One line, no traceback.
-USER_ERRORS = (ValueError, OSError, FloatingPointError, ImportError, MemoryError)
+# What a user can fix, printed as one line with no traceback: the library's own UserError
+# (bad data, a bad setting, a missing optional package, a diverging run), the operating
+# system's refusals (a missing file or folder, no permission, a full disk) and memory.
+# Every other exception is a bug and keeps its traceback.
+USER_ERRORS = (UserError, OSError, MemoryError)
+
+
+def run_at_boundary(fn, argv):
+  """Runs a binary's ``fn(argv)``: the one place that turns a user's error into one line."""
+  try:
+    return fn(argv)
+  except MemoryError:
+    fail("out of memory: lower --config.train.batch_size or set --microbatch_frames")
+  except USER_ERRORS as e:
+    fail(one_line(e))
+  except KeyboardInterrupt:
+    interrupted()
 
 
 def fail(message: str, code: int = 2) -> None:

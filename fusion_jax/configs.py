@@ -7,6 +7,7 @@ Override on the command line, e.g. ``--config=configs/default.py
 
 import ml_collections
 from ml_collections import config_dict
+from fusion_jax.errors import ConfigError
 
 
 def default() -> ml_collections.ConfigDict:
@@ -251,7 +252,7 @@ def validate(c) -> None:
   for field, ok, want in checks:
     if not ok:
       section, name = field.split(".")
-      raise ValueError(f"config.{field} = {c[section][name]!r} must be {want} (--config.{field})")
+      raise ConfigError(f"config.{field} = {c[section][name]!r} must be {want} (--config.{field})")
 
 
 def selection_metric(c) -> str:

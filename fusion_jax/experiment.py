@@ -31,7 +31,7 @@ import numpy as np
 
 from fusion_jax import runs, sharding, steps as steps_lib
 from fusion_jax.data import batching
-from fusion_jax.data.errors import DataError
+from fusion_jax.errors import ConfigError, DataError
 from fusion_jax.data.splits import Split
 from fusion_jax.models import model as model_lib
 from fusion_jax.models import registry
@@ -54,7 +54,7 @@ def parse_seeds(spec) -> list:
   except ValueError:
     seeds = None
   if not seeds or min(seeds) < 0:
-    raise ValueError(f"seeds must be comma-separated integers >= 0, got {spec!r} (--seeds)")
+    raise ConfigError(f"seeds must be comma-separated integers >= 0, got {spec!r} (--seeds)")
   return seeds
 
 
@@ -107,7 +107,7 @@ def resolve_class_weights(config, train: Split, num_classes: int):
   else:
     weights = spec.split(",")
     if len(weights) != num_classes:
-      raise ValueError(f"config.optim.class_weights gives {len(weights)} weights for "
+      raise ConfigError(f"config.optim.class_weights gives {len(weights)} weights for "
                        f"{num_classes} classes (--config.optim.class_weights)")
     values = spec
   config = copy.deepcopy(config)

@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from fusion_jax import configs, io_utils, metrics
-from fusion_jax.data.errors import DataError
+from fusion_jax.errors import ConfigError, DataError
 from fusion_jax.data.splits import Split, load_split
 from fusion_jax.experiment import Experiment
 
@@ -49,7 +49,7 @@ def group_folds(groups: Sequence[str], num_folds: int, val_groups: int = 2) -> l
   """
   speakers = sorted(set(groups))
   if num_folds < 2 or len(speakers) < num_folds + 1:
-    raise ValueError(f"{len(speakers)} speakers cannot make {num_folds} speaker-independent "
+    raise ConfigError(f"{len(speakers)} speakers cannot make {num_folds} speaker-independent "
                      "folds with validation speakers; use fewer folds")
   blocks = [list(b) for b in np.array_split(np.array(speakers, dtype=object), num_folds)]
   folds = []
@@ -59,7 +59,7 @@ def group_folds(groups: Sequence[str], num_folds: int, val_groups: int = 2) -> l
     test = tuple(blocks[k])
     train = tuple(s for s in speakers if s not in test and s not in val)
     if not train:
-      raise ValueError("no training speakers left; use fewer validation speakers")
+      raise ConfigError("no training speakers left; use fewer validation speakers")
     folds.append(Fold(k, train, val, test))
   return folds
 
@@ -266,7 +266,7 @@ def holdout_split(split: Split, fraction: float, seed: int = 0) -> tuple:
                     "whole groups", field="group")
   groups = sorted(set(split.groups))
   if len(groups) < 2:
-    raise ValueError(f"{split.name}: {len(groups)} group(s) cannot be split into train and "
+    raise ConfigError(f"{split.name}: {len(groups)} group(s) cannot be split into train and "
                      "validation")
   rng = np.random.default_rng(seed)
   n = min(len(groups) - 1, max(1, int(len(groups) * fraction)))

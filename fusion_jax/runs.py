@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fusion_jax import checkpoint, configs, io_utils, steps
-from fusion_jax.data.errors import DataError
+from fusion_jax.errors import ConfigError, DataError
 from fusion_jax.models import convert, registry
 from fusion_jax.models import model as model_lib
 
@@ -410,11 +410,11 @@ def load_runs(model_dir: str, variants: Sequence[str], seeds: Optional[Sequence[
     if not have and os.path.exists(pt):
       ckpt = convert.load_torch_checkpoint(pt, base_config=base_model_config, variant=v)
       if ckpt["num_classes"] != num_classes:
-        raise ValueError(f"{pt} has {ckpt['num_classes']} classes but the class list has "
+        raise ConfigError(f"{pt} has {ckpt['num_classes']} classes but the class list has "
                          f"{num_classes}")
       if class_names is not None and ckpt.get("class_names") is not None and list(
           ckpt["class_names"]) != list(class_names):
-        raise ValueError(f"{pt} was trained on the classes {list(ckpt['class_names'])} but "
+        raise ConfigError(f"{pt} was trained on the classes {list(ckpt['class_names'])} but "
                          f"the class list (from --csv_path) is {list(class_names)}")
       log(f"[{v}] converted the original PyTorch checkpoint {pt} (epoch "
           f"{ckpt.get('epoch')}, val acc {ckpt.get('val_acc')})")
@@ -439,11 +439,11 @@ def check_classes(run: Run, num_classes: int, class_names: Optional[Sequence[str
   """Raises ``ValueError`` when a run predicts other classes (or in another order)."""
   if run.class_names is None:
     if num_classes != len(class_names or []) and class_names is not None:
-      raise ValueError(f"{run.source} has another number of classes than {class_names}")
+      raise ConfigError(f"{run.source} has another number of classes than {class_names}")
     return
   if len(run.class_names) != num_classes or (
       class_names is not None and list(run.class_names) != list(class_names)):
-    raise ValueError(f"{run.source} was trained on the classes {run.class_names} but the "
+    raise ConfigError(f"{run.source} was trained on the classes {run.class_names} but the "
                      f"class list (from --csv_path) is {list(class_names or [])}: labels would "
                      "be misnamed; give the training CSV of this run")
 
@@ -455,6 +455,6 @@ def check_dims(runs: Sequence[Run], split) -> None:
     want = {"speech": run.model_config.speech_dim, "text": run.model_config.text_dim}
     for m in registry.get(run.variant).modalities:
       if dims[m] != want[m]:
-        raise ValueError(
+        raise ConfigError(
             f"{split.sources.get(m) or split.name}: {m} features are {dims[m]}-d but "
             f"{run.source} was trained on {want[m]}-d {m} features")

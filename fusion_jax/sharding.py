@@ -13,6 +13,7 @@ from typing import Optional
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from fusion_jax.errors import ConfigError
 
 
 _DISTRIBUTED = []   # [True] once jax.distributed.initialize() was called here
@@ -38,7 +39,7 @@ def make_mesh(num_devices: Optional[int] = None) -> Mesh:
   devices = jax.devices()
   if num_devices:
     if num_devices > len(devices):
-      raise ValueError(f"asked for {num_devices} devices, only {len(devices)} visible "
+      raise ConfigError(f"asked for {num_devices} devices, only {len(devices)} visible "
                        f"({devices[0].platform})")
     devices = devices[:num_devices]
   return Mesh(np.array(devices), ("data",))
@@ -47,7 +48,7 @@ def make_mesh(num_devices: Optional[int] = None) -> Mesh:
 def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch size") -> None:
   n = mesh.devices.size
   if batch_size % n:
-    raise ValueError(f"{what} {batch_size} is not divisible by the {n} devices of the mesh; "
+    raise ConfigError(f"{what} {batch_size} is not divisible by the {n} devices of the mesh; "
                      f"use a multiple of {n}")
 
 

@@ -42,6 +42,7 @@ import numpy as np
 import optax
 
 from fusion_jax import metrics as metrics_lib
+from fusion_jax.errors import ConfigError
 
 
 # ------------------------------------------------------------------ state and optimisation
@@ -141,7 +142,7 @@ class Loss:
   def from_config(cls, optim_cfg) -> "Loss":
     values = optim_cfg.get("class_weight_values", "")
     if optim_cfg.get("class_weights", "none") != "none" and not values:
-      raise ValueError(f"optim.class_weights={optim_cfg.class_weights!r} is resolved from the "
+      raise ConfigError(f"optim.class_weights={optim_cfg.class_weights!r} is resolved from the "
                        "training labels: build the Experiment with train=... "
                        "(experiment.Experiment.create)")
     return cls(float(optim_cfg.label_smoothing),
@@ -267,7 +268,7 @@ def train_step(state: TrainState, metrics: dict, batch: dict, dropout_key, *, mo
   weights = batch["example_mask"]
   rows = weights.shape[0]
   if rows % microbatches:
-    raise ValueError(f"{microbatches} microbatches do not divide a batch of {rows} rows")
+    raise ConfigError(f"{microbatches} microbatches do not divide a batch of {rows} rows")
   # the whole batch's, never a part's: the parts' gradients add up to the mean's
   denominator = loss.denominator(batch["label"], weights)
 

@@ -32,7 +32,7 @@ import numpy as np
 from fusion_jax import checkpoint, configs, io_utils, metrics, reports, runs, sharding
 from fusion_jax import steps as steps_lib
 from fusion_jax.data import batching
-from fusion_jax.data.errors import DataError
+from fusion_jax.errors import ConfigError, DataError, Divergence
 from fusion_jax.data.splits import Split
 from fusion_jax.experiment import Experiment
 from fusion_jax.models import model as model_lib
@@ -344,7 +344,7 @@ def _train(exp, variant, seeds, train, val, ckpts_list, fingerprint, after_epoch
       count = max(float(sums["count"][i]), 1)
       train_loss = float(sums["loss_sum"][i]) / count
       if not math.isfinite(train_loss):
-        raise FloatingPointError(f"[{variant} seed {seed}] training loss became {train_loss} "
+        raise Divergence(f"[{variant} seed {seed}] training loss became {train_loss} "
                                  f"in epoch {epoch + 1}; lower optim.learning_rate")
       lr_used = run.plateau.lr
       v = val_stats[i]
@@ -431,7 +431,7 @@ def train_and_evaluate(exp: Experiment, train: Split, val: Split, *,
   """
   log, results_dir = exp.log, exp.results_dir
   if not results_dir:
-    raise ValueError("train_and_evaluate writes reports: give the experiment a results_dir "
+    raise ConfigError("train_and_evaluate writes reports: give the experiment a results_dir "
                      "(--results_dir)")
   variants = list(dict.fromkeys(variants or exp.variants))
   seeds = list(dict.fromkeys(int(s) for s in (seeds if seeds is not None else exp.seeds)))

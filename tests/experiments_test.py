@@ -131,6 +131,27 @@ def test_a_registered_toy_head_runs_through_every_binary(trained, tmp_path):
   assert bad.returncode == 2 and "--module_import=toy_head" in bad.stderr
 
 
+BUGGY_HEAD = TOY_HEAD.replace("w = jax.nn.softmax", "{}['missing_knob']\n    w = jax.nn.softmax")
+
+
+def test_a_bug_in_a_head_keeps_its_traceback_and_a_user_error_is_one_line(trained, tmp_path):
+  """The binaries' one error boundary: a KeyError raised inside a head is a bug (the
+  traceback reaches the user), a bad setting is the user's (one ``error:`` line, exit 2)."""
+  d, _ = trained
+  (tmp_path / "buggy_head.py").write_text(BUGGY_HEAD.replace('"toy_sum"', '"buggy_sum"'))
+  common = [f"--data_dir={d}/data", f"--config={TINY}", "--module_import=buggy_head",
+            f"--model_dir={tmp_path}/m", f"--results_dir={tmp_path}/r", "--epochs=1",
+            "--config.data.num_buckets=1"]
+  env = {"PYTHONPATH": str(tmp_path)}
+  bug = run("train.py", *common, "--variants=buggy_sum", check=False, env=env)
+  assert bug.returncode not in (0, 2), bug.stderr[-2000:]
+  assert "Traceback (most recent call last)" in bug.stderr
+  assert "KeyError: 'missing_knob'" in bug.stderr and "buggy_head.py" in bug.stderr
+  user = run("train.py", *common, "--variants=buggy_sum", "--seeds=one", check=False, env=env)
+  assert user.returncode == 2 and "Traceback" not in user.stderr
+  assert user.stderr.strip().splitlines()[-1].startswith("error: seeds must be")
+
+
 def test_bfloat16_override_reaches_every_binary(evaluated, tmp_path):
   """--config.model.dtype=bfloat16 reaches the model in train, evaluate and analyse (the
   benchmark: test_benchmark_prints_table_and_writes_json)."""

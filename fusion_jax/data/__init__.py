@@ -14,7 +14,7 @@ Typical use::
 from fusion_jax.data.batching import (BatchShapes, batch_indices, iterate_batches, make_batch,
                                       padding_fraction, plan_shapes)
 from fusion_jax.data.demo import SIGNALS, TESS_CLASSES, DemoSpec, make_demo_dataset
-from fusion_jax.data.errors import DataError
+from fusion_jax.errors import DataError
 from fusion_jax.data.features import (ModalityFeatures, load_features, pad, save_features,
                                       save_original_layout)
 from fusion_jax.data.splits import (Split, SplitCSV, class_names_from_csv, load_split,

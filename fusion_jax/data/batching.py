@@ -22,6 +22,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from fusion_jax.data.splits import Split
+from fusion_jax.errors import ConfigError
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -56,7 +57,7 @@ class BatchShapes:
     for b, limit in enumerate(limits):
       if length <= limit:
         return b
-    raise ValueError(f"{'text' if self.text_buckets else 'speech'} length {length} exceeds "
+    raise ConfigError(f"{'text' if self.text_buckets else 'speech'} length {length} exceeds "
                      f"the largest bucket {limits[-1]}")
 
   def assign(self, split: Split) -> np.ndarray:

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from fusion_jax.data.features import save_original_layout
+from fusion_jax.errors import ConfigError
 
 TESS_CLASSES = ("angry", "disgust", "fear", "happy", "neutral", "pleasant_surprise", "sad")
 SIGNALS = ("both", "speech", "text", "complementary")
@@ -70,7 +71,7 @@ def _sequences(rng, lengths, dim, protos, keys, strength, active):
 def make_demo_dataset(out_dir, spec: DemoSpec = DemoSpec()) -> dict:
   """Writes the demo files. Returns their paths: ``{split: {speech, text, csv}}``."""
   if spec.signal not in SIGNALS:
-    raise ValueError(f"signal must be one of {SIGNALS}, got {spec.signal!r}")
+    raise ConfigError(f"signal must be one of {SIGNALS}, got {spec.signal!r}")
   rng = np.random.default_rng(spec.seed)
   k = len(spec.class_names)
   n_keys = (k + 1) // 2 if spec.signal == "complementary" else k

@@ -27,7 +27,7 @@ import numpy as np
 
 from fusion_jax import io_utils
 from fusion_jax.data import torch_pickle
-from fusion_jax.data.errors import DataError
+from fusion_jax.errors import ConfigError, DataError
 
 NATIVE_FORMAT_VERSION = 1
 
@@ -275,7 +275,7 @@ def save_features(path, features: ModalityFeatures | Sequence[np.ndarray],
       dtype = "float16"
     features = features.sequences
   if dtype not in ("float32", "float16"):
-    raise ValueError(f"dtype must be float32 or float16, got {dtype!r}")
+    raise ConfigError(f"dtype must be float32 or float16, got {dtype!r}")
   sequences = [np.asarray(s, dtype) for s in features]
   arrays = dict(
       features=np.concatenate(sequences, axis=0) if sequences else np.zeros((0, 0), dtype),

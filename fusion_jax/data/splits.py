@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from fusion_jax.data.errors import DataError
+from fusion_jax.errors import DataError
 from fusion_jax.data.features import ModalityFeatures, load_features, read_extractor
 
 REQUIRED_COLUMNS = ("path", "label", "emotion_name")

@@ -30,7 +30,7 @@ import ml_dtypes
 import numpy as np
 
 from fusion_jax import io_utils
-from fusion_jax.data.errors import DataError
+from fusion_jax.errors import DataError
 
 # Storage class name -> NumPy dtype. UntypedStorage holds bytes.
 _STORAGE_DTYPES = {

@@ -16,6 +16,7 @@ import pandas as pd
 
 from fusion_jax.data.errors import DataError
 from fusion_jax.features.extract import Manifest, manifest_from_frame
+from fusion_jax.errors import ConfigError
 
 RAVDESS_EMOTIONS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust",
                     "surprised")
@@ -144,7 +145,7 @@ def dialogue_context(frame: pd.DataFrame, lines: int, *, dialogue: str = "speake
     lines: how many earlier lines to give.
   """
   if lines < 0:
-    raise ValueError(f"context lines must be 0 or more, got {lines}")
+    raise ConfigError(f"context lines must be 0 or more, got {lines}")
   out = [""] * len(frame)
   if not lines:
     return out

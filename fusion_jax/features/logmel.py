@@ -16,6 +16,7 @@ import dataclasses
 from typing import Optional
 
 import numpy as np
+from fusion_jax.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +59,7 @@ def mel_filterbank(cfg: LogMelConfig) -> np.ndarray:
   """Triangular HTK-mel filters, ``[n_fft // 2 + 1, n_mels]`` float64, peak 1."""
   fmax = cfg.sample_rate / 2 if cfg.fmax is None else cfg.fmax
   if not 0 <= cfg.fmin < fmax <= cfg.sample_rate / 2:
-    raise ValueError(f"need 0 <= fmin < fmax <= Nyquist, got fmin={cfg.fmin}, fmax={fmax}")
+    raise ConfigError(f"need 0 <= fmin < fmax <= Nyquist, got fmin={cfg.fmin}, fmax={fmax}")
   edges = mel_to_hz(np.linspace(hz_to_mel(cfg.fmin), hz_to_mel(fmax), cfg.n_mels + 2))
   freqs = np.arange(cfg.n_fft // 2 + 1) * cfg.sample_rate / cfg.n_fft
   lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
-from fusion_jax.data.errors import DataError
+from fusion_jax.errors import ConfigError, DataError
 from fusion_jax.data.torch_pickle import NumpyArray, load_torch_file, save_torch_file
 from fusion_jax.models import registry
 from fusion_jax.models.model import ModelConfig, build_model, init_params
@@ -79,7 +79,7 @@ def convert_torch_state_dict(state_dict: dict) -> dict:
     module, _, leaf = key.rpartition(".")
     path = _module_path(module)
     if path is None:
-      raise ValueError(f"state_dict key {key!r} belongs to no module of the original model")
+      raise ConfigError(f"state_dict key {key!r} belongs to no module of the original model")
     if leaf in ("in_proj_weight", "in_proj_bias"):
       for name, part in zip(("query", "key", "value"), np.split(value, 3, axis=0)):
         _assign(params, path + (name, "kernel" if leaf.endswith("weight") else "bias"),
@@ -90,7 +90,7 @@ def convert_torch_state_dict(state_dict: dict) -> dict:
     elif leaf == "bias":
       _assign(params, path + ("bias",), value)
     else:
-      raise ValueError(f"state_dict key {key!r}: unexpected parameter {leaf!r}")
+      raise ConfigError(f"state_dict key {key!r}: unexpected parameter {leaf!r}")
   return params
 
 
@@ -109,7 +109,7 @@ def infer_variant(state_dict: dict) -> str:
     return "speech_only"
   if has("contextual_model") or has("contextual_modeller"):
     return "text_only"
-  raise ValueError("no temporal or contextual block in this state_dict")
+  raise ConfigError("no temporal or contextual block in this state_dict")
 
 
 def infer_model_config(state_dict: dict, base: Optional[ModelConfig] = None) -> ModelConfig:
@@ -144,7 +144,7 @@ def _num_classes(state_dict) -> int:
   for key in ("classifier.classifier.4.weight", "classifier.3.weight"):
     if key in state_dict:
       return int(np.asarray(state_dict[key]).shape[0])
-  raise ValueError("no classifier output layer in this state_dict")
+  raise ConfigError("no classifier output layer in this state_dict")
 
 
 def check_params_match(params: dict, expected, source: str = "state_dict") -> None:
@@ -158,7 +158,7 @@ def check_params_match(params: dict, expected, source: str = "state_dict") -> No
   problems += [f"{k}: shape {got[k]} but the model expects {want[k]}"
                for k in sorted(set(got) & set(want)) if tuple(got[k]) != want[k]]
   if problems:
-    raise ValueError(f"{source} does not fit the model: " + "; ".join(problems[:10]) +
+    raise ConfigError(f"{source} does not fit the model: " + "; ".join(problems[:10]) +
                      (f" (+{len(problems) - 10} more)" if len(problems) > 10 else ""))
 
 
@@ -226,7 +226,7 @@ def torch_keys(variant: str, num_layers: int) -> list:
   """The original's ``state_dict`` keys of ``variant``, in its parameter order."""
   spec = registry.get(variant)
   if not spec.original:
-    raise ValueError(f"variant {variant!r} is not part of the original pipeline, which has "
+    raise ConfigError(f"variant {variant!r} is not part of the original pipeline, which has "
                      "no module for it")
   keys = []
   for block, m in (("temporal_model", "speech"), ("contextual_model", "text")):
@@ -282,7 +282,7 @@ def to_torch_state_dict(params, variant: str) -> collections.OrderedDict:
           for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
   extra = sorted("/".join(p) for p in have - used)
   if extra:
-    raise ValueError(f"the original {variant} model has no place for parameter(s) "
+    raise ConfigError(f"the original {variant} model has no place for parameter(s) "
                      f"{extra[:4]}{' ...' if len(extra) > 4 else ''} (an input projection "
                      "or positional encoding, model.model_dim > 0, is not in the original)")
   return out
@@ -294,7 +294,7 @@ def _adam_moments(opt_state):
       x, optax.ScaleByAdamState)):
     if isinstance(s, optax.ScaleByAdamState):
       return s
-  raise ValueError("the optimizer state holds no Adam moments")
+  raise ConfigError("the optimizer state holds no Adam moments")
 
 
 def save_torch_checkpoint(params, variant: str, path, *, epoch: int, val_acc: float,

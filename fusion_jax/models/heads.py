@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fusion_jax.errors import ConfigError
 from fusion_jax.models.layers import (Dropout, EncoderLayer, Linear, MultiHeadAttention, gelu,
                                       layer_norm, masked_mean, sinusoidal_positions)
 
@@ -228,7 +229,7 @@ class MulTFusion(FusionHead):
   def __call__(self, speech, speech_mask, text, text_mask, *, deterministic):
     width = self.features // 2
     if self.layers < 1 or width % self.num_heads:
-      raise ValueError(f"MulT needs model.mult_layers >= 1 (got {self.layers}) and its width "
+      raise ConfigError(f"MulT needs model.mult_layers >= 1 (got {self.layers}) and its width "
                        f"model.f_hidden / 2 = {width} divisible by model.heads = "
                        f"{self.num_heads} (--config.model.f_hidden, --config.model.heads)")
     embed = lambda x, m, name: (Linear(width, self.dtype, name=name)(x) + sinusoidal_positions(
@@ -300,7 +301,7 @@ class BottleneckFusion(FusionHead):
     xs, xt = self._embed(speech, "speech"), self._embed(text, "text")
     n = self.bottleneck_tokens if self.fusion_layer < self.layers else 0
     if n and xs.shape[-1] != xt.shape[-1]:
-      raise ValueError(f"bottleneck fusion needs equal widths, got speech {xs.shape[-1]} and "
+      raise ConfigError(f"bottleneck fusion needs equal widths, got speech {xs.shape[-1]} and "
                        f"text {xt.shape[-1]}: set model.model_dim")
     if n:
       shared = self.param("bottleneck", nn.initializers.normal(0.02), (1, n, xs.shape[-1]),

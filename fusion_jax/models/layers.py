@@ -16,6 +16,7 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from fusion_jax.errors import ConfigError
 
 Dtype = Any
 LN_EPS = 1e-5  # torch.nn.LayerNorm's default (Flax's is 1e-6)
@@ -185,7 +186,7 @@ class MultiHeadAttention(nn.Module):
   def __call__(self, query, key_value, key_mask, *, deterministic: bool):
     e = query.shape[-1]
     if e % self.num_heads:
-      raise ValueError(f"width {e} is not divisible by {self.num_heads} heads")
+      raise ConfigError(f"width {e} is not divisible by {self.num_heads} heads")
     dh = e // self.num_heads
     xavier = math.sqrt(6.0 / (e + 3 * e))  # torch: xavier_uniform on the packed [3E, E]
     proj = lambda name: Linear(e, self.dtype, kernel_bound=xavier, zero_bias=True, name=name)

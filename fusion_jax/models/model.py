@@ -32,6 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fusion_jax.errors import ConfigError
 from fusion_jax.models import encoders, registry
 from fusion_jax.models.layers import (Dropout, Linear, SequenceEncoder, gelu, layer_norm,
                                       masked_mean)
@@ -74,7 +75,7 @@ class ModelConfig:
   @property
   def compute_dtype(self):
     if self.dtype not in ("float32", "bfloat16", "float16"):
-      raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+      raise ConfigError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
     return jnp.dtype(self.dtype)
 
 

@@ -27,6 +27,7 @@ import zlib
 from typing import Optional
 
 from fusion_jax.models import heads
+from fusion_jax.errors import ConfigError
 
 MODALITIES = ("speech", "text")
 # The analysis' name and the original's title of each block, and the aux entry holding it.
@@ -61,12 +62,12 @@ class Variant:
 
   def __post_init__(self):
     if not self.modalities or any(m not in MODALITIES for m in self.modalities):
-      raise ValueError(f"variant {self.name!r}: modalities must be a non-empty subset of "
+      raise ConfigError(f"variant {self.name!r}: modalities must be a non-empty subset of "
                        f"{MODALITIES}, got {self.modalities!r}")
     if self.head is None and len(self.modalities) != 1:
-      raise ValueError(f"variant {self.name!r}: a baseline without a head reads one modality")
+      raise ConfigError(f"variant {self.name!r}: a baseline without a head reads one modality")
     if self.head is not None and not issubclass(self.head, heads.FusionHead):
-      raise ValueError(f"variant {self.name!r}: head must subclass FusionHead")
+      raise ConfigError(f"variant {self.name!r}: head must subclass FusionHead")
     if self.id is None:
       object.__setattr__(self, "id", zlib.crc32(self.name.encode()))
 
@@ -95,10 +96,10 @@ _REGISTRY: dict = {}
 def register(variant: Variant) -> Variant:
   """Adds a variant; its name and id must be new."""
   if variant.name in _REGISTRY:
-    raise ValueError(f"variant {variant.name!r} is already registered")
+    raise ConfigError(f"variant {variant.name!r} is already registered")
   clash = [v.name for v in _REGISTRY.values() if v.id == variant.id]
   if clash:
-    raise ValueError(f"variant {variant.name!r}: id {variant.id} is taken by {clash[0]}")
+    raise ConfigError(f"variant {variant.name!r}: id {variant.id} is taken by {clash[0]}")
   _REGISTRY[variant.name] = variant
   return variant
 
@@ -107,13 +108,13 @@ def get(name: str) -> Variant:
   try:
     return _REGISTRY[name]
   except KeyError:
-    raise ValueError(f"unknown variant {name!r}; valid: {list(_REGISTRY)}") from None
+    raise ConfigError(f"unknown variant {name!r}; valid: {list(_REGISTRY)}") from None
 
 
 def names(kind: Optional[str] = None, *, original: Optional[bool] = None) -> list:
   """Registered names, in registration order: all, ``"fusion"`` or ``"unimodal"``."""
   if kind not in (None, "fusion", "unimodal"):
-    raise ValueError(f"kind must be None, 'fusion' or 'unimodal', got {kind!r}")
+    raise ConfigError(f"kind must be None, 'fusion' or 'unimodal', got {kind!r}")
   return [v.name for v in _REGISTRY.values()
           if (kind is None or v.is_fusion == (kind == "fusion"))
           and (original is None or v.original == original)]
@@ -124,7 +125,7 @@ def parse(spec: str) -> list:
   heads) or a comma list → variant names, validated, duplicates dropped."""
   spec = str(spec).strip()
   if not spec.strip(", "):
-    raise ValueError("no variant given (--variants); e.g. 'original', 'fusion', 'all' or "
+    raise ConfigError("no variant given (--variants); e.g. 'original', 'fusion', 'all' or "
                      f"names from {names()}")
   if spec == "all":
     return names()
