@@ -41,9 +41,6 @@ flags.DEFINE_integer("repeats", 2, "Timed epochs (and evaluation passes) per var
 flags.DEFINE_string("json_out", "benchmark.json", "Where the JSON results go.")
 flags.DEFINE_integer("parallel_seeds", 1, "Seeds trained as one program (training's vmapped "
                      "group step); samples/s counts every seed's utterances.", lower_bound=1)
-flags.DEFINE_enum("batches", "device", ["device", "host"], "device: the split uploaded once, "
-                  "batches gathered on the device (what training does); host: each batch "
-                  "padded on the host and transferred (the earlier design, to compare).")
 flags.DEFINE_float("peak_tflops", None, "The device's peak TFLOP/s for the run's dtype, "
                    "to report model FLOP utilisation (MFU = useful FLOPs × samples/s / "
                    "peak), e.g. 989 (H100/H200 SXM, bfloat16 dense) or 495 (TF32: JAX's "
@@ -83,7 +80,7 @@ def main(argv):
   results = []
   for v in variants:
     results.append(benchmark.run_variant(exp, v, split, repeats=FLAGS.repeats,
-                                         seeds=FLAGS.parallel_seeds, batches=FLAGS.batches,
+                                         seeds=FLAGS.parallel_seeds,
                                          peak_tflops=FLAGS.peak_tflops))
     print(benchmark.table(results[-1:]).splitlines()[-1], flush=True)
   print()
@@ -98,7 +95,7 @@ def main(argv):
                     feature_dim=dim, num_utterances=FLAGS.num_utterances,
                     mean_speech_frames=FLAGS.mean_speech_frames,
                     mean_text_tokens=FLAGS.mean_text_tokens, repeats=FLAGS.repeats,
-                    parallel_seeds=FLAGS.parallel_seeds, batches=FLAGS.batches,
+                    parallel_seeds=FLAGS.parallel_seeds,
                     peak_tflops=FLAGS.peak_tflops, model=dict(cfg.model)),
       config=json.loads(cfg.to_json_best_effort()),
       results=[dataclasses.asdict(r) for r in results]))

@@ -26,7 +26,6 @@ baseline and the published numbers of DESIGN.md §3 beside them).
 """
 
 import os
-import time
 
 from absl import flags
 
@@ -57,67 +56,24 @@ flags.DEFINE_integer("limit_per_actor", 0, "Use only this many clips per actor (
 cli.define_common_flags("ravdess.py")
 flags.adopt_module_key_flags(cli)
 
-DEFAULT_POOL = {"logmel": 8, "egemaps": 8, "compare": 8, "whisper": 4, "whisper_base": 4}
-PUBLISHED = [("EmoBox wav2vec2-base (UA)", 0.543), ("EmoBox HuBERT-base (UA)", 0.654),
-             ("EmoBox WavLM-large (UA)", 0.720), ("EmoBox Whisper-large-v3 (UA)", 0.753),
-             ("eGeMAPS functionals + LR (acc)", 0.50)]
 
 
 def main(argv):
   del argv
   config = cli.config_from_flags()
   cli.require("the RAVDESS folder with Actor_XX/*.wav", ravdess_dir=FLAGS.ravdess_dir)
-  from fusion_jax import experiment, features, io_utils, recipes, reports  # pylint: disable=import-outside-toplevel
-  t0 = time.time()
-  manifest = features.corpora.ravdess_manifest(FLAGS.ravdess_dir)
-  if FLAGS.limit_per_actor:
-    manifest.frame = manifest.frame.groupby("speaker", sort=False).head(
-        FLAGS.limit_per_actor).reset_index(drop=True)
-  print(f"RAVDESS: {len(manifest)} clips, {manifest.frame['speaker'].nunique()} actors, "
-        f"classes {manifest.class_names}", flush=True)
-  fdir = os.path.join(FLAGS.work_dir, "features")
-  pool = FLAGS.pool or DEFAULT_POOL.get(FLAGS.speech_extractor, 1)
-  hidden = lambda h: {} if h == "last" else {"hidden_states": h}
-  speech_ex = features.make_extractor(FLAGS.speech_extractor, pool=pool,
-                                      **hidden(FLAGS.speech_hidden_states))
-  text_ex = features.make_extractor(FLAGS.text_extractor, **hidden(FLAGS.text_hidden_states))
-  name = lambda ex: f"ravdess_{ex.name}{'_all' if ex.stack > 1 else ''}.npz"
-  out = features.extract_aligned(
-      manifest, {"speech": (speech_ex, os.path.join(fdir, name(speech_ex))),
-                 "text": (text_ex, os.path.join(fdir, name(text_ex)))},
-      os.path.join(fdir, "ravdess_split.csv"))
-  extract_seconds = time.time() - t0
-  mesh = cli.setup_jax(config)
-  split = recipes.load_corpus(out.paths["speech"], out.paths["text"], out.split_csv,
-                              name="ravdess")
-  exp = experiment.Experiment.create(config, manifest.class_names, train=split, mesh=mesh)
-  folds = recipes.group_folds(split.groups, FLAGS.folds, FLAGS.val_speakers)
-  analyse = [int(f) for f in FLAGS.analyse_folds.split(",") if f.strip()]
-  summary = recipes.cross_validate(exp, split, folds, FLAGS.work_dir, analyse_folds=analyse,
-                                   write_summary=False)
-  extra = {}
-  if FLAGS.baseline:
-    try:
-      x = recipes.cached_functionals(
-          list(out.frame["path"]), list(out.frame["id"]),
-          os.path.join(fdir, "ravdess_egemaps_functionals.npz"),
-          lambda p: features.extractors.opensmile_functionals(features.audio.read_audio(p)))
-      extra["egemaps_functionals_lr"] = b = recipes.functionals_baseline(
-          x, out.frame["label"].to_numpy(), list(out.frame["speaker"]), folds,
-          len(manifest.class_names))
-      print(f"eGeMAPS functionals + LR: accuracy {reports.cell(b['accuracy'])}, UAR "
-            f"{reports.cell(b['uar'])}", flush=True)
-    except ImportError as e:
-      print(f"Skipping the eGeMAPS + LR baseline: {e}", flush=True)
-  summary["baselines"] = extra
-  summary["extractors"] = dict(speech=speech_ex.fingerprint(), text=text_ex.fingerprint())
-  summary["extract_seconds"] = extract_seconds
-  summary["total_seconds"] = time.time() - t0
-  table = reports.cv_table(summary, extra) + "\nPublished (DESIGN.md §3; other protocols, " \
-      "for orientation):\n" + "\n".join(f"  {n:<34} {v:.3f}" for n, v in PUBLISHED) + \
-      f"\n\nSpeech features: {speech_ex.name} ({speech_ex.dim}-d, " \
-      f"{speech_ex.frame_rate:g} frames/s); text: {text_ex.name} ({text_ex.dim}-d). " \
-      f"Total {summary['total_seconds'] / 60:.1f} min (extraction {extract_seconds:.0f} s).\n"
+  from fusion_jax import io_utils, reports  # pylint: disable=import-outside-toplevel
+  from fusion_jax.recipes import ravdess  # pylint: disable=import-outside-toplevel
+  options = ravdess.Options(
+      speech_extractor=FLAGS.speech_extractor, pool=FLAGS.pool,
+      speech_hidden_states=FLAGS.speech_hidden_states, text_extractor=FLAGS.text_extractor,
+      text_hidden_states=FLAGS.text_hidden_states, folds=FLAGS.folds,
+      val_speakers=FLAGS.val_speakers,
+      analyse_folds=[int(f) for f in FLAGS.analyse_folds.split(",") if f.strip()],
+      baseline=FLAGS.baseline, limit_per_actor=FLAGS.limit_per_actor)
+  summary = ravdess.run(config, FLAGS.ravdess_dir, FLAGS.work_dir, options,
+                        mesh=cli.setup_jax(config), log=lambda m: print(m, flush=True))
+  table = reports.ravdess_table(summary)
   with io_utils.staged_files(FLAGS.work_dir) as tmp:   # both files, or neither
     io_utils.write_json(os.path.join(tmp, "cv_summary.json"), summary)
     io_utils.write_text(os.path.join(tmp, "cv_results.txt"), table)

@@ -161,13 +161,12 @@ def _internals_lines(variant: str, internals: dict, maps: dict) -> list:
 
 def _head_figures(variant, emb, labels, class_names, maps, out_dir) -> None:
   """Gates and modality weights per class; the attention maps of one utterance."""
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   k = len(class_names)
   pos = np.arange(k)
   gates = {key: x.mean(1) for key, x in emb.items() if key.startswith("fusion/")
            and key.endswith("_gate")}
   if gates:
-    fig, ax = plt.subplots(figsize=(max(8, k * 1.3), 5))
+    fig, ax = plots.plt.subplots(figsize=(max(8, k * 1.3), 5))
     width = 0.6 / len(gates)
     for i, ((key, g), color) in enumerate(zip(gates.items(), ("tab:blue", "tab:orange",
                                                                 "tab:green"))):
@@ -182,7 +181,7 @@ def _head_figures(variant, emb, labels, class_names, maps, out_dir) -> None:
     plots.save(fig, os.path.join(out_dir, f"{variant}_gates_by_class.png"))
   if MODALITY_WEIGHTS in emb:
     ws = emb[MODALITY_WEIGHTS][:, 0]
-    fig, ax = plt.subplots(figsize=(max(8, k * 1.3), 5))
+    fig, ax = plots.plt.subplots(figsize=(max(8, k * 1.3), 5))
     ax.boxplot([ws[labels == c] for c in range(k)], patch_artist=True)
     ax.set_xticks(np.arange(1, k + 1), class_names, rotation=30, ha="right")
     ax.axhline(0.5, color="k", ls="--", lw=0.8)
@@ -190,7 +189,7 @@ def _head_figures(variant, emb, labels, class_names, maps, out_dir) -> None:
     ax.set_title(f"{variant}: modality weight per class", fontweight="bold")
     plots.save(fig, os.path.join(out_dir, f"{variant}_modality_weights_by_class.png"))
   if maps:
-    fig, axes = plt.subplots(1, len(maps), figsize=(7 * len(maps), 5), squeeze=False)
+    fig, axes = plots.plt.subplots(1, len(maps), figsize=(7 * len(maps), 5), squeeze=False)
     for ax, (key, (att, name)) in zip(axes[0], maps.items()):
       im = ax.imshow(att.T, aspect="auto", cmap="viridis", origin="lower")
       fig.colorbar(im, ax=ax, label="attention weight")
@@ -231,7 +230,6 @@ def analyze(exp: Experiment, runs_: Sequence[runs.Run], split: Split, *,
 
 
 def _analyze(exp, runs_, split, methods, max_per_class, out_dir) -> dict:
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   an, log = exp.config.analysis, exp.log
   class_names = exp.class_names
   rows = subsample(split.labels, max_per_class)
@@ -259,7 +257,7 @@ def _analyze(exp, runs_, split, methods, max_per_class, out_dir) -> dict:
       for method in methods:
         t0 = time.perf_counter()
         xy = project(x, method, perplexity=an.tsne_perplexity)
-        fig, ax = plt.subplots(figsize=(8, 6.5))
+        fig, ax = plots.plt.subplots(figsize=(8, 6.5))
         _scatter(ax, xy, labels, class_names, f"{registry.BLOCKS[block][1]} - "
                  f"{METHOD_TITLES[method]}\n{run.variant} ({split.name} split)")
         ax.legend(fontsize=8, markerscale=1.5, loc="best")
@@ -276,7 +274,7 @@ def _analyze(exp, runs_, split, methods, max_per_class, out_dir) -> dict:
   fusion_variants = [v for v in results if "fusion" in results[v]]
   if fusion_variants:
     n = len(fusion_variants)
-    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 5), squeeze=False)
+    fig, axes = plots.plt.subplots(1, n, figsize=(5.5 * n, 5), squeeze=False)
     for ax, v in zip(axes[0], fusion_variants):
       xy = fused_tsne.get(v)
       if xy is None:  # t-SNE was not among --methods: this figure is t-SNE by definition

@@ -10,20 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import resource
-import time
 from typing import Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from fusion_jax import sharding
-from fusion_jax import steps as steps_lib
+from fusion_jax import hooks, loop, optim as optim_lib, runs
 from fusion_jax.data import batching
 from fusion_jax.data.splits import Split
 from fusion_jax.experiment import Experiment
 from fusion_jax.models import model as model_lib
-from fusion_jax.errors import ConfigError
 
 
 def synthetic_split(n: int, speech_dim: int, text_dim: int, mean_speech: float = 180.0,
@@ -57,7 +53,6 @@ class Result:
   peak_device_mb: Optional[float]
   params: int
   seeds: int = 1                     # runs trained as one program (samples/s counts all)
-  batches: str = "device"            # "device": gathered on the device; "host": built per step
   host_ms_per_step: float = 0.0      # host time to issue one step (median)
   model_tflops: float = 0.0          # useful (analytic, unpadded) FLOPs × samples/s
   mfu: Optional[float] = None        # model_tflops / the device's peak, when given
@@ -74,80 +69,44 @@ def _peak_device_mb() -> Optional[float]:
 
 
 def run_variant(exp: Experiment, variant: str, split: Split, *, repeats: int = 3,
-                seeds: int = 1, batches: str = "device",
-                peak_tflops: Optional[float] = None) -> Result:
-  """Times whole training epochs (after a compile/warm-up epoch) and evaluation passes.
+                seeds: int = 1, peak_tflops: Optional[float] = None) -> Result:
+  """Times the training loop itself (:func:`fusion_jax.loop.train_group`, through a
+  :class:`~fusion_jax.hooks.Timing` hook): one warm-up epoch that compiles, then
+  ``repeats`` epochs, each a training pass and a validation pass over ``split``.
 
   ``exp`` is built on ``split`` (its dims and batch shapes); compile times and XLA's
-  FLOP counts come from the experiment's compile ledger. An epoch is timed as training
-  runs it: steps issued one after another without waiting for each (JAX dispatches
-  asynchronously), one wait at the end; "host ms" is the median time to issue a step.
+  FLOP counts come from the experiment's compile ledger. An epoch's training pass is
+  timed as training runs it: steps issued one after another without waiting for each
+  (JAX dispatches asynchronously), one wait at the end; "host ms" is the median time to
+  issue a step.
 
   Args:
     seeds: how many runs step together (the vmapped group step of training).
-    batches: ``"device"`` — the split uploaded once, each step gathers its rows on the
-      device (what training does); ``"host"`` — each batch padded on the host and
-      transferred (the previous design, kept to compare; one seed only).
     peak_tflops: the device's peak rate for the step's dtype (e.g. 989 for an H100/H200
       in bfloat16, 495 in TF32); gives ``mfu``, model FLOP utilisation.
   """
-  from fusion_jax import training  # pylint: disable=import-outside-toplevel
-  if batches not in ("device", "host") or (batches == "host" and seeds != 1):
-    raise ConfigError("batches must be 'device', or 'host' with one seed")
   cfg, log = exp.config, exp.log
   bs = cfg.train.batch_size
   shapes = exp.training_shapes(split)
   steps = exp.steps(variant)
   one = steps.init_state(jax.random.key(0), cfg.optim.learning_rate)
-  num_params = model_lib.count_params(one.params)
-  keys = jnp.stack([jax.random.key(1 + s) for s in range(seeds)])
-  if batches == "device":
-    state = sharding.replicate(training.stack_runs([one] * seeds), exp.mesh)
-    data = exp.device_split(split, shapes)
-  else:
-    state, key = sharding.replicate(one, exp.mesh), jax.random.key(1)
+  group = loop.Group.start(
+      exp, variant, range(seeds),
+      [runs.RunState.new(variant, s, optim_lib.Plateau.from_config(cfg.optim))
+       for s in range(seeds)], [one] * seeds, [jax.random.key(1 + s) for s in range(seeds)],
+      shapes, epochs=1 + repeats)
+  num_params = group.param_count
   del one  # (its buffers would count in the peak memory)
   n = len(split)
   compiled_before = exp.ledger.seconds
-
-  def epoch(e):
-    nonlocal state
-    issue = []
-    if batches == "device":
-      acc = sharding.replicate(training.stack_runs([steps_lib.zero_metrics()] * seeds),
-                               exp.mesh)
-    else:
-      acc = sharding.replicate(steps_lib.zero_metrics(), exp.mesh)
-    plans = [batching.batch_indices(split, shapes, bs, shuffle=True, seed=s, epoch=e)
-             for s in range(seeds)]
-    start = time.perf_counter()
-    for steps_i in zip(*plans):
-      b = steps_i[0][0]
-      t0 = time.perf_counter()
-      if batches == "device":
-        idx = sharding.shard_rows(np.stack([data.indices(r, bs) for _, r in steps_i]),
-                                  exp.mesh, axis=1)
-        state, acc = exp.ledger(steps.train_group, state, acc, data.data[b], idx, keys)
-      else:
-        batch = exp.shard(batching.make_batch(split, steps_i[0][1], *shapes.lengths(b), bs))
-        state, acc = exp.ledger(steps.train, state, acc, batch, key)
-      issue.append(time.perf_counter() - t0)
-    jax.block_until_ready(acc)
-    return time.perf_counter() - start, issue
-
-  t0 = time.perf_counter()
-  epoch(0)  # compiles every bucket
-  warm = time.perf_counter() - t0
-  train_name = "train_group" if batches == "device" else "train"
-  train_entries = exp.ledger.entries(steps.owner, train_name)
-  log(f"  [{variant}] warm-up epoch {warm:.1f}s (compile "
-      f"{exp.ledger.seconds - compiled_before:.1f}s, {len(train_entries)} shapes)")
-  epoch_rates, step_ms, issue_ms = [], [], []
-  for r in range(repeats):
-    seconds, issue = epoch(r + 1)
-    epoch_rates.append(seeds * n / seconds)
-    step_ms.append(1000 * seconds / len(issue))
-    issue_ms += [1000 * t for t in issue]
+  timing = hooks.Timing()
+  loop.train_group(exp, group, split, split, [timing])
+  warm, timed = timing.epochs[0], timing.epochs[1:]
+  train_entries = exp.ledger.entries(steps.owner, "train_group")
+  log(f"  [{variant}] warm-up epoch {warm.seconds:.1f}s (compile "
+      f"{(timing.compile_seconds or 0.0) + warm.compile_seconds:.1f}s, "
+      f"{len(train_entries)} shapes)")
+  train_rate = float(np.median([seeds * n / e.train_seconds for e in timed]))
   # executed FLOPs of one epoch from XLA's cost analysis of each compiled bucket
   plan = batching.batch_indices(split, shapes, bs, shuffle=True, seed=0, epoch=1)
   # (XLA counts a loop's body once: a step computed in microbatches is scaled by their count)
@@ -157,33 +116,25 @@ def run_variant(exp: Experiment, variant: str, split: Split, *, repeats: int = 3
   model_cfg = exp.model_config
   useful = seeds * sum(3 * model_lib.forward_flops(model_cfg, variant, int(s), int(t))
                        for s, t in zip(split.speech_lengths, split.text_lengths))
-  train_rate = float(np.median(epoch_rates))
-  params = training.run_of(state.params, 0) if batches == "device" else state.params
-  cache: dict = {}
-  exp.evaluate_split(steps, params, split, shapes, cache=cache)  # compile + transfer
-  eval_rates = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    exp.evaluate_split(steps, params, split, shapes, cache=cache)
-    eval_rates.append(n / (time.perf_counter() - t0))
   pad = batching.padding_fraction(split, shapes, bs)["buckets"]
   peak_host_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   compiled_shapes = len(exp.ledger.entries(steps.owner))
-  del state, params, cache
+  del group
   exp.forget(variant)  # the next variant starts without this one's executables
   model_tflops = useful / (n * seeds) * train_rate / 1e12
   return Result(
       variant=variant, train_samples_per_s=train_rate,
-      train_step_ms=float(np.median(step_ms)),
-      eval_samples_per_s=float(np.median(eval_rates)),
+      train_step_ms=float(np.median([1000 * e.train_seconds / len(e.issue_seconds)
+                                     for e in timed])),
+      eval_samples_per_s=float(np.median([seeds * n / e.eval_seconds for e in timed])),
       compile_s=exp.ledger.seconds - compiled_before,
       compiled_shapes=compiled_shapes,
       padding_fraction=pad, executed_flops_per_sample=executed / (n * seeds),
       useful_flops_per_sample=useful / (n * seeds),
       achieved_tflops=executed / (n * seeds) * train_rate / 1e12,
       peak_host_mb=peak_host_mb,
-      peak_device_mb=_peak_device_mb(), params=num_params,
-      seeds=seeds, batches=batches, host_ms_per_step=float(np.median(issue_ms)),
+      peak_device_mb=_peak_device_mb(), params=num_params, seeds=seeds,
+      host_ms_per_step=float(np.median([1000 * t for e in timed for t in e.issue_seconds])),
       model_tflops=model_tflops, mfu=model_tflops / peak_tflops if peak_tflops else None)
 
 

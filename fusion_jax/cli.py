@@ -11,11 +11,12 @@ both an alias and the override of the same field with different values is an err
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 from typing import Optional
 
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
 from fusion_jax.errors import UserError, one_line
@@ -91,7 +92,6 @@ def main(fn) -> None:
   programs, the garbage collector over every array — took 3–8 s after a demo training
   run and minutes after a long recipe (BUILD_NOTES), for nothing.
   """
-  from absl import app  # pylint: disable=import-outside-toplevel
 
   def run_and_exit(argv):
     code = run_at_boundary(fn, argv)
@@ -106,7 +106,6 @@ def main(fn) -> None:
 def exit_now(code: int) -> None:
   """Flushes output and logging, then ends the process without the interpreter's shutdown
   (no later output: nothing a library's background thread does can print after it)."""
-  import logging  # pylint: disable=import-outside-toplevel
   sys.stdout.flush()
   sys.stderr.flush()
   logging.shutdown()

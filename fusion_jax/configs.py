@@ -5,120 +5,150 @@ Override on the command line, e.g. ``--config=configs/default.py
 ``cfg = fusion_jax.configs.default(); cfg.train.epochs = 10``.
 """
 
+import dataclasses
+from typing import Optional
+
 import ml_collections
-from ml_collections import config_dict
+
+from fusion_jax import metrics, schema
 from fusion_jax.errors import ConfigError
+from fusion_jax.models.model import ModelConfig
+from fusion_jax.schema import at_least, fraction, knob, one_of, positive
+
+
+def _class_weights(spec) -> bool:
+  return spec in ("none", "balanced") or _weights_list(spec) is not None
+
+
+def _weights_list(spec):
+  try:
+    w = [float(x) for x in str(spec).split(",")]
+  except ValueError:
+    return None
+  return w if w and all(x > 0 for x in w) else None
+
+
+# ------------------------------------------------------------------ the schema
+# One frozen dataclass per section: its fields are the section's keys, with their default
+# and check (config.model's is ModelConfig). Presets below override defaults; nothing else
+# restates one.
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  num_buckets: int = knob(4, at_least(1), "at least 1",
+                          "speech-length buckets, each one compiled shape")
+  bucket_multiple: int = knob(8, at_least(1), "at least 1", "bucket lengths round up to this")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  learning_rate: float = knob(1e-4, positive, "positive")
+  weight_decay: float = knob(1e-4, at_least(0), "0 or more",
+                             "L2 added to the gradient, as torch.optim.Adam does")
+  b1: float = knob(0.9, fraction, "in [0, 1)")
+  b2: float = knob(0.999, fraction, "in [0, 1)")
+  eps: float = knob(1e-8, positive, "positive")
+  label_smoothing: float = knob(0.1, fraction, "in [0, 1)")
+  plateau_factor: float = knob(0.5, lambda v: 0 < v <= 1, "in (0, 1]",
+                               "ReduceLROnPlateau(mode='max') on train.selection_metric")
+  plateau_patience: int = knob(3, at_least(0), "0 or more")
+  plateau_threshold: float = knob(1e-4, at_least(0), "0 or more", "torch's default, relative")
+  # the loss for rare classes: "none", or "balanced" (weight n / (K n_k) per class, from
+  # the training labels, as torch's CrossEntropyLoss(weight=...)); focal_gamma > 0
+  # multiplies each example's loss by (1 - p_true)^gamma (Lin et al., 2017)
+  class_weights: str = knob("none", _class_weights,
+                            "'none', 'balanced' or comma-separated positive weights")
+  class_weight_values: str = knob("", doc="set from class_weights and the training labels "
+                                  "at run time")
+  focal_gamma: float = knob(0.0, at_least(0), "0 (off) or more")
+  # a fine-tuned encoder's layers (model.text_finetune_layers): their own learning rate
+  # (follows the plateau schedule) with a linear warm-up over this many steps
+  finetune_learning_rate: float = knob(5e-5, positive, "positive")
+  finetune_warmup_steps: int = knob(200, at_least(0), "0 or more")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  epochs: int = knob(30, at_least(1), "at least 1")
+  batch_size: int = knob(32, at_least(1), "at least 1")
+  seeds: str = knob("0", doc="comma-separated; several seeds give mean ± std")
+  variants: str = knob("original", doc="the original's four fusion heads ('all' adds the "
+                       "other heads and the baselines)")
+  progress_every: int = knob(0, at_least(0), "0 or more",
+                             "a progress line every N steps (0 = about 10 per epoch)")
+  checkpoint_every_seconds: float = knob(60.0, at_least(0), "0 or more",
+                                         "'latest' (resume) checkpoint cadence; always at the end")
+  # the validation metric that picks each run's best checkpoint, drives the plateau
+  # schedule and ranks the variants (accuracy is the original's)
+  selection_metric: str = knob("accuracy", one_of(*metrics.SELECTION_METRICS),
+                               "one of " + ", ".join(metrics.SELECTION_METRICS))
+  # the seeds of a variant as one vmapped program (True) or one after another (False);
+  # unset: one program on GPU/TPU, in turn on CPU, where it measured faster (BUILD_NOTES)
+  parallel_seeds: Optional[bool] = knob(None, placeholder=bool)
+  export_torch: bool = knob(True, doc="also write the original's model_dir/best_{variant}_model.pt")
+  export_torch_seed: int = knob(-1, at_least(-1), "-1 (the first seed trained) or a seed")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  batch_size: int = knob(64, at_least(1), "at least 1",
+                         "evaluation batches can be larger than training ones")
+  calibration_bins: int = knob(15, at_least(1), "at least 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalysisConfig:
+  methods: str = knob("tsne,umap,pca")
+  tsne_perplexity: float = knob(30.0, positive, "positive")
+  max_per_class: int = knob(0, at_least(0), "0 (all) or more",
+                            ">0: subsample each class to this many points (reported)")
+  knn_k: int = knob(5, at_least(1), "at least 1")
+  cv_folds: int = knob(5, at_least(2), "at least 2")
+
+
+@dataclasses.dataclass(frozen=True)
+class PathsConfig:
+  """Where things are: the original's flags (--train_speech_features, --model_dir, ...)
+  set these fields. "" = not given (--data_dir fills data paths by their usual names)."""
+  data_dir: str = ""
+  train_speech_features: str = ""
+  train_text_features: str = ""
+  val_speech_features: str = ""
+  val_text_features: str = ""
+  test_speech_features: str = ""
+  test_text_features: str = ""
+  csv_path: str = knob("", doc="the training CSV: class names come from it")
+  val_csv_path: str = ""
+  test_csv_path: str = ""
+  model_dir: str = "models/fusion_pipeline"
+  results_dir: str = "results"
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig:
+  """How to run (never changes a result): devices, compilation cache."""
+  num_devices: int = knob(0, at_least(0), "0 (all) or more",
+                          "data parallelism over this many devices (0 = all visible)")
+  distributed: bool = knob(False, doc="jax.distributed.initialize() (multi-host)")
+  compilation_cache_dir: str = knob("~/.cache/fusion_jax/xla",
+                                    doc="persistent XLA cache ('' = off)")
+  # training and evaluation compute each batch in parts of at most this many frames
+  # (rows x (speech frames + text tokens)) per device, adding the parts' gradients:
+  # activation memory / parts, same step up to float rounding (steps.num_microbatches;
+  # 0 = whole batches; -1 = auto: 4096 on CPU, whole batches on GPU/TPU)
+  microbatch_frames: int = knob(-1, at_least(-1), "-1 (auto), 0 (whole batches) or more")
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig,
+            "train": TrainConfig, "eval": EvalConfig, "analysis": AnalysisConfig,
+            "paths": PathsConfig, "runtime": RuntimeConfig}
 
 
 def default() -> ml_collections.ConfigDict:
-  """The original pipeline's hyperparameters (DESIGN.md §1)."""
+  """The original pipeline's hyperparameters (docs/original.md): every section's schema
+  defaults."""
   c = ml_collections.ConfigDict()
-
-  c.model = ml_collections.ConfigDict(dict(
-      speech_dim=768,          # wav2vec2-base frames
-      text_dim=768,            # RoBERTa-base tokens
-      hidden=256,              # encoder feed-forward width = 4 * hidden
-      layers=2,
-      heads=8,
-      f_hidden=512,            # fusion width
-      classifier_hidden=256,   # classifier (and unimodal head) hidden width
-      dropout=0.4,
-      model_dim=0,             # >0: project inputs to this width first (off in the original)
-      positional_encoding=False,  # sinusoidal positions (off in the original)
-      dtype="float32",         # compute dtype; "bfloat16" keeps float32 params and loss
-      # heads beyond the original's (models/heads.py):
-      mult_layers=2,           # MulT: crossmodal blocks per direction
-      bottleneck_tokens=4,     # MBT: shared bottleneck tokens (0 = independent encoders)
-      fusion_layer=1,          # MBT: first encoder layer that fuses (>= layers: none)
-      tensor_dim=32,           # tensor / low-rank fusion: each modality's vector width
-      rank=4,                  # low-rank fusion: rank of the fusion weight
-      # features holding every hidden state of a pretrained encoder (extract with
-      # hidden_states=all): learned softmax mix of the layers, or fine-tune the text
-      # encoder's top k layers (speech_layers / text_layers / text_encoder come from the data)
-      speech_layers=1, text_layers=1,
-      text_finetune_layers=0,
-      text_encoder="",
-  ))
-
-  c.data = ml_collections.ConfigDict(dict(
-      num_buckets=4,           # speech-length buckets, each one compiled shape
-      bucket_multiple=8,
-  ))
-
-  c.optim = ml_collections.ConfigDict(dict(
-      learning_rate=1e-4,
-      weight_decay=1e-4,       # L2 added to the gradient, as torch.optim.Adam does
-      b1=0.9, b2=0.999, eps=1e-8,
-      label_smoothing=0.1,
-      plateau_factor=0.5,      # ReduceLROnPlateau(mode="max") on train.selection_metric
-      plateau_patience=3,
-      plateau_threshold=1e-4,  # torch's default, relative
-      # the loss for rare classes: "none", or "balanced" (weight n / (K n_k) per class, from
-      # the training labels, as torch's CrossEntropyLoss(weight=...)); focal_gamma > 0
-      # multiplies each example's loss by (1 - p_true)^gamma (Lin et al., 2017)
-      class_weights="none",
-      class_weight_values="",  # set from class_weights and the training labels at run time
-      focal_gamma=0.0,
-      # a fine-tuned encoder's layers (model.text_finetune_layers): their own learning rate
-      # (follows the plateau schedule) with a linear warm-up over this many steps
-      finetune_learning_rate=5e-5,
-      finetune_warmup_steps=200,
-  ))
-
-  c.train = ml_collections.ConfigDict(dict(
-      epochs=30,
-      batch_size=32,
-      seeds="0",               # comma-separated; several seeds give mean ± std
-      variants="original",     # the original's four fusion heads ("all" adds the baselines)
-      progress_every=0,        # print a progress line every N steps (0 = about 10 per epoch)
-      checkpoint_every_seconds=60.0,  # "latest" (resume) checkpoint cadence; always at the end
-      # the validation metric that picks each run's best checkpoint, drives the plateau
-      # schedule and ranks the variants: accuracy (the original's), uar, macro_f1, weighted_f1
-      selection_metric="accuracy",
-      # the seeds of a variant as one vmapped program (True) or one after another (False);
-      # unset: one program on GPU/TPU, in turn on CPU, where it measured faster (BUILD_NOTES)
-      parallel_seeds=config_dict.placeholder(bool),
-      export_torch=True,       # also write the original's model_dir/best_{variant}_model.pt
-      export_torch_seed=-1,    # ... of this seed (-1 = the first seed trained)
-  ))
-
-  c.eval = ml_collections.ConfigDict(dict(
-      batch_size=64,           # evaluation batches can be larger than training ones
-      calibration_bins=15,
-  ))
-
-  c.analysis = ml_collections.ConfigDict(dict(
-      methods="tsne,umap,pca",
-      tsne_perplexity=30.0,
-      max_per_class=0,         # >0: subsample each class to this many points (reported)
-      knn_k=5,
-      cv_folds=5,
-  ))
-
-  # Where things are: the original's flags (--train_speech_features, --model_dir, ...)
-  # set these fields. "" = not given (--data_dir fills data paths by their usual names).
-  c.paths = ml_collections.ConfigDict(dict(
-      data_dir="",
-      train_speech_features="", train_text_features="",
-      val_speech_features="", val_text_features="",
-      test_speech_features="", test_text_features="",
-      csv_path="",             # the training CSV: class names come from it
-      val_csv_path="", test_csv_path="",
-      model_dir="models/fusion_pipeline",
-      results_dir="results",
-  ))
-
-  # How to run (never changes a result): devices, compilation cache.
-  c.runtime = ml_collections.ConfigDict(dict(
-      num_devices=0,           # data parallelism over this many devices (0 = all visible)
-      distributed=False,       # jax.distributed.initialize() (multi-host)
-      compilation_cache_dir="~/.cache/fusion_jax/xla",  # persistent XLA cache ("" = off)
-      # training and evaluation compute each batch in parts of at most this many frames
-      # (rows x (speech frames + text tokens)) per device, adding the parts' gradients:
-      # activation memory / parts, same step up to float rounding (steps.num_microbatches;
-      # 0 = whole batches; -1 = auto: 4096 on CPU, whole batches on GPU/TPU)
-      microbatch_frames=-1,
-  ))
+  for name, cls in SECTIONS.items():
+    c[name] = schema.config_dict(cls)
   return c
 
 
@@ -210,63 +240,17 @@ def meld() -> ml_collections.ConfigDict:
   return c
 
 
-SELECTION_METRICS = ("accuracy", "uar", "macro_f1", "weighted_f1")
-
-
 def validate(c) -> None:
-  """Raises ``ValueError`` naming the first field whose value cannot work."""
-  checks = [
-      ("train.epochs", c.train.epochs >= 1, "at least 1"),
-      ("train.batch_size", c.train.batch_size >= 1, "at least 1"),
-      ("eval.batch_size", c.eval.batch_size >= 1, "at least 1"),
-      ("data.num_buckets", c.data.num_buckets >= 1, "at least 1"),
-      ("data.bucket_multiple", c.data.bucket_multiple >= 1, "at least 1"),
-      ("optim.learning_rate", c.optim.learning_rate > 0, "positive"),
-      ("optim.weight_decay", c.optim.weight_decay >= 0, "0 or more"),
-      ("optim.label_smoothing", 0 <= c.optim.label_smoothing < 1, "in [0, 1)"),
-      ("model.dropout", 0 <= c.model.dropout < 1, "in [0, 1)"),
-      ("model.layers", c.model.layers >= 1, "at least 1"),
-      ("model.heads", c.model.heads >= 1, "at least 1"),
-      ("model.hidden", c.model.hidden >= 1, "at least 1"),
-      ("model.f_hidden", c.model.f_hidden >= 1, "at least 1"),
-      ("model.classifier_hidden", c.model.classifier_hidden >= 1, "at least 1"),
-      ("model.model_dim", c.model.model_dim >= 0, "0 (off) or more"),
-      ("model.mult_layers", c.model.mult_layers >= 1, "at least 1"),
-      ("model.bottleneck_tokens", c.model.bottleneck_tokens >= 0, "0 or more"),
-      ("model.fusion_layer", c.model.fusion_layer >= 0, "0 or more"),
-      ("model.tensor_dim", c.model.tensor_dim >= 1, "at least 1"),
-      ("model.rank", c.model.rank >= 1, "at least 1"),
-      ("runtime.num_devices", c.runtime.num_devices >= 0, "0 (all) or more"),
-      ("runtime.microbatch_frames", c.runtime.get("microbatch_frames", 0) >= -1,
-       "-1 (auto), 0 (whole batches) or more"),
-      ("model.text_finetune_layers", c.model.text_finetune_layers >= 0, "0 (frozen) or more"),
-      ("optim.class_weights", c.optim.class_weights in ("none", "balanced")
-       or _weights_list(c.optim.class_weights) is not None,
-       "'none', 'balanced' or comma-separated positive weights"),
-      ("optim.focal_gamma", c.optim.focal_gamma >= 0, "0 (off) or more"),
-      ("optim.finetune_learning_rate", c.optim.finetune_learning_rate > 0, "positive"),
-      ("optim.finetune_warmup_steps", c.optim.finetune_warmup_steps >= 0, "0 or more"),
-      ("train.selection_metric", selection_metric(c) in SELECTION_METRICS,
-       "one of " + ", ".join(SELECTION_METRICS)),
-  ]
-  for field, ok, want in checks:
-    if not ok:
-      section, name = field.split(".")
-      raise ConfigError(f"config.{field} = {c[section][name]!r} must be {want} (--config.{field})")
+  """Raises :class:`~fusion_jax.errors.ConfigError` naming the first field whose value
+  cannot work (each section checked against its schema)."""
+  for name, cls in SECTIONS.items():
+    schema.check(cls, c[name], name)
 
 
 def selection_metric(c) -> str:
   """``c.train.selection_metric`` of a ConfigDict or of a checkpoint's saved config dict
-  (configs saved before it existed: accuracy)."""
-  return c["train"].get("selection_metric", "accuracy")
-
-
-def _weights_list(spec):
-  try:
-    w = [float(x) for x in str(spec).split(",")]
-  except ValueError:
-    return None
-  return w if w and all(x > 0 for x in w) else None
+  (one saved before the field existed takes the schema's default)."""
+  return schema.view(TrainConfig, c["train"]).selection_metric
 
 
 PRESETS = {"default": default, "tiny": tiny, "demo": demo, "ravdess": ravdess, "meld": meld}

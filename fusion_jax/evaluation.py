@@ -340,7 +340,7 @@ def evaluate(exp: Experiment, test: Split, *, variants: Optional[Sequence[str]] 
                               if (w := model_lib.layer_weights(p.run.params))}
   summary["model_configs"] = {f"{r.variant}/{r.seed}": dataclasses.asdict(
       exp.compute_config(r.model_config)) for r in runs_}
-  summary["calibration"] = calibration(preds, exp.config.eval.get("calibration_bins", 15))
+  summary["calibration"] = calibration(preds, exp.config.eval.calibration_bins)
   if removed:
     summary["modality_ablation"] = modality_ablation(by, removed, ablation)
   failures = failure_cases(preds, test, names)

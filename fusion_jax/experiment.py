@@ -29,7 +29,8 @@ from typing import Callable, Iterator, Optional, Sequence
 import ml_collections
 import numpy as np
 
-from fusion_jax import runs, sharding, steps as steps_lib
+from fusion_jax import configs, ledger as ledger_lib, optim as optim_lib, passes, runs, sharding
+from fusion_jax import steps as steps_lib
 from fusion_jax.data import batching
 from fusion_jax.errors import ConfigError, DataError
 from fusion_jax.data.splits import Split
@@ -82,7 +83,7 @@ def resolve_dims(config, train: Split, *others: Split):
   with config.unlocked():
     config.model.speech_dim, config.model.text_dim = dims["speech"], dims["text"]
     config.model.speech_layers, config.model.text_layers = stacks["speech"], stacks["text"]
-    if config.model.get("text_finetune_layers", 0):
+    if config.model.text_finetune_layers:
       extractor = train.preprocessing.get("text", {}).get("extractor") or {}
       if stacks["text"] == 1 or not extractor.get("name"):
         raise DataError(train.sources.get("text") or train.name, "fine-tuning the text "
@@ -98,11 +99,11 @@ def resolve_class_weights(config, train: Split, num_classes: int):
   """``config.optim.class_weight_values``: the loss' per-class weights as a comma string
   ("" = unweighted), from ``optim.class_weights`` ("none", "balanced": from ``train``'s
   labels only, or explicit weights). Recorded with each run's config."""
-  spec = str(config.optim.get("class_weights", "none"))
+  spec = str(config.optim.class_weights)
   if spec == "none":
     values = ""
   elif spec == "balanced":
-    values = ",".join(f"{w:.6g}" for w in steps_lib.balanced_class_weights(train.labels,
+    values = ",".join(f"{w:.6g}" for w in optim_lib.balanced_class_weights(train.labels,
                                                                              num_classes))
   else:
     weights = spec.split(",")
@@ -159,7 +160,7 @@ class Experiment:
   results_dir: Optional[str] = None
   log: Callable[[str], None] = default_log
   shapes: Optional[batching.BatchShapes] = None
-  ledger: steps_lib.CompileLedger = dataclasses.field(default_factory=steps_lib.CompileLedger)
+  ledger: ledger_lib.CompileLedger = dataclasses.field(default_factory=ledger_lib.CompileLedger)
   _steps: dict = dataclasses.field(default_factory=dict, repr=False)
   _cache: dict = dataclasses.field(default_factory=dict, repr=False)   # per split: identity, device copy
 
@@ -178,7 +179,6 @@ class Experiment:
         shapes are planned on them.
       mesh: overrides ``config.runtime.num_devices`` (tests).
     """
-    from fusion_jax import configs  # pylint: disable=import-outside-toplevel
     configs.validate(config)
     for flag, path in (("--model_dir", model_dir), ("--results_dir", results_dir)):
       if path and os.path.exists(path) and not os.path.isdir(path):
@@ -187,7 +187,7 @@ class Experiment:
       config = resolve_dims(config, train, *([val] if val is not None else []))
       config = resolve_class_weights(config, train, len(class_names))
     if mesh is None:
-      mesh = sharding.make_mesh(config.get("runtime", {}).get("num_devices", 0) or None)
+      mesh = sharding.make_mesh(config.runtime.num_devices or None)
     sharding.check_batch_size(config.train.batch_size, mesh, "train.batch_size")
     sharding.check_batch_size(config.eval.batch_size, mesh, "eval.batch_size")
     exp = cls(config=config, class_names=tuple(class_names), mesh=mesh, model_dir=model_dir,
@@ -253,15 +253,14 @@ class Experiment:
     config's; compute dtype always the config's, see :meth:`compute_config`)."""
     mc = self.compute_config(model_config or self.model_config)
     optim = self.config.optim
-    frames = steps_lib.microbatch_budget(
-        int(self.config.get("runtime", {}).get("microbatch_frames", 0)))
+    frames = steps_lib.microbatch_budget(int(self.config.runtime.microbatch_frames))
     owner = (registry.get(variant).name, mc, self.num_classes, float(optim.label_smoothing),
              tuple(sorted((k, str(v)) for k, v in dict(optim).items())), frames)
     if owner not in self._steps:
       model = model_lib.build_model(mc, variant, self.num_classes)
       self._steps[owner] = steps_lib.Steps(
-          model, steps_lib.make_optimizer(optim, finetune=bool(mc.text_finetune_layers)),
-          optim.label_smoothing, owner, steps_lib.Loss.from_config(optim),
+          model, optim_lib.make_optimizer(optim, finetune=bool(mc.text_finetune_layers)),
+          optim.label_smoothing, owner, optim_lib.Loss.from_config(optim),
           microbatch_frames=frames, devices=int(self.mesh.devices.size))
     return self._steps[owner]
 
@@ -333,7 +332,7 @@ class Experiment:
       placed = [b for b, _ in self.batches(split, shapes)]
       if cache is not None:
         cache[key] = placed
-    return steps_lib.evaluate_batches(self.ledger, steps, params, placed, len(split))
+    return passes.evaluate_batches(self.ledger, steps, params, placed, len(split))
 
   def predict(self, steps: steps_lib.Steps, params, split: Split,
               aux_keys: Sequence[str] = (),
@@ -341,7 +340,7 @@ class Experiment:
               batch_size: Optional[int] = None) -> tuple:
     """Softmax probabilities ``[N, K]`` and requested ``aux`` arrays, in split order
     (entries with time axes padded to the longest bucket)."""
-    return steps_lib.predict_batches(self.ledger, steps, params,
+    return passes.predict_batches(self.ledger, steps, params,
                                      self.batches(split, shapes, batch_size),
                                      len(split), self.num_classes, aux_keys)
 

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+import numpy as np
 
 
 def _umask() -> int:
@@ -88,7 +89,6 @@ def write_json(path, obj) -> None:
 
 
 def _to_jsonable(obj):
-  import numpy as np  # pylint: disable=import-outside-toplevel
   if isinstance(obj, np.ndarray):
     return obj.tolist()
   if isinstance(obj, np.generic):

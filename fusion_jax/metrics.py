@@ -34,6 +34,13 @@ def per_class(cm: np.ndarray) -> dict:
   return dict(precision=precision, recall=recall, f1=f1, support=cm.sum(1).astype(np.int64))
 
 
+# The summary metrics (keys of :func:`summary`) that can select checkpoints
+# (``train.selection_metric``), with their (short, long) names in reports.
+SELECTION_METRICS = {"accuracy": ("Acc", "accuracy"), "uar": ("UAR", "UAR"),
+                     "macro_f1": ("Macro F1", "macro F1"),
+                     "weighted_f1": ("Wtd F1", "weighted F1")}
+
+
 def summary(cm: np.ndarray) -> dict:
   """Accuracy, unweighted average recall (UAR), macro and weighted F1 from a confusion matrix.
 

@@ -1,24 +1,31 @@
-"""Text reports: the original's sections, plus seed statistics and honest comparisons.
+"""Reports: the original's sections, plus seed statistics and honest comparisons.
 
-Every function takes the JSON-serialisable results that training, evaluation,
-analysis and the recipes return, and returns text; nothing here computes a
-result. Numbers are formatted by :func:`mean_std` and :func:`cell` only.
+:func:`summarize` turns trained runs into the JSON-serialisable ``summary.json``;
+every other function takes the results that training, evaluation, analysis and the
+recipes return, and returns text (or, :func:`write_training_reports`, writes the
+training report set). Numbers are formatted by :func:`mean_std` and :func:`cell` only.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import json
+import os
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
-from fusion_jax import metrics
+from fusion_jax import io_utils, metrics, plots
+from fusion_jax.data import batching
+from fusion_jax.models import registry
+
+if TYPE_CHECKING:
+  from fusion_jax.experiment import Experiment
 
 RULE, THIN = "=" * 80, "-" * 80
 
 
-# train.selection_metric → (short, long) names in reports
-METRIC_NAMES = {"accuracy": ("Acc", "accuracy"), "uar": ("UAR", "UAR"),
-                "macro_f1": ("Macro F1", "macro F1"), "weighted_f1": ("Wtd F1", "weighted F1"),
+# train.selection_metric → (short, long) names in reports; "mixed": runs chose differently
+METRIC_NAMES = {**metrics.SELECTION_METRICS,
                 "mixed": ("Score", "score (each run's own selection metric)")}
 
 
@@ -60,10 +67,10 @@ def seed_section(scores: dict, what: str) -> list:
 
 # ------------------------------------------------------------------ training
 def training_comparison(summary: dict) -> str:
-  """``fusion_variants_comparison.txt`` from :func:`fusion_jax.training.summarize`'s dict."""
+  """``fusion_variants_comparison.txt`` from :func:`summarize`'s dict."""
   class_names = summary["class_names"]
   runs = {v: list(s["seeds"].values()) for v, s in summary["variants"].items()}
-  short, what = METRIC_NAMES[summary.get("selection_metric", "accuracy")]
+  short, what = METRIC_NAMES[summary["selection_metric"]]
   best = {v: [r.get("best_val_score", r["best_val_acc"]) for r in rs] for v, rs in runs.items()}
   ranked = summary["ranking"]
   # the third column: UAR at the best epoch, or its accuracy when UAR chose the epoch
@@ -134,7 +141,7 @@ def training_comparison(summary: dict) -> str:
 
 def training_console_summary(summary: dict) -> str:
   """The original's ranked console summary."""
-  short, what = METRIC_NAMES[summary.get("selection_metric", "accuracy")]
+  short, what = METRIC_NAMES[summary["selection_metric"]]
   out = ["", RULE, f"SUMMARY OF ALL VARIANTS (ranked by validation {what})", RULE]
   for rank, v in enumerate(summary["ranking"], 1):
     s = summary["variants"][v]
@@ -155,7 +162,7 @@ def test_metrics(summary: dict) -> str:
   variants = summary["variants"]
   test = lambda v, k: [t[k] for t in variants[v]["test"]]
   acc = lambda v: float(np.mean(test(v, "accuracy")))
-  short, what = METRIC_NAMES[summary.get("selection_metric", "accuracy")]
+  short, what = METRIC_NAMES[summary["selection_metric"]]
   out = [RULE, "TEST METRICS COMPARISON", RULE, "",
          f"Ranking is by VALIDATION {what} (each run's best checkpoint); test figures are "
          "reported beside it and never choose the winner.", "",
@@ -312,7 +319,7 @@ def cv_table(summary: dict, extra_rows: Optional[dict] = None) -> str:
   """Cross-validation: variant, accuracy, UAR, macro/weighted F1 (mean ± std, n runs)."""
   rows = dict(summary["variants"])
   rows.update(extra_rows or {})
-  short, what = METRIC_NAMES[summary.get("selection_metric", "accuracy")]
+  short, what = METRIC_NAMES[summary["selection_metric"]]
   val = lambda r: r.get("val_score", r.get("val_acc"))   # the selection metric
   ranked = sorted(rows, key=lambda v: -val(rows[v])["mean"] if val(rows[v]) else 1.0)
   ref, comps = summary.get("reference"), summary.get("comparisons", {})
@@ -337,4 +344,123 @@ def cv_table(summary: dict, extra_rows: Optional[dict] = None) -> str:
     lines += ["", "Learned layer weights, mean over runs (0 = the encoder's input embeddings, "
               "last = its last layer):"]
     lines += [f"  {v:<20} {m:<7} " + " ".join(f"{x:.3f}" for x in w) for v, m, w in mixes]
+  return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ training reports
+def write_training_reports(plots_dir: str, out_dir: str, exp: Experiment, results: dict,
+                           summary: dict) -> None:
+  """The original's training plots (into ``plots_dir``) and report, ``summary.json`` and
+  ``config.json`` (into ``out_dir``)."""
+  names = exp.class_names
+  for variant, rs in results.items():
+    spec = registry.get(variant)
+    plots.training_curves({r.seed: r.history for r in rs}, spec.title,
+                          os.path.join(plots_dir, f"{variant}_training_curves.png"))
+    plots.confusion_matrix(
+        sum(r.best.confusion for r in rs), names,
+        f"Confusion Matrix - {variant.upper()}" + (" Fusion" if spec.is_fusion else "")
+        + (f" (validation, {len(rs)} seeds)" if len(rs) > 1 else " (validation)"),
+        os.path.join(plots_dir, f"{variant}_confusion_matrix.png"))
+  plots.variants_comparison({v: rs[0].history for v, rs in results.items()},
+                            os.path.join(plots_dir, "fusion_variants_comparison.png"))
+  io_utils.write_text(os.path.join(out_dir, "fusion_variants_comparison.txt"),
+                      training_comparison(summary))
+  io_utils.write_json(os.path.join(out_dir, "summary.json"), summary)
+  io_utils.write_json(os.path.join(out_dir, "config.json"),
+                      json.loads(exp.config.to_json_best_effort()))
+
+
+def summarize(results: dict, class_names: Sequence[str], shapes: batching.BatchShapes,
+              pad: dict, selection_metric: str) -> dict:
+  """``summary.json``: per variant the best validation accuracy over seeds and the best
+  ``selection_metric`` (``best_val_score_*``, what chose the checkpoints), per seed the
+  best checkpoint, the ranking (validation, by the selection metric) and paired tests
+  between variants on it."""
+  variants = {}
+  for v, rs in results.items():
+    accs = [r.best.val_acc for r in rs]
+    mean, std = metrics.mean_std(accs)
+    lo, hi = metrics.bootstrap_ci(accs)
+    score_mean, score_std = metrics.mean_std([r.best.score for r in rs])
+    variants[v] = dict(
+        best_val_acc_mean=mean, best_val_acc_std=std, best_val_acc_ci95=[lo, hi],
+        best_val_score_mean=score_mean, best_val_score_std=score_std,
+        param_count=rs[0].param_count, is_fusion=registry.get(v).is_fusion,
+        seeds={str(r.seed): dict(
+            best_val_acc=r.best.val_acc, best_val_score=r.best.score, best_epoch=r.best.epoch,
+            final_val_acc=r.state.final_val_acc, final_train_acc=r.history["train_acc"][-1],
+            best_metrics=r.best.metrics, checkpoint_dir=r.checkpoint_dir,
+            compile_seconds=r.compile_seconds, train_seconds=r.train_seconds,
+            resumed_from_epoch=r.resumed_from_epoch,
+            best_confusion=r.best.confusion.tolist()) for r in rs})
+  ranking = sorted(variants, key=lambda v: -variants[v]["best_val_score_mean"])
+  scores = {v: [r.best.score for r in rs] for v, rs in results.items()}
+  originals = [v for v in ranking if registry.get(v).original and registry.get(v).is_fusion]
+  reference = originals[0] if originals else None
+  return dict(class_names=list(class_names), ranking=ranking, variants=variants,
+              comparisons=metrics.paired_comparisons(scores),
+              reference=reference,
+              vs_reference=metrics.against_reference(scores, reference) if reference else {},
+              shapes=dict(speech_buckets=list(shapes.speech_buckets),
+                          text_length=shapes.text_length,
+                          text_buckets=list(shapes.text_buckets)),
+              padding_fraction=pad, selected_on="validation", selection_metric=selection_metric)
+
+
+# ------------------------------------------------------------------ corpus recipes
+# Published figures, for orientation only (other protocols and splits: docs/original.md).
+RAVDESS_PUBLISHED = [("EmoBox wav2vec2-base (UA)", 0.543), ("EmoBox HuBERT-base (UA)", 0.654),
+                     ("EmoBox WavLM-large (UA)", 0.720),
+                     ("EmoBox Whisper-large-v3 (UA)", 0.753),
+                     ("eGeMAPS functionals + LR (acc)", 0.50)]
+MELD_PUBLISHED = [("text-CNN (weighted F1)", 0.550), ("bc-LSTM (weighted F1)", 0.564),
+                  ("DialogueRNN (weighted F1)", 0.570),
+                  ("RoBERTa fine-tuned (weighted F1)", 0.625),
+                  ("frozen MiniLM + LR (weighted F1)", 0.56)]
+
+
+def _published(title: str, rows) -> list:
+  return [title] + [f"  {n:<34} {v:.3f}" for n, v in rows]
+
+
+def ravdess_table(summary: dict) -> str:
+  """``cv_results.txt`` of :func:`fusion_jax.recipes.ravdess.run`'s summary."""
+  speech, text = summary["extractors"]["speech"], summary["extractors"]["text"]
+  lines = [cv_table(summary, summary.get("baselines") or {}).rstrip("\n"), ""]
+  lines += _published("Published (docs/original.md; other protocols, for orientation):",
+                      RAVDESS_PUBLISHED)
+  lines += ["", f"Speech features: {speech['name']} ({speech['dim']}-d, "
+            f"{speech['frame_rate']:g} frames/s); text: {text['name']} ({text['dim']}-d). "
+            f"Total {summary['total_seconds'] / 60:.1f} min (extraction "
+            f"{summary['extract_seconds']:.0f} s)."]
+  return "\n".join(lines) + "\n"
+
+
+def meld_table(result: dict) -> str:
+  """``meld_results.txt`` of :func:`fusion_jax.recipes.meld.run`'s result."""
+  rows, metric, select_on = result["rows"], result["selection_metric"], result["select_on"]
+  head = f"{'Model':<24} {'Dev acc':>15} {'Weighted F1':>15} {'Macro F1':>15} {'runs':>5}"
+  lines = [f"MELD dev (checkpoints selected on {select_on}"
+           + ("" if metric == "accuracy" else f" by {METRIC_NAMES[metric][1]}")
+           + ("; dev figures are optimistic" if select_on == "dev" else "") + ")",
+           head, "-" * len(head)]
+  for v, r in rows.items():
+    lines.append(f"{v:<24} {cell(r['accuracy']):>15} {cell(r['weighted_f1']):>15} "
+                 f"{cell(r['macro_f1']):>15} {r['accuracy']['n']:>5}")
+  with_classes = [v for v, r in rows.items() if "per_class_f1" in r]
+  if with_classes:
+    names = list(rows[with_classes[0]]["per_class_f1"])
+    lines += ["", "Per-class F1 on dev (mean over runs):",
+              f"{'Model':<24} " + " ".join(f"{c[:8]:>8}" for c in names)]
+    lines += [f"{v:<24} " + " ".join(f"{rows[v]['per_class_f1'][c]['mean']:>8.3f}"
+                                     for c in names) for v in with_classes]
+  lines += [""] + _published("Published (docs/original.md; MELD test split, for orientation):",
+                             MELD_PUBLISHED)
+  ex, stack, context = result["extractor"], result["extractor_stack"], result["context"]
+  lines += ["", f"Text features: {ex['name']} ({ex['dim']}-d token states"
+            + (f", {stack} hidden states" if stack > 1 else "")
+            + (f", previous {context} lines as context" if context else "")
+            + f"). Total {result['seconds'] / 60:.1f} min (extraction "
+            f"{result['extract_seconds']:.0f} s)."]
   return "\n".join(lines) + "\n"

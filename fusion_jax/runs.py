@@ -28,16 +28,17 @@ from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from fusion_jax import checkpoint, configs, io_utils, steps
+from fusion_jax import checkpoint, configs, io_utils, metrics, optim as optim_lib, steps
 from fusion_jax.errors import ConfigError, DataError
-from fusion_jax.models import convert, registry
+from fusion_jax.models import convert, heads, registry
 from fusion_jax.models import model as model_lib
 
 HISTORY_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_uar", "val_macro_f1",
                 "learning_rate", "epoch_seconds", "samples_per_second")
-BEST_METRICS = ("accuracy", "uar", "macro_f1", "weighted_f1", "loss")
+BEST_METRICS = (*metrics.SELECTION_METRICS, "loss")
 META_FORMAT = 2
 
 
@@ -75,10 +76,10 @@ def fingerprint(config) -> dict:
 
 
 def _unused_knobs(variant: str) -> set:
-  """Head knobs (``ModelConfig.HEAD_KNOBS``) that ``variant``'s model does not read."""
+  """Head knobs (:data:`fusion_jax.models.heads.HEAD_KNOBS`) that ``variant``'s model does
+  not read."""
   head = registry.get(variant).head if variant in registry.names() else None
-  used = set(head.CONFIG.values()) if head is not None else set()
-  return set(model_lib.ModelConfig.HEAD_KNOBS) - used
+  return set(heads.HEAD_KNOBS) - set(head.knob_names() if head is not None else ())
 
 
 def _comparable(flat: dict, variant: str) -> dict:
@@ -245,10 +246,10 @@ class RunState:
   epoch: int
   history: dict
   best: Best
-  plateau: steps.Plateau
+  plateau: optim_lib.Plateau
 
   @classmethod
-  def new(cls, variant: str, seed: int, plateau: steps.Plateau) -> "RunState":
+  def new(cls, variant: str, seed: int, plateau: optim_lib.Plateau) -> "RunState":
     return cls(variant, int(seed), 0, {k: [] for k in HISTORY_KEYS}, Best(), plateau)
 
   @property
@@ -279,16 +280,16 @@ class RunState:
                 best=self.best.to_json(), plateau=self.plateau.to_json())
 
   @classmethod
-  def from_json(cls, d: dict, plateau: steps.Plateau) -> "RunState":
+  def from_json(cls, d: dict, plateau: optim_lib.Plateau) -> "RunState":
     plateau.load_json(d["plateau"])
     return cls(d["variant"], int(d["seed"]), int(d["epoch"]),
                {k: list(d["history"][k]) for k in HISTORY_KEYS}, Best.from_json(d["best"]),
                plateau)
 
   @classmethod
-  def from_meta(cls, meta: dict, plateau: Optional[steps.Plateau] = None) -> "RunState":
+  def from_meta(cls, meta: dict, plateau: Optional[optim_lib.Plateau] = None) -> "RunState":
     """From a checkpoint's metadata (also the flat layout of fusion_jax ≤ 0.1 runs)."""
-    plateau = plateau or steps.Plateau(lr=0.0)
+    plateau = plateau or optim_lib.Plateau(lr=0.0)
     if "run" in meta:
       return cls.from_json(meta["run"], plateau)
     best = dict(epoch=meta["best_epoch"], val_acc=meta["best_val_acc"],
@@ -348,7 +349,7 @@ class Run:
 
 def _abstract_state(model_cfg, variant: str, num_classes: int, optim_cfg):
   model = model_lib.build_model(model_cfg, variant, num_classes)
-  optimizer = steps.make_optimizer(optim_cfg, finetune=bool(model.config.text_finetune_layers))
+  optimizer = optim_lib.make_optimizer(optim_cfg, finetune=bool(model.config.text_finetune_layers))
   params = jax.eval_shape(lambda: model_lib.init_params(model, jax.random.key(0)))
   return steps.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
                           opt_state=jax.eval_shape(optimizer.init, params),
@@ -367,7 +368,6 @@ def best_meta(model_dir: str, variant: str, seed: int) -> Optional[dict]:
 
 def load_run(model_dir: str, variant: str, seed: int) -> Run:
   """The best checkpoint of an orbax run, with the model config it was trained with."""
-  import ml_collections  # pylint: disable=import-outside-toplevel
   directory = run_dir(model_dir, variant, seed)
   ckpts = checkpoint.RunCheckpoints(directory)
   try:

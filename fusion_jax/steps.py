@@ -1,4 +1,4 @@
-"""Pure steps and the compile ledger.
+"""The pure steps, and :class:`Steps` that jits them for one model.
 
 The three steps are module-level pure functions of arrays::
 
@@ -8,44 +8,33 @@ The three steps are module-level pure functions of arrays::
   predict_step(params, batch, *, model, aux_keys) -> (logits, {aux_key: array})
 
 :class:`Steps` binds their static parts (model, optimizer, smoothing) with
-``functools.partial`` and jits them, as the Flax examples do. A
-:class:`CompileLedger` compiles each (step, input shapes) pair ahead of time
-exactly once and keeps the executable with its compile time; training,
-evaluation, prediction and the benchmark share one ledger, so a new shape can
-never recompile silently and compile time is reported apart from step time.
+``functools.partial`` and jits them, as the Flax examples do; the compile ledger
+(:mod:`fusion_jax.ledger`) compiles them once per shape, and the optimizer, schedule and
+loss they use are in :mod:`fusion_jax.optim`.
 
 Batches (see :mod:`fusion_jax.data.batching`) are dicts: ``speech [B, T, Ds]``,
 ``speech_mask [B, T]``, ``text [B, L, Dt]``, ``text_mask [B, L]``, ``label [B]``,
 ``example_mask [B]`` (0 = padding row), ``index [B]``.
-
-Optimisation is the original's: Adam with L2 weight decay added to the gradient
-(``torch.optim.Adam(weight_decay=...)``), cross-entropy with label smoothing,
-``ReduceLROnPlateau(mode="max")`` (:class:`Plateau`, host side).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import fnmatch
 import functools
-import math
-import os
-import threading
-import time
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
 
-from fusion_jax import metrics as metrics_lib
 from fusion_jax.errors import ConfigError
+from fusion_jax.models import layers
+from fusion_jax.models import model as model_lib
+from fusion_jax.optim import Loss, smoothed_cross_entropy
 
 
-# ------------------------------------------------------------------ state and optimisation
+# ------------------------------------------------------------------ state
 @flax.struct.dataclass
 class TrainState:
   """Everything a step changes. The optimizer and model are bound to the step, not carried."""
@@ -55,135 +44,6 @@ class TrainState:
   learning_rate: jax.Array
 
 
-def make_optimizer(optim_cfg, finetune: bool = False) -> optax.GradientTransformation:
-  """torch.optim.Adam with ``weight_decay``: L2 added to the gradient, then Adam.
-
-  The learning rate is applied in the step from ``TrainState.learning_rate``,
-  so the plateau schedule can change it without touching the optimizer state.
-  With ``finetune``, pretrained layers (``models.encoders.SCOPE``) get their own rate,
-  ``finetune_learning_rate`` (scaled by the plateau schedule like the rest), reached
-  by a linear warm-up over ``finetune_warmup_steps`` (``optax.multi_transform``).
-  """
-  adam = lambda: optax.chain(optax.add_decayed_weights(optim_cfg.weight_decay),
-                             optax.scale_by_adam(b1=optim_cfg.b1, b2=optim_cfg.b2,
-                                                 eps=optim_cfg.eps))
-  if not finetune:
-    return adam()
-  ratio = optim_cfg.get("finetune_learning_rate", 5e-5) / optim_cfg.learning_rate
-  warmup = max(int(optim_cfg.get("finetune_warmup_steps", 0)), 0)
-  ramp = lambda n: ratio * (jnp.minimum((n + 1.0) / warmup, 1.0) if warmup else 1.0)
-  from fusion_jax.models import encoders  # pylint: disable=import-outside-toplevel
-  labels = lambda params: {k: "finetune" if k == encoders.SCOPE else "model" for k in params}
-  return optax.multi_transform(
-      {"model": adam(), "finetune": optax.chain(adam(), optax.scale_by_schedule(ramp))},
-      labels)
-
-
-@dataclasses.dataclass
-class Plateau:
-  """``torch.optim.lr_scheduler.ReduceLROnPlateau`` in mode "max", threshold "rel".
-
-  ``step(metric)`` after each epoch: an epoch is an improvement when
-  ``metric > best * (1 + threshold)``; after more than ``patience`` epochs
-  without one, the rate is multiplied by ``factor`` and the count restarts.
-  """
-  lr: float
-  factor: float = 0.5
-  patience: int = 3
-  threshold: float = 1e-4
-  min_lr: float = 0.0
-  best: float = -math.inf
-  num_bad_epochs: int = 0
-
-  @classmethod
-  def from_config(cls, optim_cfg) -> "Plateau":
-    return cls(lr=optim_cfg.learning_rate, factor=optim_cfg.plateau_factor,
-               patience=optim_cfg.plateau_patience, threshold=optim_cfg.plateau_threshold)
-
-  def step(self, metric: float) -> float:
-    if metric > self.best * (1 + self.threshold):
-      self.best, self.num_bad_epochs = metric, 0
-    else:
-      self.num_bad_epochs += 1
-    if self.num_bad_epochs > self.patience:
-      new_lr = max(self.lr * self.factor, self.min_lr)
-      if self.lr - new_lr > 1e-8:
-        self.lr = new_lr
-      self.num_bad_epochs = 0
-    return self.lr
-
-  def to_json(self) -> dict:
-    return dict(lr=self.lr, best=self.best if math.isfinite(self.best) else None,
-                num_bad_epochs=self.num_bad_epochs)
-
-  def load_json(self, d: dict) -> None:
-    self.lr = d["lr"]
-    self.best = -math.inf if d["best"] is None else d["best"]
-    self.num_bad_epochs = d["num_bad_epochs"]
-
-
-def smoothed_cross_entropy(logits, labels, smoothing: float = 0.1):
-  """Per-example ``torch.nn.CrossEntropyLoss(label_smoothing=...)``: ``[B, K], [B] → [B]``."""
-  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), smoothing)
-  return optax.softmax_cross_entropy(logits, targets)
-
-
-@dataclasses.dataclass(frozen=True)
-class Loss:
-  """The training loss: cross-entropy with label smoothing, optionally class-weighted
-  (``weights [K]``, normalised by the batch's summed weight as
-  ``torch.nn.CrossEntropyLoss(weight=...)``) and focal (each example's loss times
-  ``(1 - p_true)^gamma``)."""
-  label_smoothing: float = 0.1
-  class_weights: Optional[tuple] = None
-  focal_gamma: float = 0.0
-
-  @classmethod
-  def from_config(cls, optim_cfg) -> "Loss":
-    values = optim_cfg.get("class_weight_values", "")
-    if optim_cfg.get("class_weights", "none") != "none" and not values:
-      raise ConfigError(f"optim.class_weights={optim_cfg.class_weights!r} is resolved from the "
-                       "training labels: build the Experiment with train=... "
-                       "(experiment.Experiment.create)")
-    return cls(float(optim_cfg.label_smoothing),
-               tuple(float(x) for x in values.split(",")) if values else None,
-               float(optim_cfg.get("focal_gamma", 0.0)))
-
-  def per_example(self, logits, labels):
-    """``[B, K], [B] → [B]``: each example's loss (focal-scaled if ``focal_gamma``)."""
-    per_example = smoothed_cross_entropy(logits, labels, self.label_smoothing)
-    if self.focal_gamma:
-      p_true = jnp.take_along_axis(jax.nn.softmax(logits.astype(jnp.float32)),
-                                   labels[:, None], axis=-1)[:, 0]
-      per_example = per_example * jnp.power(1.0 - p_true, self.focal_gamma)
-    return per_example
-
-  def weights(self, labels, example_mask):
-    """``[B]``: each example's weight in the mean (0 for padding rows)."""
-    if self.class_weights is None:
-      return example_mask
-    return example_mask * jnp.asarray(self.class_weights, jnp.float32)[labels]
-
-  def denominator(self, labels, example_mask):
-    """The mean's denominator: the batch's summed weight."""
-    return jnp.maximum(jnp.sum(self.weights(labels, example_mask)), 1e-12)
-
-  def __call__(self, logits, labels, example_mask, denominator=None):
-    """``(mean loss, per-example loss [B])`` over the real rows (``example_mask`` 1).
-    ``denominator``: a whole batch's (:meth:`denominator`) when these rows are a part of it."""
-    per_example = self.per_example(logits, labels)
-    if denominator is None:
-      denominator = self.denominator(labels, example_mask)
-    return jnp.sum(per_example * self.weights(labels, example_mask)) / denominator, per_example
-
-
-def balanced_class_weights(labels, num_classes: int) -> np.ndarray:
-  """``n / (K n_k)`` per class (scikit-learn's "balanced"); a class absent from
-  ``labels`` gets weight 0 (it has no loss term anyway)."""
-  counts = np.bincount(np.asarray(labels, np.int64), minlength=num_classes).astype(np.float64)
-  return np.where(counts > 0, counts.sum() / (num_classes * np.maximum(counts, 1)), 0.0)
-
-
 def zero_metrics() -> dict:
   """The training accumulator: summed loss, correct predictions and examples."""
   return dict(loss_sum=jnp.zeros((), jnp.float32), correct=jnp.zeros((), jnp.float32),
@@ -191,7 +51,6 @@ def zero_metrics() -> dict:
 
 
 def init_state(model, optimizer, rng, learning_rate: float) -> TrainState:
-  from fusion_jax.models import model as model_lib  # pylint: disable=import-outside-toplevel
   params = model_lib.init_params(model, rng)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=optimizer.init(params),
@@ -273,7 +132,6 @@ def train_step(state: TrainState, metrics: dict, batch: dict, dropout_key, *, mo
   denominator = loss.denominator(batch["label"], weights)
 
   def loss_fn(params, part, stride, offset):
-    from fusion_jax.models import layers  # pylint: disable=import-outside-toplevel
     with layers.batch_rows(stride, offset):
       logits, _ = _forward(model, params, part, True, key)
     mean, per_example = loss(logits, part["label"], part["example_mask"], denominator)
@@ -455,7 +313,6 @@ class Steps:
   def aux_keys(self) -> tuple:
     """The names of the model's ``aux`` outputs (traced once, nothing is computed)."""
     if not hasattr(self, "_aux_keys"):
-      from fusion_jax.models import model as model_lib  # pylint: disable=import-outside-toplevel
       inputs = model_lib.dummy_inputs(self.model.config)
       shapes = jax.eval_shape(lambda: self.model.init_with_output(
           {"params": jax.random.key(0)}, *inputs)[0])
@@ -463,139 +320,3 @@ class Steps:
     return self._aux_keys
 
 
-# ------------------------------------------------------------------ compile ledger
-def _signature(tree) -> tuple:
-  return tuple((tuple(x.shape), str(x.dtype)) for x in jax.tree_util.tree_leaves(tree))
-
-
-@dataclasses.dataclass
-class Compiled:
-  """One ledger entry: an AOT-compiled step for one set of input shapes."""
-  step: str
-  owner: tuple
-  inputs: tuple           # (shape, dtype) of every input leaf
-  batch_shapes: dict      # the batch argument's leaf shapes, e.g. {"speech": (32, 184, 768)}
-  executable: Any
-  seconds: float
-
-  def flops(self) -> float:
-    """XLA's cost analysis of the executable (FLOPs per call, padding included)."""
-    cost = self.executable.cost_analysis()
-    if isinstance(cost, (list, tuple)):
-      cost = cost[0] if cost else {}
-    return float((cost or {}).get("flops", 0.0))
-
-
-class CompileLedger:
-  """Input shapes → compiled executable, compiled once (``jit(...).lower().compile()``).
-
-  Calling ``ledger(step_fn, *args)`` compiles on the first call with these shapes
-  and runs the executable. :attr:`entries` lists what was compiled, with seconds.
-  """
-
-  def __init__(self):
-    self._entries: dict = {}
-    self._lock = threading.Lock()
-    self.seconds = 0.0
-
-  def _key(self, step: StepFn, args) -> tuple:
-    return (step.owner, step.name, _signature(args))
-
-  def compile(self, step: StepFn, *args) -> Compiled:
-    key = self._key(step, args)
-    entry = self._entries.get(key)
-    if entry is None:
-      t0 = time.perf_counter()
-      executable = step.fn.lower(*args).compile()
-      seconds = time.perf_counter() - t0
-      batch = next((a for a in args if isinstance(a, dict) and "speech" in a), {})
-      entry = Compiled(step.name, step.owner, key[2],
-                       {k: tuple(v.shape) for k, v in batch.items()}, executable, seconds)
-      # (for the group steps, "batch_shapes" are the bucket's device arrays: [N, T, D])
-      with self._lock:
-        if key not in self._entries:
-          self._entries[key] = entry
-          self.seconds += seconds
-        entry = self._entries[key]
-    return entry
-
-  def __call__(self, step: StepFn, *args):
-    return self.compile(step, *args).executable(*args)
-
-  def precompile(self, calls: Sequence[tuple]) -> float:
-    """Compiles ``[(step_fn, args), ...]`` concurrently; returns wall seconds.
-
-    XLA compiles one executable on one core; a run needs 2 × buckets of them, so
-    compiling them in threads up front uses every core instead of one at a time.
-    """
-    todo = [(s, a) for s, a in calls if self._key(s, a) not in self._entries]
-    if not todo:
-      return 0.0
-    t0 = time.perf_counter()
-    workers = max(1, min(len(todo), os.cpu_count() or 1))
-    if jax.config.jax_compilation_cache_dir:
-      # JAX 0.10.2 crashed (segmentation fault) here once when one thread wrote an
-      # executable to the persistent cache while another compiled: with the cache on,
-      # compile one at a time (the cache makes every later run skip compiling anyway).
-      workers = 1
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-      list(pool.map(lambda call: self.compile(call[0], *call[1]), todo))
-    return time.perf_counter() - t0
-
-  def forget(self, owner: tuple) -> None:
-    """Drops every executable of ``owner`` (a model done with) and JAX's own caches of
-    traced and compiled functions (which would keep them alive; the other entries stay)."""
-    with self._lock:
-      for key in [k for k in self._entries if k[0] == owner]:
-        del self._entries[key]
-    jax.clear_caches()
-
-  def entries(self, owner: Optional[tuple] = None, step: Optional[str] = None) -> list:
-    return [e for e in self._entries.values()
-            if (owner is None or e.owner == owner) and (step is None or e.step == step)]
-
-  def __len__(self) -> int:
-    return len(self._entries)
-
-
-# ------------------------------------------------------------------ passes over a split
-def evaluate_batches(ledger: CompileLedger, steps: Steps, params,
-                     batches: Iterable[dict], num_examples: int) -> dict:
-  """Loss and confusion matrix over already-placed batches (one host sync at the end)."""
-  return summarise_eval(jax.device_get([ledger(steps.eval, params, b) for b in batches]),
-                        num_examples)
-
-
-def summarise_eval(stats: Sequence[dict], num_examples: int) -> dict:
-  """Loss, confusion matrix and summary metrics from per-batch ``eval_step`` outputs."""
-  confusion = np.rint(sum(s["confusion"] for s in stats)).astype(np.int64)
-  loss = float(sum(s["loss_sum"] for s in stats)) / max(num_examples, 1)
-  return dict(loss=loss, confusion=confusion, **metrics_lib.summary(confusion))
-
-
-def predict_batches(ledger: CompileLedger, steps: Steps, params, batches: Iterable[tuple],
-                    num_examples: int, num_classes: int, aux_keys: Sequence[str] = ()):
-  """Softmax probabilities ``[N, K]`` and requested ``aux`` arrays, in split order.
-
-  ``batches`` yields ``(placed_batch, index)`` with ``index [B]`` the split rows
-  (-1 for padding rows). An ``aux`` entry with time axes (attention maps, sequences)
-  is zero-padded to the longest bucket's length: row ``i`` is valid up to its own
-  lengths.
-  """
-  probs = np.zeros((num_examples, num_classes), np.float32)
-  parts: dict = {}
-  fn = steps.predict(aux_keys)
-  for batch, index in batches:
-    logits, aux = jax.device_get(ledger(fn, params, batch))
-    rows = index >= 0
-    idx = index[rows]
-    probs[idx] = jax.nn.softmax(logits[rows], axis=-1)
-    for k, v in aux.items():
-      parts.setdefault(k, []).append((idx, np.asarray(v[rows], np.float32)))
-  aux_out = {}
-  for k, pieces in parts.items():
-    shape = tuple(max(v.shape[d] for _, v in pieces) for d in range(1, pieces[0][1].ndim))
-    out = aux_out[k] = np.zeros((num_examples,) + shape, np.float32)
-    for idx, v in pieces:
-      out[(idx,) + tuple(slice(0, n) for n in v.shape[1:])] = v
-  return probs, aux_out

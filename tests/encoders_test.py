@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fusion_jax import configs, experiment, runs, steps, training
+from fusion_jax import configs, experiment, optim as optim_lib, runs, steps, training
 from fusion_jax.data import Split, load_split
 from fusion_jax import features
 from fusion_jax.features import bert, corpora, extractors
@@ -116,7 +116,7 @@ def test_finetuned_top_equals_the_frozen_encoder_at_step_zero_then_moves(tiny_be
   c.model.update(text_dim=x.shape[2], text_layers=3, text_finetune_layers=1, text_encoder=TINY)
   c.optim.finetune_learning_rate, c.optim.finetune_warmup_steps = 1e-3, 10
   model = model_lib.build_model(c.model, "text_only", 2)
-  opt = steps.make_optimizer(c.optim, finetune=True)
+  opt = optim_lib.make_optimizer(c.optim, finetune=True)
   state = steps.init_state(model, opt, jax.random.key(1), c.optim.learning_rate)
   pre = encoders.get(TINY).layer_params(1)
   jax.tree_util.tree_map(np.testing.assert_array_equal,
@@ -175,9 +175,9 @@ def test_class_weighted_and_focal_losses_match_numpy():
   logits = rng.standard_normal((6, 4)).astype(np.float32)
   labels = np.array([0, 1, 1, 3, 3, 3])
   mask = np.array([1, 1, 1, 1, 1, 0], np.float32)
-  w = steps.balanced_class_weights(labels[:5], 4)
+  w = optim_lib.balanced_class_weights(labels[:5], 4)
   np.testing.assert_allclose(w, [5 / 4, 5 / 8, 0.0, 5 / 8])
-  loss = steps.Loss(0.1, tuple(w), 2.0)
+  loss = optim_lib.Loss(0.1, tuple(w), 2.0)
   mean, per = loss(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(mask))
   x = logits.astype(np.float64)
   logp = x - np.log(np.exp(x).sum(1, keepdims=True))
@@ -189,7 +189,7 @@ def test_class_weighted_and_focal_losses_match_numpy():
   cw = w[labels] * mask
   np.testing.assert_allclose(float(mean), (focal * cw).sum() / cw.sum(), rtol=1e-5)
   # the plain loss is the masked mean of cross-entropy
-  plain, _ = steps.Loss(0.1)(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(mask))
+  plain, _ = optim_lib.Loss(0.1)(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(mask))
   np.testing.assert_allclose(float(plain), (ce * mask).sum() / mask.sum(), rtol=1e-5)
 
 
@@ -209,7 +209,7 @@ def test_class_weights_come_from_training_labels_only_and_bad_ones_fail():
   c.optim.class_weights = "balanced"
   c.optim.class_weight_values = ""
   with pytest.raises(ValueError, match="resolved from the training labels"):
-    steps.Loss.from_config(c.optim)
+    optim_lib.Loss.from_config(c.optim)
 
 
 # ------------------------------------------------------------------ checkpoints and resume

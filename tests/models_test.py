@@ -295,14 +295,14 @@ for variant in sys.argv[3].split(","):
 
 def _trained_params(variant):
   """Random parameters and Adam moments as after 2 steps (NumPy values: nothing to compile)."""
-  from fusion_jax import steps  # pylint: disable=import-outside-toplevel
+  from fusion_jax import optim as optim_lib, steps  # pylint: disable=import-outside-toplevel
   model = models.build_model(_parity_config(), variant, PCFG["classes"])
   shapes = jax.eval_shape(lambda: models.init_params(model, jax.random.key(0)))
   rng = np.random.default_rng(3)
   random = lambda scale: jax.tree_util.tree_map(
       lambda x: (scale * rng.standard_normal(x.shape)).astype(np.float32), shapes)
   params = random(0.3)
-  opt_state = steps.make_optimizer(configs.default().optim).init(params)
+  opt_state = optim_lib.make_optimizer(configs.default().optim).init(params)
   adam = opt_state[1]._replace(count=np.asarray(2, np.int32), mu=random(1.0),
                                nu=jax.tree_util.tree_map(np.abs, random(1.0)))
   return model, steps.TrainState(np.asarray(2), params, (opt_state[0], adam),

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fusion_jax import checkpoint, configs, data, experiment, runs, steps, training
+from fusion_jax import (benchmark, checkpoint, configs, data, experiment, hooks, loop, models,
+                        optim as optim_lib, runs, steps, training)
 from tests.conftest import FIXTURES
 
 REF = np.load(os.path.join(FIXTURES, "parity.npz"))
@@ -20,7 +21,7 @@ REF = np.load(os.path.join(FIXTURES, "parity.npz"))
 def test_adam_with_l2_matches_torch():
   cfg = configs.default().optim
   cfg.unlock()
-  opt = steps.make_optimizer(cfg)
+  opt = optim_lib.make_optimizer(cfg)
   p = jnp.asarray(REF["optim/p0"])
   state = opt.init(p)
   for g in REF["optim/grads"]:
@@ -30,13 +31,13 @@ def test_adam_with_l2_matches_torch():
 
 
 def test_label_smoothed_loss_matches_torch():
-  got = steps.smoothed_cross_entropy(jnp.asarray(REF["loss/logits"]),
+  got = optim_lib.smoothed_cross_entropy(jnp.asarray(REF["loss/logits"]),
                                         jnp.asarray(REF["loss/labels"]), 0.1)
   np.testing.assert_allclose(got, REF["loss/per_example"], rtol=1e-6)
 
 
 def test_plateau_matches_torch_reduce_lr_on_plateau():
-  plateau = steps.Plateau(lr=1e-4, factor=0.5, patience=3)
+  plateau = optim_lib.Plateau(lr=1e-4, factor=0.5, patience=3)
   lrs = [plateau.lr]
   for m in REF["plateau/metric"]:
     lrs.append(plateau.step(float(m)))
@@ -44,14 +45,14 @@ def test_plateau_matches_torch_reduce_lr_on_plateau():
 
 
 def test_plateau_halves_after_patience_and_never_otherwise():
-  rising = steps.Plateau(lr=1.0, patience=3)
+  rising = optim_lib.Plateau(lr=1.0, patience=3)
   assert all(rising.step(0.1 * i) == 1.0 for i in range(1, 30))
-  flat = steps.Plateau(lr=1.0, patience=3)
+  flat = optim_lib.Plateau(lr=1.0, patience=3)
   lrs = [flat.step(0.5) for _ in range(13)]
   # epoch 1 improves on -inf; epochs 2-5 are 4 bad epochs (> patience 3): halve at 5
   assert lrs[:4] == [1.0] * 4 and lrs[4] == 0.5 and lrs[5:8] == [0.5] * 3 and lrs[8] == 0.25
   state = flat.to_json()
-  again = steps.Plateau(lr=9.0)
+  again = optim_lib.Plateau(lr=9.0)
   again.load_json(state)
   assert again.step(0.5) == flat.step(0.5)
 
@@ -160,7 +161,7 @@ def test_best_checkpoint_round_trip(tiny_data, shared, reference_run):
   assert run.model_config.speech_dim == 16
   np.testing.assert_array_equal(run.state.best.confusion, ref.best.confusion)
   assert run.state.to_json() == runs.RunState.from_json(run.state.to_json(),
-                                                        steps.Plateau(lr=0.0)).to_json()
+                                                        optim_lib.Plateau(lr=0.0)).to_json()
   stats = shared.evaluate_split(shared.steps("gated", run.model_config), params,
                                 tiny_data["val"], shared.shapes)
   assert stats["accuracy"] == pytest.approx(ref.best.val_acc)
@@ -224,12 +225,12 @@ def test_selection_metric_chooses_the_best_epoch_and_round_trips():
   epochs = [stats(0.7, 0.30), stats(0.6, 0.50), stats(0.65, 0.45)]
   chosen = {}
   for metric in ("accuracy", "macro_f1"):
-    run = runs.RunState.new("gated", 0, steps.Plateau(lr=1.0))
+    run = runs.RunState.new("gated", 0, optim_lib.Plateau(lr=1.0))
     for st in epochs:
       row = {k: 0.0 for k in runs.HISTORY_KEYS} | dict(val_acc=st["accuracy"])
       run.record(row, st, metric)
     chosen[metric] = (run.best.epoch, run.best.val_acc, run.best.score)
-    again = runs.RunState.from_json(json.loads(json.dumps(run.to_json())), steps.Plateau(lr=1.0))
+    again = runs.RunState.from_json(json.loads(json.dumps(run.to_json())), optim_lib.Plateau(lr=1.0))
     assert (again.best.epoch, again.best.val_acc, again.best.score) == chosen[metric]
   assert chosen == {"accuracy": (1, 0.7, 0.7), "macro_f1": (2, 0.6, 0.5)}
   old = runs.Best.from_json(dict(epoch=3, val_acc=0.8, confusion=None, metrics={}))
@@ -466,7 +467,7 @@ def test_microbatched_step_equals_the_whole_batch(variant="cross_attention"):
                speech_mask=mask(t), text=rng.standard_normal((b, l, mc.text_dim)).astype(
                    np.float32), text_mask=mask(l), label=rng.integers(0, 7, b).astype(np.int32),
                example_mask=np.array([1] * 7 + [0], np.float32))
-  loss = steps.Loss(0.1, class_weights=tuple(np.linspace(0.5, 2.0, 7)), focal_gamma=2.0)
+  loss = optim_lib.Loss(0.1, class_weights=tuple(np.linspace(0.5, 2.0, 7)), focal_gamma=2.0)
   state = steps.init_state(model, optax.identity(), jax.random.key(0), 1.0)
   out = {}
   for k in (1, 4):
@@ -509,3 +510,63 @@ def test_experiment_steps_read_the_microbatch_budget(tiny_data, tmp_path):
   cfg.runtime.microbatch_frames = -2
   with pytest.raises(ValueError, match="runtime.microbatch_frames"):
     configs.validate(cfg)
+
+
+class _Recorder(loop.Hook):
+  """Every hook call, in order."""
+
+  def __init__(self):
+    self.calls = []
+
+  def start(self, group):
+    self.calls.append(("start", group.start_epoch, tuple(group.seeds)))
+
+  def compiled(self, group, seconds):
+    self.calls.append(("compiled",))
+
+  def epoch_end(self, group, end):
+    self.calls.append(("epoch", end.epoch, end.rows[0]["val_acc"], end.improved[0],
+                       len(end.issue_seconds), end.train_seconds <= end.seconds))
+
+  def end(self, group):
+    self.calls.append(("end", group.runs[0].epoch))
+
+
+def test_a_hook_sees_the_loop_in_order_and_a_finished_run_trains_nothing(
+    tiny_data, shared, tmp_path):
+  """train_run's hooks= reach the one loop: start, compiled, one epoch_end per epoch with
+  the history's own numbers, end; a rerun of the finished run starts at its last epoch and
+  compiles and trains nothing."""
+  exp = _exp(tiny_data, tmp_path / "m", _cfg(epochs=3), shared)
+  rec = _Recorder()
+  result = training.train_run(exp, "gated", 0, tiny_data["train"], tiny_data["val"],
+                              hooks=[rec])
+  steps_per_epoch = len(data.batch_indices(tiny_data["train"], exp.training_shapes(
+      tiny_data["train"], tiny_data["val"]), exp.config.train.batch_size, shuffle=True,
+      seed=0, epoch=0))
+  acc = result.history["val_acc"]   # (selected on accuracy: improved = a new maximum)
+  improved = [e == 0 or acc[e] > max(acc[:e]) for e in range(3)]
+  assert rec.calls[:2] == [("start", 0, (0,)), ("compiled",)]
+  assert rec.calls[2:5] == [("epoch", e + 1, acc[e], improved[e], steps_per_epoch, True)
+                            for e in range(3)]
+  assert rec.calls[5] == ("end", 3)
+  again = _Recorder()
+  training.train_run(exp, "gated", 0, tiny_data["train"], tiny_data["val"], hooks=[again])
+  assert again.calls == [("start", 3, (0,)), ("end", 3)]
+
+
+def test_the_benchmark_times_the_training_loop_itself(tiny_data, shared):
+  """benchmark.run_variant runs loop.train_group (a Timing hook): its figures are the
+  loop's epochs, and nothing is written."""
+  res = benchmark.run_variant(shared, "gated", tiny_data["train"], repeats=2)
+  assert res.train_samples_per_s > 0 and res.eval_samples_per_s > 0
+  assert res.compiled_shapes >= 2 and res.params == models.count_params(
+      shared.steps("gated").init_state(jax.random.key(0), 1e-3).params)
+  timing = hooks.Timing()
+  group = loop.Group.start(shared, "gated", [0], [runs.RunState.new(
+      "gated", 0, optim_lib.Plateau(lr=1e-3))], [shared.steps("gated").init_state(
+          jax.random.key(0), 1e-3)], [jax.random.key(1)], shared.training_shapes(
+              tiny_data["train"]), epochs=2)
+  loop.train_group(shared, group, tiny_data["train"], tiny_data["train"], [timing])
+  assert [e.epoch for e in timing.epochs] == [1, 2] and group.runs[0].epoch == 2
+  assert all(0 < e.train_seconds < e.seconds for e in timing.epochs)

@@ -28,6 +28,7 @@ import numpy as np
 from fusion_jax import io_utils
 from fusion_jax.data import torch_pickle
 from fusion_jax.errors import ConfigError, DataError
+import json
 
 NATIVE_FORMAT_VERSION = 1
 
@@ -246,7 +247,6 @@ def sidecar_path(path) -> str:
 def read_extractor(path) -> Optional[dict]:
   """The extractor fingerprint recorded in ``path``'s sidecar, or None when there is none
   (features made elsewhere, e.g. the original's wav2vec2 / RoBERTa files)."""
-  import json  # pylint: disable=import-outside-toplevel
   side = sidecar_path(path)
   if not os.path.isfile(side):
     return None

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from fusion_jax.errors import DataError
-from fusion_jax.data.features import ModalityFeatures, load_features, read_extractor
+from fusion_jax.data.features import (ModalityFeatures, _from_padded, load_features,
+                                      read_extractor)
 
 REQUIRED_COLUMNS = ("path", "label", "emotion_name")
 TRANSCRIPT_COLUMNS = ("transcript", "text", "utterance", "Utterance", "sentence")
@@ -267,7 +268,6 @@ def split_from_arrays(name: str, speech_x, speech_m, text_x, text_m, labels, *,
     text_x: ``[N, L, Dt]``; text_m: ``[N, L]``.
     labels: ``[N]`` ints.
   """
-  from fusion_jax.data.features import _from_padded  # pylint: disable=import-outside-toplevel
   s = _from_padded(f"<{name} speech arrays>", {"x": speech_x, "m": speech_m, "y": labels}, None)
   t = _from_padded(f"<{name} text arrays>", {"x": text_x, "m": text_m, "y": labels}, None)
   return Split(name=name, speech=s.sequences, text=t.sequences, labels=s.labels,

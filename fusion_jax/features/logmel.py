@@ -15,7 +15,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+
 from fusion_jax.errors import ConfigError
 
 
@@ -131,8 +134,6 @@ def log_mel_batch(samples, lengths, cfg: LogMelConfig = LogMelConfig()):
     ``frames[b, :num_output_frames(lengths[b])]`` equals :func:`log_mel` of the
     unpadded clip, the rest is zero and masked out.
   """
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   samples = jnp.asarray(samples, jnp.float32)
   n = samples.shape[1]
   # The last frame of a shorter clip is zero-padded past its end: zero the samples there.

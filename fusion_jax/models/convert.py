@@ -23,6 +23,7 @@ from fusion_jax.errors import ConfigError, DataError
 from fusion_jax.data.torch_pickle import NumpyArray, load_torch_file, save_torch_file
 from fusion_jax.models import registry
 from fusion_jax.models.model import ModelConfig, build_model, init_params
+import optax
 
 _ENCODER = re.compile(
     r"^(?:(temporal_model|contextual_model)\.transformer\.layers|"
@@ -289,7 +290,6 @@ def to_torch_state_dict(params, variant: str) -> collections.OrderedDict:
 
 
 def _adam_moments(opt_state):
-  import optax  # pylint: disable=import-outside-toplevel
   for s in jax.tree_util.tree_leaves(opt_state, is_leaf=lambda x: isinstance(
       x, optax.ScaleByAdamState)):
     if isinstance(s, optax.ScaleByAdamState):
@@ -311,7 +311,7 @@ def save_torch_checkpoint(params, variant: str, path, *, epoch: int, val_acc: fl
 
   Args:
     params: Flax params of ``variant`` (an original variant, no input projection).
-    opt_state: the run's optax state (``steps.make_optimizer``), optional.
+    opt_state: the run's optax state (``optim.make_optimizer``), optional.
     learning_rate, optim_config: the param group's ``lr`` and Adam settings
       (``config.optim``: ``b1``, ``b2``, ``eps``, ``weight_decay``).
     confusion_as_numpy: store the confusion matrix as a NumPy array, as the original

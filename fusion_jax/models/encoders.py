@@ -9,7 +9,7 @@ extractor's encoder side by side (``[T, S * D]``, S = embeddings + N layers;
   ``sum_s softmax(w)_s x_s``, the weights start equal), or
 * fine-tunes the encoder's top ``k`` layers (:class:`FineTunedTop`): it takes hidden
   state ``N - k`` from the file and runs the pretrained layers ``N - k + 1 … N`` on it,
-  trainable, with their own learning rate and warm-up (:func:`fusion_jax.steps.make_optimizer`).
+  trainable, with their own learning rate and warm-up (:func:`fusion_jax.optim.make_optimizer`).
   With ``k = N`` every transformer layer is trained, from the embeddings' output (only the
   embedding tables stay frozen). At step 0 its output equals the file's last hidden state.
 

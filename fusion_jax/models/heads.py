@@ -21,15 +21,58 @@ A new head is a subclass here (or in your own module) plus one record in
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from fusion_jax.errors import ConfigError
-from fusion_jax.models.layers import (Dropout, EncoderLayer, Linear, MultiHeadAttention, gelu,
-                                      layer_norm, masked_mean, sinusoidal_positions)
+from fusion_jax.models.layers import (Dropout, EncoderLayer, Linear, MultiHeadAttention,
+                                      encoder_flops, gelu, layer_norm, masked_mean,
+                                      sinusoidal_positions)
+from fusion_jax.schema import at_least, knob
+
+
+# ------------------------------------------------------------------ the heads' knobs
+# Each head beyond the original's reads a few knobs of its own from ``config.model``; they
+# are declared once, here, with their default and check. ModelConfig is built from them
+# (models/model.py), so the config, its validation, the run fingerprint (which ignores
+# knobs a variant does not read) and the head itself all read this one table.
+@dataclasses.dataclass(frozen=True)
+class MulTKnobs:
+  mult_layers: int = knob(2, at_least(1), "at least 1", "MulT: crossmodal blocks per direction")
+
+
+@dataclasses.dataclass(frozen=True)
+class BottleneckKnobs:
+  bottleneck_tokens: int = knob(4, at_least(0), "0 or more",
+                                "MBT: shared bottleneck tokens (0 = independent encoders)")
+  fusion_layer: int = knob(1, at_least(0), "0 or more",
+                           "MBT: the first encoder layer that fuses (>= layers: none)")
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorKnobs:
+  tensor_dim: int = knob(32, at_least(1), "at least 1",
+                         "tensor / low-rank fusion: each modality's vector width")
+
+
+@dataclasses.dataclass(frozen=True)
+class LowRankKnobs(TensorKnobs):
+  rank: int = knob(4, at_least(1), "at least 1", "low-rank fusion: rank of the fusion weight")
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadKnobs(MulTKnobs, BottleneckKnobs, LowRankKnobs):
+  """Every built-in head's knobs (the head-specific part of ``config.model``)."""
+
+
+HEAD_KNOBS = tuple(f.name for f in dataclasses.fields(HeadKnobs))
+
+
+def _default(knobs, name):
+  return {f.name: f.default for f in dataclasses.fields(knobs)}[name]
 
 
 class FusionProjection(nn.Module):
@@ -66,14 +109,22 @@ class FusionHead(nn.Module):
   # returns the blocks' aux entries too; a head that produces logits skips the classifier.
   owns_encoders: ClassVar[bool] = False
   produces_logits: ClassVar[bool] = False
-  # More knobs: head field → ModelConfig field it is read from.
+  # Its own knobs (a dataclass of ModelConfig fields the head reads under their names),
+  # and any other ModelConfig field it reads: head field → ModelConfig field.
+  KNOBS: ClassVar[Optional[type]] = None
   CONFIG: ClassVar[dict] = {}
+
+  @classmethod
+  def knob_names(cls) -> tuple:
+    """The :data:`HEAD_KNOBS` this head reads (a run of it depends on them, not on others)."""
+    return tuple(f.name for f in dataclasses.fields(cls.KNOBS)) if cls.KNOBS else ()
 
   @classmethod
   def from_config(cls, config, num_classes: int, name: str = "fusion_head") -> "FusionHead":
     """The head for a :class:`~fusion_jax.models.ModelConfig` (and K, if it has a field
     ``num_classes``)."""
     extra = {field: getattr(config, source) for field, source in cls.CONFIG.items()}
+    extra.update({name: getattr(config, name) for name in cls.knob_names()})
     if "num_classes" in {f.name for f in dataclasses.fields(cls)}:
       extra["num_classes"] = num_classes
     return cls(config.f_hidden, config.heads, config.dropout, config.compute_dtype, name=name,
@@ -222,21 +273,21 @@ class MulTFusion(FusionHead):
   attention maps ``fusion/speech_to_text_attention [B, T, L]`` and
   ``fusion/text_to_speech_attention [B, L, T]``.
   """
-  layers: int = 2
-  CONFIG: ClassVar[dict] = {"layers": "mult_layers"}
+  KNOBS: ClassVar[type] = MulTKnobs
+  mult_layers: int = _default(MulTKnobs, "mult_layers")
 
   @nn.compact
   def __call__(self, speech, speech_mask, text, text_mask, *, deterministic):
     width = self.features // 2
-    if self.layers < 1 or width % self.num_heads:
-      raise ConfigError(f"MulT needs model.mult_layers >= 1 (got {self.layers}) and its width "
+    if self.mult_layers < 1 or width % self.num_heads:
+      raise ConfigError(f"MulT needs model.mult_layers >= 1 (got {self.mult_layers}) and its width "
                        f"model.f_hidden / 2 = {width} divisible by model.heads = "
                        f"{self.num_heads} (--config.model.f_hidden, --config.model.heads)")
     embed = lambda x, m, name: (Linear(width, self.dtype, name=name)(x) + sinusoidal_positions(
         x.shape[1], width).astype(self.dtype)) * m[..., None].astype(self.dtype)
     s, t = embed(speech, speech_mask, "speech_proj"), embed(text, text_mask, "text_proj")
     zs, zt = s, t
-    for i in range(self.layers):
+    for i in range(self.mult_layers):
       zs, s_w = _CrossModalLayer(self.num_heads, self.dropout, self.dtype,
                                  name=f"text_to_speech_{i}")(zs, speech_mask, t, text_mask,
                                                              deterministic=deterministic)
@@ -283,11 +334,11 @@ class BottleneckFusion(FusionHead):
   hidden: int = 256             # feed-forward width 4 · hidden, as the blocks
   model_dim: int = 0
   positional_encoding: bool = False
-  bottleneck_tokens: int = 4
-  fusion_layer: int = 1
+  bottleneck_tokens: int = _default(BottleneckKnobs, "bottleneck_tokens")
+  fusion_layer: int = _default(BottleneckKnobs, "fusion_layer")
+  KNOBS: ClassVar[type] = BottleneckKnobs
   CONFIG: ClassVar[dict] = {k: k for k in ("layers", "hidden", "model_dim",
-                                           "positional_encoding", "bottleneck_tokens",
-                                           "fusion_layer")}
+                                           "positional_encoding")}
 
   def _embed(self, x, name):
     if self.model_dim:
@@ -343,7 +394,6 @@ class BottleneckFusion(FusionHead):
 
   @classmethod
   def flops(cls, config, speech_len, text_len, speech_dim, text_dim):
-    from fusion_jax.models.model import encoder_flops  # pylint: disable=import-outside-toplevel
     n = config.bottleneck_tokens if config.fusion_layer < config.layers else 0
     fused_layers = max(config.layers - config.fusion_layer, 0) if n else 0
     one = dataclasses.replace(config, layers=1, model_dim=0)
@@ -364,8 +414,8 @@ class TensorFusion(FusionHead):
   ``[B, (k+1)²]``; ``fused = FP(tensor) [B, features]``. ``aux``:
   ``fusion/speech_vector``, ``fusion/text_vector [B, k]``, ``fusion/tensor``.
   """
-  tensor_dim: int = 32
-  CONFIG: ClassVar[dict] = {"tensor_dim": "tensor_dim"}
+  tensor_dim: int = _default(TensorKnobs, "tensor_dim")
+  KNOBS: ClassVar[type] = TensorKnobs
 
   @nn.compact
   def __call__(self, speech, speech_mask, text, text_mask, *, deterministic):
@@ -395,9 +445,9 @@ class LowRankFusion(FusionHead):
   With ``rank >= tensor_dim + 1`` it can express every tensor-fusion weight (tested
   against the tensor form). ``aux``: the vectors and ``fusion/product [B, features]``.
   """
-  tensor_dim: int = 32
-  rank: int = 4
-  CONFIG: ClassVar[dict] = {"tensor_dim": "tensor_dim", "rank": "rank"}
+  tensor_dim: int = _default(LowRankKnobs, "tensor_dim")
+  rank: int = _default(LowRankKnobs, "rank")
+  KNOBS: ClassVar[type] = LowRankKnobs
 
   @nn.compact
   def __call__(self, speech, speech_mask, text, text_mask, *, deterministic):

@@ -286,3 +286,13 @@ class SequenceEncoder(nn.Module):
                        name=f"layer_{i}")(x, mask, deterministic=deterministic)
     x = Dropout(self.dropout)(x, deterministic=deterministic)
     return x * mask[..., None].astype(x.dtype)
+
+
+def encoder_flops(config, length: int, input_dim: int) -> tuple:
+  """Useful forward FLOPs of one :class:`SequenceEncoder` block (``config``: a
+  :class:`~fusion_jax.models.ModelConfig`) over ``length`` frames, and its output width."""
+  d = config.model_dim or input_dim
+  flops = 2.0 * length * input_dim * d if config.model_dim else 0.0
+  per_layer = (2 * length * 4 * d * d + 2 * 2 * length * length * d
+               + 2 * 2 * length * d * 4 * config.hidden)
+  return flops + config.layers * per_layer, d

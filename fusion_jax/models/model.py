@@ -33,39 +33,39 @@ import jax
 import jax.numpy as jnp
 
 from fusion_jax.errors import ConfigError
-from fusion_jax.models import encoders, registry
-from fusion_jax.models.layers import (Dropout, Linear, SequenceEncoder, gelu, layer_norm,
-                                      masked_mean)
+from fusion_jax.models import encoders, heads, registry
+from fusion_jax.schema import at_least, fraction, knob, one_of, positive
+from fusion_jax.models.layers import (Dropout, Linear, SequenceEncoder, encoder_flops, gelu,
+                                      layer_norm, masked_mean)
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
-  """Model hyperparameters (``config.model``), frozen at build time."""
-  speech_dim: int = 768
-  text_dim: int = 768
-  hidden: int = 256
-  layers: int = 2
-  heads: int = 8
-  f_hidden: int = 512
-  classifier_hidden: int = 256
-  dropout: float = 0.4
-  model_dim: int = 0
-  positional_encoding: bool = False
-  dtype: str = "float32"
-  # knobs of the heads beyond the original's (fusion_jax.models.heads); only the heads
-  # that read one (their CONFIG table) depend on it
-  mult_layers: int = 2          # MulT: crossmodal blocks per direction
-  bottleneck_tokens: int = 4    # MBT: shared tokens (0 = two independent encoders)
-  fusion_layer: int = 1         # MBT: the first encoder layer that fuses (>= layers: none)
-  tensor_dim: int = 32          # tensor / low-rank fusion: width of each modality's vector
-  rank: int = 4                 # low-rank fusion: CP rank of the fusion weight
+class ModelConfig(heads.HeadKnobs):
+  """Model hyperparameters (``config.model``), frozen at build time: the schema of that
+  section (each field's default and check), with the heads' own knobs
+  (:class:`~fusion_jax.models.heads.HeadKnobs`) inherited."""
+  speech_dim: int = knob(768, positive, "positive", "speech feature width (wav2vec2-base)")
+  text_dim: int = knob(768, positive, "positive", "text feature width (RoBERTa-base)")
+  hidden: int = knob(256, at_least(1), "at least 1", "encoder feed-forward width / 4")
+  layers: int = knob(2, at_least(1), "at least 1", "encoder layers per block")
+  heads: int = knob(8, at_least(1), "at least 1", "attention heads")
+  f_hidden: int = knob(512, at_least(1), "at least 1", "fusion width")
+  classifier_hidden: int = knob(256, at_least(1), "at least 1",
+                                "classifier (and unimodal head) hidden width")
+  dropout: float = knob(0.4, fraction, "in [0, 1)", "dropout rate")
+  model_dim: int = knob(0, at_least(0), "0 (off) or more",
+                        ">0: project inputs to this width first (off in the original)")
+  positional_encoding: bool = knob(False, doc="sinusoidal positions (off in the original)")
+  dtype: str = knob("float32", one_of("float32", "bfloat16", "float16"),
+                    "float32, bfloat16 or float16",
+                    "compute dtype; bfloat16 keeps float32 params and loss")
   # pretrained encoders' hidden states (fusion_jax.models.encoders): S states side by side
   # per frame (set from the feature files); S > 1 is mixed with learned softmax weights,
   # unless the text encoder's top layers are fine-tuned
-  speech_layers: int = 1
-  text_layers: int = 1
-  text_finetune_layers: int = 0   # > 0: train the text encoder's top k layers
-  text_encoder: str = ""          # which pretrained encoder (its extractor's name)
-  HEAD_KNOBS = ("mult_layers", "bottleneck_tokens", "fusion_layer", "tensor_dim", "rank")
+  speech_layers: int = knob(1, at_least(1), "at least 1", "hidden states per speech frame")
+  text_layers: int = knob(1, at_least(1), "at least 1", "hidden states per text token")
+  text_finetune_layers: int = knob(0, at_least(0), "0 (frozen) or more",
+                                   "> 0: train the text encoder's top k layers")
+  text_encoder: str = knob("", doc="which pretrained encoder (its extractor's name)")
 
   @classmethod
   def from_config(cls, cfg) -> "ModelConfig":
@@ -199,15 +199,6 @@ def layer_weights(params) -> dict:
 
 def count_params(params) -> int:
   return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
-
-
-def encoder_flops(config: ModelConfig, length: int, input_dim: int) -> tuple:
-  """Useful forward FLOPs of one block over ``length`` frames, and its output width."""
-  d = config.model_dim or input_dim
-  flops = 2.0 * length * input_dim * d if config.model_dim else 0.0
-  per_layer = (2 * length * 4 * d * d + 2 * 2 * length * length * d
-               + 2 * 2 * length * d * 4 * config.hidden)
-  return flops + config.layers * per_layer, d
 
 
 def forward_flops(config: ModelConfig, variant: str, speech_len: int, text_len: int) -> float:

@@ -1,5 +1,9 @@
 """Corpus recipes: speaker-independent cross-validation around train → evaluate → analyse.
 
+The machinery is here; each corpus' whole recipe is one library function that returns its
+result for :mod:`fusion_jax.reports` to render (:func:`fusion_jax.recipes.ravdess.run`,
+:func:`fusion_jax.recipes.meld.run`); the binaries only read flags.
+
   from fusion_jax import experiment, recipes
   split = recipes.load_corpus("ravdess_whisper.npz", "ravdess_minilm.npz", "ravdess.csv")
   folds = recipes.group_folds(split.groups, num_folds=4)
@@ -22,10 +26,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from fusion_jax import configs, io_utils, metrics
+from fusion_jax import analysis, configs, evaluation, io_utils, metrics, reports, training
 from fusion_jax.errors import ConfigError, DataError
 from fusion_jax.data.splits import Split, load_split
 from fusion_jax.experiment import Experiment
+from fusion_jax.features.extract import Progress
+from fusion_jax.models import registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +139,6 @@ def cross_validate(exp: Experiment, split: Split, folds: Sequence[Fold], work_di
     ``{"variants": {v: {"accuracy": {mean, std, n}, "uar": …, "macro_f1": …,
     "weighted_f1": …, "runs": [{fold, seed, …}]}}, …}``.
   """
-  from fusion_jax import analysis, evaluation, reports, training  # pylint: disable=import-outside-toplevel
   t0 = time.perf_counter()
   runs: dict = {}
   for fold in folds:
@@ -186,7 +191,6 @@ def compare_to_reference(runs: dict, metric: str = "uar") -> dict:
   Returns ``{"reference": name, "comparisons": {variant: paired test on ``metric``}}``
   (empty when no original fusion head ran).
   """
-  from fusion_jax.models import registry  # pylint: disable=import-outside-toplevel
   originals = [v for v in runs if registry.get(v).original and registry.get(v).is_fusion]
   if not originals:
     return {}
@@ -308,7 +312,6 @@ def cached_functionals(paths: Sequence[str], ids: Sequence[str], cache_path: str
     with np.load(cache_path, allow_pickle=False) as z:
       if [str(i) for i in z["ids"]] == ids:
         return z["x"]
-  from fusion_jax.features.extract import Progress  # pylint: disable=import-outside-toplevel
   bar = Progress(len(paths), "functionals", enabled=progress)
   rows = []
   for p in paths:
