@@ -6,13 +6,13 @@ r"""MELD text recipe: transcripts → MiniLM token states → the contextual blo
    mojibake in the transcripts is repaired).
 2. Extracts all-MiniLM-L6-v2 token states (resumable) into WORK/features.
 3. Trains the text_only variant (the contextual transformer + classifier) per
-   seed on train and selects each run's checkpoint on dev, as the issue asks
+   seed on train and selects each run's checkpoint on dev, as MELD papers usually do
    (--select_on=dev; dev figures are then optimistic) or on a held-out 10% of
    the training dialogues (--select_on=train_holdout; dev stays untouched).
 4. Evaluates on dev: accuracy, weighted F1 (MELD's usual figure: half the lines
    are neutral) and macro F1, per-class reports and failure cases with the lines.
 5. Baseline: mean-pooled, L2-normalised MiniLM sentence vectors + logistic
-   regression (the "frozen MiniLM + LR" row of DESIGN.md §3).
+   regression (the "frozen MiniLM + LR" row of docs/original.md, "Published figures").
 
 Beyond the frozen last layer (BUILD_NOTES, "Accuracy beyond frozen last layers"):
 --text_hidden_states=all mixes MiniLM's 7 hidden states with learned weights;
@@ -181,7 +181,7 @@ def _table(rows, extractor, extract_seconds, total, metric="accuracy"):
               f"{'Model':<24} " + " ".join(f"{c[:8]:>8}" for c in names)]
     lines += [f"{v:<24} " + " ".join(f"{rows[v]['per_class_f1'][c]['mean']:>8.3f}"
                                      for c in names) for v in with_classes]
-  lines += ["", "Published (DESIGN.md §3; MELD test split, for orientation):"]
+  lines += ["", "Published (MELD test split, for orientation; docs/original.md):"]
   lines += [f"  {n:<34} {v:.3f}" for n, v in PUBLISHED]
   lines += ["", f"Text features: {extractor.name} ({extractor.dim}-d token states"
             + (f", {extractor.stack} hidden states" if extractor.stack > 1 else "")

@@ -22,7 +22,7 @@ One command, offline:
 
 Writes WORK/fold_{k}/{models,results}, WORK/cv_summary.json, WORK/cv_results.txt
 (accuracy, UAR, macro/weighted F1: mean ± std over folds × seeds, with the
-baseline and the published numbers of DESIGN.md §3 beside them).
+baseline and the published numbers of docs/original.md, "Published figures", beside them).
 """
 
 import os
@@ -114,7 +114,7 @@ def main(argv):
     summary["extractors"] = dict(speech=speech_ex.fingerprint(), text=text_ex.fingerprint())
     summary["extract_seconds"] = extract_seconds
     summary["total_seconds"] = time.time() - t0
-    table = reports.cv_table(summary, extra) + "\nPublished (DESIGN.md §3; other protocols, " \
+    table = reports.cv_table(summary, extra) + "\nPublished (other protocols, docs/original.md; " \
         "for orientation):\n" + "\n".join(f"  {n:<34} {v:.3f}" for n, v in PUBLISHED) + \
         f"\n\nSpeech features: {speech_ex.name} ({speech_ex.dim}-d, " \
         f"{speech_ex.frame_rate:g} frames/s); text: {text_ex.name} ({text_ex.dim}-d). " \

@@ -10,7 +10,7 @@ from ml_collections import config_dict
 
 
 def default() -> ml_collections.ConfigDict:
-  """The original pipeline's hyperparameters (DESIGN.md §1)."""
+  """The original pipeline's hyperparameters (docs/original.md, "Model" and "Training")."""
   c = ml_collections.ConfigDict()
 
   c.model = ml_collections.ConfigDict(dict(
