@@ -14,7 +14,7 @@ r"""MELD text recipe: transcripts → MiniLM token states → the contextual blo
 5. Baseline: mean-pooled, L2-normalised MiniLM sentence vectors + logistic
    regression (the "frozen MiniLM + LR" row of docs/original.md, "Published figures").
 
-Beyond the frozen last layer (BUILD_NOTES, "Accuracy beyond frozen last layers"):
+Beyond the frozen last layer (BUILD_NOTES.md, "MELD recipe"):
 --text_hidden_states=all mixes MiniLM's 7 hidden states with learned weights;
 --config.model.text_finetune_layers=k fine-tunes its top k layers (k = 6: all of them);
 --context=k gives each line its dialogue's previous k lines; --config.optim.focal_gamma

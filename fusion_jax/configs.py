@@ -174,7 +174,7 @@ def ravdess() -> ml_collections.ConfigDict:
   ``speech_dim``/``text_dim`` are set from the feature files at run time. Inputs
   are projected to ``model_dim`` (so 25-d eGeMAPS and 384-d Whisper states share
   one architecture) and get sinusoidal positions. Chosen before looking at any
-  test fold (BUILD_NOTES.md, RAVDESS recipe).
+  test fold (BUILD_NOTES.md, "Feature extraction and real-data recipes").
   """
   c = default()
   c.model.model_dim = 128
