@@ -5,9 +5,9 @@
 Writes, under tests/fixtures/:
 
 * ``parity.npz``: for every variant, a small model built in PyTorch as
-  docs/original.md, "Model", describes it (the original's module names, so state_dict keys match), its
-  weights, padded inputs with garbage in the padded positions, and the eval-mode
-  logits / pooled vectors PyTorch computes;
+  docs/original.md ("Model") describes it (the original's module names, so
+  state_dict keys match), its weights, padded inputs with garbage in the padded
+  positions, and the eval-mode logits / pooled vectors PyTorch computes;
 * ``torch_checkpoints/best_{variant}_model.pt``: the same weights saved as the
   original ``train.py`` saves them (with optimizer state and a NumPy
   confusion matrix), for the converter and ``evaluate.py``'s migration path;
