@@ -12,7 +12,7 @@ r"""MELD text recipe: transcripts → MiniLM token states → the contextual blo
 4. Evaluates on dev: accuracy, weighted F1 (MELD's usual figure: half the lines
    are neutral) and macro F1, per-class reports and failure cases with the lines.
 5. Baseline: mean-pooled, L2-normalised MiniLM sentence vectors + logistic
-   regression (the "frozen MiniLM + LR" row of DESIGN.md §3).
+   regression (the "frozen MiniLM + LR" row of docs/original.md, "Published figures").
 
 Beyond the frozen last layer (BUILD_NOTES, "Accuracy beyond frozen last layers"):
 --text_hidden_states=all mixes MiniLM's 7 hidden states with learned weights;

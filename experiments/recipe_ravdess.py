@@ -22,7 +22,7 @@ One command, offline:
 
 Writes WORK/fold_{k}/{models,results}, WORK/cv_summary.json, WORK/cv_results.txt
 (accuracy, UAR, macro/weighted F1: mean ± std over folds × seeds, with the
-baseline and the published numbers of DESIGN.md §3 beside them).
+baseline and the published numbers of docs/original.md, "Published figures", beside them).
 """
 
 import os

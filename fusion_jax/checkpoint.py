@@ -1,8 +1,9 @@
 """Orbax checkpoints behind a few calls: ``save``, ``restore``, ``restore_meta``, ``steps``.
 
-Each run (variant × seed) has two managers: ``best`` (saved when validation
-accuracy strictly improves; one kept) and ``latest`` (for resuming; the two
-newest kept, so a damaged newest one leaves an intact older one to resume from).
+Each run (variant × seed) has two managers: ``best`` (saved when the validation
+metric that selects checkpoints, ``train.selection_metric`` — accuracy by default —
+strictly improves; one kept) and ``latest`` (for resuming; the two newest kept, so a
+damaged newest one leaves an intact older one to resume from).
 Orbax writes into a temporary directory and renames it when complete, so a
 killed process never leaves a partial checkpoint. Every save records a checksum
 of the saved arrays in the metadata, and every restore verifies it: a flipped

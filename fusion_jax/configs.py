@@ -144,8 +144,8 @@ SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig,
 
 
 def default() -> ml_collections.ConfigDict:
-  """The original pipeline's hyperparameters (docs/original.md): every section's schema
-  defaults."""
+  """The original pipeline's hyperparameters (docs/original.md, "Model" and "Training"): every
+  section's schema defaults."""
   c = ml_collections.ConfigDict()
   for name, cls in SECTIONS.items():
     c[name] = schema.config_dict(cls)

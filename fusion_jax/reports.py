@@ -428,7 +428,7 @@ def ravdess_table(summary: dict) -> str:
   """``cv_results.txt`` of :func:`fusion_jax.recipes.ravdess.run`'s summary."""
   speech, text = summary["extractors"]["speech"], summary["extractors"]["text"]
   lines = [cv_table(summary, summary.get("baselines") or {}).rstrip("\n"), ""]
-  lines += _published("Published (docs/original.md; other protocols, for orientation):",
+  lines += _published("Published (other protocols, docs/original.md; for orientation):",
                       RAVDESS_PUBLISHED)
   lines += ["", f"Speech features: {speech['name']} ({speech['dim']}-d, "
             f"{speech['frame_rate']:g} frames/s); text: {text['name']} ({text['dim']}-d). "

@@ -1,13 +1,13 @@
 """Makes the committed PyTorch fixtures (needs torch; the tests do not).
 
-  /tmp/torchenv/bin/python scripts/make_torch_fixtures.py   # any env with torch==2.13.0
+  python scripts/make_torch_fixtures.py   # in any environment with torch==2.13.0
 
 Writes, under tests/fixtures/:
 
-* ``parity.npz``: for every variant, a small model built in PyTorch from
-  DESIGN.md §1 (the original's module names, so state_dict keys match), its
-  weights, padded inputs with garbage in the padded positions, and the eval-mode
-  logits / pooled vectors PyTorch computes;
+* ``parity.npz``: for every variant, a small model built in PyTorch as
+  docs/original.md ("Model") describes it (the original's module names, so
+  state_dict keys match), its weights, padded inputs with garbage in the padded
+  positions, and the eval-mode logits / pooled vectors PyTorch computes;
 * ``torch_checkpoints/best_{variant}_model.pt``: the same weights saved as the
   original ``train.py`` saves them (with optimizer state and a NumPy
   confusion matrix), for the converter and ``evaluate.py``'s migration path;
@@ -28,7 +28,7 @@ import torch.nn as nn
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "..", "tests", "fixtures")
 
-# A small instance of the original architecture (dims from DESIGN.md, shrunk).
+# A small instance of the original architecture (docs/original.md's dims, shrunk).
 CFG = dict(speech_dim=16, text_dim=24, hidden=8, layers=2, heads=4, f_hidden=16,
            classifier_hidden=12, classes=5, dropout=0.4)
 VARIANTS = ("cross_attention", "concatenation", "gated", "weighted", "speech_only", "text_only")

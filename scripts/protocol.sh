@@ -17,7 +17,7 @@
 # DIM (768), EPOCHS (30), STEPS (default "data train1 train5 bench32 bench16 bench_seeds";
 # also train1_at0 train5_at0 (no GPU autotuning), train1_notriton (no Triton GEMMs), fill warm1
 # (persistent cache)). A first
-# GPU run of "data train1" took about 6 minutes on an H200 (BUILD_NOTES, issue 15).
+# GPU run of "data train1" took about 6 minutes on an H200 (BUILD_NOTES.md, "GPU").
 set -u
 cd "$(dirname "$0")/.."
 OUT_DIR=$(mkdir -p "${1:-protocol_out}" && cd "${1:-protocol_out}" && pwd)

@@ -1,7 +1,7 @@
 """PyTorch baseline for experiments/benchmark.py: the same model, a standard DataLoader loop.
 
   .venv/bin/python experiments/benchmark.py --feature_dim 256 --dump_data /tmp/lengths.npz
-  /tmp/torchenv/bin/python scripts/torch_throughput.py --data /tmp/lengths.npz --variant cross_attention
+  python scripts/torch_throughput.py --data /tmp/lengths.npz --variant cross_attention
 
 Straightforward on purpose: DataLoader(shuffle=True) with a collate function that pads each
 batch to its longest utterance, Adam(lr 1e-4, weight_decay 1e-4), label smoothing 0.1, the

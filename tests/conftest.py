@@ -1,4 +1,4 @@
-"""Shared test helpers. Tests never read ../shared; data is generated or a tiny fixture.
+"""Shared test helpers. Tests read nothing outside the repository: data is generated or a fixture.
 
 One persistent XLA compilation cache serves the whole session (this process and the
 binaries it starts): many tests compile the same tiny programs, and a cache hit is

@@ -213,7 +213,8 @@ def functionals_baseline(features: np.ndarray, labels: np.ndarray, groups: Seque
                          seed: int = 0) -> dict:
   """Standardised functionals + logistic regression on the same folds (train+val speakers).
 
-  The reference point of DESIGN.md §3 (eGeMAPS functionals + LR ≈ 0.50).
+  The published reference point (eGeMAPS functionals + LR ≈ 0.50 accuracy; docs/original.md,
+  "Published figures").
   """
   from sklearn.linear_model import LogisticRegression  # pylint: disable=import-outside-toplevel
   from sklearn.pipeline import make_pipeline  # pylint: disable=import-outside-toplevel
