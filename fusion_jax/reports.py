@@ -319,7 +319,7 @@ def cv_table(summary: dict, extra_rows: Optional[dict] = None) -> str:
   """Cross-validation: variant, accuracy, UAR, macro/weighted F1 (mean ± std, n runs)."""
   rows = dict(summary["variants"])
   rows.update(extra_rows or {})
-  short, what = METRIC_NAMES[summary["selection_metric"]]
+  short, what = METRIC_NAMES[summary.get("selection_metric", "accuracy")]
   val = lambda r: r.get("val_score", r.get("val_acc"))   # the selection metric
   ranked = sorted(rows, key=lambda v: -val(rows[v])["mean"] if val(rows[v]) else 1.0)
   ref, comps = summary.get("reference"), summary.get("comparisons", {})

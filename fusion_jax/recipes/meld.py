@@ -70,7 +70,7 @@ def variants_for(config, options: Options, explicit: bool,
   speech features, ``text_only`` unless the user asked for variants (``explicit``), which
   must then read text only."""
   has_speech = bool(options.train_speech_features)
-  variants = registry.parse_variants(config.train.variants)
+  variants = registry.parse(config.train.variants)
   if not has_speech and not explicit and variants != ["text_only"]:
     log(f"No speech features: training text_only (the config lists {variants}).")
     return "text_only"
