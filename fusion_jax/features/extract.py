@@ -210,6 +210,70 @@ def _load_parts(parts: str) -> dict:
   return done
 
 
+def _resumable(manifest: Manifest, extractor: Extractor, out_path: str, parts: str,
+               resume: bool) -> dict:
+  """Prepares the ``.parts`` folder and returns ``{id: features}`` already extracted: finished
+  parts of an interrupted run with the same settings, and (same extractor) the rows of a
+  finished earlier ``out_path``."""
+  fingerprint = dict(extractor.fingerprint(), manifest=os.path.abspath(manifest.source))
+  meta_path = os.path.join(parts, "extractor.json")
+  if os.path.isdir(parts) and resume and os.path.exists(meta_path):
+    with open(meta_path, encoding="utf-8") as f:
+      previous = json.load(f)
+    if previous != json.loads(json.dumps(fingerprint)):
+      raise DataError(meta_path, f"an interrupted run with other settings ({previous}) left "
+                      f"parts here; this run is {fingerprint}",
+                      hint="delete the .parts folder or pass --noresume")
+  elif os.path.isdir(parts):
+    shutil.rmtree(parts)
+  os.makedirs(parts, exist_ok=True)
+  io_utils.write_json(meta_path, fingerprint)
+  done = _load_parts(parts) if resume else {}
+  if resume and os.path.exists(out_path) and os.path.exists(_sidecar(out_path)):
+    with open(_sidecar(out_path), encoding="utf-8") as f:
+      same = json.load(f).get("extractor") == json.loads(json.dumps(extractor.fingerprint()))
+    if same:   # a finished earlier run: keep what it extracted, compute only new rows
+      previous = features_lib.load_features(out_path)
+      done.update((i, s) for i, s in zip(previous.ids or [], previous.sequences)
+                  if i not in done)
+  return done
+
+
+def _compute_batch(extractor: Extractor, rows: list, batch: list, source: str,
+                   failures: list) -> list:
+  """Loads and computes one batch of row indices; returns ``[(row, features)]`` of those that
+  worked, in the dtype the file stores, and appends a :class:`Failure` for each that did
+  not (a batch that breaks is redone one item at a time to find the culprit)."""
+  loaded, ok = [], []
+  for r in batch:
+    try:
+      loaded.append(extractor.load(rows[r], source, r))
+      ok.append(r)
+    except DataError as e:
+      failures.append(Failure(r, rows[r]["id"], str(e)))
+  if not loaded:
+    return []
+  try:
+    feats = extractor.compute(loaded)
+  except Exception:  # pylint: disable=broad-except
+    feats = []   # one item broke the batch: redo one by one to find it
+    for r, item in zip(list(ok), loaded):
+      try:
+        feats.append(extractor.compute([item])[0])
+      except Exception as e:  # pylint: disable=broad-except
+        failures.append(Failure(r, rows[r]["id"], f"{rows[r]['path'] or rows[r]['id']}: "
+                                f"extraction failed ({type(e).__name__}: {e})"))
+        ok.remove(r)
+  good = [(r, np.asarray(f, np.float32)) for r, f in zip(ok, feats)]
+  bad = [(r, f) for r, f in good if f.ndim != 2 or f.shape[0] < 1 or
+         f.shape[1] != extractor.dim or not np.isfinite(f).all()]
+  for r, f in bad:
+    failures.append(Failure(r, rows[r]["id"], f"{rows[r]['path'] or rows[r]['id']}: "
+                            f"extractor gave {f.shape} with non-finite values or no frames"))
+  return [(r, f.astype(extractor.storage_dtype, copy=False)) for r, f in good
+          if all(r != b for b, _ in bad)]   # (held in the dtype the file stores)
+
+
 def extract(manifest: Manifest, extractor: Extractor, out_path, *, batch_size: int = 16,
             original_layout: Optional[str] = None, split_csv: Optional[str] = None,
             resume: bool = True, progress: bool = True, log=print) -> ExtractionResult:
@@ -235,27 +299,7 @@ def extract(manifest: Manifest, extractor: Extractor, out_path, *, batch_size: i
   t0 = time.perf_counter()
   out_path = os.fspath(out_path)
   parts = _parts_dir(out_path)
-  fingerprint = dict(extractor.fingerprint(), manifest=os.path.abspath(manifest.source))
-  meta_path = os.path.join(parts, "extractor.json")
-  if os.path.isdir(parts) and resume and os.path.exists(meta_path):
-    with open(meta_path, encoding="utf-8") as f:
-      previous = json.load(f)
-    if previous != json.loads(json.dumps(fingerprint)):
-      raise DataError(meta_path, f"an interrupted run with other settings ({previous}) left "
-                      f"parts here; this run is {fingerprint}",
-                      hint="delete the .parts folder or pass --noresume")
-  elif os.path.isdir(parts):
-    shutil.rmtree(parts)
-  os.makedirs(parts, exist_ok=True)
-  io_utils.write_json(meta_path, fingerprint)
-  done = _load_parts(parts) if resume else {}
-  if resume and os.path.exists(out_path) and os.path.exists(_sidecar(out_path)):
-    with open(_sidecar(out_path), encoding="utf-8") as f:
-      same = json.load(f).get("extractor") == json.loads(json.dumps(extractor.fingerprint()))
-    if same:   # a finished earlier run: keep what it extracted, compute only new rows
-      previous = features_lib.load_features(out_path)
-      done.update((i, s) for i, s in zip(previous.ids or [], previous.sequences)
-                  if i not in done)
+  done = _resumable(manifest, extractor, out_path, parts, resume)
   rows = manifest.rows()
   todo = [r for r, row in enumerate(rows) if row["id"] not in done]
   reused = len(rows) - len(todo)
@@ -267,39 +311,13 @@ def extract(manifest: Manifest, extractor: Extractor, out_path, *, batch_size: i
   part_no = len(glob.glob(os.path.join(parts, "part-*.npz")))
   for s in range(0, len(todo), batch_size):
     batch = todo[s:s + batch_size]
-    loaded, ok = [], []
-    for r in batch:
-      try:
-        loaded.append(extractor.load(rows[r], manifest.source, r))
-        ok.append(r)
-      except DataError as e:
-        failures.append(Failure(r, rows[r]["id"], str(e)))
-    if loaded:
-      try:
-        feats = extractor.compute(loaded)
-      except Exception:  # pylint: disable=broad-except
-        feats = []   # one item broke the batch: redo one by one to find it
-        for r, item in zip(list(ok), loaded):
-          try:
-            feats.append(extractor.compute([item])[0])
-          except Exception as e:  # pylint: disable=broad-except
-            failures.append(Failure(r, rows[r]["id"], f"{rows[r]['path'] or rows[r]['id']}: "
-                                    f"extraction failed ({type(e).__name__}: {e})"))
-            ok.remove(r)
-      good = [(r, np.asarray(f, np.float32)) for r, f in zip(ok, feats)]
-      bad = [(r, f) for r, f in good if f.ndim != 2 or f.shape[0] < 1 or
-             f.shape[1] != extractor.dim or not np.isfinite(f).all()]
-      for r, f in bad:
-        failures.append(Failure(r, rows[r]["id"], f"{rows[r]['path'] or rows[r]['id']}: "
-                                f"extractor gave {f.shape} with non-finite values or no frames"))
-      good = [(r, f.astype(extractor.storage_dtype, copy=False)) for r, f in good
-              if all(r != b for b, _ in bad)]   # (held in the dtype the file stores)
-      if good:
-        features_lib.save_features(os.path.join(parts, f"part-{part_no:05d}.npz"),
-                                   [f for _, f in good], ids=[rows[r]["id"] for r, _ in good],
-                                   stack=extractor.stack, dtype=extractor.storage_dtype)
-        part_no += 1
-        done.update((rows[r]["id"], f) for r, f in good)
+    good = _compute_batch(extractor, rows, batch, manifest.source, failures)
+    if good:
+      features_lib.save_features(os.path.join(parts, f"part-{part_no:05d}.npz"),
+                                 [f for _, f in good], ids=[rows[r]["id"] for r, _ in good],
+                                 stack=extractor.stack, dtype=extractor.storage_dtype)
+      part_no += 1
+      done.update((rows[r]["id"], f) for r, f in good)
     bar.update(len(batch))
   kept = [r for r, row in enumerate(rows) if row["id"] in done]
   failures.sort(key=lambda f: f.row)
@@ -308,22 +326,11 @@ def extract(manifest: Manifest, extractor: Extractor, out_path, *, batch_size: i
                     "failed); first: " + (failures[0].message if failures else "empty manifest"))
   frame = manifest.frame.iloc[kept]
   seqs = [done[i] for i in frame["id"]]
-  labels = frame["label"].to_numpy(np.int64)
-  features_lib.save_features(out_path, seqs, labels=labels, ids=list(frame["id"]),
-                             stack=extractor.stack, dtype=extractor.storage_dtype)
-  if original_layout:
-    features_lib.save_original_layout(original_layout, seqs, labels)
-  if split_csv:
-    write_split_csv(split_csv, frame)
-  lengths = np.array([s.shape[0] for s in seqs])
-  seconds = time.perf_counter() - t0
-  io_utils.write_json(_sidecar(out_path), dict(
-      extractor=extractor.fingerprint(), manifest=os.path.abspath(manifest.source),
-      class_names=manifest.class_names, utterances=len(seqs),
-      frames=dict(mean=float(lengths.mean()), min=int(lengths.min()), max=int(lengths.max())),
-      failures=[dataclasses.asdict(f) for f in failures], seconds=seconds,
-      original_layout=original_layout, split_csv=split_csv))
+  _write_outputs(manifest, extractor, out_path, frame, seqs, failures, original_layout,
+                 split_csv, seconds=time.perf_counter() - t0)
   shutil.rmtree(parts, ignore_errors=True)
+  seconds = time.perf_counter() - t0
+  lengths = np.array([s.shape[0] for s in seqs])
   if failures:
     log(f"{len(failures)} of {len(rows)} utterances failed and are not in {out_path}:")
     for f in failures:
@@ -333,6 +340,27 @@ def extract(manifest: Manifest, extractor: Extractor, out_path, *, batch_size: i
       f"({len(todo) - len(failures)} extracted, {reused} reused, {seconds:.1f} s)")
   return ExtractionResult(path=out_path, ids=list(frame["id"]), failures=failures,
                           extracted=len(todo) - len(failures), reused=reused, seconds=seconds)
+
+
+def _write_outputs(manifest: Manifest, extractor: Extractor, out_path: str, frame, seqs: list,
+                   failures: list, original_layout: Optional[str], split_csv: Optional[str],
+                   seconds: float) -> None:
+  """The feature file, the original-layout ``.pt`` and split CSV when asked, and the sidecar
+  JSON (extractor, class names, frame counts, failures)."""
+  labels = frame["label"].to_numpy(np.int64)
+  features_lib.save_features(out_path, seqs, labels=labels, ids=list(frame["id"]),
+                             stack=extractor.stack, dtype=extractor.storage_dtype)
+  if original_layout:
+    features_lib.save_original_layout(original_layout, seqs, labels)
+  if split_csv:
+    write_split_csv(split_csv, frame)
+  lengths = np.array([s.shape[0] for s in seqs])
+  io_utils.write_json(_sidecar(out_path), dict(
+      extractor=extractor.fingerprint(), manifest=os.path.abspath(manifest.source),
+      class_names=manifest.class_names, utterances=len(seqs),
+      frames=dict(mean=float(lengths.mean()), min=int(lengths.min()), max=int(lengths.max())),
+      failures=[dataclasses.asdict(f) for f in failures], seconds=seconds,
+      original_layout=original_layout, split_csv=split_csv))
 
 
 def write_split_csv(path, frame: pd.DataFrame) -> None:
