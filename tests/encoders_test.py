@@ -14,7 +14,8 @@ import pytest
 from fusion_jax import configs, experiment, optim as optim_lib, runs, steps, training
 from fusion_jax.data import Split, load_split
 from fusion_jax import features
-from fusion_jax.features import bert, corpora, extractors
+from fusion_jax.encoders import bert
+from fusion_jax.features import corpora, extractors
 from fusion_jax.models import encoders, model as model_lib
 from tests.features_test import VOCAB, random_bert
 

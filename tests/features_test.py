@@ -14,7 +14,8 @@ import pytest
 
 from fusion_jax import features
 from fusion_jax.data import DataError, load_features
-from fusion_jax.features import audio, bert, corpora, logmel, safetensors_io, tokenizer, whisper
+from fusion_jax.encoders import bert, hub
+from fusion_jax.features import audio, corpora, logmel, tokenizer, whisper
 from tests.conftest import FIXTURES
 
 RAVDESS_CLIPS = sorted(os.path.join(FIXTURES, "ravdess", f)
@@ -149,12 +150,13 @@ def test_read_audio_resamples_and_rejects_bad_files(tmp_path):
 
 # ------------------------------------------------------------------ safetensors
 def test_safetensors_round_trip_bf16_and_truncation(tmp_path):
+  """(Read and written by the safetensors package, through fusion_jax.encoders.hub.)"""
   rng = np.random.default_rng(0)
   t = {"a": rng.standard_normal((3, 4)).astype(np.float32), "b": np.arange(5, dtype=np.int64),
        "c": rng.standard_normal(2).astype(np.float16)}
   p = str(tmp_path / "x.safetensors")
-  safetensors_io.save_safetensors(p, t, {"format": "np"})
-  got = safetensors_io.load_safetensors(p)
+  hub.write_safetensors(p, t, {"format": "np"})
+  got = hub.read_safetensors(p)
   for k in t:
     assert got[k].dtype == t[k].dtype and np.array_equal(got[k], t[k])
   # BF16: the top 16 bits of float32.
@@ -163,11 +165,11 @@ def test_safetensors_round_trip_bf16_and_truncation(tmp_path):
   header = json.dumps({"w": {"dtype": "BF16", "shape": [3], "data_offsets": [0, 6]}}).encode()
   (tmp_path / "bf16.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + raw)
   np.testing.assert_array_equal(
-      safetensors_io.load_safetensors(str(tmp_path / "bf16.safetensors"))["w"], v)
+      hub.read_safetensors(str(tmp_path / "bf16.safetensors"))["w"], v)
   data = open(p, "rb").read()
   (tmp_path / "cut.safetensors").write_bytes(data[:-10])
-  with pytest.raises(DataError, match=r"cut\.safetensors.*field '.'.*past the end"):
-    safetensors_io.load_safetensors(str(tmp_path / "cut.safetensors"))
+  with pytest.raises(DataError, match=r"cut\.safetensors: unreadable safetensors file"):
+    hub.read_safetensors(str(tmp_path / "cut.safetensors"))
 
 
 # ------------------------------------------------------------------ tokenizer
@@ -234,7 +236,7 @@ def random_bert(tmp_path, cfg=bert.BertConfig(vocab_size=len(VOCAB), hidden_size
         .astype(np.float32) for k, s in sd.items()}
   d = tmp_path / "bert"
   d.mkdir()
-  safetensors_io.save_safetensors(str(d / "model.safetensors"), sd)
+  hub.write_safetensors(str(d / "model.safetensors"), sd)
   (d / "config.json").write_text(json.dumps(dict(dataclasses.asdict(cfg), hidden_act="gelu")))
   (d / "tokenizer.json").write_text(json.dumps({"model": {
       "type": "WordPiece", "unk_token": "[UNK]", "vocab": {t: i for i, t in enumerate(VOCAB)}},
@@ -277,7 +279,7 @@ def test_minilm_real_weights_match_numpy_reference_on_a_meld_line():
   (got,) = ex.compute([line])
   ids = np.array([ex.encoder.tokenizer.encode(line)])
   assert ids[0, 0] == 101 and ids[0, -1] == 102 and got.shape == (ids.shape[1], 384)
-  sd = safetensors_io.load_safetensors(os.path.join(ex.model_dir, "model.safetensors"))
+  sd = hub.read_safetensors(os.path.join(ex.model_dir, "model.safetensors"))
   ref = bert.reference_forward(sd, ex.encoder.cfg, ids, np.ones_like(ids))[0]
   np.testing.assert_allclose(got, ref, atol=1e-4)
   if has("tokenizers"):   # the reference implementation of tokenizer.json, when present

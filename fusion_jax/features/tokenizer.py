@@ -173,3 +173,84 @@ class WordPieceTokenizer:
 
   def encode_batch(self, texts: Sequence[str]) -> list:
     return [self.encode(t) for t in texts]
+
+
+class HFTokenizer:
+  """A snapshot's own tokenizer run by Hugging Face's ``tokenizers`` package (byte-level BPE
+  for RoBERTa, SentencePiece-Unigram for XLM-R, WordPiece for BERT), with the interface of
+  :class:`WordPieceTokenizer`: :meth:`encode`, :meth:`encode_pair`, ``max_length``.
+
+  The file's own padding and truncation are switched off: lines are truncated here (to
+  ``max_length`` tokens, specials included) and padded, and masked, at batch time.
+  """
+
+  def __init__(self, tokenizer, max_length: int, source: str):
+    self._tok, self.max_length, self.source = tokenizer, int(max_length), source
+    self._tok.no_padding()
+    self._tok.no_truncation()
+
+  @classmethod
+  def from_snapshot(cls, folder: str, model_type: str, max_positions: int) -> "HFTokenizer":
+    """``tokenizer.json``, else RoBERTa's ``vocab.json`` + ``merges.txt`` or BERT's
+    ``vocab.txt``; ``max_length``: ``tokenizer_config.json``'s ``model_max_length`` capped
+    by the positions the model has.
+
+    Raises:
+      MissingDependency: ``tokenizers`` is not installed.
+      DataError: no tokenizer file in the folder, or an unreadable one.
+    """
+    try:
+      import tokenizers  # pylint: disable=import-outside-toplevel
+    except ImportError:
+      from fusion_jax.errors import MissingDependency  # pylint: disable=import-outside-toplevel
+      raise MissingDependency("Hugging Face text models need the tokenizers package: "
+                              "bash scripts/setup.sh --features (or pip install "
+                              "tokenizers==0.23.3)") from None
+    f = lambda name: os.path.join(folder, name)
+    try:
+      if os.path.isfile(f("tokenizer.json")):
+        tok, source = tokenizers.Tokenizer.from_file(f("tokenizer.json")), f("tokenizer.json")
+      elif os.path.isfile(f("vocab.json")) and os.path.isfile(f("merges.txt")):
+        bpe = tokenizers.ByteLevelBPETokenizer(f("vocab.json"), f("merges.txt"))
+        tok, source = bpe._tokenizer, f("vocab.json")  # pylint: disable=protected-access
+        tok.post_processor = tokenizers.processors.RobertaProcessing(
+            ("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>")))
+      elif os.path.isfile(f("vocab.txt")):
+        wp = tokenizers.BertWordPieceTokenizer(f("vocab.txt"), lowercase=True)
+        tok, source = wp._tokenizer, f("vocab.txt")  # pylint: disable=protected-access
+      else:
+        raise DataError(folder, f"no tokenizer: none of tokenizer.json, vocab.json + "
+                        f"merges.txt, vocab.txt (a {model_type} snapshot needs one)",
+                        hint="download the snapshot's tokenizer files too")
+    except DataError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  (tokenizers raises plain Exception)
+      raise DataError(folder, f"unreadable tokenizer ({e})") from None
+    limit = max_positions
+    if os.path.isfile(f("tokenizer_config.json")):
+      with open(f("tokenizer_config.json"), encoding="utf-8") as fh:
+        declared = json.load(fh).get("model_max_length")
+      if isinstance(declared, (int, float)) and 0 < declared < limit:
+        limit = int(declared)
+    return cls(tok, limit, source)
+
+  def _special(self, pair: bool) -> int:
+    return self._tok.num_special_tokens_to_add(pair)
+
+  def encode(self, text: str) -> list:
+    """Token ids with the model's specials (``<s> … </s>``, ``[CLS] … [SEP]``), truncated."""
+    enc = self._tok.encode(text, add_special_tokens=False)
+    enc.truncate(max(self.max_length - self._special(False), 0))
+    return list(self._tok.post_process(enc, None, True).ids)
+
+  def encode_pair(self, text: str, context: str) -> tuple:
+    """``text`` and ``context`` as the model's pair (segment ids 0 then 1 where the model
+    has token types): the line keeps its tokens first, the context its *last* tokens."""
+    a = self._tok.encode(text, add_special_tokens=False)
+    a.truncate(max(self.max_length - self._special(True), 0))
+    budget = max(self.max_length - self._special(True) - len(a.ids), 0)
+    b = self._tok.encode(context, add_special_tokens=False)
+    if len(b.ids) > budget:
+      b.truncate(budget, direction="left")
+    out = self._tok.post_process(a, b, True)
+    return list(out.ids), list(out.type_ids)

@@ -74,7 +74,7 @@ class _BertTop(nn.Module):
 
   @nn.compact
   def __call__(self, x, mask, *, deterministic: bool):
-    from fusion_jax.features import bert  # pylint: disable=import-outside-toplevel
+    from fusion_jax.encoders import bert  # pylint: disable=import-outside-toplevel
     return bert.BertLayer(self.cfg, self.dropout, name="layer")(
         x, bert.attention_bias(mask), deterministic=deterministic)
 
@@ -83,11 +83,11 @@ def bert_encoder(directory: str) -> PretrainedEncoder:
   """A Hugging Face BERT folder (``config.json``, ``model.safetensors``) as a
   :class:`PretrainedEncoder` (its weights read once)."""
   import os  # pylint: disable=import-outside-toplevel
-  from fusion_jax.features import bert, safetensors_io  # pylint: disable=import-outside-toplevel
+  from fusion_jax.encoders import bert, hub  # pylint: disable=import-outside-toplevel
   cfg = bert.BertConfig.from_json(os.path.join(directory, "config.json"))
   params = bert.params_from_state_dict(
-      safetensors_io.load_safetensors(os.path.join(directory, "model.safetensors")),
-      cfg)["params"]
+      hub.read_safetensors(os.path.join(directory, "model.safetensors")), cfg,
+      directory)["params"]
   return PretrainedEncoder(cfg.num_hidden_layers,
                            lambda dropout, name: _BertTop(cfg, dropout, name=name),
                            lambda i: {"layer": params[f"layer_{i}"]})

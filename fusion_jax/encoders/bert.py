@@ -1,9 +1,12 @@
-"""A BERT encoder in Flax Linen that loads Hugging Face ``BertModel`` safetensors (no torch).
+"""BERT, RoBERTa and XLM-R encoders in Flax Linen, loaded from Hugging Face snapshots (no torch).
 
-Used for all-MiniLM-L6-v2 token states (384-d) as text features::
+One implementation: RoBERTa and XLM-R are BERTs whose position ids count real tokens from
+the config's ``pad_token_id`` + 1 (``create_position_ids_from_input_ids``), with one token
+type. all-MiniLM-L6-v2 (384-d) is a BERT too::
 
-  enc = BertFeatureEncoder.from_directory(minilm_dir)     # config.json, model.safetensors,
-  states = enc.encode(["I am so happy!"])                 # tokenizer.json → [[L_i, 384]]
+  enc = BertFeatureEncoder.from_pretrained("roberta-base")   # a folder or a cached Hub id:
+  states = enc.encode(["I am so happy!"])                    # config.json, weights, tokenizer
+                                                             # → [[L_i, 768]]
 
 :func:`reference_forward` is an independent NumPy float64 forward pass of the
 same weights (in the checkpoint's own ``[out, in]`` layout), the yardstick the
@@ -22,9 +25,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fusion_jax.data.errors import DataError
-from fusion_jax.features import safetensors_io
-from fusion_jax.features.tokenizer import WordPieceTokenizer
+from fusion_jax.encoders import hub
+from fusion_jax.errors import ConfigError, DataError
+from fusion_jax.features.tokenizer import HFTokenizer, WordPieceTokenizer
+
+TEXT_TYPES = ("bert", "roberta", "xlm-roberta")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,17 +42,48 @@ class BertConfig:
   max_position_embeddings: int = 512
   type_vocab_size: int = 2
   layer_norm_eps: float = 1e-12
+  model_type: str = "bert"
+  pad_token_id: int = 0
 
   @classmethod
   def from_json(cls, path) -> "BertConfig":
     with open(path, encoding="utf-8") as f:
-      raw = json.load(f)
+      return cls.from_dict(json.load(f), path)
+
+  @classmethod
+  def from_dict(cls, raw: dict, path) -> "BertConfig":
+    """``config.json``; an unsupported architecture or option stops with one line."""
+    kind = raw.get("model_type", "bert")
+    if kind in ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "whisper"):
+      raise ConfigError(f"{path}: a {kind} model is a speech encoder; give it as the speech "
+                        "model (--speech_model), not the text model")
+    if kind not in TEXT_TYPES:
+      raise ConfigError(f"{path}: model_type {kind!r} is not supported as a text encoder; "
+                        f"supported: {', '.join(TEXT_TYPES)}")
     act = raw.get("hidden_act", "gelu")
     if act != "gelu":
       raise DataError(path, f"hidden_act {act!r} is not supported (only exact 'gelu')",
                       field="hidden_act")
+    pos = raw.get("position_embedding_type", "absolute")
+    if pos != "absolute":
+      raise DataError(path, f"position_embedding_type {pos!r} is not supported (only "
+                      "'absolute')", field="position_embedding_type")
     names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in raw.items() if k in names})
+    return cls(**{k: v for k, v in raw.items() if k in names and v is not None})
+
+  @property
+  def position_offset(self) -> int:
+    """RoBERTa's first real position id (pad id + 1); BERT counts from 0."""
+    return self.pad_token_id + 1 if self.model_type != "bert" else 0
+
+
+def position_ids(cfg: BertConfig, ids):
+  """``[B, L]`` position ids: ``0 … L-1`` (BERT), or RoBERTa's: real tokens counted from
+  ``pad_token_id + 1``, padding at ``pad_token_id``."""
+  if cfg.model_type == "bert":
+    return jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
+  real = (ids != cfg.pad_token_id).astype(jnp.int32)
+  return jnp.cumsum(real, axis=1) * real + cfg.pad_token_id
 
 
 class BertLayer(nn.Module):
@@ -94,11 +130,10 @@ class Bert(nn.Module):
   @nn.compact
   def __call__(self, ids, mask, token_types=None):
     cfg = self.cfg
-    length = ids.shape[1]
     types = jnp.zeros_like(ids) if token_types is None else token_types
     x = (nn.Embed(cfg.vocab_size, cfg.hidden_size, name="word_embeddings")(ids)
          + nn.Embed(cfg.max_position_embeddings, cfg.hidden_size,
-                    name="position_embeddings")(jnp.arange(length))[None]
+                    name="position_embeddings")(position_ids(cfg, ids))
          + nn.Embed(cfg.type_vocab_size, cfg.hidden_size, name="token_type_embeddings")(types))
     x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, name="embeddings_norm")(x)
     bias = attention_bias(mask)
@@ -109,15 +144,33 @@ class Bert(nn.Module):
     return jnp.stack(states, axis=2) if self.all_layers else x
 
 
-def params_from_state_dict(sd: dict, cfg: BertConfig) -> dict:
-  """Maps Hugging Face ``BertModel`` tensor names to the Flax module's params."""
-  prefix = "bert." if any(k.startswith("bert.") for k in sd) else ""
+def params_from_state_dict(sd: dict, cfg: BertConfig, source: str = "weights") -> dict:
+  """Maps Hugging Face ``BertModel`` / ``RobertaModel`` tensor names (any task head's
+  ``bert.``/``roberta.`` prefix) to the Flax module's params.
+
+  Raises:
+    DataError: a tensor is missing or its shape disagrees with ``config.json``.
+  """
+  from fusion_jax.encoders import weights  # pylint: disable=import-outside-toplevel
+  prefix = weights.find_prefix(sd, "embeddings.word_embeddings.weight", source,
+                               f"{cfg.model_type} (text)")
+  h, f = cfg.hidden_size, cfg.intermediate_size
+  expect = {"embeddings.word_embeddings.weight": (cfg.vocab_size, h),
+            "embeddings.position_embeddings.weight": (cfg.max_position_embeddings, h),
+            "embeddings.token_type_embeddings.weight": (cfg.type_vocab_size, h),
+            "encoder.layer.0.intermediate.dense.weight": (f, h)}
 
   def get(name):
     key = prefix + name
     if key not in sd:
-      raise KeyError(f"missing tensor {key!r}")
-    return np.asarray(sd[key], np.float32)
+      raise DataError(source, f"tensor {key!r} is missing from the weights", field=key,
+                      hint="the weights do not belong to this config.json")
+    value = np.asarray(sd[key], np.float32)
+    if name in expect and value.shape != expect[name]:
+      raise DataError(source, f"tensor {key!r} has shape {list(value.shape)} where "
+                      f"config.json gives {list(expect[name])}", field=key,
+                      hint="the weights do not belong to this config.json")
+    return value
 
   dense = lambda n: {"kernel": get(n + ".weight").T, "bias": get(n + ".bias")}
   norm = lambda n: {"scale": get(n + ".weight"), "bias": get(n + ".bias")}
@@ -140,7 +193,8 @@ def params_from_state_dict(sd: dict, cfg: BertConfig) -> dict:
 def reference_forward(sd: dict, cfg: BertConfig, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
   """NumPy float64 forward pass of a ``BertModel`` state dict: ``[B, L, H]``."""
   from scipy.special import erf  # pylint: disable=import-outside-toplevel
-  prefix = "bert." if any(k.startswith("bert.") for k in sd) else ""
+  prefix = next((k[:-len("embeddings.word_embeddings.weight")] for k in sd
+                 if k.endswith("embeddings.word_embeddings.weight")), "")
   w = lambda n: np.asarray(sd[prefix + n], np.float64)
   lin = lambda x, n: x @ w(n + ".weight").T + w(n + ".bias")
 
@@ -151,7 +205,7 @@ def reference_forward(sd: dict, cfg: BertConfig, ids: np.ndarray, mask: np.ndarr
 
   b, t = ids.shape
   x = (w("embeddings.word_embeddings.weight")[ids]
-       + w("embeddings.position_embeddings.weight")[np.arange(t)][None]
+       + w("embeddings.position_embeddings.weight")[np.asarray(position_ids(cfg, ids))]
        + w("embeddings.token_type_embeddings.weight")[0][None, None])
   x = ln(x, "embeddings.LayerNorm")
   nh, hd = cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads
@@ -181,14 +235,14 @@ class BertFeatureEncoder:
   Args:
     cfg: the architecture.
     state_dict: Hugging Face tensor names → arrays.
-    tokenizer: its WordPiece tokenizer.
+    tokenizer: its tokenizer (``encode``, ``encode_pair``, ``max_length``).
     name: for fingerprints and messages.
   """
 
-  def __init__(self, cfg: BertConfig, state_dict: dict, tokenizer: WordPieceTokenizer,
-               name: str = "bert"):
-    self.cfg, self.tokenizer, self.name = cfg, tokenizer, name
-    self.params = jax.device_put(params_from_state_dict(state_dict, cfg))
+  def __init__(self, cfg: BertConfig, state_dict: dict, tokenizer, name: str = "bert",
+               snapshot: Optional[hub.Snapshot] = None, source: str = "weights"):
+    self.cfg, self.tokenizer, self.name, self.snapshot = cfg, tokenizer, name, snapshot
+    self.params = jax.device_put(params_from_state_dict(state_dict, cfg, source))
     self._apply = {all_layers: jax.jit(Bert(cfg, all_layers).apply)
                    for all_layers in (False, True)}
 
@@ -202,9 +256,22 @@ class BertFeatureEncoder:
                         hint="point --text_model_dir at a BERT folder (config.json, "
                         "model.safetensors, tokenizer.json)")
     cfg = BertConfig.from_json(os.path.join(directory, "config.json"))
-    sd = safetensors_io.load_safetensors(os.path.join(directory, "model.safetensors"))
+    sd = hub.read_safetensors(os.path.join(directory, "model.safetensors"))
     tok = WordPieceTokenizer.from_file(os.path.join(directory, "tokenizer.json"))
-    return cls(cfg, sd, tok, name or os.path.basename(os.path.normpath(directory)))
+    return cls(cfg, sd, tok, name or os.path.basename(os.path.normpath(directory)),
+               source=directory)
+
+  @classmethod
+  def from_pretrained(cls, model, fmt: Optional[str] = None) -> "BertFeatureEncoder":
+    """A BERT / RoBERTa / XLM-R snapshot folder or cached Hub id (:func:`hub.resolve`):
+    ``config.json``, weights in any form, the tokenizer read by the ``tokenizers`` package
+    (``tokenizer.json``, else ``vocab.json`` + ``merges.txt`` or ``vocab.txt``)."""
+    snapshot = model if isinstance(model, hub.Snapshot) else hub.resolve(model)
+    cfg = BertConfig.from_dict(snapshot.config(), snapshot.file("config.json"))
+    tok = HFTokenizer.from_snapshot(snapshot.path, cfg.model_type,
+                                    cfg.max_position_embeddings - cfg.position_offset)
+    return cls(cfg, hub.load_state_dict(snapshot, fmt), tok, snapshot.name, snapshot,
+               snapshot.path)
 
   @property
   def dim(self) -> int:
@@ -231,8 +298,8 @@ class BertFeatureEncoder:
     for s in range(0, len(order), batch_size):
       rows = order[s:s + batch_size]
       length = min(_bucket(max(len(encoded[r][0]) for r in rows)),
-                   self.cfg.max_position_embeddings)
-      ids = np.zeros((batch_size, length), np.int32)
+                   self.cfg.max_position_embeddings - self.cfg.position_offset)
+      ids = np.full((batch_size, length), self.cfg.pad_token_id, np.int32)
       mask = np.zeros((batch_size, length), np.int32)
       types = np.zeros((batch_size, length), np.int32)
       for j, r in enumerate(rows):

@@ -1,0 +1,283 @@
+"""The Hugging Face encoders (fusion_jax.encoders) against transformers' own hidden states.
+
+The references are the committed fixtures (tests/fixtures/hf, scripts/make_hf_fixtures.py):
+tiny random snapshots of every supported architecture and what transformers 5.23.0 computes
+for them. No torch here."""
+
+import json
+import os
+import shutil
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fusion_jax.encoders import bert, hub, speech
+from fusion_jax.errors import ConfigError, DataError, MissingDependency
+from tests.conftest import FIXTURES
+
+HF = os.path.join(FIXTURES, "hf")
+SPEECH = ["wav2vec2_base", "wav2vec2_large_lv60", "hubert_base", "hubert_large_bn",
+          "wavlm_base", "wavlm_large", "data2vec_audio"]
+TEXT = ["bert", "roberta", "xlm_roberta"]
+TOL = 1e-4   # relative to the largest value, as the issue asks
+
+
+def ref(name):
+  return np.load(os.path.join(HF, name, "reference.npz"))
+
+
+def rel_err(got, want):
+  return float(np.abs(np.asarray(got) - want).max() / np.abs(want).max())
+
+
+def hf_states(r, i):
+  """transformers' states of clip i as ``[T, N + 1, H]``; the last one ``last_hidden_state``
+  (the same tensor for post-LN models, after the final LayerNorm for pre-LN ones)."""
+  states = r[f"hidden{i}"].transpose(1, 0, 2).copy()
+  states[:, -1] = r[f"last{i}"]
+  return states
+
+
+# ------------------------------------------------------------------ speech
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+@pytest.mark.parametrize("name", SPEECH)
+def test_speech_hidden_states_match_transformers(name, fmt):
+  """Raw clip in (normalised as preprocessor_config.json says), every hidden state out."""
+  enc = speech.SpeechEncoder.from_pretrained(os.path.join(HF, name), fmt=fmt)
+  r = ref(name)
+  got = enc.encode([r["clip0"], r["clip1"]], all_layers=True)
+  last = enc.encode([r["clip1"]])
+  for i in range(2):
+    assert got[i].shape == hf_states(r, i).shape
+    assert rel_err(got[i], hf_states(r, i)) < TOL, (name, fmt, i)
+  np.testing.assert_allclose(last[0], got[1][:, -1], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", SPEECH)
+def test_a_padded_batch_equals_each_clip_alone(name):
+  """Even for base-style models, which transformers must not pad: the GroupNorm's statistics
+  and attention see each clip's real frames only."""
+  enc = speech.SpeechEncoder.from_pretrained(os.path.join(HF, name))
+  r = ref(name)
+  clips = [enc.prepare(r["clip0"]), enc.prepare(r["clip1"])]
+  batch = np.zeros((2, 1800), np.float32)
+  for j, c in enumerate(clips):
+    batch[j, :c.size] = c
+  batch[1, clips[1].size:] = 5.0   # loud padding: must change nothing
+  states, frames = speech.SpeechModel(enc.cfg).apply(enc.params, batch,
+                                                     jnp.array([c.size for c in clips]))
+  assert list(np.asarray(frames)) == [r["hidden0"].shape[1], r["hidden1"].shape[1]]
+  for j in range(2):
+    assert rel_err(np.asarray(states)[j, :frames[j]], hf_states(r, j)) < TOL
+  if "batch_hidden" in r and not (enc.cfg.conv_pos_batch_norm
+                                  or enc.cfg.model_type == "data2vec-audio"):
+    # transformers' own padded batch with its attention mask (with conv_pos_batch_norm, and
+    # data2vec-audio's stack of positional convs, padded frames stop being zero before a
+    # conv reads them: transformers is not padding-invariant there)
+    for j in range(2):
+      want = r["batch_hidden"][j, :, :frames[j]].transpose(1, 0, 2).copy()
+      want[:, -1] = r["batch_last"][j, :frames[j]]
+      assert rel_err(np.asarray(states)[j, :frames[j]], want) < TOL
+
+
+def test_wavlm_buckets_follow_transformers_formula():
+  b = speech.relative_buckets(200, 320, 800)
+  rel = np.arange(200)[None] - np.arange(200)[:, None]
+  assert b.shape == (200, 200) and b[0, 0] == 0 and b[5, 5] == 0
+  assert np.all(b[rel > 0] >= 160) and np.all(b[rel < 0] < 160)   # direction: upper half
+  assert b[0, 79] == 160 + 79 and b[0, 80] == 160 + 80   # exact below max_exact = 80...
+  # ... then logarithmic, as transformers computes it (float32)
+  n = 120
+  large = 80 + np.log(np.float32(n) / np.float32(80)) / np.float32(np.log(800 / 80)) * 80
+  assert b[0, n] == 160 + int(np.float32(large)) and b[n, 0] == int(np.float32(large))
+
+
+def test_weight_norm_forms_give_one_weight():
+  rng = np.random.default_rng(0)
+  v = rng.standard_normal((4, 2, 3)).astype(np.float32)
+  g = rng.standard_normal((1, 1, 3)).astype(np.float32)
+  want = g * v / np.sqrt((v.astype(np.float64) ** 2).sum(axis=(0, 1), keepdims=True))
+  name = "encoder.pos_conv_embed.conv.weight"
+  for sd in ({name + "_g": g, name + "_v": v},
+             {"encoder.pos_conv_embed.conv.parametrizations.weight.original0": g,
+              "encoder.pos_conv_embed.conv.parametrizations.weight.original1": v},
+             {name: want.astype(np.float32)}):
+    np.testing.assert_allclose(hub.fold_weight_norm(sd, name), want, rtol=1e-6)
+
+
+# ------------------------------------------------------------------ text
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+@pytest.mark.parametrize("name", TEXT)
+def test_text_token_ids_and_states_match_transformers(name, fmt):
+  enc = bert.BertFeatureEncoder.from_pretrained(os.path.join(HF, name), fmt=fmt)
+  r = ref(name)
+  texts = [str(t) for t in r["texts"]]
+  for i, t in enumerate(texts):
+    assert enc.tokenizer.encode(t) == list(r[f"ids{i}"])
+  got = enc.encode(texts, all_layers=True, batch_size=3)   # two batches, padded
+  for i in range(len(texts)):
+    n = len(r[f"ids{i}"])
+    want = r[f"hidden{i}"].transpose(1, 0, 2).reshape(n, -1)
+    assert rel_err(got[i], want) < TOL, (name, i)
+  # transformers' padded batch (its padding, its positions) agrees on the real tokens
+  states = enc.states(r["batch_ids"], r["batch_mask"], all_layers=True)
+  for i in range(len(texts)):
+    n = int(r["batch_mask"][i].sum())
+    assert rel_err(states[i, :n], r["batch_hidden"][i, :, :n].transpose(1, 0, 2)) < TOL
+
+
+def test_roberta_position_ids_start_after_the_configs_pad_id():
+  for pad in (1, 0, 5):
+    cfg = bert.BertConfig(model_type="roberta", pad_token_id=pad)
+    ids = jnp.array([[7, 8, 9, pad, pad]])
+    assert np.asarray(bert.position_ids(cfg, ids)).tolist() == [
+        [pad + 1, pad + 2, pad + 3, pad, pad]]
+  assert np.asarray(bert.position_ids(bert.BertConfig(), jnp.zeros((1, 3), int))).tolist() \
+      == [[0, 1, 2]]
+
+
+def test_tokenizer_pair_keeps_the_line_and_the_end_of_the_context():
+  enc = bert.BertFeatureEncoder.from_pretrained(os.path.join(HF, "roberta"))
+  tok = enc.tokenizer
+  tok.max_length = 12
+  line, context = tok.encode("Why?"), "the door " * 20 + "no"
+  ids, types = tok.encode_pair("Why?", context)
+  assert len(ids) == 12 and len(types) == 12
+  assert ids[:len(line)] == line   # the whole line <s> … </s>, then </s> context </s>
+  kept = ids[len(line) + 1:-1]
+  assert len(kept) == 12 - len(line) - 2 and kept == tok._tok.encode(  # pylint: disable=protected-access
+      context, add_special_tokens=False).ids[-len(kept):]
+  long_line = tok.encode("I am so happy today! " * 3)
+  ids, _ = tok.encode_pair("I am so happy today! " * 3, "no")   # the line takes every slot
+  assert len(ids) == 12 and ids[:9] == long_line[:9] and tok.encode("no")[1] not in ids
+
+
+# ------------------------------------------------------------------ loading and bad input
+def copy_snapshot(tmp_path, name, **config_changes):
+  d = tmp_path / name
+  shutil.copytree(os.path.join(HF, name), d)
+  if config_changes:
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.update(config_changes)
+    (d / "config.json").write_text(json.dumps(cfg))
+  return d
+
+
+def test_hub_ids_resolve_in_the_local_cache_and_missing_ones_say_where_and_how(
+    tmp_path, monkeypatch):
+  cache = tmp_path / "hub"
+  repo = cache / "models--acme--tiny-wavlm"
+  (repo / "refs").mkdir(parents=True)
+  (repo / "refs" / "main").write_text("abc123\n")
+  shutil.copytree(os.path.join(HF, "wavlm_large"), repo / "snapshots" / "abc123")
+  monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+  snap = hub.resolve("acme/tiny-wavlm")
+  assert (snap.name, snap.revision) == ("acme/tiny-wavlm", "abc123")
+  enc = speech.SpeechEncoder.from_pretrained("acme/tiny-wavlm")
+  r = ref("wavlm_large")
+  assert rel_err(enc.encode([r["clip0"]], all_layers=True)[0], hf_states(r, 0)) < TOL
+  assert hub.resolve("acme/tiny-wavlm@abc123").path == snap.path
+  monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
+  with pytest.raises(MissingDependency) as e:
+    hub.resolve("facebook/wav2vec2-base")
+  msg = str(e.value)
+  assert "\n" not in msg and str(cache) in msg and str(tmp_path / "home" / "hub") in msg
+  assert "hf download facebook/wav2vec2-base" in msg and "never downloads" in msg
+  with pytest.raises(MissingDependency, match="no such folder"):
+    hub.resolve(str(tmp_path / "no" / "such" / "dir"))
+
+
+@pytest.mark.parametrize("change, error, pattern", [
+    (dict(model_type="conformer"), ConfigError,
+     r"model_type 'conformer' is not supported as a speech encoder; supported: wav2vec2, "
+     r"hubert, wavlm, data2vec-audio"),
+    (dict(model_type="roberta"), ConfigError, r"text encoder; give it as the text model"),
+    (dict(feat_extract_norm="batch"), ConfigError, r"feat_extract_norm 'batch'"),
+    (dict(add_adapter=True), ConfigError, r"add_adapter"),
+    (dict(hidden_act="mish"), ConfigError, r"hidden_act 'mish'"),
+    (dict(hidden_size=32, num_attention_heads=2), DataError,
+     r"field 'encoder.layer_norm.bias': tensor 'encoder.layer_norm.bias' has shape \[16\] "
+     r"where config.json gives \[32\]"),
+])
+def test_speech_config_problems_stop_with_one_line(tmp_path, change, error, pattern):
+  d = copy_snapshot(tmp_path, "wav2vec2_base", **change)
+  with pytest.raises(error, match=pattern) as e:
+    speech.SpeechEncoder.from_pretrained(str(d))
+  assert "\n" not in str(e.value) and str(d) in str(e.value)
+
+
+def test_text_config_problems_stop_with_one_line(tmp_path):
+  d = copy_snapshot(tmp_path, "roberta", model_type="wavlm")
+  with pytest.raises(ConfigError, match="speech encoder; give it as the speech model"):
+    bert.BertFeatureEncoder.from_pretrained(str(d))
+  d = copy_snapshot(tmp_path, "bert", model_type="t5")
+  with pytest.raises(ConfigError, match="'t5' is not supported as a text encoder; supported: "
+                     "bert, roberta, xlm-roberta"):
+    bert.BertFeatureEncoder.from_pretrained(str(d))
+  d = copy_snapshot(tmp_path, "xlm_roberta")
+  os.remove(d / "tokenizer.json")
+  with pytest.raises(DataError, match="no tokenizer: none of tokenizer.json"):
+    bert.BertFeatureEncoder.from_pretrained(str(d))
+
+
+def test_missing_and_damaged_weights(tmp_path):
+  d = copy_snapshot(tmp_path, "wavlm_large")
+  os.remove(d / "model-00002-of-00002.safetensors")
+  with pytest.raises(DataError, match=r"model-00002-of-00002.safetensors: shard named in the "
+                     "index is missing"):
+    speech.SpeechEncoder.from_pretrained(str(d))
+  for f in ("model-00001-of-00002.safetensors", "model.safetensors.index.json",
+            "pytorch_model.bin"):
+    os.remove(d / f) if (d / f).exists() else None
+  with pytest.raises(DataError, match="no weights: none of model.safetensors"):
+    speech.SpeechEncoder.from_pretrained(str(d))
+  d = copy_snapshot(tmp_path, "hubert_base")
+  data = (d / "model.safetensors").read_bytes()
+  (d / "model.safetensors").write_bytes(data[:len(data) // 2])
+  with pytest.raises(DataError, match="model.safetensors: unreadable safetensors file"):
+    speech.SpeechEncoder.from_pretrained(str(d))
+  os.remove(d / "config.json")
+  with pytest.raises(DataError, match="config.json: file not found"):
+    speech.SpeechEncoder.from_pretrained(str(d))
+
+
+def test_audio_at_another_rate_is_refused(tmp_path):
+  enc = speech.SpeechEncoder.from_pretrained(os.path.join(HF, "hubert_base"))
+  with pytest.raises(ConfigError, match="clips at 8000 Hz; hubert_base takes 16000 Hz"):
+    enc.encode([np.zeros(800, np.float32)], sample_rate=8000)
+  with pytest.raises(ConfigError, match="clip 0 has 5 samples"):
+    enc.encode([np.zeros(5, np.float32)])
+  d = copy_snapshot(tmp_path, "hubert_base")
+  pre = json.loads((d / "preprocessor_config.json").read_text())
+  (d / "preprocessor_config.json").write_text(json.dumps({**pre, "sampling_rate": 8000}))
+  with pytest.raises(ConfigError, match="sampling_rate 8000; fusion_jax's speech encoders "
+                     "take 16000 Hz"):
+    speech.SpeechEncoder.from_pretrained(str(d))
+
+
+def test_a_crafted_bin_checkpoint_runs_nothing(tmp_path):
+  import pickle
+  import zipfile
+
+  class Evil:
+    def __reduce__(self):
+      return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+  d = copy_snapshot(tmp_path, "hubert_base")
+  os.remove(d / "model.safetensors")
+  with zipfile.ZipFile(d / "pytorch_model.bin", "w") as z:
+    z.writestr("archive/data.pkl", pickle.dumps({"x": Evil()}, protocol=2))
+  with pytest.raises(DataError, match="refused"):
+    speech.SpeechEncoder.from_pretrained(str(d))
+  assert not (tmp_path / "pwned").exists()
+
+
+def test_weights_digest_is_of_the_bytes(tmp_path):
+  d = copy_snapshot(tmp_path, "roberta")
+  a = hub.weights_digest(hub.resolve(str(d)))
+  assert a == hub.weights_digest(hub.resolve(os.path.join(HF, "roberta"))) and len(a) == 64
+  data = bytearray((d / "model.safetensors").read_bytes())
+  data[-1] ^= 1
+  (d / "model.safetensors").write_bytes(bytes(data))
+  assert hub.weights_digest(hub.resolve(str(d))) != a
