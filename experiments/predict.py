@@ -37,6 +37,10 @@ flags.DEFINE_string("output", "predictions.csv", "CSV of predictions (JSON lines
 flags.DEFINE_string("export", None, "Also write the model as serialized StableHLO (jax.export, "
                     "symbolic batch and lengths) + model.json into this folder.")
 flags.DEFINE_integer("batch_size", 16, "Files read and featurised per batch.")
+flags.DEFINE_string("speech_model", None, "Runs trained on --speech_extractor=hf features: "
+                    "where the Hugging Face snapshot is now (folder or cached id), if not where "
+                    "it was at extraction. Its weights must be the very same (SHA-256).")
+flags.DEFINE_string("text_model", None, "Likewise for --text_extractor=hf features.")
 flags.DEFINE_bool("progress", True, "Progress line on stderr.")
 cli.define_common_flags()
 flags.adopt_module_key_flags(cli)
@@ -60,7 +64,9 @@ def main(argv):
         cli.fail(f"--variants={config.train.variants}: predict uses one variant")
       variant = names[0]
     seeds = experiment.parse_seeds(config.train.seeds) if cli.explicit("train.seeds") else None
-    predictor = predict.Predictor.from_run(FLAGS.run, variant, seeds, config)
+    predictor = predict.Predictor.from_run(
+        FLAGS.run, variant, seeds, config,
+        encoders={"speech": FLAGS.speech_model, "text": FLAGS.text_model})
     if FLAGS.export:
       out = predictor.export(FLAGS.export)
       print(f"Exported {predictor.variant} to {out['path']} ({out['bytes'] / 2**20:.1f} MB, "

