@@ -86,7 +86,8 @@ def save(folder: str, model, config, sd: dict, bin_sd: dict | None = None,
       weight_map.update({k: name for k in part})
     with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
       json.dump({"metadata": {}, "weight_map": weight_map}, f, indent=1)
-  torch.save(bin_sd if bin_sd is not None else sd, os.path.join(folder, "pytorch_model.bin"))
+  if bin_sd is not False:
+    torch.save(bin_sd if bin_sd is not None else sd, os.path.join(folder, "pytorch_model.bin"))
 
 
 def speech_model(kind: str, seed: int, **cfg):
@@ -260,10 +261,11 @@ def make_full(root: str) -> None:
   folder = os.path.join(root, "roberta_base_full")
   os.makedirs(folder, exist_ok=True)
   tok = bpe_tokenizer(["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+  tok.model_max_length = 512   # roberta-base's
   config = T.RobertaConfig(vocab_size=50265, max_position_embeddings=514, type_vocab_size=1,
                            layer_norm_eps=1e-5, pad_token_id=1)   # = roberta-base's
   model = T.RobertaModel(config, add_pooling_layer=False).eval()
-  save(folder, model, config, model.state_dict())
+  save(folder, model, config, model.state_dict(), bin_sd=False)   # (safetensors only: disk)
   tok.save_pretrained(folder)
   text_reference(model, tok, folder)
 

@@ -145,11 +145,39 @@ class MaskedGroupNorm(nn.Module):
     c = x.shape[-1]
     scale = self.param("scale", nn.initializers.ones, (c,))
     bias = self.param("bias", nn.initializers.zeros, (c,))
-    m = mask[..., None].astype(x.dtype)
-    n = jnp.maximum(m.sum(axis=1, keepdims=True), 1.0)
-    mean = (x * m).sum(axis=1, keepdims=True) / n
-    var = (jnp.square(x - mean) * m).sum(axis=1, keepdims=True) / n
-    return (x - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias
+    # The sums over time are matrix products with the mask: XLA's CPU reductions over a
+    # non-minor axis are ≈ 50× slower here (274 ms vs 5 ms for a 4-s clip's [12799, 512]).
+    m = mask.astype(x.dtype)
+    n = jnp.maximum(m.sum(axis=1), 1.0)[:, None]
+    mean = jnp.einsum("bt,btc->bc", m, x) / n
+    d = x - mean[:, None]
+    var = jnp.einsum("bt,btc->bc", m, d * d) / n
+    return d * jax.lax.rsqrt(var + self.eps)[:, None] * scale + bias
+
+
+class StridedConv(nn.Module):
+  """A 'VALID' strided conv over time as one matrix product of its patches: ``[B, S, C_in]``
+  → ``[B, (S - k) // s + 1, C_out]``. Params as ``nn.Conv``'s (``kernel [k, C_in, C_out]``).
+
+  The k strided slices side by side, times ``kernel`` flattened to ``[k·C_in, C_out]``. Used
+  for convs with one input channel (wav2vec2's first), where it is ≈ 6× faster than XLA's
+  CPU convolution (1.7 vs 10.6 ms for 4 s of audio); with 512 channels XLA's is faster."""
+  features: int
+  kernel: int
+  stride: int
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self, x):
+    k, s = self.kernel, self.stride
+    c_in = x.shape[-1]
+    w = self.param("kernel", nn.initializers.lecun_normal(), (k, c_in, self.features))
+    t = (x.shape[1] - k) // s + 1
+    patches = jnp.concatenate([x[:, j:j + (t - 1) * s + 1:s] for j in range(k)], axis=-1)
+    y = patches @ w.reshape(k * c_in, self.features)
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,))
+    return y
 
 
 class ConvLayer(nn.Module):
@@ -162,8 +190,12 @@ class ConvLayer(nn.Module):
   @nn.compact
   def __call__(self, x, mask):
     cfg, i = self.cfg, self.index
-    x = nn.Conv(cfg.conv_dim[i], (cfg.conv_kernel[i],), strides=(cfg.conv_stride[i],),
-                padding="VALID", use_bias=cfg.conv_bias, name="conv")(x)
+    if x.shape[-1] == 1:
+      x = StridedConv(cfg.conv_dim[i], cfg.conv_kernel[i], cfg.conv_stride[i], cfg.conv_bias,
+                      name="conv")(x)
+    else:
+      x = nn.Conv(cfg.conv_dim[i], (cfg.conv_kernel[i],), strides=(cfg.conv_stride[i],),
+                  padding="VALID", use_bias=cfg.conv_bias, name="conv")(x)
     if self.norm == "layer":
       x = _layer_norm(1e-5, "layer_norm")(x)
     elif self.norm == "group":
@@ -408,7 +440,12 @@ class SpeechEncoder:
   sample_rate = 16000
 
   def __init__(self, cfg: SpeechConfig, params: dict, snapshot, normalize: bool = True,
-               batch_seconds: float = 160.0):
+               batch_seconds: Optional[float] = None):
+    """``batch_seconds``: audio per jitted call; by default one clip per call on CPU (batching
+    only costs there: 27 s vs 18 s for 48 clips, wav2vec2-base on 2 cores, BUILD_NOTES) and
+    160 s on an accelerator."""
+    if batch_seconds is None:
+      batch_seconds = 0.0 if jax.default_backend() == "cpu" else 160.0
     self.cfg, self.params, self.snapshot = cfg, jax.device_put(params), snapshot
     self.normalize, self.batch_samples = normalize, int(batch_seconds * self.sample_rate)
     self._apply = {a: jax.jit(SpeechModel(cfg, a).apply) for a in (False, True)}

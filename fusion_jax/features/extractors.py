@@ -249,7 +249,7 @@ class HFSpeechExtractor(_HFExtractor):
   name, modality = "hf", "speech"
 
   def __init__(self, model: str, pool: int = 1, hidden_states: str = "last",
-               batch_seconds: float = 160.0):
+               batch_seconds: Optional[float] = None):
     from fusion_jax.encoders import speech  # pylint: disable=import-outside-toplevel
     self.encoder = speech.SpeechEncoder.from_pretrained(model, batch_seconds=batch_seconds)
     cfg = self.encoder.cfg
