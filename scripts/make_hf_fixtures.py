@@ -170,6 +170,48 @@ def make_speech(root: str) -> None:
     print(f"{name}: {sum(p.numel() for p in model.parameters())} parameters")
 
 
+def make_whisper(root: str) -> None:
+  """Whisper encoders: tiny-like (80 mels; ``WhisperModel`` names) and large-v3-like (128
+  mels; the ``.bin`` as ``WhisperForConditionalGeneration``'s ``model.`` prefix). References:
+  the feature extractor's log-mel of each clip and the encoder's hidden states over its
+  frames (the rest of the 30-s window is left out: small files)."""
+  for seed, (name, mels) in enumerate((("whisper_tiny", 80), ("whisper_large_v3", 128)),
+                                      start=40):
+    folder = os.path.join(root, name)
+    shutil.rmtree(folder, ignore_errors=True)
+    torch.manual_seed(seed)
+    config = T.WhisperConfig(d_model=16, encoder_layers=2, encoder_attention_heads=2,
+                             encoder_ffn_dim=32, decoder_layers=1, decoder_attention_heads=2,
+                             decoder_ffn_dim=32, num_mel_bins=mels, vocab_size=64,
+                             max_target_positions=8, max_source_positions=1500,
+                             decoder_start_token_id=1, pad_token_id=0, bos_token_id=1,
+                             eos_token_id=2)
+    model = T.WhisperModel(config).eval()
+    perturb(model, seed)
+    sd = model.state_dict()
+    full = T.WhisperForConditionalGeneration(config).eval()
+    full.model.load_state_dict(sd)
+    # (safetensors: the encoder only, as fusion_jax reads it; .bin: the whole generator)
+    enc_sd = {k: v for k, v in sd.items() if k.startswith("encoder.")}
+    save(folder, model, config, enc_sd, full.state_dict())
+    fe = T.WhisperFeatureExtractor(feature_size=mels)
+    fe.save_pretrained(folder)
+    rng = np.random.default_rng(seed)
+    out = {}
+    with torch.no_grad():
+      for i, n in enumerate((SR, SR * 3 // 4)):   # 1 s and 0.75 s
+        clip = (0.3 * rng.standard_normal(n) + 0.2 * np.sin(np.arange(n) / 9)).astype(
+            np.float32)
+        feats = fe(clip, sampling_rate=SR, return_tensors="pt").input_features
+        o = model.encoder(feats, output_hidden_states=True)
+        frames = -(-(n // 160) // 2)   # the clip's encoder frames; the rest is the window's
+        out[f"clip{i}"], out[f"mel{i}"] = clip, feats[0, :, :2 * frames + 20].numpy()
+        out[f"hidden{i}"] = np.stack([h[0, :frames].numpy() for h in o.hidden_states])
+        out[f"last{i}"] = o.last_hidden_state[0, :frames].numpy()
+    np.savez_compressed(os.path.join(folder, "reference.npz"), **out)
+    print(f"{name}: {sum(p.numel() for p in model.encoder.parameters())} encoder parameters")
+
+
 def bpe_tokenizer(specials: list) -> T.PreTrainedTokenizerFast:
   """A byte-level BPE as RoBERTa's: ``<s> A </s>``, no prefix space."""
   from tokenizers import ByteLevelBPETokenizer, processors  # pylint: disable=import-outside-toplevel
@@ -275,12 +317,16 @@ def main():
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("out", help="output folder (tests/fixtures/hf for the committed ones)")
   parser.add_argument("--full", action="store_true", help="full-size random models instead")
+  parser.add_argument("--only", choices=["speech", "whisper", "text"], default=None,
+                      help="remake one family of fixtures only")
   args = parser.parse_args()
   if args.full:
     make_full(args.out)
     return
-  make_speech(args.out)
-  make_text(args.out)
+  for family, make in (("speech", make_speech), ("whisper", make_whisper),
+                       ("text", make_text)):
+    if args.only in (None, family):
+      make(args.out)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fusion_jax.encoders import bert, hub, speech
+from fusion_jax.encoders import bert, hub, speech, whisper
 from fusion_jax.errors import ConfigError, DataError, MissingDependency
 from tests.conftest import FIXTURES
 
@@ -330,3 +330,62 @@ def test_hf_features_train_and_predict_and_only_the_same_weights_recompute_them(
   line = bad.stderr.strip().splitlines()[-1]
   assert "is not the one the features were made with (wavlm" in line and \
       "give that snapshot (--speech_model)" in line
+
+
+# ------------------------------------------------------------------ Whisper
+WHISPER = ["whisper_tiny", "whisper_large_v3"]   # 80 and 128 mel bands
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+@pytest.mark.parametrize("name", WHISPER)
+def test_whisper_log_mel_and_hidden_states_match_transformers(name, fmt):
+  """The snapshot's front end (its mel bands) and every encoder state over the clip's frames,
+  from the encoder-only safetensors and from the whole generator's .bin (``model.`` prefix)."""
+  enc = whisper.WhisperEncoder.from_pretrained(os.path.join(HF, name), fmt=fmt)
+  r = ref(name)
+  for i in range(2):
+    mel = whisper.whisper_log_mel(r[f"clip{i}"], enc.n_mels)
+    assert mel.shape == (enc.n_mels, 3000)
+    np.testing.assert_allclose(mel[:, :r[f"mel{i}"].shape[1]], r[f"mel{i}"], atol=2e-4)
+    got = enc.encode([r[f"clip{i}"]], all_layers=True)[0]
+    want = r[f"hidden{i}"].transpose(1, 0, 2)
+    assert got.shape == want.shape == (whisper.output_frames(r[f"clip{i}"].size), 3, 16)
+    assert rel_err(got, want) < TOL, (name, fmt, i)
+    np.testing.assert_allclose(enc.encode([r[f"clip{i}"]])[0], r[f"last{i}"],
+                               atol=TOL * np.abs(r[f"last{i}"]).max())
+
+
+def test_whisper_snapshot_problems_stop_with_one_line(tmp_path):
+  d = copy_snapshot(tmp_path, "whisper_tiny")
+  with pytest.raises(ConfigError, match="a Whisper snapshot: read it with "):
+    speech.SpeechEncoder.from_pretrained(str(d))
+  d = copy_snapshot(tmp_path / "wide", "whisper_tiny", d_model=32)
+  with pytest.raises(DataError, match=r"tensor 'encoder.conv1.weight' has shape \[16, 80, 3\] "
+                     r"where config.json gives \[32, 80, 3\]"):
+    whisper.WhisperEncoder.from_pretrained(str(d))
+  d = copy_snapshot(tmp_path, "wavlm_base")
+  with pytest.raises(ConfigError, match="model_type 'wavlm', not a Whisper snapshot"):
+    whisper.WhisperEncoder.from_pretrained(str(d))
+  d = copy_snapshot(tmp_path, "whisper_large_v3")
+  pre = json.loads((d / "preprocessor_config.json").read_text())
+  (d / "preprocessor_config.json").write_text(json.dumps({**pre, "feature_size": 80}))
+  with pytest.raises(ConfigError, match="feature_size 80; fusion_jax's Whisper front end "
+                     "takes 128"):
+    whisper.WhisperEncoder.from_pretrained(str(d))
+
+
+def test_the_hf_extractor_runs_whisper_snapshots_too():
+  """``--speech_extractor hf`` on a Whisper snapshot: its states at 50 frames/s (pooled), the
+  snapshot's identity in the fingerprint, and the same numbers as the encoder."""
+  from fusion_jax.features import extractors  # pylint: disable=import-outside-toplevel
+  r = ref("whisper_large_v3")
+  ex = extractors.make_extractor("hf", model=os.path.join(HF, "whisper_large_v3"), pool=2,
+                                 hidden_states="all")
+  assert (ex.dim, ex.frame_rate, ex.max_seconds) == (16 * 3, 25.0, 30.0)
+  opts = ex.fingerprint()["options"]
+  assert (opts["model_type"], opts["layers"], opts["pool"]) == ("whisper", 2, 2)
+  assert opts["sha256"] == hub.weights_digest(hub.resolve(os.path.join(HF, "whisper_large_v3")))
+  got = ex.compute([r["clip1"]])[0]
+  want = r["hidden1"].transpose(1, 0, 2).reshape(-1, 48)
+  assert got.shape == ((want.shape[0] + 1) // 2, 48)
+  np.testing.assert_allclose(got[0], want[:2].mean(0), atol=1e-4 * np.abs(want).max())

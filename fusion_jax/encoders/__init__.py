@@ -7,6 +7,9 @@
 :mod:`.weights`     PyTorch tensor names → Flax params, shape-checked
 :mod:`.speech`      wav2vec2 (base and large-lv60/XLS-R variants), HuBERT, WavLM,
                     data2vec-audio: :class:`~.speech.SpeechEncoder`
+:mod:`.whisper`     the Whisper encoder (tiny … large-v3; Hugging Face or CTranslate2
+                    weights): :class:`~.whisper.WhisperEncoder`; tiny.en's decoder
+                    (:class:`~.whisper.WhisperModel`) writes transcripts
 :mod:`.bert`        BERT, RoBERTa, XLM-R (and MiniLM, a BERT):
                     :class:`~.bert.BertFeatureEncoder`
 ==================  ==========================================================================
@@ -22,8 +25,10 @@ The feature extractors that run them are ``hf`` (speech) and ``hf_text`` in
 (:mod:`fusion_jax.models.encoders`).
 """
 
-from fusion_jax.encoders import bert, hub, speech, weights
+from fusion_jax.encoders import bert, hub, speech, weights, whisper
 from fusion_jax.encoders.bert import BertFeatureEncoder
 from fusion_jax.encoders.speech import SpeechEncoder
+from fusion_jax.encoders.whisper import WhisperEncoder
 
-__all__ = ["bert", "hub", "speech", "weights", "BertFeatureEncoder", "SpeechEncoder"]
+__all__ = ["bert", "hub", "speech", "weights", "whisper", "BertFeatureEncoder",
+           "SpeechEncoder", "WhisperEncoder"]

@@ -88,8 +88,9 @@ class SpeechConfig:
       raise ConfigError(f"{source}: a {kind} model is a text encoder; give it as the text "
                         "model (--text_model), not the speech model")
     if kind == "whisper":
-      raise ConfigError(f"{source}: Whisper snapshots are read by --speech_extractor "
-                        "whisper_hf, not this wav2vec2-family encoder")
+      raise ConfigError(f"{source}: a Whisper snapshot: read it with "
+                        "fusion_jax.encoders.whisper.WhisperEncoder (--speech_extractor hf "
+                        "takes either)")
     if kind not in SPEECH_TYPES:
       raise ConfigError(f"{source}: model_type {kind!r} is not supported as a speech "
                         f"encoder; supported: {', '.join(SPEECH_TYPES)}")

