@@ -42,9 +42,23 @@ from fusion_jax import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("manifest", None, "Manifest CSV: path,transcript,label,speaker[,id].")
-flags.DEFINE_enum("corpus", None, ["ravdess", "meld"], "Build the manifest from a corpus "
-                  "instead of --manifest (RAVDESS file names / a MELD *_sent_emo.csv).")
-flags.DEFINE_string("corpus_dir", None, "RAVDESS folder (Actor_XX/*.wav) or MELD CSV file.")
+flags.DEFINE_enum("corpus", None, ["ravdess", "meld", "tess"], "Build the manifest from a "
+                  "corpus instead of --manifest (RAVDESS file names / a MELD *_sent_emo.csv / "
+                  "TESS folders, in train, val and test splits).")
+flags.DEFINE_string("corpus_dir", None, "RAVDESS folder (Actor_XX/*.wav), MELD CSV file, or "
+                    "the TESS folder (OAF_angry/, …, YAF_sad/).")
+flags.DEFINE_string("tess_splits", None, "TESS only: the folder of the original's split CSVs "
+                    "(train_split.csv, val_split.csv, test_split.csv, path,label,emotion_name; "
+                    "their Colab paths are rebased under --corpus_dir). Default: a 70/15/15 "
+                    "split stratified by emotion (seed 42).")
+flags.DEFINE_enum("preset", None, ["original"], "original: the original pipeline's own "
+                  "extraction: wav2vec2-base-960h and roberta-base (--speech_model / "
+                  "--text_model override; never downloaded), torchaudio's sinc resampling to "
+                  "16 kHz, the clip trimmed to its first and last sample above 1% of its peak, "
+                  "the snapshot's normalisation, last layer, no pooling, one clip at a time; "
+                  "with --corpus tess the transcript 'Say the word W' and the original's files "
+                  "({split}_speech_features.pt, text_{split}_features.pt, {split}_split.csv) "
+                  "that train.py and evaluate.py take with the original's flags.")
 flags.DEFINE_string("meld_audio_dir", None, "MELD only: folder of dia{D}_utt{U}.wav clips.")
 flags.DEFINE_string("audio_root", None, "Folder that relative manifest paths start from "
                     "(default: the manifest's folder).")
@@ -92,6 +106,46 @@ flags.DEFINE_bool("resume", True, "Skip utterances extracted by an earlier or in
 flags.DEFINE_bool("progress", True, "Progress line on stderr.")
 
 
+# What --preset original sets (a flag given on the command line wins).
+ORIGINAL = dict(speech_extractor="hf", speech_model="facebook/wav2vec2-base-960h",
+                text_extractor="hf", text_model="roberta-base", original_layout=True)
+ORIGINAL_SPEECH = dict(trim=0.01, resampler="sinc")
+
+
+def apply_preset() -> None:
+  if FLAGS.preset != "original":
+    return
+  for name, value in ORIGINAL.items():
+    if not FLAGS[name].present:
+      FLAGS[name].value = value
+  if FLAGS.pool not in (None, 1) or FLAGS.speech_hidden_states != "last":
+    cli.fail("--preset original takes the last layer without pooling: drop --pool and "
+             "--speech_hidden_states")
+
+
+def split_manifests():
+  """``{split: (manifest, {modality: feature path}, split CSV)}`` for the flags' corpus."""
+  from fusion_jax import features  # pylint: disable=import-outside-toplevel
+  if FLAGS.corpus == "tess":
+    cli.require("the TESS folder", corpus_dir=FLAGS.corpus_dir)
+    out = {}
+    for split, m in features.corpora.tess_manifests(FLAGS.corpus_dir, FLAGS.tess_splits).items():
+      if FLAGS.preset == "original":
+        paths = {"speech": f"{split}_speech_features.npz", "text": f"text_{split}_features.npz"}
+        csv = f"{split}_split.csv"
+      else:
+        stem = f"{FLAGS.prefix or 'tess'}_{split}"
+        paths, csv = {"speech": f"{stem}_speech.npz", "text": f"{stem}_text.npz"}, \
+            f"{stem}_split.csv"
+      out[split] = (m, {k: os.path.join(FLAGS.out_dir, v) for k, v in paths.items()},
+                    os.path.join(FLAGS.out_dir, csv))
+    return out
+  manifest, default_prefix = manifest_from_flags()
+  prefix = os.path.join(FLAGS.out_dir, FLAGS.prefix or default_prefix)
+  return {"": (manifest, {m: f"{prefix}_{m}.npz" for m in ("speech", "text")},
+               f"{prefix}_split.csv")}
+
+
 def manifest_from_flags():
   from fusion_jax import features  # pylint: disable=import-outside-toplevel
   names = [c.strip() for c in FLAGS.class_names.split(",")] if FLAGS.class_names else None
@@ -117,50 +171,66 @@ def model_option(extractor: str, model, modality: str) -> dict:
   return {"model_dir": model} if model else {}
 
 
+def make_jobs(manifests) -> list:
+  """``[(modality, extractor)]`` for the flags (each loaded once for every split)."""
+  from fusion_jax import features  # pylint: disable=import-outside-toplevel
+  from fusion_jax.data.errors import DataError  # pylint: disable=import-outside-toplevel
+  hidden = lambda h: {"hidden_states": h} if h != "last" else {}
+  jobs = []
+  if FLAGS.speech_extractor:
+    for manifest, _, _ in manifests:
+      if not any(manifest.frame["path"]):
+        raise DataError(manifest.source, "no audio paths, so no speech features",
+                        field="path", hint="drop --speech_extractor or give the audio")
+    preset = ORIGINAL_SPEECH if FLAGS.preset == "original" else {}
+    if preset and FLAGS.speech_extractor != "hf":
+      cli.fail("--preset original runs a Hugging Face snapshot: --speech_extractor hf")
+    jobs.append(("speech", features.make_extractor(
+        FLAGS.speech_extractor, **({"pool": FLAGS.pool} if FLAGS.pool else {}),
+        **({"n_mels": FLAGS.n_mels} if FLAGS.n_mels else {}),
+        **model_option(FLAGS.speech_extractor, FLAGS.speech_model, "speech"),
+        **hidden(FLAGS.speech_hidden_states), **preset)))
+  if FLAGS.text_extractor:
+    name = "hf_text" if FLAGS.text_extractor == "hf" else FLAGS.text_extractor
+    jobs.append(("text", features.make_extractor(
+        name, **model_option(name, FLAGS.text_model, "text"),
+        **hidden(FLAGS.text_hidden_states),
+        **({"context": FLAGS.context} if FLAGS.context else {}))))
+  for modality, ex in jobs:
+    if ex.modality != modality:
+      cli.fail(f"--{modality}_extractor={ex.name} is a {ex.modality} extractor")
+  return jobs
+
+
 def main(argv):
   del argv
+  apply_preset()
   if not FLAGS.speech_extractor and not FLAGS.text_extractor:
     cli.fail("nothing to do: give --speech_extractor and/or --text_extractor")
   from fusion_jax import features  # pylint: disable=import-outside-toplevel
   from fusion_jax.data.errors import DataError  # pylint: disable=import-outside-toplevel
+  failed = False
   try:
-    manifest, default_prefix = manifest_from_flags()
-    prefix = os.path.join(FLAGS.out_dir, FLAGS.prefix or default_prefix)
+    splits = split_manifests()
     if FLAGS.context:
-      if "turn" not in manifest.frame.columns:
-        raise DataError(manifest.source, "--context needs the order of lines in each "
-                        "dialogue", field="turn", hint="add a turn column (the speaker/group "
-                        "column names the dialogue), or use --corpus meld")
-      manifest.frame["context"] = features.corpora.dialogue_context(manifest.frame,
-                                                                    FLAGS.context)
-    hidden = lambda h: {"hidden_states": h} if h != "last" else {}
-    jobs = []
-    if FLAGS.speech_extractor:
-      if not any(manifest.frame["path"]):
-        raise DataError(manifest.source, "no audio paths, so no speech features",
-                        field="path", hint="drop --speech_extractor or give the audio")
-      jobs.append(("speech", features.make_extractor(
-          FLAGS.speech_extractor, **({"pool": FLAGS.pool} if FLAGS.pool else {}),
-          **({"n_mels": FLAGS.n_mels} if FLAGS.n_mels else {}),
-          **model_option(FLAGS.speech_extractor, FLAGS.speech_model, "speech"),
-          **hidden(FLAGS.speech_hidden_states))))
-    if FLAGS.text_extractor:
-      name = "hf_text" if FLAGS.text_extractor == "hf" else FLAGS.text_extractor
-      jobs.append(("text", features.make_extractor(
-          name, **model_option(name, FLAGS.text_model, "text"),
-          **hidden(FLAGS.text_hidden_states),
-          **({"context": FLAGS.context} if FLAGS.context else {}))))
-    for modality, ex in jobs:
-      if ex.modality != modality:
-        cli.fail(f"--{modality}_extractor={ex.name} is a {ex.modality} extractor")
-    print(f"{len(manifest)} utterances, {len(manifest.class_names)} classes "
-          f"{manifest.class_names} from {manifest.source}", flush=True)
-    out = features.extract_aligned(
-        manifest, {m: (ex, f"{prefix}_{m}.npz") for m, ex in jobs},
-        f"{prefix}_split.csv", batch_size=FLAGS.batch_size,
-        original_layout=FLAGS.original_layout, resume=FLAGS.resume, progress=FLAGS.progress)
-    failed = out.failed
-    print(f"Wrote {out.split_csv}", flush=True)
+      for manifest, _, _ in splits.values():
+        if "turn" not in manifest.frame.columns:
+          raise DataError(manifest.source, "--context needs the order of lines in each "
+                          "dialogue", field="turn", hint="add a turn column (the "
+                          "speaker/group column names the dialogue), or use --corpus meld")
+        manifest.frame["context"] = features.corpora.dialogue_context(manifest.frame,
+                                                                      FLAGS.context)
+    jobs = make_jobs(list(splits.values()))
+    for split, (manifest, paths, split_csv) in splits.items():
+      print(f"{split + ': ' if split else ''}{len(manifest)} utterances, "
+            f"{len(manifest.class_names)} classes {manifest.class_names} from "
+            f"{manifest.source}", flush=True)
+      out = features.extract_aligned(
+          manifest, {m: (ex, paths[m]) for m, ex in jobs}, split_csv,
+          batch_size=FLAGS.batch_size, original_layout=FLAGS.original_layout,
+          resume=FLAGS.resume, progress=FLAGS.progress)
+      failed = failed or bool(out.failed)
+      print(f"Wrote {out.split_csv}", flush=True)
   except cli.USER_ERRORS as e:
     cli.fail(str(e))
   if failed:

@@ -212,6 +212,122 @@ def make_whisper(root: str) -> None:
     print(f"{name}: {sum(p.numel() for p in model.encoder.parameters())} encoder parameters")
 
 
+# ------------------------------------------------------------------ the original's extraction
+TESS_CLIPS = [("OAF_angry", "OAF_back_angry", 24414), ("OAF_Pleasant_surprise", "OAF_dip_ps", 24414),
+              ("YAF_sad", "YAF_near_sad", 24414), ("YAF_pleasant_surprised", "YAF_moon_ps", 16000),
+              ("OAF_Fear", "OAF_tip_fear", 24414), ("YAF_disgust", "YAF_wag_disgust", 24414),
+              ("OAF_happy", "OAF_luck_happy", 24414), ("YAF_neutral", "YAF_turn_neutral", 24414),
+              ("YAF_angry", "YAF_mob_angry", 24414), ("OAF_neutral", "OAF_jar_neutral", 24414)]
+TESS_LABELS = {"angry": 0, "disgust": 1, "fear": 2, "happy": 3, "neutral": 4,
+               "pleasant_surprise": 5, "sad": 6}
+TESS_SPLIT_ROWS = {"train": [0, 5, 4, 6, 7, 3, 2], "val": [1, 8], "test": [9]}   # train: all 7
+
+
+def torchaudio_resample(waveform: torch.Tensor, orig: int, new: int) -> torch.Tensor:
+  """torchaudio.transforms.Resample(orig, new) with its defaults, written out from its
+  source (torchaudio does not install beside torch 2.13): the dense float64 kernel cast to
+  float32, then a strided conv1d."""
+  import math  # pylint: disable=import-outside-toplevel
+  g = math.gcd(orig, new)
+  o, n = orig // g, new // g
+  lw, base = 6, min(o, n) * 0.99
+  width = math.ceil(lw * o / base)
+  idx = torch.arange(-width, width + o, dtype=torch.float64)[None, None] / o
+  t = torch.arange(0, -n, -1)[:, None, None] / n + idx
+  t *= base
+  t = t.clamp_(-lw, lw)
+  window = torch.cos(t * math.pi / lw / 2) ** 2
+  t *= math.pi
+  kernels = torch.where(t == 0, torch.tensor(1.0).to(t), t.sin() / t)
+  kernels = (kernels * window * (base / o)).to(torch.float32)
+  length = waveform.shape[-1]
+  x = torch.nn.functional.pad(waveform.view(-1, length), (width, width + o))
+  y = torch.nn.functional.conv1d(x[:, None], kernels, stride=o)
+  y = y.transpose(1, 2).reshape(x.shape[0], -1)
+  return y[..., :math.ceil(n * length / o)]
+
+
+def original_features(model, extractor, tokenizer, text_model, paths) -> dict:
+  """The original's extract_and_cache / extract_text_features_from_split on these files:
+  torchaudio-style load (int16 / 32768), resample, 1 %-of-peak trim, the feature
+  extractor's normalisation, last_hidden_state; "Say the word W" through the tokenizer
+  (truncation), last_hidden_state; both padded with a 0/1 mask."""
+  import wave  # pylint: disable=import-outside-toplevel
+  speech, text = [], []
+  with torch.no_grad():
+    for p in paths:
+      with wave.open(p, "rb") as w:
+        sr = w.getframerate()
+        pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2")
+      waveform = torch.from_numpy(pcm.astype(np.float32) / 32768.0)[None]
+      if sr != 16000:
+        waveform = torchaudio_resample(waveform, sr, 16000)
+      energy = waveform.abs().squeeze()
+      mask = energy > (energy.max() * 0.01)
+      if mask.any():
+        ind = torch.where(mask)[0]
+        waveform = waveform[:, ind[0]:ind[-1] + 1]
+      inputs = extractor(waveform.squeeze().numpy(), sampling_rate=16000,
+                         return_tensors="pt").input_values
+      speech.append(model(inputs).last_hidden_state.squeeze(0))
+      word = os.path.basename(p).replace(".wav", "").split("_")[1]
+      enc = tokenizer(f"Say the word {word}", return_tensors="pt", truncation=True)
+      text.append(text_model(**enc).last_hidden_state.squeeze(0))
+  out = {}
+  for name, seqs in (("speech", speech), ("text", text)):
+    padded = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True)
+    m = torch.zeros(padded.shape[:2])
+    for i, f in enumerate(seqs):
+      m[i, :f.shape[0]] = 1
+    out[f"{name}_x"], out[f"{name}_m"] = padded.numpy(), m.numpy()
+  return out
+
+
+def make_tess(hf_root: str, root: str) -> None:
+  """A ten-clip TESS tree (24 414 Hz as the corpus, one clip at 16 kHz), the original's split
+  CSVs with Colab paths, and what the original's extraction makes of them with the
+  wav2vec2_base and roberta fixtures (``reference.npz``: per split x, m, y)."""
+  import wave  # pylint: disable=import-outside-toplevel
+  shutil.rmtree(root, ignore_errors=True)
+  rng = np.random.default_rng(7)
+  paths = []
+  for folder, stem, sr in TESS_CLIPS:
+    n = int(0.35 * sr)
+    t = np.arange(n) / sr
+    voice = np.sin(2 * np.pi * (180 + 60 * rng.random()) * t) * np.hanning(n) ** 0.5
+    x = 0.002 * rng.standard_normal(n) + 0.5 * voice * ((t > 0.06) & (t < 0.3))
+    os.makedirs(os.path.join(root, "TESS", folder), exist_ok=True)
+    path = os.path.join(root, "TESS", folder, stem + ".wav")
+    with wave.open(path, "wb") as w:
+      w.setnchannels(1)
+      w.setsampwidth(2)
+      w.setframerate(sr)
+      w.writeframes((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
+    paths.append(path)
+  os.makedirs(os.path.join(root, "Data Split"))
+  speech_dir, text_dir = os.path.join(hf_root, "wav2vec2_base"), os.path.join(hf_root, "roberta")
+  model = T.Wav2Vec2Model.from_pretrained(speech_dir).eval()
+  fe = T.Wav2Vec2FeatureExtractor.from_pretrained(speech_dir)
+  text_model = T.RobertaModel.from_pretrained(text_dir, add_pooling_layer=False).eval()
+  tok = T.AutoTokenizer.from_pretrained(text_dir)
+  ref = {}
+  for split, rows in TESS_SPLIT_ROWS.items():
+    emotions = [TESS_CLIPS[r][0].split("_")[-1].lower() for r in rows]
+    emotions = [{"surprised": "pleasant_surprise", "surprise": "pleasant_surprise"}.get(e, e)
+                for e in emotions]
+    with open(os.path.join(root, "Data Split", f"{split}_split.csv"), "w") as f:
+      f.write("path,label,emotion_name\n")
+      for r, e in zip(rows, emotions):
+        folder, stem, _ = TESS_CLIPS[r]
+        f.write(f"/content/TESS_Toronto_emotional_speech_set_data/{folder}/{stem}.wav,"
+                f"{TESS_LABELS[e]},{e}\n")
+    feats = original_features(model, fe, tok, text_model, [paths[r] for r in rows])
+    ref.update({f"{split}_{k}": v for k, v in feats.items()})
+    ref[f"{split}_y"] = np.array([TESS_LABELS[e] for e in emotions], np.int64)
+  np.savez_compressed(os.path.join(root, "reference.npz"), **ref)
+  print(f"tess: {len(paths)} clips, splits {[len(r) for r in TESS_SPLIT_ROWS.values()]}")
+
+
 def bpe_tokenizer(specials: list) -> T.PreTrainedTokenizerFast:
   """A byte-level BPE as RoBERTa's: ``<s> A </s>``, no prefix space."""
   from tokenizers import ByteLevelBPETokenizer, processors  # pylint: disable=import-outside-toplevel
@@ -317,7 +433,7 @@ def main():
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("out", help="output folder (tests/fixtures/hf for the committed ones)")
   parser.add_argument("--full", action="store_true", help="full-size random models instead")
-  parser.add_argument("--only", choices=["speech", "whisper", "text"], default=None,
+  parser.add_argument("--only", choices=["speech", "whisper", "text", "tess"], default=None,
                       help="remake one family of fixtures only")
   args = parser.parse_args()
   if args.full:
@@ -327,6 +443,8 @@ def main():
                        ("text", make_text)):
     if args.only in (None, family):
       make(args.out)
+  if args.only in (None, "tess"):   # after the speech and text fixtures it runs
+    make_tess(args.out, os.path.join(os.path.dirname(os.path.normpath(args.out)), "tess"))
 
 
 if __name__ == "__main__":

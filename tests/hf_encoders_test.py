@@ -389,3 +389,117 @@ def test_the_hf_extractor_runs_whisper_snapshots_too():
   want = r["hidden1"].transpose(1, 0, 2).reshape(-1, 48)
   assert got.shape == ((want.shape[0] + 1) // 2, 48)
   np.testing.assert_allclose(got[0], want[:2].mean(0), atol=1e-4 * np.abs(want).max())
+
+
+# ------------------------------------------------------------------ the original's extraction
+TESS = os.path.join(FIXTURES, "tess")
+
+
+def dense_torchaudio_resample(x, orig, new):
+  """torchaudio's sinc_interp_hann Resample as its source writes it (dense kernel, float64
+  here, but -j/new rounded to float32: torch divides an integer arange in its default
+  dtype), for small gcd-reduced rates."""
+  import math  # pylint: disable=import-outside-toplevel
+  g = math.gcd(orig, new)
+  o, n = orig // g, new // g
+  base = min(o, n) * 0.99
+  width = math.ceil(6 * o / base)
+  phase = (np.arange(0, -n, -1) / n).astype(np.float32).astype(np.float64)
+  t = (phase[:, None] + np.arange(-width, width + o)[None] / o) * base
+  t = np.clip(t, -6, 6)
+  window = np.cos(t * math.pi / 12) ** 2
+  t = t * math.pi
+  with np.errstate(invalid="ignore", divide="ignore"):
+    kernel = np.where(t == 0, 1.0, np.sin(t) / t) * window * base / o
+  xp = np.pad(np.asarray(x, np.float64), (width, width + o))
+  blocks = (xp.size - kernel.shape[1]) // o + 1
+  y = np.stack([kernel @ xp[k * o:k * o + kernel.shape[1]] for k in range(blocks)]).ravel()
+  return y[:math.ceil(n * len(x) / o)]
+
+
+@pytest.mark.parametrize("orig,new", [(22050, 16000), (48000, 16000), (8000, 16000),
+                                      (44100, 16000)])
+def test_sinc_resampling_is_torchaudios(orig, new):
+  from fusion_jax.features import audio  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(orig)
+  x = (rng.standard_normal(orig // 20) * 0.3).astype(np.float32)
+  got = audio.resample_sinc(x, orig, new)
+  want = dense_torchaudio_resample(x, orig, new)
+  assert got.shape == want.shape == (-(-new * x.size // orig),)
+  np.testing.assert_allclose(got, want, atol=2e-6)
+
+
+def test_trim_keeps_the_span_above_the_fraction_of_the_peak():
+  from fusion_jax.features import audio  # pylint: disable=import-outside-toplevel
+  x = np.array([0.001, -0.005, 0.3, -1.0, 0.02, 0.011, 0.004, 0.0], np.float32)
+  np.testing.assert_array_equal(audio.trim_to_peak(x, 0.01), x[2:6])   # 0.011 > 0.01, 0.004 not
+  np.testing.assert_array_equal(audio.trim_to_peak(np.zeros(4, np.float32), 0.01), np.zeros(4))
+
+
+def test_tess_folders_and_the_originals_split_csvs():
+  from fusion_jax.features import corpora  # pylint: disable=import-outside-toplevel
+  whole = corpora.tess_manifest(os.path.join(TESS, "TESS"))
+  f = whole.frame.set_index("id")
+  assert len(f) == 10 and whole.class_names == list(corpora.TESS_EMOTIONS)
+  assert f.loc["OAF_dip_ps", "emotion"] == "pleasant_surprise" == f.loc["YAF_moon_ps", "emotion"]
+  assert f.loc["OAF_back_angry", "transcript"] == "Say the word back"
+  assert (f.loc["YAF_near_sad", "speaker"], f.loc["YAF_near_sad", "label"]) == ("YAF", 6)
+  splits = corpora.tess_manifests(os.path.join(TESS, "TESS"), os.path.join(TESS, "Data Split"))
+  assert [len(m) for m in splits.values()] == [7, 2, 1]
+  assert splits["val"].frame["id"].tolist() == ["OAF_dip_ps", "YAF_mob_angry"]   # CSV order
+  assert all(os.path.exists(p) for m in splits.values() for p in m.frame["path"])
+  ours = corpora.tess_manifests(os.path.join(TESS, "TESS"))
+  assert sorted(sum((m.frame["id"].tolist() for m in ours.values()), [])) == sorted(f.index)
+
+
+def test_a_split_csv_whose_label_disagrees_with_tess_names_the_row(tmp_path):
+  from fusion_jax.features import corpora  # pylint: disable=import-outside-toplevel
+  lines = (open(os.path.join(TESS, "Data Split", "train_split.csv")).read().splitlines())
+  lines[-1] = lines[-1].replace(",6,sad", ",3,sad")
+  (tmp_path / "train_split.csv").write_text("\n".join(lines) + "\n")
+  with pytest.raises(DataError, match=r"train_split.csv.*row 6.*label '3' with emotion_name "
+                     r"'sad' is not TESS's map \(angry 0, disgust 1"):
+    corpora.tess_split_manifest(os.path.join(TESS, "TESS"), tmp_path / "train_split.csv")
+
+
+def test_preset_original_writes_the_originals_files_and_train_reads_them(tmp_path):
+  """--preset original --corpus tess: the .pt files equal what the original's extraction
+  (transformers, torchaudio's resampling, the 1 % trim) made of the same wavs with the same
+  snapshots (scripts/make_hf_fixtures.py), and train.py runs on them with the original's
+  flags."""
+  from fusion_jax.data import torch_pickle  # pylint: disable=import-outside-toplevel
+  from tests.binaries import TINY, run  # pylint: disable=import-outside-toplevel
+  out = tmp_path / "f"
+  proc = run("extract_features.py", "--preset=original", "--corpus=tess",
+             f"--corpus_dir={TESS}/TESS", f"--tess_splits={TESS}/Data Split",
+             f"--speech_model={HF}/wav2vec2_base", f"--text_model={HF}/roberta",
+             f"--out_dir={out}", "--noprogress")
+  assert "train: 7 utterances" in proc.stdout and "test: 1 utterances" in proc.stdout
+  r = ref_tess = np.load(os.path.join(TESS, "reference.npz"))
+  for split in ("train", "val", "test"):
+    for modality, name in (("speech", f"{split}_speech_features.pt"),
+                           ("text", f"text_{split}_features.pt")):
+      got = torch_pickle.load_torch_file(str(out / name))
+      want_x, want_m = r[f"{split}_{modality}_x"], r[f"{split}_{modality}_m"]
+      assert got["x"].shape == want_x.shape, (split, modality)
+      np.testing.assert_array_equal(got["m"], want_m)
+      assert rel_err(got["x"], want_x) < TOL, (split, modality)
+      np.testing.assert_array_equal(got["y"], ref_tess[f"{split}_y"])
+    csv = (out / f"{split}_split.csv").read_text().splitlines()
+    assert csv[0].startswith("path,label,emotion_name")
+  side = json.loads((out / "train_speech_features.json").read_text())
+  fp = side["extractor"] if "extractor" in side else side["preprocessing"]["extractor"]
+  assert (fp["options"]["trim"], fp["options"]["resampler"]) == (0.01, "sinc")
+  run("train.py", f"--train_speech_features={out}/train_speech_features.pt",
+      f"--train_text_features={out}/text_train_features.pt",
+      f"--val_speech_features={out}/val_speech_features.pt",
+      f"--val_text_features={out}/text_val_features.pt", f"--csv_path={out}/train_split.csv",
+      f"--config={TINY}", "--variants=concatenation", "--epochs=1", "--batch_size=2",
+      f"--model_dir={tmp_path}/m", f"--results_dir={tmp_path}/r", "--noexport_torch")
+  assert (tmp_path / "r" / "fusion_variants_comparison.txt").exists()
+  run("evaluate.py", f"--test_speech_features={out}/test_speech_features.pt",
+      f"--test_text_features={out}/text_test_features.pt", f"--csv_path={out}/train_split.csv",
+      f"--test_csv_path={out}/test_split.csv", f"--model_dir={tmp_path}/m",
+      f"--results_dir={tmp_path}/e", f"--config={TINY}", "--variants=concatenation",
+      "--noanalysis")
+  assert (tmp_path / "e" / "test_results" / "test_metrics_comparison.txt").exists()

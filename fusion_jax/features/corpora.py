@@ -1,7 +1,9 @@
-"""Manifests of public corpora: RAVDESS speech (file-name coding) and MELD transcripts.
+"""Manifests of public corpora: RAVDESS speech (file-name coding), MELD transcripts and
+TESS, the original pipeline's corpus (folder names and its split CSVs).
 
   >>> m = ravdess_manifest("data/ravdess16k")      # 16 actors × 60 clips → 960 rows
   >>> m.frame[["id", "emotion", "speaker", "transcript"]].head()
+  >>> splits = tess_manifests("TESS/", "Data Split/")   # {"train": …, "val": …, "test": …}
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import re
 import unicodedata
 from typing import Optional
 
+import numpy as np
 import pandas as pd
 
 from fusion_jax.data.errors import DataError
@@ -24,6 +27,11 @@ RAVDESS_STATEMENTS = {1: "Kids are talking by the door", 2: "Dogs are sitting by
 _RAVDESS_NAME = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)$")
 
 MELD_EMOTIONS = ("neutral", "joy", "surprise", "anger", "sadness", "disgust", "fear")
+
+# The original's label map, and its spellings of the folders (OAF_Pleasant_surprise, …).
+TESS_EMOTIONS = ("angry", "disgust", "fear", "happy", "neutral", "pleasant_surprise", "sad")
+_TESS_ALIASES = {"surprised": "pleasant_surprise", "surprise": "pleasant_surprise"}
+TESS_SPLITS = ("train", "val", "test")
 
 
 def parse_ravdess_name(path: str) -> dict:
@@ -158,3 +166,106 @@ def dialogue_context(frame: pd.DataFrame, lines: int, *, dialogue: str = "speake
       past = [r2 for r2 in rows[max(0, j - lines):j] if turns[r2] < turns[r]]
       out[r] = " | ".join(f"{names[p]}: {texts[p]}" if names[p] else texts[p] for p in past)
   return out
+
+
+def tess_emotion(folder: str) -> Optional[str]:
+  """The emotion a TESS folder holds (``OAF_angry`` → angry, ``YAF_pleasant_surprised`` →
+  pleasant_surprise), as the original reads it; ``None`` for other folders."""
+  raw = folder.split("_")[-1].lower()
+  raw = _TESS_ALIASES.get(raw, raw)
+  return raw if raw in TESS_EMOTIONS else None
+
+
+def tess_transcript(path: str) -> str:
+  """The original's transcript of a TESS clip: ``OAF_back_angry.wav`` → "Say the word back".
+
+  Raises:
+    DataError: a file name without the word (no ``_``).
+  """
+  parts = os.path.splitext(os.path.basename(path))[0].split("_")
+  if len(parts) < 2:
+    raise DataError(path, "not a TESS file name (expected SPEAKER_word_emotion.wav)",
+                    field="file name")
+  return f"Say the word {parts[1]}"
+
+
+def _tess_row(path: str, emotion: str) -> dict:
+  return dict(path=path, id=os.path.splitext(os.path.basename(path))[0], label=emotion,
+              transcript=tess_transcript(path),
+              speaker=os.path.basename(os.path.dirname(path)).split("_")[0])
+
+
+def tess_manifest(root) -> Manifest:
+  """Every TESS clip under ``root`` (``OAF_angry/OAF_back_angry.wav``, …), labelled by its
+  folder as the original does; columns ``id, path, transcript, label, speaker`` (OAF/YAF).
+
+  Raises:
+    DataError: no emotion folders with .wav files under ``root``.
+  """
+  root = os.fspath(root)
+  records = []
+  for folder in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+    emotion = tess_emotion(folder)
+    if emotion is None or folder.startswith(".") or not os.path.isdir(
+        os.path.join(root, folder)):
+      continue
+    records += [_tess_row(os.path.abspath(f), emotion)
+                for f in sorted(glob.glob(os.path.join(root, folder, "*.wav")))]
+  if not records:
+    raise DataError(root, "no TESS clips found (emotion folders such as OAF_angry/ with .wav "
+                    "files)", hint="point --corpus_dir at TESS_Toronto_emotional_speech_set_data")
+  return manifest_from_frame(pd.DataFrame.from_records(records),
+                             os.path.join(root, "<TESS folders>"), class_names=TESS_EMOTIONS)
+
+
+def tess_split_manifest(root, split_csv) -> Manifest:
+  """One of the original's split CSVs (``path,label,emotion_name``, written on Colab:
+  ``/content/TESS_…/YAF_neutral/YAF_turn_neutral.wav``), its paths rebased under ``root``
+  (the last folder and the file name), rows in the CSV's order.
+
+  Raises:
+    DataError: a missing column, a label that is not TESS's for its emotion_name (the
+      original's map), naming the CSV and the row.
+  """
+  split_csv = os.fspath(split_csv)
+  try:
+    frame = pd.read_csv(split_csv, dtype=str, keep_default_na=False)
+  except (OSError, ValueError) as e:
+    raise DataError(split_csv, f"unreadable split CSV ({e})") from None
+  missing = [c for c in ("path", "label", "emotion_name") if c not in frame.columns]
+  if missing:
+    raise DataError(split_csv, f"missing column(s) {missing}; the original's split CSVs have "
+                    "path,label,emotion_name", field=missing[0])
+  records = []
+  for r, row in enumerate(frame.itertuples(index=False)):
+    name = row.emotion_name.strip()
+    if name not in TESS_EMOTIONS or row.label.strip() != str(TESS_EMOTIONS.index(name)):
+      raise DataError(split_csv, f"label {row.label!r} with emotion_name {name!r} is not "
+                      f"TESS's map ({', '.join(f'{n} {i}' for i, n in enumerate(TESS_EMOTIONS))})",
+                      field="label", row=r)
+    parts = row.path.replace("\\", "/").rstrip("/").split("/")
+    records.append(_tess_row(os.path.abspath(os.path.join(root, *parts[-2:])), name))
+  return manifest_from_frame(pd.DataFrame.from_records(records), split_csv,
+                             class_names=TESS_EMOTIONS)
+
+
+def tess_manifests(root, split_dir: Optional[str] = None, seed: int = 42) -> dict:
+  """``{"train", "val", "test"}`` manifests of TESS: the original's split CSVs in
+  ``split_dir`` (``train_split.csv``, ``val_split.csv``, ``test_split.csv``: its
+  ``Data Split/`` folder), else a 70/15/15 split stratified by emotion (``seed``; not the
+  original's own permutation, which followed its file system's listing order)."""
+  if split_dir:
+    return {s: tess_split_manifest(root, os.path.join(split_dir, f"{s}_split.csv"))
+            for s in TESS_SPLITS}
+  whole = tess_manifest(root)
+  rng = np.random.default_rng(seed)
+  parts: dict = {s: [] for s in TESS_SPLITS}
+  for emotion in TESS_EMOTIONS:
+    rows = np.flatnonzero(whole.frame["emotion"].to_numpy() == emotion)
+    rows = rows[rng.permutation(rows.size)]
+    cut = [round(rows.size * 0.7), round(rows.size * 0.85)]
+    for s, chunk in zip(TESS_SPLITS, np.split(rows, cut)):
+      parts[s] += chunk.tolist()
+  return {s: manifest_from_frame(whole.frame.iloc[sorted(rows)].reset_index(drop=True),
+                                 whole.source, class_names=TESS_EMOTIONS)
+          for s, rows in parts.items()}

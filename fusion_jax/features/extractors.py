@@ -251,9 +251,20 @@ class HFSpeechExtractor(_HFExtractor):
   layer (``last_hidden_state``) or every hidden state, averaged over ``pool`` frames."""
   name, modality = "hf", "speech"
 
+  REBUILD = _HFExtractor.REBUILD + ("trim", "resampler")
+
   def __init__(self, model: str, pool: int = 1, hidden_states: str = "last",
-               batch_seconds: Optional[float] = None, batch_size: int = 4):
+               batch_seconds: Optional[float] = None, batch_size: int = 4, trim: float = 0.0,
+               resampler: str = "polyphase"):
+    """``trim``: keep the span between the first and last sample above this fraction of the
+    clip's peak (0: the whole clip; the original's extraction: 0.01). ``resampler``: for
+    clips not at 16 kHz, ``polyphase`` or ``sinc`` (torchaudio's, as the original)."""
     from fusion_jax.encoders import hub, speech, whisper  # pylint: disable=import-outside-toplevel
+    if not 0.0 <= float(trim) < 1.0:
+      raise ValueError(f"trim must be a fraction of the peak in [0, 1), got {trim}")
+    if resampler not in audio.RESAMPLERS:
+      raise ValueError(f"resampler must be one of {audio.RESAMPLERS}, got {resampler!r}")
+    self.trim, self.resampler = float(trim), resampler
     snapshot = hub.resolve(model)
     self.model_type, self.pool = snapshot.config().get("model_type"), int(pool)
     if self.model_type == "whisper":
@@ -269,7 +280,16 @@ class HFSpeechExtractor(_HFExtractor):
     self.frame_rate = rate / self.pool
 
   def options(self) -> dict:
-    return dict(super().options(), pool=self.pool)
+    out = dict(super().options(), pool=self.pool)
+    if self.trim:   # (absent at their defaults: earlier files keep their fingerprint)
+      out["trim"] = self.trim
+    if self.resampler != "polyphase":
+      out["resampler"] = self.resampler
+    return out
+
+  def load(self, row: dict, source: str, index: int):
+    x = audio.read_audio(row["path"], self.sample_rate, resampler=self.resampler)
+    return audio.trim_to_peak(x, self.trim) if self.trim else x
 
   def compute(self, items):
     items = list(items)
