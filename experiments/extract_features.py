@@ -162,15 +162,6 @@ def manifest_from_flags():
           os.path.splitext(os.path.basename(FLAGS.manifest))[0])
 
 
-def model_option(extractor: str, model, modality: str) -> dict:
-  """``--speech_model`` / ``--text_model`` as the extractor names it."""
-  if extractor in ("hf", "hf_text"):
-    cli.require(f"a Hugging Face snapshot for --{modality}_extractor=hf",
-                **{f"{modality}_model": model})
-    return {"model": model}
-  return {"model_dir": model} if model else {}
-
-
 def make_jobs(manifests) -> list:
   """``[(modality, extractor)]`` for the flags (each loaded once for every split)."""
   from fusion_jax import features  # pylint: disable=import-outside-toplevel
@@ -185,20 +176,15 @@ def make_jobs(manifests) -> list:
     preset = ORIGINAL_SPEECH if FLAGS.preset == "original" else {}
     if preset and FLAGS.speech_extractor != "hf":
       cli.fail("--preset original runs a Hugging Face snapshot: --speech_extractor hf")
-    jobs.append(("speech", features.make_extractor(
-        FLAGS.speech_extractor, **({"pool": FLAGS.pool} if FLAGS.pool else {}),
+    jobs.append(("speech", features.extractors.make_for(
+        "speech", FLAGS.speech_extractor, FLAGS.speech_model,
+        **({"pool": FLAGS.pool} if FLAGS.pool else {}),
         **({"n_mels": FLAGS.n_mels} if FLAGS.n_mels else {}),
-        **model_option(FLAGS.speech_extractor, FLAGS.speech_model, "speech"),
         **hidden(FLAGS.speech_hidden_states), **preset)))
   if FLAGS.text_extractor:
-    name = "hf_text" if FLAGS.text_extractor == "hf" else FLAGS.text_extractor
-    jobs.append(("text", features.make_extractor(
-        name, **model_option(name, FLAGS.text_model, "text"),
-        **hidden(FLAGS.text_hidden_states),
+    jobs.append(("text", features.extractors.make_for(
+        "text", FLAGS.text_extractor, FLAGS.text_model, **hidden(FLAGS.text_hidden_states),
         **({"context": FLAGS.context} if FLAGS.context else {}))))
-  for modality, ex in jobs:
-    if ex.modality != modality:
-      cli.fail(f"--{modality}_extractor={ex.name} is a {ex.modality} extractor")
   return jobs
 
 

@@ -40,7 +40,10 @@ from fusion_jax import cli
 FLAGS = flags.FLAGS
 flags.DEFINE_string("meld_dir", None, "Folder with MELD's train_sent_emo.csv and dev_sent_emo.csv.")
 flags.DEFINE_string("work_dir", "runs/meld", "Features, checkpoints, reports and tables.")
-flags.DEFINE_string("text_extractor", "minilm", "Text features (minilm).")
+flags.DEFINE_string("text_extractor", "minilm", "Text features: minilm, or hf (--text_model).")
+flags.DEFINE_string("text_model", None, "hf: a BERT / RoBERTa / XLM-R snapshot (folder or "
+                    "cached id, e.g. roberta-base; never downloaded). minilm: another BERT "
+                    "folder.")
 flags.DEFINE_integer("context", 0, "Give each line the previous N lines of its dialogue with "
                      "their speakers (\"Who: text | ...\", as MiniLM's segment B; never a later "
                      "line or another dialogue). 0 = the line alone.")
@@ -69,7 +72,7 @@ def main(argv):
   from fusion_jax import io_utils, reports  # pylint: disable=import-outside-toplevel
   from fusion_jax.recipes import meld  # pylint: disable=import-outside-toplevel
   options = meld.Options(
-      text_extractor=FLAGS.text_extractor, context=FLAGS.context,
+      text_extractor=FLAGS.text_extractor, text_model=FLAGS.text_model, context=FLAGS.context,
       text_hidden_states=FLAGS.text_hidden_states,
       train_speech_features=FLAGS.train_speech_features,
       dev_speech_features=FLAGS.dev_speech_features, select_on=FLAGS.select_on,

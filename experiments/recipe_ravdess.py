@@ -36,10 +36,17 @@ flags.DEFINE_string("ravdess_dir", None, "RAVDESS folder holding Actor_XX/*.wav 
                     "(16 kHz mono; other rates are resampled).")
 flags.DEFINE_string("work_dir", "runs/ravdess", "Features, checkpoints, reports and tables.")
 flags.DEFINE_string("speech_extractor", "whisper", "logmel, egemaps, compare, whisper "
-                    "(Whisper tiny.en) or whisper_base (Whisper base, 512-d, ≈ 2.4× the time).")
+                    "(Whisper tiny.en), whisper_base (Whisper base, 512-d, ≈ 2.4× the time) or "
+                    "hf (your own snapshot: --speech_model).")
 flags.DEFINE_integer("pool", None, "Average this many consecutive speech frames (default: "
-                     "logmel, egemaps, compare 8; whisper, whisper_base 4: all 12.5 frames/s).")
-flags.DEFINE_string("text_extractor", "minilm", "Text features (minilm).")
+                     "logmel, egemaps, compare 8; whisper, whisper_base, hf 4: all 12.5 frames/s).")
+flags.DEFINE_string("speech_model", None, "hf: your Hugging Face speech snapshot, a folder or "
+                    "an id in the local cache (e.g. microsoft/wavlm-large, "
+                    "openai/whisper-large-v3; never downloaded). whisper, whisper_base: another "
+                    "CTranslate2 folder.")
+flags.DEFINE_string("text_extractor", "minilm", "Text features: minilm, or hf (--text_model).")
+flags.DEFINE_string("text_model", None, "hf: a BERT / RoBERTa / XLM-R snapshot (folder or "
+                    "cached id, e.g. roberta-base). minilm: another BERT folder.")
 flags.DEFINE_enum("speech_hidden_states", "last", ["last", "all"], "whisper, whisper_base: "
                   "the encoder's last layer, or every hidden state (embeddings + 4 or 6 "
                   "layers, float16), mixed "
@@ -65,7 +72,8 @@ def main(argv):
   from fusion_jax import io_utils, reports  # pylint: disable=import-outside-toplevel
   from fusion_jax.recipes import ravdess  # pylint: disable=import-outside-toplevel
   options = ravdess.Options(
-      speech_extractor=FLAGS.speech_extractor, pool=FLAGS.pool,
+      speech_extractor=FLAGS.speech_extractor, speech_model=FLAGS.speech_model, pool=FLAGS.pool,
+      text_model=FLAGS.text_model,
       speech_hidden_states=FLAGS.speech_hidden_states, text_extractor=FLAGS.text_extractor,
       text_hidden_states=FLAGS.text_hidden_states, folds=FLAGS.folds,
       val_speakers=FLAGS.val_speakers,

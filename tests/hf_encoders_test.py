@@ -503,3 +503,26 @@ def test_preset_original_writes_the_originals_files_and_train_reads_them(tmp_pat
       f"--results_dir={tmp_path}/e", f"--config={TINY}", "--variants=concatenation",
       "--noanalysis")
   assert (tmp_path / "e" / "test_results" / "test_metrics_comparison.txt").exists()
+
+
+def test_the_recipes_take_your_snapshots(tmp_path):
+  """recipe_ravdess.py --speech_extractor hf --speech_model … --text_extractor hf
+  --text_model …: the features are named after the snapshots and the folds run on them."""
+  from tests.binaries import TINY, run  # pylint: disable=import-outside-toplevel
+  from tests.features_test import make_ravdess  # pylint: disable=import-outside-toplevel
+  root = make_ravdess(tmp_path / "rav", actors=(1, 2, 3, 4), emotions=(1, 5), song=False)
+  run("recipe_ravdess.py", f"--ravdess_dir={root}", f"--work_dir={tmp_path}/work",
+      "--speech_extractor=hf", f"--speech_model={HF}/hubert_base", "--text_extractor=hf",
+      f"--text_model={HF}/bert", "--folds=2", "--val_speakers=1", f"--config={TINY}",
+      "--config.train.epochs=1", "--variants=concatenation", "--analyse_folds=",
+      "--nobaseline")
+  fdir = tmp_path / "work" / "features"
+  side = json.loads((fdir / "ravdess_hf_hubert_base.json").read_text())
+  fp = side["extractor"] if "extractor" in side else side["preprocessing"]["extractor"]
+  assert (fp["options"]["model_type"], fp["options"]["pool"]) == ("hubert", 4)
+  assert (fdir / "ravdess_hf_text_bert.npz").exists()
+  summary = json.load(open(tmp_path / "work" / "cv_summary.json"))
+  assert len(summary["variants"]["concatenation"]["runs"]) == 2
+  bad = run("recipe_ravdess.py", f"--ravdess_dir={root}", f"--work_dir={tmp_path}/w2",
+            "--speech_extractor=hf", f"--config={TINY}", check=False)
+  assert bad.returncode == 2 and "--speech_extractor=hf needs --speech_model" in bad.stderr

@@ -45,6 +45,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 import shutil
 from typing import Any, Callable, Optional, Sequence
 
@@ -72,6 +73,11 @@ class Extractor:
   def options(self) -> dict:
     """Everything that changes the output (resuming with other options is refused)."""
     return {}
+
+  def file_tag(self) -> str:
+    """A name for its feature files: the extractor's (and snapshot's), ``_all`` for every
+    hidden state; the recipes name ``{corpus}_{tag}.npz`` with it."""
+    return self.name + ("_all" if self.stack > 1 else "")
 
   def fingerprint(self) -> dict:
     return dict(name=self.name, modality=self.modality, dim=self.dim,
@@ -242,6 +248,10 @@ class _HFExtractor(Extractor):
 
   def fingerprint(self) -> dict:
     return dict(super().fingerprint(), location=self.location)
+
+  def file_tag(self) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", self.snapshot.name).strip("-")
+    return f"{self.name}_{slug}" + ("_all" if self.stack > 1 else "")
 
 
 class HFSpeechExtractor(_HFExtractor):
@@ -473,6 +483,31 @@ def from_fingerprint(fingerprint: dict, model: Optional[str] = None) -> Extracto
           f"{options['sha256'][:12]}…): give that snapshot (--{extractor.modality}_model)")
     raise ValueError(f"the installed {name!r} extractor ({extractor.fingerprint()}) differs "
                      f"from the one the features were made with ({fingerprint})")
+  return extractor
+
+
+def make_for(modality: str, name: str, model: Optional[str] = None, **options) -> Extractor:
+  """The ``modality`` extractor a binary's flags name (``--speech_extractor`` /
+  ``--text_extractor`` with ``--speech_model`` / ``--text_model``): ``hf`` is ``hf_text`` for
+  text; ``model`` is the snapshot of ``hf`` / ``hf_text`` (required) or the weights folder of
+  a packaged one (``whisper``, ``minilm``: optional).
+
+  Raises:
+    ConfigError: ``hf`` without a model, or an extractor of the other modality.
+    ValueError: an unknown name or option (:func:`make_extractor`).
+  """
+  from fusion_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  name = "hf_text" if modality == "text" and name == "hf" else name
+  if name in ("hf", "hf_text"):
+    if not model:
+      raise ConfigError(f"--{modality}_extractor=hf needs --{modality}_model: a Hugging Face "
+                        "snapshot folder or an id in the local cache")
+    options["model"] = model
+  elif model:
+    options["model_dir"] = model
+  extractor = make_extractor(name, **options)
+  if extractor.modality != modality:
+    raise ConfigError(f"--{modality}_extractor={name} is a {extractor.modality} extractor")
   return extractor
 
 

@@ -32,6 +32,7 @@ SCORES = ("accuracy", "uar", "macro_f1", "weighted_f1")
 class Options:
   """The recipe's choices (``experiments/recipe_meld.py``'s flags)."""
   text_extractor: str = "minilm"
+  text_model: Optional[str] = None       # hf: the snapshot; minilm: another BERT folder
   context: int = 0                       # previous lines of the dialogue as context
   text_hidden_states: str = "last"       # or "all" (implied by text fine-tuning)
   train_speech_features: Optional[str] = None
@@ -50,8 +51,11 @@ def _prepare(options: Options, meld_dir: str, work_dir: str, tag: str, csv_name:
     manifest.frame = manifest.frame.iloc[:options.limit].reset_index(drop=True)
   manifest.frame["context"] = corpora.dialogue_context(manifest.frame, options.context)
   fdir = os.path.join(work_dir, "features")
-  name = (f"meld_{tag}_{extractor.name}" + (f"_ctx{options.context}" if options.context else "")
-          + ("_all" if extractor.stack > 1 else "") + ".npz")
+  tag_ = extractor.file_tag()
+  all_ = tag_.endswith("_all")
+  name = (f"meld_{tag}_{tag_[:-4] if all_ else tag_}"
+          + (f"_ctx{options.context}" if options.context else "") + ("_all" if all_ else "")
+          + ".npz")
   out = extract_aligned(manifest, {"text": (extractor, os.path.join(fdir, name))},
                         os.path.join(fdir, f"meld_{tag}_split.csv"), batch_size=256)
   return manifest, out.paths["text"], out.split_csv
@@ -97,8 +101,9 @@ def run(config, meld_dir: str, work_dir: str, options: Options = Options(), *,
   t0 = time.time()
   has_speech = bool(options.train_speech_features)
   hidden = "all" if config.model.text_finetune_layers else options.text_hidden_states
-  extractor = extractors.make_extractor(
-      options.text_extractor, **({"hidden_states": hidden} if hidden != "last" else {}),
+  extractor = extractors.make_for(
+      "text", options.text_extractor, options.text_model,
+      **({"hidden_states": hidden} if hidden != "last" else {}),
       **({"context": options.context} if options.context else {}))
   train_m, train_text, train_csv = _prepare(options, meld_dir, work_dir, "train",
                                             "train_sent_emo.csv", extractor)

@@ -23,16 +23,19 @@ from fusion_jax.features.extract import extract_aligned
 
 # Frames averaged per speech extractor unless Options.pool says otherwise: every extractor
 # at 12.5 frames/s or fewer.
-DEFAULT_POOL = {"logmel": 8, "egemaps": 8, "compare": 8, "whisper": 4, "whisper_base": 4}
+DEFAULT_POOL = {"logmel": 8, "egemaps": 8, "compare": 8, "whisper": 4, "whisper_base": 4,
+                "hf": 4}
 
 
 @dataclasses.dataclass(frozen=True)
 class Options:
   """The recipe's choices (``experiments/recipe_ravdess.py``'s flags)."""
   speech_extractor: str = "whisper"
+  speech_model: Optional[str] = None  # hf: the snapshot (folder or cached id); else weights dir
   pool: Optional[int] = None          # None: DEFAULT_POOL of the extractor (else 1)
   speech_hidden_states: str = "last"  # or "all": every hidden state, mixed by the model
   text_extractor: str = "minilm"
+  text_model: Optional[str] = None    # hf: the snapshot; minilm: another BERT folder
   text_hidden_states: str = "last"
   folds: int = 4
   val_speakers: int = 2
@@ -62,11 +65,11 @@ def run(config, ravdess_dir: str, work_dir: str, options: Options = Options(), *
       f"classes {manifest.class_names}")
   fdir = os.path.join(work_dir, "features")
   pool = options.pool or DEFAULT_POOL.get(options.speech_extractor, 1)
-  speech_ex = extractors.make_extractor(options.speech_extractor, pool=pool,
-                                        **_hidden(options.speech_hidden_states))
-  text_ex = extractors.make_extractor(options.text_extractor,
-                                      **_hidden(options.text_hidden_states))
-  name = lambda ex: f"ravdess_{ex.name}{'_all' if ex.stack > 1 else ''}.npz"
+  speech_ex = extractors.make_for("speech", options.speech_extractor, options.speech_model,
+                                  pool=pool, **_hidden(options.speech_hidden_states))
+  text_ex = extractors.make_for("text", options.text_extractor, options.text_model,
+                                **_hidden(options.text_hidden_states))
+  name = lambda ex: f"ravdess_{ex.file_tag()}.npz"
   out = extract_aligned(
       manifest, {"speech": (speech_ex, os.path.join(fdir, name(speech_ex))),
                  "text": (text_ex, os.path.join(fdir, name(text_ex)))},
