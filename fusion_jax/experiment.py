@@ -83,16 +83,43 @@ def resolve_dims(config, train: Split, *others: Split):
   with config.unlocked():
     config.model.speech_dim, config.model.text_dim = dims["speech"], dims["text"]
     config.model.speech_layers, config.model.text_layers = stacks["speech"], stacks["text"]
-    if config.model.text_finetune_layers:
-      extractor = train.preprocessing.get("text", {}).get("extractor") or {}
-      if stacks["text"] == 1 or not extractor.get("name"):
-        raise DataError(train.sources.get("text") or train.name, "fine-tuning the text "
-                        "encoder (model.text_finetune_layers) needs features of every hidden "
-                        "state from a known extractor", field="stack",
-                        hint="extract with --text_hidden_states=all (e.g. minilm), or set "
-                        "--config.model.text_finetune_layers=0")
-      config.model.text_encoder = extractor["name"]
+    for modality in ("text", "speech"):
+      if config.model[f"{modality}_finetune_layers"]:
+        config.model[f"{modality}_encoder"] = _finetuned_encoder(train, modality,
+                                                                 stacks[modality])
+    config.model.encoder_locations = ",".join(
+        f"{x['options']['sha256']}={x['location']}" for m in ("text", "speech")
+        if config.model[f"{m}_finetune_layers"]
+        for x in [train.preprocessing.get(m, {}).get("extractor") or {}]
+        if "sha256" in x.get("options", {}) and x.get("location"))
   return config
+
+
+def _finetuned_encoder(train: Split, modality: str, stack: int) -> str:
+  """The name of the pretrained encoder whose top layers ``model.{modality}_finetune_layers``
+  trains: the training features' extractor (``minilm``; a Hugging Face snapshot as
+  ``hf@<sha256>``, whose folder the fingerprint records)."""
+  from fusion_jax.encoders import hub  # pylint: disable=import-outside-toplevel
+  from fusion_jax.models import encoders  # pylint: disable=import-outside-toplevel
+  extractor = train.preprocessing.get(modality, {}).get("extractor") or {}
+  flag = f"--config.model.{modality}_finetune_layers"
+  where = train.sources.get(modality) or train.name
+  if stack == 1 or not extractor.get("name"):
+    raise DataError(where, f"fine-tuning the {modality} encoder ({flag[9:]}) needs features of "
+                    "every hidden state from a known extractor", field="stack",
+                    hint=f"extract with --{modality}_hidden_states=all (minilm or hf), or set "
+                    f"{flag}=0")
+  options = extractor.get("options", {})
+  if "sha256" not in options:
+    return extractor["name"]
+  if int(options.get("pool", 1)) != 1:
+    raise DataError(where, f"fine-tuning the {modality} encoder needs its frames as the model "
+                    f"made them, but the features averaged {options['pool']} frames",
+                    field="pool", hint=f"extract with --pool=1, or set {flag}=0")
+  location = extractor.get("location")
+  if location and os.path.isdir(location) and hub.seen(options["sha256"]) is None:
+    hub.remember(options["sha256"], location)
+  return encoders.snapshot_key(extractor["name"], options["sha256"])
 
 
 def resolve_class_weights(config, train: Split, num_classes: int):
@@ -259,7 +286,7 @@ class Experiment:
     if owner not in self._steps:
       model = model_lib.build_model(mc, variant, self.num_classes)
       self._steps[owner] = steps_lib.Steps(
-          model, optim_lib.make_optimizer(optim, finetune=bool(mc.text_finetune_layers)),
+          model, optim_lib.make_optimizer(optim, finetune=mc.finetunes),
           optim.label_smoothing, owner, optim_lib.Loss.from_config(optim),
           microbatch_frames=frames, devices=int(self.mesh.devices.size))
     return self._steps[owner]

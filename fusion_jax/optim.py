@@ -26,7 +26,7 @@ def make_optimizer(optim_cfg, finetune: bool = False) -> optax.GradientTransform
 
   The learning rate is applied in the step from ``TrainState.learning_rate``,
   so the plateau schedule can change it without touching the optimizer state.
-  With ``finetune``, pretrained layers (``models.encoders.SCOPE``) get their own rate,
+  With ``finetune``, pretrained layers (``models.encoders.SCOPES``) get their own rate,
   ``finetune_learning_rate`` (scaled by the plateau schedule like the rest), reached
   by a linear warm-up over ``finetune_warmup_steps`` (``optax.multi_transform``).
   """
@@ -39,7 +39,7 @@ def make_optimizer(optim_cfg, finetune: bool = False) -> optax.GradientTransform
   warmup = max(int(optim_cfg.finetune_warmup_steps), 0)
   ramp = lambda n: ratio * (jnp.minimum((n + 1.0) / warmup, 1.0) if warmup else 1.0)
 
-  labels = lambda params: {k: "finetune" if k == encoders.SCOPE else "model" for k in params}
+  labels = lambda params: {k: "finetune" if k in encoders.SCOPES else "model" for k in params}
   return optax.multi_transform(
       {"model": adam(), "finetune": optax.chain(adam(), optax.scale_by_schedule(ramp))},
       labels)

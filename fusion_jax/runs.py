@@ -349,7 +349,7 @@ class Run:
 
 def _abstract_state(model_cfg, variant: str, num_classes: int, optim_cfg):
   model = model_lib.build_model(model_cfg, variant, num_classes)
-  optimizer = optim_lib.make_optimizer(optim_cfg, finetune=bool(model.config.text_finetune_layers))
+  optimizer = optim_lib.make_optimizer(optim_cfg, finetune=model.config.finetunes)
   params = jax.eval_shape(lambda: model_lib.init_params(model, jax.random.key(0)))
   return steps.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
                           opt_state=jax.eval_shape(optimizer.init, params),

@@ -119,7 +119,7 @@ def test_finetuned_top_equals_the_frozen_encoder_at_step_zero_then_moves(tiny_be
   model = model_lib.build_model(c.model, "text_only", 2)
   opt = optim_lib.make_optimizer(c.optim, finetune=True)
   state = steps.init_state(model, opt, jax.random.key(1), c.optim.learning_rate)
-  pre = encoders.get(TINY).layer_params(1)
+  pre = encoders.get(TINY).top_params(1)["layer_1"]
   jax.tree_util.tree_map(np.testing.assert_array_equal,
                          state.params["text_finetune"]["layer_1"], pre)
   batch = dict(speech=jnp.zeros((3, 1, c.model.speech_dim)), speech_mask=jnp.ones((3, 1)),

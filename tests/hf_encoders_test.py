@@ -526,3 +526,121 @@ def test_the_recipes_take_your_snapshots(tmp_path):
   bad = run("recipe_ravdess.py", f"--ravdess_dir={root}", f"--work_dir={tmp_path}/w2",
             "--speech_extractor=hf", f"--config={TINY}", check=False)
   assert bad.returncode == 2 and "--speech_extractor=hf needs --speech_model" in bad.stderr
+
+
+# ------------------------------------------------------------------ fine-tuning a snapshot's top layers
+@pytest.mark.parametrize("name", ["wav2vec2_base", "wavlm_large", "hubert_large_bn"])
+def test_finetuned_speech_top_equals_the_snapshot_at_step_zero(name):
+  """Post-LN, pre-LN (final LayerNorm after the top) and WavLM (the position bias from layer
+  0's table): the top k layers run on stored state N - k give the stored last state."""
+  import functools  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  from fusion_jax.models import encoders as model_encoders  # pylint: disable=import-outside-toplevel
+  enc = speech.SpeechEncoder.from_pretrained(os.path.join(HF, name))
+  digest = hub.weights_digest(enc.snapshot)
+  hub.remember(digest, enc.snapshot.path)
+  key = model_encoders.snapshot_key("hf", digest)
+  r = ref(name)
+  states = enc.encode([r["clip0"], r["clip1"]], all_layers=True)
+  n = max(s.shape[0] for s in states)
+  x = np.zeros((2, n, 3 * 16), np.float32)
+  m = np.zeros((2, n), np.float32)
+  for i, s in enumerate(states):
+    x[i, :len(s)], m[i, :len(s)] = s.reshape(len(s), -1), 1
+  for k in (1, 2):
+    top = model_encoders.FineTunedTop(key, k, 3)
+    p = top.init(jax.random.key(0), x, m, deterministic=True)["params"]
+    p = model_encoders.load_pretrained({"speech_finetune": p}, key, k,
+                                       "speech_finetune")["speech_finetune"]
+    y = np.asarray(jax.jit(functools.partial(top.apply, deterministic=True))({"params": p}, x, m))
+    for i, s in enumerate(states):
+      assert rel_err(y[i, :len(s)], s[:, -1]) < TOL, (name, k, i)
+      assert not y[i, len(s):].any()
+
+
+def test_fine_tuning_a_speech_snapshot_trains_resumes_and_predicts(tmp_path):
+  """hf features of every hidden state → --config.model.speech_finetune_layers=1: the layers
+  start as the snapshot's and move at their own rate, a cut run resumes to the same weights,
+  and predict.py recomputes features and runs the fine-tuned layers on new recordings."""
+  import pandas as pd  # pylint: disable=import-outside-toplevel
+  from tests.binaries import TINY, run  # pylint: disable=import-outside-toplevel
+  from tests.experiments_standalone_test import _tone_clips  # pylint: disable=import-outside-toplevel
+  from fusion_jax import runs  # pylint: disable=import-outside-toplevel
+  from fusion_jax.models import encoders as model_encoders  # pylint: disable=import-outside-toplevel
+  snap = os.path.join(HF, "wavlm_base")
+  extract = ["--speech_extractor=hf", f"--speech_model={snap}", "--speech_hidden_states=all",
+             "--pool=1", "--text_extractor=hf", f"--text_model={HF}/bert", "--noprogress"]
+  for name, speakers, seed in (("train", ["a", "b"], 0), ("val", ["c"], 1), ("new", ["d"], 2)):
+    rows = _tone_clips(tmp_path / name, [(l, s) for s in speakers for l in ("sad", "happy")
+                                         for _ in range(2)], seed)
+    pd.DataFrame(rows).to_csv(tmp_path / f"{name}.csv", index=False)
+    if name != "new":
+      run("extract_features.py", f"--manifest={tmp_path}/{name}.csv", *extract,
+          f"--out_dir={tmp_path}/f", f"--prefix={name}", "--class_names=sad,happy")
+  f = tmp_path / "f"
+  train = ["train.py", f"--train_speech_features={f}/train_speech.npz",
+           f"--train_text_features={f}/train_text.npz",
+           f"--val_speech_features={f}/val_speech.npz", f"--val_text_features={f}/val_text.npz",
+           f"--csv_path={f}/train_split.csv", f"--config={TINY}", "--variants=speech_only",
+           "--config.model.speech_finetune_layers=1", "--config.optim.finetune_warmup_steps=0",
+           "--config.data.num_buckets=1", f"--results_dir={tmp_path}/r", "--noexport_torch"]
+  run(*train, "--epochs=2", f"--model_dir={tmp_path}/m")
+  got = runs.load_run(str(tmp_path / "m"), "speech_only", 0)
+  mc = got.model_config
+  digest = hub.weights_digest(hub.resolve(snap))
+  assert (mc.speech_finetune_layers, mc.speech_encoder) == (1, f"hf@{digest}")
+  assert mc.encoder_locations == f"{digest}={snap}"   # how this process found the snapshot
+  pre = model_encoders.get(mc.speech_encoder).top_params(1)
+  moved = [float(np.abs(np.asarray(a) - b).max()) for a, b in zip(
+      jax_leaves(got.params["speech_finetune"]), jax_leaves(pre))]
+  assert min(moved) >= 0 and max(moved) > 1e-6
+  # cut after epoch 1, then resumed: the same weights as the uninterrupted run
+  run(*train, "--epochs=1", f"--model_dir={tmp_path}/cut")
+  run(*train, "--epochs=2", f"--model_dir={tmp_path}/cut")
+  resumed = runs.load_run(str(tmp_path / "cut"), "speech_only", 0)
+  for a, b in zip(jax_leaves(resumed.params), jax_leaves(got.params)):
+    np.testing.assert_array_equal(a, b)
+  run("predict.py", f"--run={tmp_path}/m", f"--inputs={tmp_path}/new.csv",
+      f"--output={tmp_path}/p.csv", "--variants=speech_only", "--noprogress",
+      f"--export={tmp_path}/ex")
+  df = pd.read_csv(tmp_path / "p.csv")
+  assert len(df) == 4 and np.allclose(df[["p_sad", "p_happy"]].sum(axis=1), 1.0, atol=1e-5)
+  assert os.listdir(tmp_path / "ex")
+
+
+def jax_leaves(tree):
+  import jax  # pylint: disable=import-outside-toplevel
+  return [np.asarray(a) for a in jax.tree_util.tree_leaves(tree)]
+
+
+@pytest.mark.parametrize("name", ["roberta", "xlm_roberta"])
+def test_finetuned_text_top_of_a_snapshot_equals_it_at_step_zero(name):
+  import functools  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  from fusion_jax.models import encoders as model_encoders  # pylint: disable=import-outside-toplevel
+  enc = bert.BertFeatureEncoder.from_pretrained(os.path.join(HF, name))
+  digest = hub.weights_digest(enc.snapshot)
+  hub.remember(digest, enc.snapshot.path)
+  key = model_encoders.snapshot_key("hf_text", digest)
+  stacks = enc.encode(TEXT_LINES, all_layers=True)
+  last = enc.encode(TEXT_LINES)
+  n = max(len(s) for s in stacks)
+  x = np.zeros((len(stacks), n, stacks[0].shape[1]), np.float32)
+  m = np.zeros((len(stacks), n), np.float32)
+  for i, s in enumerate(stacks):
+    x[i, :len(s)], m[i, :len(s)] = s, 1
+  top = model_encoders.FineTunedTop(key, 2, 3)
+  p = top.init(jax.random.key(0), x, m, deterministic=True)["params"]
+  p = model_encoders.load_pretrained({"text_finetune": p}, key, 2)["text_finetune"]
+  y = np.asarray(jax.jit(functools.partial(top.apply, deterministic=True))({"params": p}, x, m))
+  for i, want in enumerate(last):
+    assert rel_err(y[i, :len(want)], want) < TOL
+  other = hub.weights_digest(hub.resolve(os.path.join(HF, "bert")))
+  hub.remember(other[::-1], os.path.join(HF, "bert"))   # a folder whose weights are not these
+  with pytest.raises(ConfigError, match="these weights are not the fine-tuned encoder's"):
+    model_encoders.get(model_encoders.snapshot_key("hf_text", other[::-1]))
+  with pytest.raises(ConfigError, match=r"is not known to this process: give it \(--text_model\)"):
+    model_encoders.get(model_encoders.snapshot_key("hf_text", "0" * 64))
+
+
+TEXT_LINES = ["I am so happy today!", "no", "Kids are talking by the door."]

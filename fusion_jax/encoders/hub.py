@@ -183,6 +183,21 @@ def write_safetensors(path, tensors: dict, metadata: Optional[dict] = None) -> N
     f.write(blob)
 
 
+# SHA-256 of a snapshot's weights → the folder it was last seen in (this process): how a model
+# that fine-tunes a snapshot's layers finds them (fusion_jax.models.encoders).
+_SEEN: dict = {}
+
+
+def remember(digest: str, path: str) -> None:
+  """Records that the weights with SHA-256 ``digest`` are in folder ``path``."""
+  _SEEN[digest] = path
+
+
+def seen(digest: str) -> Optional[str]:
+  """The folder :func:`remember` recorded for ``digest``, else ``None``."""
+  return _SEEN.get(digest)
+
+
 def weights_digest(snapshot: Snapshot) -> str:
   """SHA-256 over the weight files' bytes, in order (what a run records of its encoder)."""
   h = hashlib.sha256()

@@ -275,17 +275,18 @@ class _PosLayer(nn.Module):
     return _layer_norm(1e-5, "layer_norm", affine=False)(x)
 
 
-def relative_buckets(length: int, num_buckets: int, max_distance: int) -> np.ndarray:
-  """WavLM's bucket of each (query, key) offset, ``[T, T]`` int (as transformers, in float32)."""
-  rel = np.arange(length)[None, :] - np.arange(length)[:, None]
+def relative_buckets(length, num_buckets: int, max_distance: int, xp=np):
+  """WavLM's bucket of each (query, key) offset, ``[T, T]`` int (as transformers, in float32).
+  ``xp=jnp`` for a traced or symbolic ``length`` (an export with any clip length)."""
+  rel = xp.arange(length)[None, :] - xp.arange(length)[:, None]
   half = num_buckets // 2
-  out = (rel > 0).astype(np.int64) * half
-  rel = np.abs(rel)
+  out = (rel > 0).astype(xp.int32) * half
+  rel = xp.abs(rel)
   max_exact = half // 2
-  large = np.log(np.maximum(rel, 1).astype(np.float32) / np.float32(max_exact))
-  large = large / np.float32(math.log(max_distance / max_exact)) * np.float32(half - max_exact)
-  large = np.minimum((np.float32(max_exact) + large).astype(np.int64), half - 1)
-  return out + np.where(rel < max_exact, rel, large)
+  large = xp.log(xp.maximum(rel, 1).astype(xp.float32) / xp.float32(max_exact))
+  large = large / xp.float32(math.log(max_distance / max_exact)) * xp.float32(half - max_exact)
+  large = xp.minimum((xp.float32(max_exact) + large).astype(xp.int32), half - 1)
+  return out + xp.where(rel < max_exact, rel, large)
 
 
 class SelfAttention(nn.Module):
@@ -335,24 +336,29 @@ class FeedForward(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-  """``encoder.layers.<i>``: post-LN, or pre-LN with ``do_stable_layer_norm``."""
+  """``encoder.layers.<i>``: post-LN, or pre-LN with ``do_stable_layer_norm``. ``dropout``
+  (fine-tuning only, as transformers' ``hidden_dropout``) on the attention and feed-forward
+  outputs when not ``deterministic``."""
   cfg: SpeechConfig
   rel_bias: bool = False
+  dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, x, key_bias, position_bias=None):
+  def __call__(self, x, key_bias, position_bias=None, deterministic: bool = True):
     cfg = self.cfg
     attn = SelfAttention(cfg, self.rel_bias, name="attention")
     norm1 = _layer_norm(cfg.layer_norm_eps, "layer_norm")
     norm2 = _layer_norm(cfg.layer_norm_eps, "final_layer_norm")
     ff = FeedForward(cfg, name="feed_forward")
+    drop = lambda y: (nn.Dropout(self.dropout)(y, deterministic=deterministic)
+                      if self.dropout else y)
     if cfg.do_stable_layer_norm:
       a, position_bias = attn(norm1(x), key_bias, position_bias)
-      x = x + a
-      return x + ff(norm2(x)), position_bias
+      x = x + drop(a)
+      return x + drop(ff(norm2(x))), position_bias
     a, position_bias = attn(x, key_bias, position_bias)
-    x = norm1(x + a)
-    return norm2(x + ff(x)), position_bias
+    x = norm1(x + drop(a))
+    return norm2(x + drop(ff(x))), position_bias
 
 
 class Encoder(nn.Module):

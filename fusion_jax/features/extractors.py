@@ -233,6 +233,7 @@ class _HFExtractor(Extractor):
     from fusion_jax.encoders import hub  # pylint: disable=import-outside-toplevel
     self.location, self.snapshot = snapshot.path, snapshot
     self.sha256 = hub.weights_digest(snapshot)
+    hub.remember(self.sha256, snapshot.path)   # a model fine-tuning its layers finds them
     self.layers = layers
     self.all_layers = _check_hidden(hidden_states)
     self.stack = layers + 1 if self.all_layers else 1

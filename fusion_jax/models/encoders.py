@@ -11,10 +11,17 @@ extractor's encoder side by side (``[T, S * D]``, S = embeddings + N layers;
   state ``N - k`` from the file and runs the pretrained layers ``N - k + 1 … N`` on it,
   trainable, with their own learning rate and warm-up (:func:`fusion_jax.optim.make_optimizer`).
   With ``k = N`` every transformer layer is trained, from the embeddings' output (only the
-  embedding tables stay frozen). At step 0 its output equals the file's last hidden state.
+  embedding tables, and a speech model's convolutions, stay frozen). At step 0 its output
+  equals the file's last hidden state.
+
+Text (``model.text_finetune_layers``): MiniLM, or any BERT / RoBERTa / XLM-R snapshot the
+features came from (``hf_text``). Speech (``model.speech_finetune_layers``): any wav2vec2 /
+HuBERT / WavLM / data2vec-audio snapshot (``hf``, extracted without pooling). A snapshot is
+named by the SHA-256 of its weights (``hf_text@<sha>``), found where the extractor last saw it
+(:func:`fusion_jax.encoders.hub.remember`).
 
 A new pretrained encoder is one :func:`register` call: a factory of a
-:class:`PretrainedEncoder` (its layer module and its layers' weights), under the name of
+:class:`PretrainedEncoder` (how to run its top layers and their weights), under the name of
 the extractor whose hidden states it continues.
 """
 
@@ -30,7 +37,9 @@ import jax.numpy as jnp
 import numpy as np
 
 
-SCOPE = "text_finetune"   # the parameters of a fine-tuned text encoder's layers
+SCOPE = "text_finetune"            # the parameters of a fine-tuned text encoder's layers
+SPEECH_SCOPE = "speech_finetune"   # … of a fine-tuned speech encoder's layers
+SCOPES = (SCOPE, SPEECH_SCOPE)
 
 
 class LayerMix(nn.Module):
@@ -59,12 +68,14 @@ class PretrainedEncoder:
 
   Attributes:
     layers: N, its number of transformer layers (the stack holds N + 1 states).
-    make_layer: ``(dropout, name) -> module`` called as ``layer(x, mask, deterministic=...)``.
-    layer_params: ``(i) -> params`` of pretrained layer ``i`` (0-based), as the module names them.
+    run_top: ``(h, mask, first, dropout, deterministic) -> h``: layers ``first … N - 1``
+      (0-based) and whatever follows them, called inside :class:`FineTunedTop` (the modules
+      it makes are its children).
+    top_params: ``(first) -> params`` of those modules, pretrained, as they name them.
   """
   layers: int
-  make_layer: Callable
-  layer_params: Callable
+  run_top: Callable
+  top_params: Callable
 
 
 class _BertTop(nn.Module):
@@ -79,6 +90,16 @@ class _BertTop(nn.Module):
         x, bert.attention_bias(mask), deterministic=deterministic)
 
 
+def _bert(cfg, params) -> PretrainedEncoder:
+  def run_top(h, mask, first, dropout, deterministic):
+    for i in range(first, cfg.num_hidden_layers):
+      h = _BertTop(cfg, dropout, name=f"layer_{i}")(h, mask, deterministic=deterministic)
+    return h
+  return PretrainedEncoder(cfg.num_hidden_layers, run_top,
+                           lambda first: {f"layer_{i}": {"layer": params[f"layer_{i}"]}
+                                          for i in range(first, cfg.num_hidden_layers)})
+
+
 def bert_encoder(directory: str) -> PretrainedEncoder:
   """A Hugging Face BERT folder (``config.json``, ``model.safetensors``) as a
   :class:`PretrainedEncoder` (its weights read once)."""
@@ -88,9 +109,55 @@ def bert_encoder(directory: str) -> PretrainedEncoder:
   params = bert.params_from_state_dict(
       hub.read_safetensors(os.path.join(directory, "model.safetensors")), cfg,
       directory)["params"]
-  return PretrainedEncoder(cfg.num_hidden_layers,
-                           lambda dropout, name: _BertTop(cfg, dropout, name=name),
-                           lambda i: {"layer": params[f"layer_{i}"]})
+  return _bert(cfg, params)
+
+
+def hf_text_encoder(snapshot) -> PretrainedEncoder:
+  """A BERT / RoBERTa / XLM-R snapshot (:class:`fusion_jax.encoders.hub.Snapshot`)."""
+  from fusion_jax.encoders import bert, hub  # pylint: disable=import-outside-toplevel
+  cfg = bert.BertConfig.from_dict(snapshot.config(), snapshot.file("config.json"))
+  params = bert.params_from_state_dict(hub.load_state_dict(snapshot), cfg,
+                                       snapshot.path)["params"]
+  return _bert(cfg, params)
+
+
+def hf_speech_encoder(snapshot) -> PretrainedEncoder:
+  """A wav2vec2 / HuBERT / WavLM / data2vec-audio snapshot: its top transformer layers, then
+  (pre-LN "stable" models) the encoder's final LayerNorm; WavLM's relative position bias
+  from layer 0's bucket table (trainable with the rest)."""
+  from fusion_jax.encoders import hub, speech  # pylint: disable=import-outside-toplevel
+  cfg = speech.SpeechConfig.from_dict(snapshot.config(), snapshot.path)
+  enc = speech.load_params(cfg, hub.load_state_dict(snapshot), snapshot.path)["params"]
+  enc = enc["encoder"]
+  n = cfg.num_hidden_layers
+
+  def run_top(h, mask, first, dropout, deterministic):
+    key_bias = jnp.where(mask, 0.0, jnp.finfo(h.dtype).min)[:, None, None, :]
+    position_bias = None
+    if cfg.wavlm:
+      buckets = speech.relative_buckets(h.shape[1], cfg.num_buckets, cfg.max_bucket_distance,
+                                        xp=jnp)
+      table = nn.Embed(cfg.num_buckets, cfg.num_attention_heads, name="rel_attn_embed")(buckets)
+      position_bias = jnp.transpose(table, (2, 0, 1))
+    for i in range(first, n):
+      h, _ = speech.EncoderLayer(cfg, dropout=dropout, name=f"layer_{i}")(
+          h, key_bias, position_bias, deterministic=deterministic)
+    if cfg.do_stable_layer_norm:
+      h = speech._layer_norm(cfg.layer_norm_eps, "layer_norm")(h)  # pylint: disable=protected-access
+    return h
+
+  def top_params(first):
+    out = {f"layer_{i}": enc[f"layers_{i}"] for i in range(first, n)}
+    if cfg.wavlm:
+      out["rel_attn_embed"] = enc["layers_0"]["attention"]["rel_attn_embed"]
+      for i in range(first, n):   # the table lives above the layers here
+        out[f"layer_{i}"] = {**out[f"layer_{i}"], "attention": {
+            k: v for k, v in out[f"layer_{i}"]["attention"].items() if k != "rel_attn_embed"}}
+    if cfg.do_stable_layer_norm:
+      out["layer_norm"] = enc["layer_norm"]
+    return out
+
+  return PretrainedEncoder(n, run_top, top_params)
 
 
 def _minilm() -> PretrainedEncoder:
@@ -109,11 +176,42 @@ def register(name: str, factory: Callable[[], PretrainedEncoder]) -> None:
   get.cache_clear()
 
 
+def snapshot_key(extractor: str, digest: str) -> str:
+  """The encoder name of a snapshot's layers: ``hf@<sha256>`` or ``hf_text@<sha256>``."""
+  return f"{extractor}@{digest}"
+
+
+def remember_locations(locations: str) -> None:
+  """``"<sha256>=<folder>,…"`` (``model.encoder_locations``): where a run's fine-tuned
+  snapshots were, for a process that has not met them (weights checked when read)."""
+  from fusion_jax.encoders import hub  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  for item in filter(None, locations.split(",")):
+    digest, _, folder = item.partition("=")
+    if hub.seen(digest) is None and os.path.isdir(folder):
+      hub.remember(digest, folder)
+
+
 @functools.lru_cache(maxsize=None)
 def get(name: str) -> PretrainedEncoder:
+  if name not in _FACTORIES and "@" in name:
+    from fusion_jax.encoders import hub  # pylint: disable=import-outside-toplevel
+    from fusion_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
+    kind, digest = name.split("@", 1)
+    folder = hub.seen(digest)
+    if folder is None:
+      raise ConfigError(f"the fine-tuned {'text' if kind == 'hf_text' else 'speech'} "
+                        f"encoder's snapshot (weights SHA-256 {digest[:12]}…) is not known to "
+                        f"this process: give it (--{'text' if kind == 'hf_text' else 'speech'}"
+                        "_model)")
+    snapshot = hub.resolve(folder)
+    if hub.weights_digest(snapshot) != digest:
+      raise ConfigError(f"{folder}: these weights are not the fine-tuned encoder's (SHA-256 "
+                        f"{digest[:12]}…): give that snapshot")
+    return (hf_text_encoder if kind == "hf_text" else hf_speech_encoder)(snapshot)
   if name not in _FACTORIES:
     raise ValueError(f"no pretrained encoder {name!r} to fine-tune; known: {sorted(_FACTORIES)} "
-                     "(the text features must come from one of these extractors)")
+                     "and Hugging Face snapshots (hf, hf_text features)")
   return _FACTORIES[name]()
 
 
@@ -140,8 +238,7 @@ class FineTunedTop(nn.Module):
     b, t, width = x.shape
     first = spec.layers - self.count
     h = x.reshape(b, t, self.stack, width // self.stack)[:, :, first].astype(jnp.float32)
-    for i in range(first, spec.layers):
-      h = spec.make_layer(self.dropout, f"layer_{i}")(h, mask, deterministic=deterministic)
+    h = spec.run_top(h, mask, first, self.dropout, deterministic)
     return h * mask[..., None].astype(h.dtype)
 
 
@@ -150,9 +247,8 @@ def load_pretrained(params, name: str, count: int, scope: str = SCOPE):
   spec = get(name)
   first = spec.layers - count
   out = dict(params)
-  out[scope] = {f"layer_{i}": jax.tree_util.tree_map(
-      lambda a: jnp.asarray(np.asarray(a, np.float32)), spec.layer_params(i))
-                for i in range(first, spec.layers)}
+  out[scope] = jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a, np.float32)),
+                                      spec.top_params(first))
   old = jax.tree_util.tree_structure(params[scope])
   if jax.tree_util.tree_structure(out[scope]) != old:
     raise ValueError(f"pretrained {name} layers do not match the model's {scope} parameters")

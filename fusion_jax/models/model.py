@@ -66,11 +66,23 @@ class ModelConfig(heads.HeadKnobs):
   text_finetune_layers: int = knob(0, at_least(0), "0 (frozen) or more",
                                    "> 0: train the text encoder's top k layers")
   text_encoder: str = knob("", doc="which pretrained encoder (its extractor's name)")
+  speech_finetune_layers: int = knob(0, at_least(0), "0 (frozen) or more",
+                                     "> 0: train the speech encoder's top k layers (hf "
+                                     "features of every hidden state, no pooling)")
+  speech_encoder: str = knob("", doc="which pretrained speech encoder (hf@<weights sha256>)")
+  encoder_locations: str = knob("", doc="where fine-tuned snapshots were at training, "
+                                "'<sha256>=<folder>' comma-separated (a hint: the weights "
+                                "are checked)")
 
   @classmethod
   def from_config(cls, cfg) -> "ModelConfig":
     fields = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in dict(cfg).items() if k in fields})
+
+  @property
+  def finetunes(self) -> bool:
+    """Whether a pretrained encoder's layers are trained (their own learning rate)."""
+    return bool(self.text_finetune_layers or self.speech_finetune_layers)
 
   @property
   def compute_dtype(self):
@@ -101,7 +113,12 @@ class EmotionRecognizer(nn.Module):
     layers); plain features pass through unchanged."""
     c, dtype = self.config, self.config.compute_dtype
     spec = registry.get(self.variant)
-    if c.speech_layers > 1 and spec.reads("speech"):
+    encoders.remember_locations(c.encoder_locations)
+    if c.speech_finetune_layers and spec.reads("speech"):
+      speech = encoders.FineTunedTop(c.speech_encoder, c.speech_finetune_layers,
+                                     c.speech_layers, name=encoders.SPEECH_SCOPE)(
+                                         speech, speech_mask, deterministic=det)
+    elif c.speech_layers > 1 and spec.reads("speech"):
       speech, w = encoders.LayerMix(c.speech_layers, dtype, name="speech_layer_mix")(speech)
       aux["temporal/layer_weights"] = jnp.broadcast_to(w, (speech.shape[0], w.shape[0]))
     if c.text_finetune_layers and spec.reads("text"):
@@ -182,6 +199,9 @@ def init_params(model: EmotionRecognizer, rng: jax.Array):
   c = model.config
   if c.text_finetune_layers and encoders.SCOPE in params:
     params = encoders.load_pretrained(params, c.text_encoder, c.text_finetune_layers)
+  if c.speech_finetune_layers and encoders.SPEECH_SCOPE in params:
+    params = encoders.load_pretrained(params, c.speech_encoder, c.speech_finetune_layers,
+                                      encoders.SPEECH_SCOPE)
   return params
 
 
