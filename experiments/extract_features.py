@@ -5,10 +5,13 @@ r"""Extracts speech and/or text features from a manifest of audio files and tran
   python experiments/extract_features.py --corpus ravdess --corpus_dir ravdess16k \
     --speech_extractor hf --speech_model microsoft/wavlm-large --speech_hidden_states all \
     --text_extractor hf --text_model roberta-base --out_dir features/
+  python experiments/extract_features.py --preset original --corpus tess \
+    --corpus_dir TESS_Toronto_emotional_speech_set_data --tess_splits "Data Split"
 
 hf reads your own Hugging Face snapshot (a folder, or an id in the local cache; never
-downloaded): wav2vec2, HuBERT, WavLM, data2vec-audio for speech, BERT, RoBERTa, XLM-R for
-text, run in JAX (fusion_jax.encoders).
+downloaded): wav2vec2, HuBERT, WavLM, data2vec-audio, Whisper for speech, BERT, RoBERTa,
+XLM-R for text, run in JAX (fusion_jax.encoders). --preset original reproduces the original
+pipeline's own extraction and file names (see the flag).
 
 The manifest is a CSV with columns path (audio, relative to --audio_root or the
 manifest's folder), transcript, label (class name or integer), speaker (or group),
