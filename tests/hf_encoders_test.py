@@ -284,24 +284,33 @@ def test_weights_digest_is_of_the_bytes(tmp_path):
 
 
 # ------------------------------------------------------------------ extraction to prediction
-def test_hf_features_train_and_predict_and_only_the_same_weights_recompute_them(tmp_path):
-  """wav → --speech_extractor hf / --text_extractor hf → train.py → predict.py on new wavs;
-  the snapshot moved: predict.py --speech_model finds it; other weights: refused, one line."""
+def extract_tone_corpus(tmp_path, extract_flags):
+  """Tone clips of two emotions: train (speakers a, b) and val (c) extracted with
+  ``extract_flags`` into ``tmp_path/f`` ({train,val}_{speech,text}.npz, _split.csv); ``new``
+  (d) left as a manifest, ``tmp_path/new.csv``, for predict.py."""
   import pandas as pd  # pylint: disable=import-outside-toplevel
-  from tests.binaries import TINY, run  # pylint: disable=import-outside-toplevel
+  from tests.binaries import run  # pylint: disable=import-outside-toplevel
   from tests.experiments_standalone_test import _tone_clips  # pylint: disable=import-outside-toplevel
-  speech_dir = tmp_path / "snap" / "wavlm"
-  shutil.copytree(os.path.join(HF, "wavlm_base"), speech_dir)
-  extract = ["--speech_extractor=hf", f"--speech_model={speech_dir}", "--text_extractor=hf",
-             f"--text_model={os.path.join(HF, 'roberta')}", "--speech_hidden_states=all",
-             "--noprogress"]
   for name, speakers, seed in (("train", ["a", "b"], 0), ("val", ["c"], 1), ("new", ["d"], 2)):
     rows = _tone_clips(tmp_path / name, [(l, s) for s in speakers for l in ("sad", "happy")
                                          for _ in range(2)], seed)
     pd.DataFrame(rows).to_csv(tmp_path / f"{name}.csv", index=False)
     if name != "new":
-      run("extract_features.py", f"--manifest={tmp_path}/{name}.csv", *extract,
+      run("extract_features.py", f"--manifest={tmp_path}/{name}.csv", *extract_flags,
           f"--out_dir={tmp_path}/f", f"--prefix={name}", "--class_names=sad,happy")
+
+
+def test_hf_features_train_and_predict_and_only_the_same_weights_recompute_them(tmp_path):
+  """wav → --speech_extractor hf / --text_extractor hf → train.py → predict.py on new wavs;
+  the snapshot moved: predict.py --speech_model finds it; other weights: refused, one line."""
+  import pandas as pd  # pylint: disable=import-outside-toplevel
+  from tests.binaries import TINY, run  # pylint: disable=import-outside-toplevel
+  speech_dir = tmp_path / "snap" / "wavlm"
+  shutil.copytree(os.path.join(HF, "wavlm_base"), speech_dir)
+  extract = ["--speech_extractor=hf", f"--speech_model={speech_dir}", "--text_extractor=hf",
+             f"--text_model={os.path.join(HF, 'roberta')}", "--speech_hidden_states=all",
+             "--noprogress"]
+  extract_tone_corpus(tmp_path, extract)
   side = json.loads((tmp_path / "f" / "train_speech.json").read_text())
   fp = side["extractor"] if "extractor" in side else side["preprocessing"]["extractor"]
   assert fp["options"]["sha256"] == hub.weights_digest(hub.resolve(str(speech_dir)))
@@ -564,19 +573,12 @@ def test_fine_tuning_a_speech_snapshot_trains_resumes_and_predicts(tmp_path):
   and predict.py recomputes features and runs the fine-tuned layers on new recordings."""
   import pandas as pd  # pylint: disable=import-outside-toplevel
   from tests.binaries import TINY, run  # pylint: disable=import-outside-toplevel
-  from tests.experiments_standalone_test import _tone_clips  # pylint: disable=import-outside-toplevel
   from fusion_jax import runs  # pylint: disable=import-outside-toplevel
   from fusion_jax.models import encoders as model_encoders  # pylint: disable=import-outside-toplevel
   snap = os.path.join(HF, "wavlm_base")
   extract = ["--speech_extractor=hf", f"--speech_model={snap}", "--speech_hidden_states=all",
              "--pool=1", "--text_extractor=hf", f"--text_model={HF}/bert", "--noprogress"]
-  for name, speakers, seed in (("train", ["a", "b"], 0), ("val", ["c"], 1), ("new", ["d"], 2)):
-    rows = _tone_clips(tmp_path / name, [(l, s) for s in speakers for l in ("sad", "happy")
-                                         for _ in range(2)], seed)
-    pd.DataFrame(rows).to_csv(tmp_path / f"{name}.csv", index=False)
-    if name != "new":
-      run("extract_features.py", f"--manifest={tmp_path}/{name}.csv", *extract,
-          f"--out_dir={tmp_path}/f", f"--prefix={name}", "--class_names=sad,happy")
+  extract_tone_corpus(tmp_path, extract)
   f = tmp_path / "f"
   train = ["train.py", f"--train_speech_features={f}/train_speech.npz",
            f"--train_text_features={f}/train_text.npz",

@@ -74,10 +74,13 @@ class Extractor:
     """Everything that changes the output (resuming with other options is refused)."""
     return {}
 
-  def file_tag(self) -> str:
-    """A name for its feature files: the extractor's (and snapshot's), ``_all`` for every
-    hidden state; the recipes name ``{corpus}_{tag}.npz`` with it."""
-    return self.name + ("_all" if self.stack > 1 else "")
+  def file_tag(self, extra: str = "") -> str:
+    """A name for its feature files: the extractor's (and snapshot's), then ``extra``, then
+    ``_all`` for every hidden state; the recipes name ``{corpus}_{tag}.npz`` with it."""
+    return self._tag() + extra + ("_all" if self.stack > 1 else "")
+
+  def _tag(self) -> str:
+    return self.name
 
   def fingerprint(self) -> dict:
     return dict(name=self.name, modality=self.modality, dim=self.dim,
@@ -250,9 +253,8 @@ class _HFExtractor(Extractor):
   def fingerprint(self) -> dict:
     return dict(super().fingerprint(), location=self.location)
 
-  def file_tag(self) -> str:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", self.snapshot.name).strip("-")
-    return f"{self.name}_{slug}" + ("_all" if self.stack > 1 else "")
+  def _tag(self) -> str:
+    return f"{self.name}_{re.sub(r'[^A-Za-z0-9._-]+', '-', self.snapshot.name).strip('-')}"
 
 
 class HFSpeechExtractor(_HFExtractor):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Callable
 
 import flax.linen as nn
@@ -103,7 +104,6 @@ def _bert(cfg, params) -> PretrainedEncoder:
 def bert_encoder(directory: str) -> PretrainedEncoder:
   """A Hugging Face BERT folder (``config.json``, ``model.safetensors``) as a
   :class:`PretrainedEncoder` (its weights read once)."""
-  import os  # pylint: disable=import-outside-toplevel
   from fusion_jax.encoders import bert, hub  # pylint: disable=import-outside-toplevel
   cfg = bert.BertConfig.from_json(os.path.join(directory, "config.json"))
   params = bert.params_from_state_dict(
@@ -185,7 +185,6 @@ def remember_locations(locations: str) -> None:
   """``"<sha256>=<folder>,…"`` (``model.encoder_locations``): where a run's fine-tuned
   snapshots were, for a process that has not met them (weights checked when read)."""
   from fusion_jax.encoders import hub  # pylint: disable=import-outside-toplevel
-  import os  # pylint: disable=import-outside-toplevel
   for item in filter(None, locations.split(",")):
     digest, _, folder = item.partition("=")
     if hub.seen(digest) is None and os.path.isdir(folder):

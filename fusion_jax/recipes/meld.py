@@ -51,11 +51,7 @@ def _prepare(options: Options, meld_dir: str, work_dir: str, tag: str, csv_name:
     manifest.frame = manifest.frame.iloc[:options.limit].reset_index(drop=True)
   manifest.frame["context"] = corpora.dialogue_context(manifest.frame, options.context)
   fdir = os.path.join(work_dir, "features")
-  tag_ = extractor.file_tag()
-  all_ = tag_.endswith("_all")
-  name = (f"meld_{tag}_{tag_[:-4] if all_ else tag_}"
-          + (f"_ctx{options.context}" if options.context else "") + ("_all" if all_ else "")
-          + ".npz")
+  name = f"meld_{tag}_{extractor.file_tag(f'_ctx{options.context}' if options.context else '')}.npz"
   out = extract_aligned(manifest, {"text": (extractor, os.path.join(fdir, name))},
                         os.path.join(fdir, f"meld_{tag}_split.csv"), batch_size=256)
   return manifest, out.paths["text"], out.split_csv
