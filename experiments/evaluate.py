@@ -41,8 +41,10 @@ for _name, _help in (
   cli.alias(_name, f"paths.{_name}", str, _help)
 cli.alias("batch_size", "eval.batch_size", int, "Evaluation batch size; it need not match "
           "training.")
-flags.DEFINE_enum("ablation", "mean", ["mean", "zero", "none"], "How a removed modality is "
-                  "filled: mean training frame, zero frame, or skip the modality ablation.")
+flags.DEFINE_enum("ablation", "absent", ["absent", "mean", "zero", "none"],
+                  "How a modality is removed for the modality-removal table: absent (no "
+                  "frame, what a missing modality is), mean training frame, zero frame, or "
+                  "none (skip the table).")
 flags.DEFINE_bool("analysis", True, "Also write the original test.py's separability outputs "
                   "(RESULTS_DIR/separability: t-SNE/UMAP/PCA of every block, "
                   "fusion_comparison_all.png; --config.analysis.methods chooses); "

@@ -64,6 +64,13 @@ class OptimConfig:
   # (follows the plateau schedule) with a linear warm-up over this many steps
   finetune_learning_rate: float = knob(5e-5, positive, "positive")
   finetune_warmup_steps: int = knob(200, at_least(0), "0 or more")
+  # robustness to a missing modality (fusion variants): each modality is made absent
+  # (its mask zeroed) in this fraction of the training utterances, never both at once;
+  # with model.unimodal_heads, each head's own loss is added with this weight
+  modality_dropout: float = knob(0.0, lambda v: 0 <= v <= 0.5, "in [0, 0.5]",
+                                 "per utterance and modality, seeded by the step")
+  unimodal_loss_weight: float = knob(0.0, at_least(0), "0 or more",
+                                     "weight of the unimodal heads' auxiliary loss")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,10 +13,11 @@ What the original's ``test.py`` reports, made honest:
 Every function here returns JSON-serialisable data; :mod:`fusion_jax.reports`
 turns it into the text files.
 
-Removing a modality (``ablation="mean"``): each utterance's speech (or text) is
-replaced by a single frame equal to the mean training frame of that modality,
-so the model sees a valid input that carries no utterance-specific
-information. ``ablation="zero"`` uses a zero frame instead.
+Removing a modality (``ablation="absent"``, the default): each utterance's speech (or
+text) is made absent, no frame at all (an all-zero mask), which every head takes as a
+missing modality (:mod:`fusion_jax.models.heads`). ``ablation="mean"`` replaces it by a
+single frame equal to the mean training frame of that modality instead (a valid input
+that carries no utterance-specific information), ``"zero"`` by a zero frame.
 """
 
 from __future__ import annotations
@@ -62,10 +63,16 @@ def predict(exp: Experiment, run: runs.Run, split: Split, aux_keys: Sequence[str
                      shapes)
 
 
+ABLATIONS = ("absent", "mean", "zero", "none")
+
+
 def modality_fill(train: Optional[Split], split: Split, modality: str, how: str) -> np.ndarray:
-  """The single frame that replaces a removed modality: training mean or zeros."""
+  """What replaces a removed modality: no frame (``[0, D]``, "absent"), or the single
+  training-mean ("mean") or zero ("zero") frame ``[1, D]``."""
   seqs = getattr(train if train is not None else split, modality)
   dim = seqs[0].shape[1]
+  if how == "absent":
+    return np.zeros((0, dim), np.float32)
   if how == "zero":
     return np.zeros((1, dim), np.float32)
   total = sum(s.sum(0, dtype=np.float64) for s in seqs)
@@ -74,7 +81,8 @@ def modality_fill(train: Optional[Split], split: Split, modality: str, how: str)
 
 
 def remove_modality(split: Split, modality: str, fill: np.ndarray) -> Split:
-  """A copy of ``split`` whose ``modality`` ("speech"/"text") is one ``fill`` frame each."""
+  """A copy of ``split`` whose ``modality`` ("speech"/"text") is ``fill`` (frames ``[n, D]``,
+  n = 0: absent) for every utterance."""
   out = dataclasses.replace(split, name=f"{split.name}-no-{modality}")
   setattr(out, modality, [fill] * len(split))
   return out
@@ -199,7 +207,10 @@ def modality_ablation(full: dict, removed: dict, how: str) -> dict:
   Args:
     full: ``{variant: [Predictions]}`` on the intact test split.
     removed: ``{(variant, modality): [Predictions]}`` with "speech"/"text" removed.
-    how: the fill ("mean" or "zero").
+    how: how a modality was removed (:data:`ABLATIONS`).
+
+  Each row also has ``floor``: the blends its seeds' best checkpoints chose on
+  validation (:mod:`fusion_jax.models.floor`; absent without unimodal heads).
   """
   acc = lambda ps: float(np.mean([metrics.summary(p.confusion())["accuracy"] for p in ps]))
   recall = lambda ps: np.mean([metrics.per_class(p.confusion())["recall"] for p in ps], 0)
@@ -210,8 +221,12 @@ def modality_ablation(full: dict, removed: dict, how: str) -> dict:
     a, ns, nt = acc(ps), acc(removed[(v, "speech")]), acc(removed[(v, "text")])
     rows[v] = dict(full=a, no_speech=ns, no_text=nt, drop_without_speech=a - ns,
                    drop_without_text=a - nt, relies_on=relies_on(a - ns, a - nt))
+    blends = [p.run.state.best.metrics.get("floor_blend") for p in ps if p.run.state]
+    if any(b is not None for b in blends):
+      rows[v]["floor"] = [b for b in blends if b is not None]
   uni = {v: ps for v, ps in full.items() if not registry.get(v).is_fusion}
-  out = dict(variants=rows, per_class_gain={}, fill=how, unimodal=list(uni))
+  out = dict(variants=rows, per_class_gain={}, fill=how, unimodal=list(uni),
+             unimodal_accuracy={v: acc(ps) for v, ps in uni.items()})
   if uni:
     best_uni = np.max(np.stack([recall(ps) for ps in uni.values()]), axis=0)
     out["per_class_gain"] = {v: (recall(full[v]) - best_uni).tolist() for v in rows}
@@ -293,7 +308,7 @@ def load_runs(exp: Experiment, variants: Optional[Sequence[str]] = None,
 
 def evaluate(exp: Experiment, test: Split, *, variants: Optional[Sequence[str]] = None,
              seeds: Optional[Sequence[int]] = None, train: Optional[Split] = None,
-             ablation: str = "mean") -> dict:
+             ablation: str = "absent") -> dict:
   """Evaluates the best checkpoints on ``test`` and writes ``results_dir/test_results/``.
 
   Args:
@@ -303,7 +318,8 @@ def evaluate(exp: Experiment, test: Split, *, variants: Optional[Sequence[str]] 
     test: the test split (with ``paths``/``transcripts`` from the test CSV, if any).
     variants, seeds: default: every variant / seed found in ``exp.model_dir``.
     train: the training split, for the "mean" modality fill (else the test split's mean).
-    ablation: "mean", "zero" or "none".
+    ablation: how a modality is removed (:data:`ABLATIONS`): "absent", "mean", "zero", or
+      "none" (no modality-removal table).
 
   Returns:
     The summary written to ``test_results/test_summary.json``: :func:`test_metrics`

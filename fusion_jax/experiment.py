@@ -286,9 +286,11 @@ class Experiment:
     if owner not in self._steps:
       model = model_lib.build_model(mc, variant, self.num_classes)
       self._steps[owner] = steps_lib.Steps(
-          model, optim_lib.make_optimizer(optim, finetune=mc.finetunes),
+          model, optim_lib.make_optimizer(optim, finetune=mc.finetunes,
+                                         frozen=model_lib.has_floor(mc, variant)),
           optim.label_smoothing, owner, optim_lib.Loss.from_config(optim),
-          microbatch_frames=frames, devices=int(self.mesh.devices.size))
+          microbatch_frames=frames, devices=int(self.mesh.devices.size),
+          modality_dropout=float(optim.modality_dropout))
     return self._steps[owner]
 
   def forget(self, variant: str,

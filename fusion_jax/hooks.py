@@ -23,6 +23,7 @@ from fusion_jax import io_utils, runs
 from fusion_jax.checkpoint import RunCheckpoints
 from fusion_jax.ledger import CompileLedger
 from fusion_jax.loop import EpochEnd, Group, Hook, run_of
+from fusion_jax.models import floor
 
 
 class Checkpoints(Hook):
@@ -121,6 +122,9 @@ class Console(Hook):
     for i, (seed, run) in enumerate(zip(group.seeds, group.runs)):
       note = (" *best*" if end.improved[i] else "") + (
           f" lr→{end.lr_next[i]:.2e}" if end.lr_next[i] < end.lr_used[i] else "")
+      blend = end.val_stats[i].get("blend")
+      if blend is not None and blend[0] < 1:   # the floor prefers a modality's own head
+        note += f" | floor: {floor.describe(blend)}"
       self.log(epoch_line(group.variant, seed, run.epoch, group.epochs, end.rows[i],
                           end.seconds, end.compile_seconds, note))
 

@@ -33,6 +33,7 @@ from fusion_jax.data import batching
 from fusion_jax.data.splits import Split
 from fusion_jax.errors import Divergence
 from fusion_jax.experiment import Experiment
+from fusion_jax.models import floor
 from fusion_jax.models import model as model_lib
 
 
@@ -179,6 +180,21 @@ def evaluate_group(exp: Experiment, steps: steps_lib.Steps, params, data, n: int
           for s in range(len(jax.tree_util.tree_leaves(params)[0]))]
 
 
+def choose_blends(exp: Experiment, group: Group, val_stats: list, metric: str) -> list:
+  """A floor's validation pass (:mod:`fusion_jax.models.floor`): each run takes the
+  candidate blend that scores best by ``metric`` on validation, its stats become the
+  run's (with ``blend``, the weights), and the group's parameters get the blends.
+  Without a floor, ``val_stats`` unchanged."""
+  if not val_stats or "blends" not in val_stats[0]:
+    return val_stats
+  chosen = [floor.choose([b[metric] for b in v["blends"]]) for v in val_stats]
+  params = dict(group.state.params)
+  params["floor_blend"] = sharding.replicate(jnp.asarray(floor.BLENDS[chosen]), exp.mesh)
+  group.state = group.state.replace(params=params)
+  return [dict({k: x for k, x in v.items() if k != "blends"}, **v["blends"][j],
+               blend=[float(w) for w in floor.BLENDS[j]]) for v, j in zip(val_stats, chosen)]
+
+
 def precompile(exp: Experiment, group: Group, train_data, val_data) -> float:
   """Compiles the group's training and evaluation step for every bucket; wall seconds."""
   s, steps = len(group.seeds), group.steps
@@ -232,6 +248,7 @@ def train_group(exp: Experiment, group: Group, train: Split, val: Split,
                                     group.shapes, group.seeds, epoch, group.keys, issue)
     t1 = time.perf_counter()
     val_stats = evaluate_group(exp, group.steps, group.state.params, val_data, len(val))
+    val_stats = choose_blends(exp, group, val_stats, metric)
     t2 = time.perf_counter()
     compile_s = exp.ledger.seconds - compiled_before
     group.compile_seconds += compile_s

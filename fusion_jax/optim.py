@@ -21,7 +21,13 @@ from fusion_jax.errors import ConfigError
 from fusion_jax.models import encoders
 
 
-def make_optimizer(optim_cfg, finetune: bool = False) -> optax.GradientTransformation:
+# Parameters the optimizer leaves alone: set outside training (the floor's blend, chosen
+# on validation after every epoch; models/floor.py).
+FROZEN = ("floor_blend",)
+
+
+def make_optimizer(optim_cfg, finetune: bool = False,
+                   frozen: bool = False) -> optax.GradientTransformation:
   """torch.optim.Adam with ``weight_decay``: L2 added to the gradient, then Adam.
 
   The learning rate is applied in the step from ``TrainState.learning_rate``,
@@ -29,20 +35,26 @@ def make_optimizer(optim_cfg, finetune: bool = False) -> optax.GradientTransform
   With ``finetune``, pretrained layers (``models.encoders.SCOPES``) get their own rate,
   ``finetune_learning_rate`` (scaled by the plateau schedule like the rest), reached
   by a linear warm-up over ``finetune_warmup_steps`` (``optax.multi_transform``).
+  With ``frozen`` (a model with :data:`FROZEN` parameters), those get no update.
   """
   adam = lambda: optax.chain(optax.add_decayed_weights(optim_cfg.weight_decay),
                              optax.scale_by_adam(b1=optim_cfg.b1, b2=optim_cfg.b2,
                                                  eps=optim_cfg.eps))
-  if not finetune:
+  if not finetune and not frozen:
     return adam()
-  ratio = optim_cfg.finetune_learning_rate / optim_cfg.learning_rate
-  warmup = max(int(optim_cfg.finetune_warmup_steps), 0)
-  ramp = lambda n: ratio * (jnp.minimum((n + 1.0) / warmup, 1.0) if warmup else 1.0)
+  transforms = {"model": adam()}
+  if finetune:
+    ratio = optim_cfg.finetune_learning_rate / optim_cfg.learning_rate
+    warmup = max(int(optim_cfg.finetune_warmup_steps), 0)
+    ramp = lambda n: ratio * (jnp.minimum((n + 1.0) / warmup, 1.0) if warmup else 1.0)
+    transforms["finetune"] = optax.chain(adam(), optax.scale_by_schedule(ramp))
+  if frozen:
+    transforms["frozen"] = optax.set_to_zero()
 
-  labels = lambda params: {k: "finetune" if k in encoders.SCOPES else "model" for k in params}
-  return optax.multi_transform(
-      {"model": adam(), "finetune": optax.chain(adam(), optax.scale_by_schedule(ramp))},
-      labels)
+  def labels(params):
+    return {k: "finetune" if finetune and k in encoders.SCOPES else
+            "frozen" if frozen and k in FROZEN else "model" for k in params}
+  return optax.multi_transform(transforms, labels)
 
 @dataclasses.dataclass
 class Plateau:
@@ -100,6 +112,7 @@ class Loss:
   label_smoothing: float = 0.1
   class_weights: Optional[tuple] = None
   focal_gamma: float = 0.0
+  unimodal_weight: float = 0.0   # the unimodal heads' auxiliary loss (model.unimodal_heads)
 
   @classmethod
   def from_config(cls, optim_cfg) -> "Loss":
@@ -110,7 +123,7 @@ class Loss:
                        "(experiment.Experiment.create)")
     return cls(float(optim_cfg.label_smoothing),
                tuple(float(x) for x in values.split(",")) if values else None,
-               float(optim_cfg.focal_gamma))
+               float(optim_cfg.focal_gamma), float(optim_cfg.unimodal_loss_weight))
 
   def per_example(self, logits, labels):
     """``[B, K], [B] → [B]``: each example's loss (focal-scaled if ``focal_gamma``)."""

@@ -23,7 +23,13 @@ def summarise_eval(stats: Sequence[dict], num_examples: int) -> dict:
   """Loss, confusion matrix and summary metrics from per-batch ``eval_step`` outputs."""
   confusion = np.rint(sum(s["confusion"] for s in stats)).astype(np.int64)
   loss = float(sum(s["loss_sum"] for s in stats)) / max(num_examples, 1)
-  return dict(loss=loss, confusion=confusion, **metrics_lib.summary(confusion))
+  out = dict(loss=loss, confusion=confusion, **metrics_lib.summary(confusion))
+  if stats and "blend_confusion" in stats[0]:   # a floor's candidate blends, each summarised
+    blends = np.rint(sum(s["blend_confusion"] for s in stats)).astype(np.int64)
+    losses = sum(np.asarray(s["blend_loss_sum"], np.float64) for s in stats)
+    out["blends"] = [dict(loss=float(l) / max(num_examples, 1), confusion=c,
+                          **metrics_lib.summary(c)) for c, l in zip(blends, losses)]
+  return out
 
 
 def predict_batches(ledger: CompileLedger, steps: Steps, params, batches: Iterable[tuple],

@@ -16,7 +16,7 @@ import numpy as np
 
 from fusion_jax import io_utils, metrics, plots
 from fusion_jax.data import batching
-from fusion_jax.models import registry
+from fusion_jax.models import floor, registry
 
 if TYPE_CHECKING:
   from fusion_jax.experiment import Experiment
@@ -255,16 +255,26 @@ def failure_cases(failures: dict) -> str:
 def modality_ablation(abl: dict, class_names: Sequence[str]) -> str:
   """``modality_ablation.txt`` from :func:`fusion_jax.evaluation.modality_ablation`'s dict."""
   rows = abl["variants"]
-  fill = "mean training frame" if abl["fill"] == "mean" else "zero vector"
+  how = {"absent": "made absent (no frame: the model is told the modality is missing)",
+         "mean": "replaced by one frame = the mean training frame of that modality",
+         "zero": "replaced by one zero frame"}[abl["fill"]]
   out = [RULE, "WHEN DOES FUSION HELP? MODALITY REMOVAL AND UNIMODAL BASELINES (test)", RULE,
-         "", f"A removed modality is replaced, per utterance, by one frame = the {fill} of "
-         "that modality.", "",
+         "", f"A removed modality is, per utterance, {how}.", "",
          f"{'Variant':<18} {'Full':>8} {'No speech':>10} {'No text':>9} {'Δ speech':>9} "
          f"{'Δ text':>8}  Relies on", THIN]
   for v, r in rows.items():
     out.append(f"{v:<18} {r['full']:>8.4f} {r['no_speech']:>10.4f} {r['no_text']:>9.4f} "
                f"{r['drop_without_speech']:>+9.4f} {r['drop_without_text']:>+8.4f}  "
                f"{r['relies_on']}")
+  for v, a in abl.get("unimodal_accuracy", {}).items():   # (they read one modality)
+    only = "speech" if registry.get(v).reads("speech") else "text"
+    out.append(f"{v:<18} {a:>8.4f} {'-' if only == 'speech' else f'{a:.4f}':>10} "
+               f"{f'{a:.4f}' if only == 'speech' else '-':>9}")
+  floors = {v: r["floor"] for v, r in rows.items() if r.get("floor")}
+  if floors:
+    out += ["", "Floor blends chosen on validation (fusion head + each modality's own head; "
+            "models/floor.py), per seed:"]
+    out += [f"  {v}: " + "; ".join(floor.describe(b) for b in bs) for v, bs in floors.items()]
   gains = abl["per_class_gain"]
   if gains:
     out += ["", "Per-class recall gain of each fusion variant over the best single modality "

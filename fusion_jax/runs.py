@@ -265,8 +265,11 @@ class RunState:
     score = float(val_stats[metric])
     improved = score > self.best.score
     if improved:
+      best_metrics = {m: val_stats[m] for m in BEST_METRICS}
+      if "blend" in val_stats:   # a floor's blend (models/floor.py), chosen on validation
+        best_metrics["floor_blend"] = list(val_stats["blend"])
       self.best = Best(self.epoch, row["val_acc"], np.asarray(val_stats["confusion"]),
-                       {m: val_stats[m] for m in BEST_METRICS}, score)
+                       best_metrics, score)
     return improved
 
   def epoch_record(self, e: int) -> dict:
@@ -349,7 +352,8 @@ class Run:
 
 def _abstract_state(model_cfg, variant: str, num_classes: int, optim_cfg):
   model = model_lib.build_model(model_cfg, variant, num_classes)
-  optimizer = optim_lib.make_optimizer(optim_cfg, finetune=model.config.finetunes)
+  optimizer = optim_lib.make_optimizer(optim_cfg, finetune=model.config.finetunes,
+                                       frozen=model_lib.has_floor(model.config, variant))
   params = jax.eval_shape(lambda: model_lib.init_params(model, jax.random.key(0)))
   return steps.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
                           opt_state=jax.eval_shape(optimizer.init, params),

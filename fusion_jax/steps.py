@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from fusion_jax.errors import ConfigError
-from fusion_jax.models import layers
+from fusion_jax.models import floor, layers, registry
 from fusion_jax.models import model as model_lib
 from fusion_jax.optim import Loss, smoothed_cross_entropy
 
@@ -62,6 +62,28 @@ def _forward(model, params, batch, train, key=None):
   rngs = {"dropout": key} if train else None
   return model.apply({"params": params}, batch["speech"], batch["speech_mask"],
                      batch["text"], batch["text_mask"], train=train, rngs=rngs)
+
+
+# The key stream of modality dropout: fold_in(step key, this), apart from dropout's.
+_MODALITY_STREAM = 0x6D6F64
+
+
+def drop_modalities(batch: dict, key, rate: float) -> dict:
+  """Modality dropout: in about ``rate`` of the utterances speech is made absent (its
+  mask zeroed) and in another ``rate`` text, never both, and only where both are there
+  (``rate`` <= 0.5). One draw per row of the whole batch: the same rows for any
+  microbatching."""
+  u = jax.random.uniform(key, (batch["speech_mask"].shape[0], 2))
+  both = (layers.presence(batch["speech_mask"]) * layers.presence(batch["text_mask"])) > 0
+  drop = both & (u[:, 0] < 2.0 * rate)
+  drop_speech = drop & (u[:, 1] < 0.5)
+  drop_text = drop & ~drop_speech
+  out = dict(batch)
+  out["speech_mask"] = batch["speech_mask"] * (~drop_speech)[:, None].astype(
+      batch["speech_mask"].dtype)
+  out["text_mask"] = batch["text_mask"] * (~drop_text)[:, None].astype(
+      batch["text_mask"].dtype)
+  return out
 
 
 def split_rows(tree, parts: int):
@@ -106,9 +128,23 @@ def num_microbatches(batch_size: int, frames: int, budget: int, multiple: int = 
   return per_device
 
 
+def _losses(loss: Loss, logits, aux, part, denominator):
+  """The training objective of one (part of a) batch: the loss of the fusion head's own
+  logits (not the floor's blend, which is set on validation), plus, with unimodal heads,
+  ``loss.unimodal_weight`` times each head's loss over the rows with its modality."""
+  main = aux.get("fusion/logits", logits)
+  mean, per_example = loss(main, part["label"], part["example_mask"], denominator)
+  if loss.unimodal_weight and "unimodal/speech_logits" in aux:
+    for m in ("speech", "text"):
+      rows = part["example_mask"] * layers.presence(part[f"{m}_mask"])
+      mean = mean + loss.unimodal_weight * loss(aux[f"unimodal/{m}_logits"], part["label"],
+                                                rows, denominator)[0]
+  return mean, (per_example, main)
+
+
 def train_step(state: TrainState, metrics: dict, batch: dict, dropout_key, *, model,
                optimizer, label_smoothing: float, loss: Optional[Loss] = None,
-               microbatches: int = 1):
+               microbatches: int = 1, modality_dropout: float = 0.0):
   """One optimisation step; ``metrics`` accumulates masked loss, correct and count sums.
 
   Dropout's key is ``fold_in(dropout_key, state.step)``: a function of the run and
@@ -121,9 +157,14 @@ def train_step(state: TrainState, metrics: dict, batch: dict, dropout_key, *, mo
   the step's activation memory / k). Each part draws the whole batch's dropout masks for
   its rows (:func:`~fusion_jax.models.layers.batch_rows`) and the mean's denominator is
   the whole batch's, so the step equals the one-pass step up to float rounding.
+
+  ``modality_dropout`` > 0 (fusion variants): :func:`drop_modalities` on the whole batch
+  first, keyed by the step as dropout is.
   """
   key = jax.random.fold_in(dropout_key, state.step)
   loss = loss or Loss(label_smoothing)
+  if modality_dropout > 0 and registry.get(model.variant).is_fusion:
+    batch = drop_modalities(batch, jax.random.fold_in(key, _MODALITY_STREAM), modality_dropout)
   weights = batch["example_mask"]
   rows = weights.shape[0]
   if rows % microbatches:
@@ -133,9 +174,8 @@ def train_step(state: TrainState, metrics: dict, batch: dict, dropout_key, *, mo
 
   def loss_fn(params, part, stride, offset):
     with layers.batch_rows(stride, offset):
-      logits, _ = _forward(model, params, part, True, key)
-    mean, per_example = loss(logits, part["label"], part["example_mask"], denominator)
-    return mean, (per_example, logits)
+      logits, aux = _forward(model, params, part, True, key)
+    return _losses(loss, logits, aux, part, denominator)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if microbatches == 1:
@@ -180,7 +220,7 @@ def gather(data: dict, idx) -> dict:
 
 def train_group_step(state: TrainState, metrics: dict, data: dict, idx, dropout_keys, *,
                      model, optimizer, label_smoothing: float, loss: Optional[Loss] = None,
-                     microbatches: int = 1):
+                     microbatches: int = 1, modality_dropout: float = 0.0):
   """:func:`train_step` for S runs at once (seeds of one variant), as one program.
 
   ``state``, ``metrics``, ``idx [S, B]`` and ``dropout_keys [S]`` are stacked on a
@@ -188,7 +228,8 @@ def train_group_step(state: TrainState, metrics: dict, data: dict, idx, dropout_
   """
   one = lambda st, m, i, k: train_step(st, m, gather(data, i), k, model=model,
                                        optimizer=optimizer, label_smoothing=label_smoothing,
-                                       loss=loss, microbatches=microbatches)
+                                       loss=loss, microbatches=microbatches,
+                                       modality_dropout=modality_dropout)
   return jax.vmap(one)(state, metrics, idx, dropout_keys)
 
 
@@ -200,24 +241,38 @@ def eval_group_step(params, data: dict, idx, *, model, label_smoothing: float,
                                       microbatches=microbatches))(params)
 
 
+_FLOOR_AUX = ("fusion/logits", "unimodal/speech_logits", "unimodal/text_logits")
+
+
 def eval_step(params, batch: dict, *, model, label_smoothing: float,
               microbatches: int = 1) -> dict:
-  """Additive statistics of one batch: summed loss and the ``[K, K]`` confusion matrix.
+  """Additive statistics of one batch: summed loss and the ``[K, K]`` confusion matrix;
+  for a model with a floor (:mod:`fusion_jax.models.floor`) also ``blend_confusion
+  [C, K, K]``, the confusion of each candidate blend.
 
   ``microbatches`` k > 1: the logits are computed over k strided parts of the batch one
   after another (activation memory / k; same numbers, rows never interact)."""
+  def forward(part):
+    logits, aux = _forward(model, params, part, False)
+    return logits, {k: aux[k] for k in _FLOOR_AUX if k in aux}
   if microbatches == 1:
-    logits, _ = _forward(model, params, batch, False)
+    logits, aux = forward(batch)
   else:
-    logits = merge_rows(jax.lax.map(lambda part: _forward(model, params, part, False)[0],
-                                    split_rows(batch, microbatches)))
+    logits, aux = merge_rows(jax.lax.map(forward, split_rows(batch, microbatches)))
   weights = batch["example_mask"]
   k = logits.shape[-1]
-  pred = jnp.argmax(logits, -1)
   onehot_true = jax.nn.one_hot(batch["label"], k) * weights[:, None]
-  confusion = onehot_true.T @ jax.nn.one_hot(pred, k)
+  confusion = lambda z: onehot_true.T @ jax.nn.one_hot(jnp.argmax(z, -1), k)
   loss = smoothed_cross_entropy(logits, batch["label"], label_smoothing)
-  return dict(loss_sum=jnp.sum(loss * weights), confusion=confusion)
+  out = dict(loss_sum=jnp.sum(loss * weights), confusion=confusion(logits))
+  if len(aux) == len(_FLOOR_AUX):
+    candidates = floor.blend_logits(jnp.asarray(floor.BLENDS), *(aux[k] for k in _FLOOR_AUX),
+                                    layers.presence(batch["speech_mask"]),
+                                    layers.presence(batch["text_mask"]))   # [C, B, K]
+    out["blend_confusion"] = jax.vmap(confusion)(candidates)
+    out["blend_loss_sum"] = jax.vmap(lambda z: jnp.sum(smoothed_cross_entropy(
+        z, batch["label"], label_smoothing) * weights))(candidates)
+  return out
 
 
 def predict_step(params, batch: dict, *, model, aux_keys: Sequence[str] = ()):
@@ -251,16 +306,19 @@ class Steps:
       training adding their gradients (:func:`train_step`); 0: the whole batch at once.
       Only memory and speed depend on it, not the result (up to float rounding).
     devices: how many devices share a batch's rows (the mesh's data axis).
+    modality_dropout: :func:`train_step`'s (``optim.modality_dropout``).
   """
 
   def __init__(self, model, optimizer, label_smoothing: float, owner: tuple,
-               loss: Optional[Loss] = None, microbatch_frames: int = 0, devices: int = 1):
+               loss: Optional[Loss] = None, microbatch_frames: int = 0, devices: int = 1,
+               modality_dropout: float = 0.0):
     self.model, self.optimizer, self.label_smoothing = model, optimizer, label_smoothing
     self.owner = owner
     self.traces = 0
     self.microbatch_frames, self.devices = microbatch_frames, devices
     loss = loss or Loss(label_smoothing)
-    bound = dict(model=model, optimizer=optimizer, label_smoothing=label_smoothing, loss=loss)
+    bound = dict(model=model, optimizer=optimizer, label_smoothing=label_smoothing, loss=loss,
+                 modality_dropout=float(modality_dropout))
 
     parts = lambda rows, arrays: self.microbatches(rows, arrays["speech"].shape[1],
                                                    arrays["text"].shape[1])

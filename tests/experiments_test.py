@@ -118,8 +118,10 @@ def test_a_registered_toy_head_runs_through_every_binary(trained, tmp_path):
   out = tmp_path / "r" / "test_results"
   assert len(pd.read_csv(out / "toy_sum_predictions.csv")) == 14
   ablation = (out / "modality_ablation.txt").read_text()
-  assert "toy_sum" in ablation and "speech_only" not in ablation.split("Relies on")[1].split(
-      "\n\n")[0]
+  table = ablation.split("Relies on")[1].split("\n\n")[0].splitlines()
+  # the baseline is a row beside the heads, never ablated: no "No speech" figure
+  assert any(l.startswith("toy_sum ") for l in table)
+  assert [l.split()[2] for l in table if l.startswith("speech_only ")] == ["-"]
   run("analyze_embeddings.py", *common, "--methods=pca", env=env)
   sep = tmp_path / "r" / "separability"
   for block in ("temporal", "contextual", "fusion"):

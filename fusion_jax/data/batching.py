@@ -26,7 +26,9 @@ from fusion_jax.errors import ConfigError
 
 
 def _round_up(n: int, multiple: int) -> int:
-  return int(-(-int(n) // multiple) * multiple)
+  """``n`` rounded up to a multiple, at least one multiple (an absent modality, 0 frames,
+  still gets a padded frame: all its mask is zero)."""
+  return int(-(-max(int(n), 1) // multiple) * multiple)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -284,8 +284,9 @@ def to_torch_state_dict(params, variant: str) -> collections.OrderedDict:
   extra = sorted("/".join(p) for p in have - used)
   if extra:
     raise ConfigError(f"the original {variant} model has no place for parameter(s) "
-                     f"{extra[:4]}{' ...' if len(extra) > 4 else ''} (an input projection "
-                     "or positional encoding, model.model_dim > 0, is not in the original)")
+                     f"{extra[:4]}{' ...' if len(extra) > 4 else ''} (not in the original: an "
+                     "input projection, model.model_dim > 0; unimodal heads and the floor, "
+                     "model.unimodal_heads; absent-modality vectors, model.absent_embedding)")
   return out
 
 

@@ -12,6 +12,12 @@ Every head has the interface of :class:`FusionHead`::
 * ``fusion/speech_gate``, ``fusion/text_gate [B, F]``: gates (box plots per class),
 * ``fusion/modality_weights [B, 2]``: speech and text weights (box plots per class).
 
+An absent modality (an all-zero mask; :func:`~fusion_jax.models.layers.presence`) is an
+input every head takes: gates, weights and late fusion's mixture renormalise over the
+modalities present, attention over an empty sequence receives nothing (never a NaN),
+and with ``absent_embedding`` (``model.absent_embedding``) the pooled vector of an
+absent modality is a learned one, as concatenation-style heads need.
+
 A new head is a subclass here (or in your own module) plus one record in
 :mod:`fusion_jax.models.registry`. A head that fuses inside the encoders
 (``owns_encoders``, MBT) receives the raw features; a head that combines decisions
@@ -29,7 +35,7 @@ import jax.numpy as jnp
 
 from fusion_jax.errors import ConfigError
 from fusion_jax.models.layers import (Dropout, EncoderLayer, Linear, MultiHeadAttention,
-                                      encoder_flops, gelu, layer_norm, masked_mean,
+                                      encoder_flops, gelu, layer_norm, masked_mean, presence,
                                       sinusoidal_positions)
 from fusion_jax.schema import at_least, knob
 
@@ -105,6 +111,7 @@ class FusionHead(nn.Module):
   num_heads: int
   dropout: float
   dtype: Any = jnp.float32
+  absent_embedding: bool = False
   # A head that runs the encoders itself (fusion inside them) gets the raw inputs and
   # returns the blocks' aux entries too; a head that produces logits skips the classifier.
   owns_encoders: ClassVar[bool] = False
@@ -127,8 +134,22 @@ class FusionHead(nn.Module):
     extra.update({name: getattr(config, name) for name in cls.knob_names()})
     if "num_classes" in {f.name for f in dataclasses.fields(cls)}:
       extra["num_classes"] = num_classes
-    return cls(config.f_hidden, config.heads, config.dropout, config.compute_dtype, name=name,
-               **extra)
+    return cls(config.f_hidden, config.heads, config.dropout, config.compute_dtype,
+               absent_embedding=config.absent_embedding, name=name, **extra)
+
+  def absent(self, vec, mask, name: str):
+    """``vec [B, D]`` (a modality's pooled vector), with a learned vector ``name [D]`` in
+    the rows where that modality is absent (``mask [B, T]`` all zero), if
+    ``absent_embedding``; else unchanged (an absent modality pools to zeros)."""
+    if not self.absent_embedding:
+      return vec
+    emb = self.param(name, nn.initializers.normal(0.02), (vec.shape[-1],), jnp.float32)
+    return jnp.where(presence(mask)[:, None] > 0, vec, emb.astype(vec.dtype))
+
+  def absent_pair(self, s, speech_mask, t, text_mask):
+    """:meth:`absent` for both modalities' vectors (``speech_absent``, ``text_absent``)."""
+    return (self.absent(s, speech_mask, "speech_absent"),
+            self.absent(t, text_mask, "text_absent"))
 
   @classmethod
   def flops(cls, config, speech_len: int, text_len: int, speech_dim: int,
@@ -149,6 +170,7 @@ class CrossAttentionFusion(FusionHead):
     t_att, t_w = mha("text_to_speech_attn")(t, s, speech_mask, deterministic=deterministic)
     s_vec = masked_mean(layer_norm("ln_speech")(s_att + s), speech_mask)
     t_vec = masked_mean(layer_norm("ln_text")(t_att + t), text_mask)
+    s_vec, t_vec = self.absent_pair(s_vec, speech_mask, t_vec, text_mask)
     fused = FusionProjection(self.features, self.dropout, self.dtype, name="fusion_proj")(
         jnp.concatenate([s_vec, t_vec], axis=-1), deterministic=deterministic)
     return fused, {"fusion/speech_to_text_attention": s_w,
@@ -170,6 +192,7 @@ class ConcatenationFusion(FusionHead):
   def __call__(self, speech, speech_mask, text, text_mask, *, deterministic):
     s, t = pooled_projections(self.features // 2, self.dtype, speech, speech_mask, text,
                               text_mask)
+    s, t = self.absent_pair(s, speech_mask, t, text_mask)
     fused = FusionProjection(self.features, self.dropout, self.dtype, name="fusion_proj")(
         jnp.concatenate([s, t], axis=-1), deterministic=deterministic)
     return fused, {}
@@ -192,15 +215,20 @@ class _Gate(nn.Module):
 
 
 class GatedFusion(FusionHead):
-  """Sigmoid gates per modality: ``FP(g_s ⊙ ŝ + g_t ⊙ t̂)``."""
+  """Sigmoid gates per modality: ``FP(g_s ⊙ ŝ + g_t ⊙ t̂)``; with one modality absent,
+  ``FP(2 g ⊙ x̂)`` of the other."""
 
   @nn.compact
   def __call__(self, speech, speech_mask, text, text_mask, *, deterministic):
     s, t = pooled_projections(self.features, self.dtype, speech, speech_mask, text, text_mask)
     g_s = _Gate(self.features, self.dtype, name="speech_gate")(s)
     g_t = _Gate(self.features, self.dtype, name="text_gate")(t)
+    # an absent modality's gated term is left out and the present one's scaled by 2, so
+    # the sum keeps its two-term size (with both present: exactly the original's sum)
+    p_s, p_t = presence(speech_mask)[:, None], presence(text_mask)[:, None]
+    scale = 2.0 / jnp.maximum(p_s + p_t, 1.0)
     fused = FusionProjection(self.features, self.dropout, self.dtype, name="fusion_proj")(
-        g_s * s + g_t * t, deterministic=deterministic)
+        (p_s * g_s * s + p_t * g_t * t) * scale, deterministic=deterministic)
     return fused, {"fusion/speech_gate": g_s, "fusion/text_gate": g_t}
 
   @classmethod
@@ -220,13 +248,17 @@ class _Scorer(nn.Module):
 
 
 class WeightedFusion(FusionHead):
-  """One shared scorer; softmax over the two modalities: ``FP(w_s ŝ + w_t t̂)``."""
+  """One shared scorer; softmax over the modalities present: ``FP(w_s ŝ + w_t t̂)``."""
 
   @nn.compact
   def __call__(self, speech, speech_mask, text, text_mask, *, deterministic):
     s, t = pooled_projections(self.features, self.dtype, speech, speech_mask, text, text_mask)
     scorer = _Scorer(self.features, self.dtype, name="attention")
-    w = jax.nn.softmax(jnp.concatenate([scorer(s), scorer(t)], axis=-1), axis=-1)
+    present = jnp.stack([presence(speech_mask), presence(text_mask)], axis=-1) > 0
+    scores = jnp.concatenate([scorer(s), scorer(t)], axis=-1)
+    # softmax over the modalities present (both absent: both, on their empty vectors)
+    w = jax.nn.softmax(jnp.where(present | ~present.any(-1, keepdims=True), scores,
+                                 -jnp.inf), axis=-1)
     fused = FusionProjection(self.features, self.dropout, self.dtype, name="fusion_proj")(
         w[:, 0:1] * s + w[:, 1:2] * t, deterministic=deterministic)
     return fused, {"fusion/modality_weights": w}
@@ -299,6 +331,7 @@ class MulTFusion(FusionHead):
     zs = layer("speech_self")(zs, speech_mask, deterministic=deterministic)
     zt = layer("text_self")(zt, text_mask, deterministic=deterministic)
     s_vec, t_vec = masked_mean(zs, speech_mask), masked_mean(zt, text_mask)
+    s_vec, t_vec = self.absent_pair(s_vec, speech_mask, t_vec, text_mask)
     fused = FusionProjection(self.features, self.dropout, self.dtype, name="fusion_proj")(
         jnp.concatenate([s_vec, t_vec], axis=-1), deterministic=deterministic)
     return fused, {"fusion/speech_to_text_attention": s_w,
@@ -378,13 +411,18 @@ class BottleneckFusion(FusionHead):
           xs = y[:, :length]
         else:
           xt = y[:, :length]
-      shared = (updates[0] + updates[1]) / 2
+      # the mean of the present modalities' updates (an absent one wrote nothing)
+      p_s, p_t = presence(speech_mask)[:, None, None], presence(text_mask)[:, None, None]
+      both = jnp.maximum(p_s + p_t, 1.0)
+      shared = jnp.where(p_s + p_t > 0, (p_s * updates[0] + p_t * updates[1]) / both,
+                         (updates[0] + updates[1]) / 2)
     drop = Dropout(self.dropout)
     xs = drop(xs, deterministic=deterministic) * speech_mask[..., None].astype(xs.dtype)
     xt = drop(xt, deterministic=deterministic) * text_mask[..., None].astype(xt.dtype)
     aux.update({"temporal/sequence": xs, "temporal/pooled": masked_mean(xs, speech_mask),
                 "contextual/sequence": xt, "contextual/pooled": masked_mean(xt, text_mask)})
-    pooled = [aux["temporal/pooled"], aux["contextual/pooled"]]
+    pooled = list(self.absent_pair(aux["temporal/pooled"], speech_mask,
+                                   aux["contextual/pooled"], text_mask))
     if n:   # the shared tokens after the last layer carry what both modalities wrote
       aux["fusion/bottleneck"] = jnp.mean(shared.astype(jnp.float32), axis=1)
       pooled.append(aux["fusion/bottleneck"])
@@ -421,7 +459,8 @@ class TensorFusion(FusionHead):
   def __call__(self, speech, speech_mask, text, text_mask, *, deterministic):
     s, t = pooled_projections(self.tensor_dim, self.dtype, speech, speech_mask, text,
                               text_mask)
-    s, t = s.astype(jnp.float32), t.astype(jnp.float32)
+    s, t = self.absent_pair(s.astype(jnp.float32), speech_mask, t.astype(jnp.float32),
+                            text_mask)
     one = jnp.ones((s.shape[0], 1), jnp.float32)
     tensor = jnp.einsum("bi,bj->bij", jnp.concatenate([s, one], -1),
                         jnp.concatenate([t, one], -1)).reshape(s.shape[0], -1)
@@ -453,6 +492,7 @@ class LowRankFusion(FusionHead):
   def __call__(self, speech, speech_mask, text, text_mask, *, deterministic):
     s, t = pooled_projections(self.tensor_dim, self.dtype, speech, speech_mask, text,
                               text_mask)
+    s, t = self.absent_pair(s, speech_mask, t, text_mask)
     k1 = self.tensor_dim + 1
     # LMF's initialisation: Xavier-normal factors, a zero bias.
     init = nn.initializers.xavier_normal(in_axis=1, out_axis=2, batch_axis=(0,))
@@ -479,7 +519,8 @@ class LateFusion(FusionHead):
 
   Each pooled block goes through the original's unimodal classifier (Linear → ReLU →
   Dropout → Linear to K classes); ``logits = w_s · logits_s + w_t · logits_t`` with
-  ``w = softmax(mix)`` learned (initially equal). The baseline every fusion method
+  ``w = softmax(mix)`` learned (initially equal; renormalised over the modalities
+  present, so an absent one leaves the other's decision). The baseline every fusion method
   must beat: it only combines decisions. Returns logits ``[B, K]`` (the classifier of
   the other heads is not used); ``aux``: ``fusion/modality_weights [B, 2]``,
   ``fusion/speech_logits``, ``fusion/text_logits``; its "fused" vector is the logits.
@@ -497,9 +538,13 @@ class LateFusion(FusionHead):
       return Linear(self.num_classes, self.dtype, name=f"{m}_dense2")(h).astype(jnp.float32)
     ls = classifier(masked_mean(speech, speech_mask), "speech")
     lt = classifier(masked_mean(text, text_mask), "text")
-    w = jax.nn.softmax(self.param("mix", nn.initializers.zeros, (2,), jnp.float32))
-    logits = w[0] * ls + w[1] * lt
-    return logits, {"fusion/modality_weights": jnp.broadcast_to(w, (ls.shape[0], 2)),
+    mix = jax.nn.softmax(self.param("mix", nn.initializers.zeros, (2,), jnp.float32))
+    # renormalised over the modalities present (both absent: the learned mixture)
+    present = jnp.stack([presence(speech_mask), presence(text_mask)], axis=-1)
+    w = mix * jnp.where(present.sum(-1, keepdims=True) > 0, present, 1.0)
+    w = w / jnp.sum(w, axis=-1, keepdims=True)
+    logits = w[:, 0:1] * ls + w[:, 1:2] * lt
+    return logits, {"fusion/modality_weights": w,
                     "fusion/speech_logits": ls, "fusion/text_logits": lt}
 
   @classmethod

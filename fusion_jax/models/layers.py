@@ -37,6 +37,12 @@ def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
   return total / jnp.maximum(jnp.sum(m, axis=1), 1.0)
 
 
+def presence(mask: jax.Array) -> jax.Array:
+  """``[B, T] → [B]`` float32: 1 where the utterance has this modality (any real frame), 0
+  where it is absent (an all-zero mask: the modality is missing, or was dropped)."""
+  return (jnp.sum(mask.astype(jnp.float32), axis=1) > 0).astype(jnp.float32)
+
+
 def gelu(x):
   """Exact (erf) GELU, as ``torch.nn.GELU()`` (Flax's default is the tanh approximation)."""
   return nn.gelu(x, approximate=False)
@@ -222,6 +228,8 @@ class MultiHeadAttention(nn.Module):
                                             base + a[3] * jnp.uint32(tq * tk)))
       heads = jax.lax.map(one, (hq, hk, hv, jnp.arange(self.num_heads, dtype=jnp.uint32)))
       mixed = jnp.moveaxis(heads[:, :, :, 0], 0, 2)
+    # a query with no key at all (an absent modality) receives nothing, not a mean of pads
+    mixed = mixed * jnp.any(valid, axis=-1)[..., None].astype(mixed.dtype)
     out = Linear(e, self.dtype, zero_bias=True, name="out")(mixed.reshape(b, tq, e))
     return out, jnp.mean(_attention_weights(q, k, valid), axis=1)
 

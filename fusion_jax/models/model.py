@@ -19,8 +19,14 @@ with ``speech [B, T, Ds]``, ``speech_mask [B, T]``, ``text [B, L, Dt]``,
   ``fusion/{speech,text}_to_bottleneck_attention`` (bottleneck); each head's docstring
   lists its own.
 
-A unimodal baseline (``speech_only``, ``text_only``) has only its own block's
-entries. Unused entries cost nothing under ``jit`` (dead code is removed).
+With ``unimodal_heads`` a fusion variant also has ``fusion/logits [B, K]`` (the fusion
+head's own), ``unimodal/speech_logits`` and ``unimodal/text_logits [B, K]``, and
+``floor/weights [B, 3]`` (the blend each utterance got); its ``logits`` are then the
+floor's log-probabilities (:mod:`fusion_jax.models.floor`).
+
+An absent modality is an all-zero mask (every head and the floor take it, see
+:mod:`fusion_jax.models.heads`). A unimodal baseline (``speech_only``, ``text_only``)
+has only its own block's entries. Unused entries cost nothing under ``jit`` (dead code is removed).
 Which blocks and head a variant has is read from :mod:`fusion_jax.models.registry`.
 """
 
@@ -33,10 +39,10 @@ import jax
 import jax.numpy as jnp
 
 from fusion_jax.errors import ConfigError
-from fusion_jax.models import encoders, heads, registry
+from fusion_jax.models import encoders, floor, heads, registry
 from fusion_jax.schema import at_least, fraction, knob, one_of, positive
 from fusion_jax.models.layers import (Dropout, Linear, SequenceEncoder, encoder_flops, gelu,
-                                      layer_norm, masked_mean)
+                                      layer_norm, masked_mean, presence)
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig(heads.HeadKnobs):
@@ -70,6 +76,12 @@ class ModelConfig(heads.HeadKnobs):
                                      "> 0: train the speech encoder's top k layers (hf "
                                      "features of every hidden state, no pooling)")
   speech_encoder: str = knob("", doc="which pretrained speech encoder (hf@<weights sha256>)")
+  # a missing modality and the floor (models/heads.py, models/floor.py); off in the original
+  absent_embedding: bool = knob(False, doc="fusion heads put a learned vector in place of "
+                                "an absent modality's pooled one")
+  unimodal_heads: bool = knob(False, doc="fusion variants also classify each modality "
+                              "alone and blend the three on validation (never worse there "
+                              "than either modality's head)")
   encoder_locations: str = knob("", doc="where fine-tuned snapshots were at training, "
                                 "'<sha256>=<folder>' comma-separated (a hint: the weights "
                                 "are checked)")
@@ -138,7 +150,7 @@ class EmotionRecognizer(nn.Module):
     if spec.is_fusion and spec.head.owns_encoders:   # fusion inside the encoders (MBT)
       head = spec.head.from_config(c, self.num_classes, name="fusion_head")
       fused, aux = head(speech, speech_mask, text, text_mask, deterministic=det)
-      return self._classify(fused, aux, det)
+      return self._floor(self._classify(fused, aux, det), aux, speech_mask, text_mask, det)
     if spec.reads("speech"):
       s_seq = self._encoder("temporal_block")(speech, speech_mask, deterministic=det)
       aux["temporal/sequence"] = s_seq
@@ -149,19 +161,39 @@ class EmotionRecognizer(nn.Module):
       aux["contextual/pooled"] = masked_mean(t_seq, text_mask)
 
     if not spec.is_fusion:  # the original's baseline: pooled block → MLP
-      pooled = aux[registry.BLOCKS[spec.blocks[0]][0]]
-      h = nn.relu(Linear(c.classifier_hidden, dtype, name="dense1")(pooled))
-      h = Dropout(c.dropout)(h, deterministic=det)
-      logits = Linear(self.num_classes, dtype, name="dense2")(h)
-      return logits.astype(jnp.float32), aux
+      return self._unimodal(aux[registry.BLOCKS[spec.blocks[0]][0]], "", det), aux
 
     head = spec.head.from_config(c, self.num_classes, name="fusion_head")
     fused, head_aux = head(s_seq, speech_mask, t_seq, text_mask, deterministic=det)
     aux.update(head_aux)
     if spec.head.produces_logits:   # late fusion: the head's output is the decision
       aux["fusion/fused"] = fused
-      return fused.astype(jnp.float32), aux
-    return self._classify(fused, aux, det)
+      return self._floor((fused.astype(jnp.float32), aux), aux, speech_mask, text_mask, det)
+    return self._floor(self._classify(fused, aux, det), aux, speech_mask, text_mask, det)
+
+  def _unimodal(self, pooled, prefix: str, det):
+    """The original's unimodal classifier (``{prefix}dense1`` → ReLU → Dropout →
+    ``{prefix}dense2``) on a pooled block ``[B, D]`` → logits ``[B, K]``."""
+    c, dtype = self.config, self.config.compute_dtype
+    h = nn.relu(Linear(c.classifier_hidden, dtype, name=f"{prefix}dense1")(pooled))
+    h = Dropout(c.dropout)(h, deterministic=det)
+    return Linear(self.num_classes, dtype, name=f"{prefix}dense2")(h).astype(jnp.float32)
+
+  def _floor(self, out, aux, speech_mask, text_mask, det):
+    """With ``unimodal_heads``: the fusion logits blended with each modality's own head
+    (:mod:`fusion_jax.models.floor`); the blend is set on validation, never trained."""
+    if not self.config.unimodal_heads:
+      return out
+    fusion_logits = out[0]
+    z_s = self._unimodal(aux["temporal/pooled"], "speech_head_", det)
+    z_t = self._unimodal(aux["contextual/pooled"], "text_head_", det)
+    blend = jax.lax.stop_gradient(self.param(
+        "floor_blend", lambda _key, shape: jnp.asarray(floor.FUSION_ONLY).reshape(shape), (3,)))
+    p_s, p_t = presence(speech_mask), presence(text_mask)
+    aux.update({"fusion/logits": fusion_logits, "unimodal/speech_logits": z_s,
+                "unimodal/text_logits": z_t,
+                "floor/weights": floor.effective_weights(blend, p_s, p_t)})
+    return floor.blend_logits(blend, fusion_logits, z_s, z_t, p_s, p_t), aux
 
   def _classify(self, fused, aux, det):
     """The original's classifier on the fused vector."""
@@ -179,6 +211,12 @@ def build_model(config, variant: str, num_classes: int) -> EmotionRecognizer:
   if not isinstance(config, ModelConfig):
     config = ModelConfig.from_config(config)
   return EmotionRecognizer(config, registry.get(variant).name, int(num_classes))
+
+
+def has_floor(config: ModelConfig, variant: str) -> bool:
+  """Whether ``variant`` under ``config`` blends with unimodal heads (a ``floor_blend``
+  parameter set on validation, :mod:`fusion_jax.models.floor`)."""
+  return bool(config.unimodal_heads) and registry.get(variant).is_fusion
 
 
 def dummy_inputs(config: ModelConfig, batch: int = 2, speech_len: int = 8, text_len: int = 4):

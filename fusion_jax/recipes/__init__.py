@@ -125,7 +125,7 @@ def summarise(values: Sequence[float]) -> dict:
 
 
 def cross_validate(exp: Experiment, split: Split, folds: Sequence[Fold], work_dir: str, *,
-                   analyse_folds: Sequence[int] = (0,), ablation: str = "mean",
+                   analyse_folds: Sequence[int] = (0,), ablation: str = "absent",
                    write_summary: bool = True) -> dict:
   """Trains, evaluates (and analyses) every variant × seed of ``exp`` on every fold.
 

@@ -122,7 +122,7 @@ def run(config, meld_dir: str, work_dir: str, options: Options = Options(), *,
                           results_dir=os.path.join(work_dir, "results"), log=log)
   training.train_and_evaluate(exp, train, val)
   summary = evaluation.evaluate(exp, dev, variants=exp.variants, seeds=exp.seeds,
-                                train=train, ablation="mean" if has_speech else "none")
+                                train=train, ablation="absent" if has_speech else "none")
   rows = {}
   for v, s in summary["variants"].items():
     rows[v] = {k: recipes.summarise([t[k] for t in s["test"]]) for k in SCORES}

@@ -1,0 +1,209 @@
+"""A missing modality and the floor: absent inputs in every head, modality dropout, the
+unimodal heads' blend chosen on validation (models/floor.py), true-absence evaluation."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fusion_jax import configs, models, optim, passes, steps
+from fusion_jax.models import floor, registry
+
+TINY = models.ModelConfig.from_config(configs.tiny().model)
+ROBUST = dataclasses.replace(TINY, absent_embedding=True, unimodal_heads=True)
+FUSION = [v for v in models.variant_names() if registry.get(v).is_fusion]
+
+
+def _batch(rng, b=4, ts=6, tt=5):
+  s = rng.standard_normal((b, ts, TINY.speech_dim)).astype(np.float32)
+  t = rng.standard_normal((b, tt, TINY.text_dim)).astype(np.float32)
+  sm = np.ones((b, ts), np.float32)
+  tm = np.ones((b, tt), np.float32)
+  sm[0] = 0.0            # row 0: speech absent
+  tm[1] = 0.0            # row 1: text absent
+  sm[2] = tm[2] = 0.0    # row 2: nothing at all
+  sm[3, 4:] = 0.0        # row 3: both, speech padded
+  return s, sm, t, tm
+
+
+@pytest.fixture(scope="module", params=[(v, c) for v in FUSION for c in ("plain", "robust")],
+                ids=lambda p: f"{p[0]}-{p[1]}")
+def model(request):
+  variant, which = request.param
+  model = models.build_model(ROBUST if which == "robust" else TINY, variant, 5)
+  return variant, which, model, models.init_params(model, jax.random.key(3))
+
+
+def test_absent_modalities_give_finite_outputs_and_gradients_and_ignore_their_frames(model):
+  variant, which, m, params = model
+  rng = np.random.default_rng(0)
+  s, sm, t, tm = _batch(rng)
+  apply = jax.jit(m.apply)
+  logits, aux = apply({"params": params}, s, sm, t, tm)
+  assert logits.shape == (4, 5) and np.isfinite(logits).all()
+  for key, v in aux.items():
+    assert np.isfinite(np.asarray(v, np.float32)).all(), key
+  # absent means absent: what an all-zero mask hides never reaches the output
+  s2 = np.where(sm[..., None] > 0, s, 1e3 * rng.standard_normal(s.shape)).astype(np.float32)
+  t2 = np.where(tm[..., None] > 0, t, -1e3).astype(np.float32)
+  np.testing.assert_allclose(apply({"params": params}, s2, sm, t2, tm)[0], logits, rtol=1e-5,
+                             atol=1e-5)
+
+  def loss(p):
+    z, _ = m.apply({"params": p}, s, sm, t, tm, train=True,
+                   rngs={"dropout": jax.random.key(0)})
+    return jnp.sum(z ** 2)
+  grads = jax.jit(jax.grad(loss))(params)
+  for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
+    assert np.isfinite(g).all(), jax.tree_util.keystr(path)
+
+
+def test_with_both_modalities_the_new_options_change_no_head():
+  """Presence handling is exact when both are there: a robust model whose extra parameters
+  are dropped computes the plain model's fusion logits."""
+  rng = np.random.default_rng(2)
+  s, sm, t, tm = _batch(rng)
+  s, sm, t, tm = s[3:], sm[3:], t[3:], tm[3:]   # both modalities present
+  for variant in FUSION:
+    robust = models.build_model(ROBUST, variant, 5)
+    params = models.init_params(robust, jax.random.key(4))
+    _, aux = jax.jit(robust.apply)({"params": params}, s, sm, t, tm)
+    plain = models.build_model(TINY, variant, 5)
+    kept = {k: v for k, v in params.items()
+            if not k.startswith(("speech_head_", "text_head_", "floor_"))}
+    kept["fusion_head"] = {k: v for k, v in params["fusion_head"].items()
+                           if not k.endswith("_absent")}
+    z, _ = jax.jit(plain.apply)({"params": kept}, s, sm, t, tm)
+    np.testing.assert_allclose(aux["fusion/logits"], z, rtol=1e-5, atol=1e-6,
+                               err_msg=variant)
+
+
+def test_weights_and_gates_renormalise_over_the_modalities_present():
+  rng = np.random.default_rng(3)
+  s, sm, t, tm = _batch(rng)
+  for variant in ("weighted", "late"):
+    m = models.build_model(TINY, variant, 5)
+    params = models.init_params(m, jax.random.key(5))
+    if variant == "late":
+      params["fusion_head"]["mix"] = jnp.asarray([0.3, -0.2])
+    _, aux = jax.jit(m.apply)({"params": params}, s, sm, t, tm)
+    w = np.asarray(aux["fusion/modality_weights"])
+    np.testing.assert_allclose(w.sum(-1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(w[0], [0.0, 1.0], atol=1e-7)   # speech absent
+    np.testing.assert_allclose(w[1], [1.0, 0.0], atol=1e-7)   # text absent
+    assert 0.0 < w[3, 0] < 1.0
+    if variant == "late":   # one modality left: its classifier decides alone
+      np.testing.assert_allclose(
+          jax.jit(m.apply)({"params": params}, s, sm, t, tm)[0][0],
+          aux["fusion/text_logits"][0], rtol=1e-6)
+  # gated: the present modality's gated term, doubled, is all the projection sees
+  m = models.build_model(TINY, "gated", 5)
+  params = models.init_params(m, jax.random.key(6))
+  captured = {}
+
+  def spy(next_fun, args, kwargs, context):
+    if context.module.name == "fusion_proj" and context.method_name == "__call__":
+      captured["x"] = args[0]
+    return next_fun(*args, **kwargs)
+  with nn.intercept_methods(spy):
+    _, aux = m.apply({"params": params}, s, sm, t, tm)
+  head = params["fusion_head"]["text_proj"]
+  t_hat = np.asarray(aux["contextual/pooled"]) @ head["kernel"] + head["bias"]
+  np.testing.assert_allclose(captured["x"][0], 2 * aux["fusion/text_gate"][0] * t_hat[0],
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_the_floor_blend_against_numpy():
+  rng = np.random.default_rng(4)
+  z = [rng.standard_normal((4, 5)).astype(np.float32) for _ in range(3)]
+  p_s = np.array([0.0, 1.0, 0.0, 1.0], np.float32)
+  p_t = np.array([1.0, 0.0, 0.0, 1.0], np.float32)
+  blend = np.array([0.25, 0.5, 0.25], np.float32)
+  out = np.asarray(floor.blend_logits(jnp.asarray(blend), *z, p_s, p_t))
+  logp = [x - np.log(np.exp(x).sum(-1, keepdims=True)) for x in z]
+  for b in range(4):
+    w = blend * np.array([1.0, p_s[b], p_t[b]])
+    w = w / w.sum()
+    np.testing.assert_allclose(out[b], sum(w[h] * logp[h][b] for h in range(3)), rtol=1e-5)
+  # a pure speech blend with speech absent falls back on the fusion head alone
+  only = np.asarray(floor.blend_logits(jnp.asarray([0.0, 1.0, 0.0]), *z, p_s, p_t))
+  np.testing.assert_allclose(only[0], logp[0][0], rtol=1e-5)
+  # all candidates at once, as the evaluation step computes them
+  many = np.asarray(floor.blend_logits(jnp.asarray(floor.BLENDS), *z, p_s, p_t))
+  assert many.shape == (len(floor.BLENDS), 4, 5)
+  np.testing.assert_allclose(many[3], np.asarray(floor.blend_logits(
+      jnp.asarray(floor.BLENDS[3]), *z, p_s, p_t)), rtol=1e-6)
+  assert floor.BLENDS[0].tolist() == [1.0, 0.0, 0.0]
+  np.testing.assert_allclose(floor.BLENDS.sum(1), 1.0)
+  assert floor.choose([0.5, 0.7, 0.7, 0.1]) == 1   # ties keep the earlier (more fusion)
+
+
+def test_modality_dropout_is_seeded_never_drops_both_and_keeps_its_rate():
+  b = 4000
+  batch = dict(speech_mask=np.ones((b, 3), np.float32), text_mask=np.ones((b, 2), np.float32))
+  batch["text_mask"][:100] = 0.0    # text already absent: speech must stay
+  out = steps.drop_modalities(batch, jax.random.key(7), 0.2)
+  again = steps.drop_modalities(batch, jax.random.key(7), 0.2)
+  other = steps.drop_modalities(batch, jax.random.key(8), 0.2)
+  s_on = np.asarray(out["speech_mask"]).max(1) > 0
+  t_on = np.asarray(out["text_mask"]).max(1) > 0
+  np.testing.assert_array_equal(np.asarray(again["speech_mask"]), np.asarray(out["speech_mask"]))
+  assert (np.asarray(other["speech_mask"]) != np.asarray(out["speech_mask"])).any()
+  assert (s_on | t_on).all() and s_on[:100].all()
+  real = slice(100, None)
+  assert abs((~s_on[real]).mean() - 0.2) < 0.03 and abs((~t_on[real]).mean() - 0.2) < 0.03
+  # a dropped modality loses its whole mask; the other keeps its own
+  kept = np.asarray(out["speech_mask"])[s_on]
+  assert (kept == 1.0).all()
+
+
+def test_the_optimizer_never_moves_the_floor_blend():
+  cfg = configs.tiny()
+  cfg.model.unimodal_heads = True
+  cfg.optim.unimodal_loss_weight = 1.0
+  cfg.optim.modality_dropout = 0.3
+  model = models.build_model(cfg.model, "gated", 5)
+  optimizer = optim.make_optimizer(cfg.optim, frozen=models.model.has_floor(model.config,
+                                                                             "gated"))
+  state = steps.init_state(model, optimizer, jax.random.key(0), 0.01)
+  state = state.replace(params=dict(state.params, floor_blend=jnp.asarray([0.5, 0.25, 0.25])))
+  rng = np.random.default_rng(5)
+  s, sm, t, tm = _batch(rng)
+  batch = dict(speech=s, speech_mask=sm, text=t, text_mask=tm,
+               label=np.array([0, 1, 2, 3]), example_mask=np.ones(4, np.float32))
+  loss = optim.Loss.from_config(cfg.optim)
+  new, _ = jax.jit(lambda st: steps.train_step(
+      st, steps.zero_metrics(), batch, jax.random.key(1), model=model, optimizer=optimizer,
+      label_smoothing=0.1, loss=loss, modality_dropout=0.3))(state)
+  np.testing.assert_array_equal(new.params["floor_blend"], [0.5, 0.25, 0.25])
+  moved = lambda k: not np.allclose(new.params[k]["kernel"], state.params[k]["kernel"])
+  assert moved("speech_head_dense1") and moved("text_head_dense2")   # the auxiliary loss
+
+
+def test_evaluation_scores_every_candidate_blend_and_the_loop_keeps_the_best():
+  model = models.build_model(ROBUST, "concatenation", 5)
+  params = models.init_params(model, jax.random.key(9))
+  rng = np.random.default_rng(6)
+  s, sm, t, tm = _batch(rng)
+  labels = np.array([0, 1, 2, 3])
+  batch = dict(speech=s, speech_mask=sm, text=t, text_mask=tm, label=labels,
+               example_mask=np.ones(4, np.float32))
+  out = jax.jit(lambda p: steps.eval_step(p, batch, model=model, label_smoothing=0.0))(params)
+  assert out["blend_confusion"].shape == (len(floor.BLENDS), 5, 5)
+  for j in (0, 4, 10):
+    p = dict(params, floor_blend=jnp.asarray(floor.BLENDS[j]))
+    z, _ = model.apply({"params": p}, s, sm, t, tm)
+    want = np.zeros((5, 5))
+    np.add.at(want, (labels, np.argmax(np.asarray(z), -1)), 1)
+    np.testing.assert_array_equal(np.asarray(out["blend_confusion"][j]), want)
+  np.testing.assert_array_equal(out["confusion"], out["blend_confusion"][0])   # starts fused
+  stats = passes.summarise_eval([jax.device_get(out)], 4)
+  assert len(stats["blends"]) == len(floor.BLENDS)
+  best = max(b["accuracy"] for b in stats["blends"])
+  j = floor.choose([b["accuracy"] for b in stats["blends"]])
+  assert stats["blends"][j]["accuracy"] == best
+  # the floor by construction: at least each head alone (speech 10, text 11)
+  assert best >= max(stats["blends"][10]["accuracy"], stats["blends"][11]["accuracy"])
