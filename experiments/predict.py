@@ -9,12 +9,16 @@ fusion head relied on, per file. Optionally exports the model for applications.
 --run is a model directory (train.py's --model_dir) or a recipe's --work_dir; the
 variant is the one best on validation unless --variants names one; every seed (and
 fold) of it forms an ensemble. --inputs takes wav files, folders of them, or a manifest
-CSV path[,transcript]. A model that reads text needs transcripts: from the manifest, or
---transcribe (Whisper tiny.en, in JAX). Features are recomputed exactly as the run's
-were (extractor, pooling, standardisation, token limit, all recorded in the run).
+CSV path[,transcript]. A text-only model needs transcripts: from the manifest, or
+--transcribe (Whisper tiny.en, in JAX). A fusion model takes clips without transcripts
+(predicted from speech alone) and manifest rows with a transcript and an empty path
+(text alone): the missing modality is absent, and each row says what it used. Features
+are recomputed exactly as the run's were (extractor, pooling, standardisation, token
+limit, all recorded in the run).
 
-Writes --output (CSV: file, transcript, predicted, confidence, p_<class>..., and the
-head's gates / modality weights / attention entropies) and the same rows as JSON lines
+Writes --output (CSV: file, transcript, modalities, predicted, confidence,
+p_<class>..., and the head's gates / modality weights / attention entropies / floor
+blend) and the same rows as JSON lines
 beside it (.jsonl). Unreadable or silent files are listed at the end (exit status 1)
 without stopping the others.
 """
@@ -86,8 +90,8 @@ def main(argv):
     io_utils.write_text(os.path.splitext(FLAGS.output)[0] + ".jsonl",
                         "".join(json.dumps(p.to_json()) + "\n" for p in preds))
     for p in preds[:20]:
-      print(f"{os.path.basename(p.name):<40} {p.emotion:<18} {p.confidence:.3f}"
-            + (f'  "{p.transcript}"' if p.transcript else ""))
+      print(f"{os.path.basename(p.name):<40} {p.emotion:<18} {p.confidence:.3f} "
+            f"({p.modalities})" + (f'  "{p.transcript}"' if p.transcript else ""))
     if len(preds) > 20:
       print(f"... ({len(preds) - 20} more)")
     print(f"Wrote {FLAGS.output} and {os.path.splitext(FLAGS.output)[0]}.jsonl: "

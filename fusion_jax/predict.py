@@ -34,9 +34,9 @@ from fusion_jax.data.errors import DataError
 from fusion_jax.data.splits import Split
 from fusion_jax.experiment import Experiment
 from fusion_jax.models import model as model_lib
-from fusion_jax.models import registry
+from fusion_jax.models import floor, registry
 
-INTERNALS = ("fusion/*_gate", "fusion/modality_weights", "fusion/*_attention")
+INTERNALS = ("fusion/*_gate", "fusion/modality_weights", "fusion/*_attention", "floor/weights")
 EXPORT_FORMAT = 1
 
 
@@ -52,6 +52,8 @@ class Prediction:
     relied_on: what the head weighed — mean gate per modality, modality weights, or
       the normalised entropy of each attention map (0 = one position, 1 = uniform;
       for attention onto bottleneck tokens, also the share of attention they get).
+    modalities: what the prediction used ("speech+text", "speech" for a clip without a
+      transcript, "text" for a transcript without audio).
   """
   name: str
   transcript: str
@@ -59,13 +61,14 @@ class Prediction:
   confidence: float
   probabilities: dict
   relied_on: dict
+  modalities: str = ""
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
 
   def to_row(self) -> dict:
-    row = dict(file=self.name, transcript=self.transcript, predicted=self.emotion,
-               confidence=self.confidence)
+    row = dict(file=self.name, transcript=self.transcript, modalities=self.modalities,
+               predicted=self.emotion, confidence=self.confidence)
     row.update({f"p_{k}": v for k, v in self.probabilities.items()})
     row.update(self.relied_on)
     return row
@@ -195,20 +198,53 @@ class Predictor:
       self._transcriber = whisper.WhisperModel.from_ctranslate2(model_dir)
     return self._transcriber
 
-  def features(self, waveforms: Sequence[np.ndarray], transcripts: Optional[Sequence[str]]):
-    """Raw extractor features ``([T_i, Ds]…, [L_i, Dt]…)`` as at training time."""
+  def check_modalities(self, has_speech: Sequence[bool], has_text: Sequence[bool]) -> None:
+    """Refuses inputs a unimodal variant cannot take; says how many inputs a fusion
+    variant predicts from one modality (an absent one is an input it takes)."""
+    n = len(has_speech)
+    for m, has in (("speech", has_speech), ("text", has_text)):
+      missing = n - int(np.sum(has))
+      if not missing or not self.spec.reads(m):
+        continue
+      what = "audio" if m == "speech" else "a transcript"
+      if not self.spec.is_fusion:
+        raise ValueError(f"{self.variant} reads {m} only: {missing} of {n} inputs have no "
+                         f"{what}" + ("" if m == "speech" else
+                                      " (give a manifest's 'transcript' column, or "
+                                      "--transcribe)"))
+      other = "text" if m == "speech" else "speech"
+      trained = any(r.model_config.unimodal_heads or r.model_config.absent_embedding
+                    for r in self.members)
+      self.exp.log(f"{missing} of {n} inputs have no {what}: {self.variant} predicts them "
+                   f"from {other} alone" + ("" if trained else
+                                            " (this run was not built for a missing "
+                                            "modality, model.unimodal_heads: expect lower "
+                                            "accuracy than a unimodal model's)"))
+
+  def features(self, waveforms: Sequence[Optional[np.ndarray]],
+               transcripts: Optional[Sequence[Optional[str]]]):
+    """Raw extractor features ``([T_i, Ds]…, [L_i, Dt]…)`` as at training time; None for
+    a modality the model does not read or an input does not have (no clip, no
+    transcript: absent, see :mod:`fusion_jax.models.heads`)."""
     n = len(waveforms)
-    speech = text = None
-    if self.spec.reads("speech"):
-      speech = self.extractor("speech").compute(list(waveforms))
-    if self.spec.reads("text"):
-      if transcripts is None:
-        raise ValueError(f"{self.variant} reads text: give transcripts (a manifest's "
-                         "transcript column) or --transcribe")
-      ex = self.extractor("text")
-      text = ex.compute([ex.load({"transcript": t}, "<transcripts>", i)
-                         for i, t in enumerate(transcripts)])
-    return speech or [None] * n, text or [None] * n
+    transcripts = list(transcripts) if transcripts is not None else [None] * n
+    has_speech = [w is not None for w in waveforms]
+    has_text = [bool(t) for t in transcripts]
+    self.check_modalities(has_speech, has_text)
+
+    def computed(modality, items, compute):
+      out = [None] * n
+      rows = [i for i, x in enumerate(items) if x is not None and x != ""]
+      if self.spec.reads(modality) and rows:
+        for i, x in zip(rows, compute([items[i] for i in rows], rows)):
+          out[i] = x
+      return out
+    speech = computed("speech", list(waveforms),
+                      lambda clips, _: self.extractor("speech").compute(clips))
+    ex = self.extractor("text") if self.spec.reads("text") and any(has_text) else None
+    text = computed("text", transcripts, lambda texts, rows: ex.compute(
+        [ex.load({"transcript": t}, "<transcripts>", i) for t, i in zip(texts, rows)]))
+    return speech, text
 
   def _member_split(self, member: runs.Run, speech, text) -> Split:
     """One member's model inputs: its standardisation, token limit, placeholders."""
@@ -217,9 +253,11 @@ class Predictor:
 
     def transform(seqs, m, dim):
       p = prep.get(m, {})
-      if seqs[0] is None or "zero_frame" in p:
+      if not self.spec.reads(m) or "zero_frame" in p:
         return [np.zeros((1, dim), np.float32)] * len(seqs)
-      out = [standardized(np.asarray(x, np.float32), p, np) for x in seqs]
+      absent = np.zeros((0, dim), np.float32)   # no frame: the modality is missing
+      out = [absent if x is None else standardized(np.asarray(x, np.float32), p, np)
+             for x in seqs]
       if "max_tokens" in p:
         out = [x[:p["max_tokens"]] for x in out]
       return out
@@ -246,6 +284,8 @@ class Predictor:
                                 batch_size=min(batch_size, len(split)))
       probs = probs + p / len(self.members)
       relied.append(_summaries(aux, split))
+    used = [[m for m, x in (("speech", speech[i]), ("text", text[i]))
+             if x is not None and self.spec.reads(m)] for i in range(len(names))]
     out = []
     for i, name in enumerate(names):
       k = int(np.argmax(probs[i]))
@@ -254,12 +294,15 @@ class Predictor:
           name=str(name), transcript=(transcripts[i] or "") if transcripts is not None else "",
           emotion=self.class_names[k], confidence=float(probs[i, k]),
           probabilities={c: float(probs[i, j]) for j, c in enumerate(self.class_names)},
-          relied_on=summary))
+          relied_on=summary, modalities="+".join(used[i])))
     return out
 
-  def predict(self, waveforms: Sequence[np.ndarray], transcripts: Optional[Sequence[str]] = None,
+  def predict(self, waveforms: Sequence[Optional[np.ndarray]],
+              transcripts: Optional[Sequence[Optional[str]]] = None,
               names: Optional[Sequence[str]] = None, batch_size: int = 16) -> list:
-    """Predictions for 16 kHz mono clips (and their transcripts, if the model reads text)."""
+    """Predictions for 16 kHz mono clips (and their transcripts, if the model reads text).
+    A fusion variant takes a clip without a transcript (None or "") and a transcript
+    without a clip (None): that modality is absent; each prediction says what it used."""
     names = names or [f"clip_{i}" for i in range(len(waveforms))]
     speech, text = self.features(waveforms, transcripts)
     out = []
@@ -280,7 +323,7 @@ class Predictor:
     """
     from fusion_jax import features  # pylint: disable=import-outside-toplevel
     missing = [p for i, p in enumerate(paths) if transcripts is None or not transcripts[i]]
-    if missing and self.spec.reads("text") and not transcribe:
+    if missing and self.spec.reads("text") and not self.spec.is_fusion and not transcribe:
       raise ValueError(f"{self.variant} reads text: {len(missing)} of {len(paths)} files have "
                        f"no transcript (first: {missing[0]}); give them in a manifest's "
                        "'transcript' column, or --transcribe")
@@ -294,6 +337,10 @@ class Predictor:
       chunk = list(range(start, min(start + batch_size, len(paths))))
       clips, ok = [], []
       for i in chunk:
+        if not paths[i]:     # a manifest row with a transcript and no audio
+          clips.append(None)
+          ok.append(i)
+          continue
         try:
           clips.append(features.audio.read_audio(paths[i], sample_rate))
           ok.append(i)
@@ -304,13 +351,15 @@ class Predictor:
           failures.append((paths[i], str(e)))
       if ok:
         texts = [(transcripts[i] or None) if transcripts is not None else None for i in ok]
-        need = [j for j, t in enumerate(texts) if t is None] if transcribe else []
+        need = [j for j, t in enumerate(texts) if t is None and clips[j] is not None] \
+            if transcribe else []
         if need:   # Whisper only for the files without a transcript
           for j, heard in zip(need, self.transcriber().transcribe([clips[j] for j in need])):
             texts[j] = heard
         if all(t is None for t in texts):
           texts = None
-        preds += self.predict(clips, texts, [paths[i] for i in ok], batch_size)
+        names = [paths[i] or f"<transcript row {i + 1}>" for i in ok]
+        preds += self.predict(clips, texts, names, batch_size)
       bar.update(len(chunk))
     return preds, failures
 
@@ -429,7 +478,10 @@ def _summaries(aux: dict, split: Split) -> list:
   out = [dict() for _ in range(len(split))]
   for key, x in aux.items():
     name = key.split("/", 1)[1]
-    if name.endswith("_gate"):
+    if key == "floor/weights":   # the floor's blend for this utterance (models/floor.py)
+      for i in range(len(split)):
+        out[i].update({f"floor_{h}": float(w) for h, w in zip(floor.NAMES, x[i])})
+    elif name.endswith("_gate"):
       for i in range(len(split)):
         out[i][name] = float(x[i].mean())
     elif name == "modality_weights":
@@ -440,6 +492,8 @@ def _summaries(aux: dict, split: Split) -> list:
       for i in range(len(split)):
         a = x[i][:lengths[q][i] if q in lengths else x.shape[1],
                  :lengths[k][i] if k in lengths else x.shape[2]]
+        if a.size == 0:        # an absent modality: no map to summarise
+          continue
         mass = a.sum(-1, keepdims=True)
         if k not in lengths:   # MBT's maps are a slice of the keys: report their share
           out[i][f"{name}_mass"] = float(mass.mean())
@@ -451,8 +505,9 @@ def _summaries(aux: dict, split: Split) -> list:
 
 def read_inputs(specs: Sequence[str]) -> tuple:
   """Audio files from paths, folders (``*.wav``, recursively) and manifest CSVs
-  (``path[,transcript]``, paths relative to the CSV). Returns ``(paths, transcripts)``:
-  one per path from manifests (None where a file has none), or None when no file has one."""
+  (``path[,transcript]``, paths relative to the CSV; an empty path with a transcript is
+  text without audio, for fusion variants). Returns ``(paths, transcripts)``: one per
+  path from manifests (None where a file has none), or None when no file has one."""
   import pandas as pd  # pylint: disable=import-outside-toplevel
   paths, texts = [], []
   for spec in specs:
@@ -469,8 +524,14 @@ def read_inputs(specs: Sequence[str]) -> tuple:
         raise DataError(spec, f"no 'path' column; found {list(df.columns)}", field="path",
                         hint="a prediction manifest is path[,transcript]")
       root = os.path.dirname(os.path.abspath(spec))
-      paths += [p if os.path.isabs(p) else os.path.join(root, p) for p in df["path"]]
-      texts += list(df["transcript"]) if "transcript" in df.columns else [None] * len(df)
+      rows = list(df["transcript"]) if "transcript" in df.columns else [""] * len(df)
+      for r, (p, t) in enumerate(zip(df["path"], rows)):
+        if not p.strip() and not t.strip():
+          raise DataError(spec, "neither audio nor a transcript", field="path", row=r + 2,
+                          hint="give a path, a transcript, or both")
+      paths += ["" if not p.strip() else p if os.path.isabs(p) else os.path.join(root, p)
+                for p in df["path"]]
+      texts += rows
     else:
       paths.append(spec)
       texts.append(None)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fusion_jax import configs, models, optim, passes, steps
+from fusion_jax import configs, data, models, optim, passes, steps
 from fusion_jax.models import floor, registry
 
 TINY = models.ModelConfig.from_config(configs.tiny().model)
@@ -207,3 +207,76 @@ def test_evaluation_scores_every_candidate_blend_and_the_loop_keeps_the_best():
   assert stats["blends"][j]["accuracy"] == best
   # the floor by construction: at least each head alone (speech 10, text 11)
   assert best >= max(stats["blends"][10]["accuracy"], stats["blends"][11]["accuracy"])
+
+
+# ------------------------------------------------------------------ trained, resumed, predicted
+@pytest.fixture(scope="module")
+def robust_run(tmp_path_factory):
+  from fusion_jax import experiment, training  # pylint: disable=import-outside-toplevel
+  d = tmp_path_factory.mktemp("absence")
+  spec = data.DemoSpec(sizes=(("train", 24), ("val", 12)), speech_dim=8, text_dim=8,
+                       speech_length=(4, 10), text_length=(2, 5), strength=0.5,
+                       speech_median=7, text_median=3)
+  p = data.make_demo_dataset(d, spec)
+  names = data.class_names_from_csv(p["train"]["csv"])
+  load = lambda s: data.load_split(s, p[s]["speech"], p[s]["text"], p[s]["csv"],
+                                   class_names=names)
+  train, val = load("train"), load("val")
+  cfg = configs.tiny()
+  cfg.train.epochs, cfg.train.checkpoint_every_seconds, cfg.data.num_buckets = 3, 0.0, 1
+  cfg.model.unimodal_heads = cfg.model.absent_embedding = True
+  cfg.optim.modality_dropout, cfg.optim.unimodal_loss_weight = 0.3, 0.5
+  exp = experiment.Experiment.create(cfg, names, train=train, val=val, log=lambda m: None)
+
+  def train_in(model_dir, epochs):
+    c = experiment.resolve_dims(exp.config, train)
+    c.train.epochs = epochs
+    e = dataclasses.replace(exp, config=c, model_dir=str(model_dir))
+    return e, training.train_run(e, "gated", 0, train, val)
+  e, result = train_in(d / "whole", 3)
+  return dict(exp=e, result=result, train_in=train_in, dir=d, val=val, names=names)
+
+
+def test_modality_dropout_and_the_floor_resume_exactly(robust_run, tmp_path):
+  strip = lambda h: {k: v for k, v in h.items() if k not in ("epoch_seconds",
+                                                              "samples_per_second")}
+  train_in = robust_run["train_in"]
+  train_in(tmp_path, 1)
+  _, resumed = train_in(tmp_path, 3)
+  whole = robust_run["result"]
+  assert strip(resumed.history) == strip(whole.history)
+  assert resumed.best.metrics["floor_blend"] == whole.best.metrics["floor_blend"]
+  from fusion_jax import runs  # pylint: disable=import-outside-toplevel
+  run = runs.load_run(str(robust_run["dir"] / "whole"), "gated", 0)
+  # the best checkpoint holds the blend its epoch chose on validation
+  np.testing.assert_allclose(run.params["floor_blend"], whole.best.metrics["floor_blend"])
+
+
+def test_prediction_and_export_take_an_absent_modality(robust_run, tmp_path):
+  from fusion_jax import predict, runs  # pylint: disable=import-outside-toplevel
+  exp, val = robust_run["exp"], robust_run["val"]
+  member = runs.load_run(str(robust_run["dir"] / "whole"), "gated", 0)
+  predictor = predict.Predictor([member], exp)
+  n = 6
+  speech = [val.speech[i] if i != 1 else None for i in range(n)]     # row 1: text only
+  text = [val.text[i] if i not in (0, 2) else None for i in range(n)]  # rows 0, 2: speech only
+  preds = predictor.predict_features(speech, text, [f"u{i}" for i in range(n)])
+  assert [p.modalities for p in preds] == ["speech", "text", "speech", "speech+text",
+                                           "speech+text", "speech+text"]
+  # the same numbers as the model itself with empty masks
+  sx, sm = data.pad([s if s is not None else np.zeros((0, 8), np.float32)
+                             for s in speech])
+  tx, tm = data.pad([t if t is not None else np.zeros((0, 8), np.float32)
+                             for t in text])
+  model = models.build_model(member.model_config, "gated", len(robust_run["names"]))
+  logits, aux = model.apply({"params": member.params}, sx, sm, tx, tm)
+  probs = np.asarray(jax.nn.softmax(logits, -1))
+  got = np.array([[p.probabilities[c] for c in robust_run["names"]] for p in preds])
+  np.testing.assert_allclose(got, probs, atol=1e-5)
+  assert preds[0].relied_on["floor_text"] == 0.0 and preds[1].relied_on["floor_speech"] == 0.0
+  # the exported function: an all-zero mask is an absent modality there too
+  out = predictor.export(str(tmp_path / "ex"), platforms=("cpu",))
+  from jax import export  # pylint: disable=import-outside-toplevel
+  exported = export.deserialize(bytearray(open(out["path"], "rb").read()))
+  np.testing.assert_allclose(np.asarray(exported.call(sx, sm, tx, tm)["probabilities"]), probs,
+                             atol=1e-5)
