@@ -328,7 +328,7 @@ def train_and_evaluate(exp: Experiment, train: Split, val: Split, *,
     shapes = exp.training_shapes(train, val)
     pad = batching.padding_fraction(train, shapes, exp.config.train.batch_size)
     log(f"Train {len(train)} / validation {len(val)} utterances, {exp.num_classes} classes: "
-        f"{list(exp.class_names)}")
+        f"{list(exp.class_names)}{train.describe_absent()}{val.describe_absent()}")
     log(f"Variants {variants}, seeds {seeds}; "
         f"{'text' if shapes.text_buckets else 'speech'} padding {pad['buckets']:.1%} with "
         f"{shapes.num_buckets} buckets (vs {pad['global_max']:.1%} padding to the "

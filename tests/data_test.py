@@ -114,10 +114,15 @@ def test_inf_in_padding_is_ignored(tmp_path):
   assert np.isfinite(_load(paths).speech[3]).all()
 
 
-def test_utterance_with_no_real_frame(tmp_path):
+def test_an_utterance_without_one_modality_is_absent_but_not_without_both(tmp_path):
   paths = write_split(tmp_path)
   _mutate(paths[1], lambda r: r["m"].__setitem__(4, 0))
-  with pytest.raises(data.DataError, match=r"train_text.pt, field 'm', row 4: .*no real frame"):
+  split = _load(paths)
+  assert split.text_lengths[4] == 0 and split.absent("text") == 1 and split.absent("speech") == 0
+  assert "1 without text (absent" in split.describe_absent()
+  _mutate(paths[0], lambda r: r["m"].__setitem__(4, 0))
+  with pytest.raises(data.DataError, match=r"train_text.pt, field 'x', row 4: utterance has "
+                     r"neither speech .* nor text frames"):
     _load(paths)
 
 

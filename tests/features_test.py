@@ -543,6 +543,31 @@ def test_extract_lists_bad_files_and_keeps_the_rest(tmp_path):
   assert not os.path.exists(str(tmp_path / "out" / "s.npz.parts"))
 
 
+def test_a_row_without_audio_by_choice_is_absent_speech_counted_not_an_error(tmp_path):
+  small_manifest(tmp_path)
+  df = pd.read_csv(tmp_path / "m.csv")
+  df.loc[2, "path"] = ""          # a transcript with no recording
+  df.to_csv(tmp_path / "m.csv", index=False)
+  m = features.read_manifest(str(tmp_path / "m.csv"))
+  logs = []
+  res = features.extract(m, features.make_extractor("logmel", pool=2, n_mels=16),
+                         str(tmp_path / "out" / "s.npz"), batch_size=2,
+                         original_layout=str(tmp_path / "out" / "s.pt"), progress=False,
+                         log=logs.append)
+  assert not res.failures
+  assert any("1 of 5 utterances have no audio path: written as absent speech" in l
+             for l in logs)
+  for path in ("s.npz", "s.pt"):   # both layouts keep the row, with no frame
+    feats = load_features(str(tmp_path / "out" / path))
+    assert [x.shape[0] == 0 for x in feats.sequences] == [False, False, True, False, False]
+  df["path"] = ""
+  df.to_csv(tmp_path / "m.csv", index=False)
+  with pytest.raises(DataError, match=r"m.csv, field 'path': no row has speech"):
+    features.extract(features.read_manifest(str(tmp_path / "m.csv")),
+                     features.make_extractor("logmel", n_mels=16),
+                     str(tmp_path / "out" / "t.npz"), progress=False, log=logs.append)
+
+
 class Interrupt(KeyboardInterrupt):
   """Ctrl-C in the middle of a run."""
 

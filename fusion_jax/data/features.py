@@ -94,9 +94,7 @@ def _check_sequences(path, sequences, expected_dim, field="x", ids=None):
     where = dict(field=field if ids is None else f"{field}[{ids[i]!r}]", row=i)
     if seq.ndim != 2:
       raise DataError(path, f"expected a [T, D] sequence, got shape {seq.shape}", **where)
-    if seq.shape[0] == 0:
-      raise DataError(path, "utterance has no real frame", **where,
-                      hint="drop the utterance or re-extract its features")
+    # (0 frames: the utterance lacks this modality, an absent input; Split.absent counts)
     if expected_dim is not None and seq.shape[1] != expected_dim:
       raise DataError(path, f"feature dim is {seq.shape[1]}, the config expects {expected_dim}",
                       **where, hint="set config.model.speech_dim / text_dim to match the "
@@ -130,11 +128,7 @@ def _from_padded(path, obj, expected_dim) -> ModalityFeatures:
     r = int(np.argwhere(bad)[0][0])
     raise DataError(path, f"mask holds {m[bad][0].item()!r}; a mask must be 0 (padding) or 1 "
                     "(real frame)", field="m", row=r)
-  real = m.astype(bool)
-  empty = ~real.any(axis=1)
-  if empty.any():
-    raise DataError(path, "utterance has no real frame (mask is all 0)", field="m",
-                    row=_first_row(empty), hint="drop the utterance or re-extract it")
+  real = m.astype(bool)   # (a row with no real frame lacks this modality: absent)
   x = x.astype(np.float32, copy=False)
   finite = np.isfinite(x).all(axis=2) | ~real
   if not finite.all():

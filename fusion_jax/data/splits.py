@@ -141,6 +141,17 @@ class Split:
   def text_lengths(self) -> np.ndarray:
     return np.array([s.shape[0] for s in self.text], np.int64)
 
+  def absent(self, modality: str) -> int:
+    """How many utterances lack ``modality`` ("speech"/"text"): 0 frames, an absent input
+    every fusion head takes (:mod:`fusion_jax.models.heads`)."""
+    lengths = self.speech_lengths if modality == "speech" else self.text_lengths
+    return int(np.sum(lengths == 0))
+
+  def describe_absent(self) -> str:
+    """``"; 3 without text"`` (or ``""``): the absent-modality counts, for the log."""
+    parts = [f"{n} without {m}" for m in ("speech", "text") if (n := self.absent(m))]
+    return f"; {self.name}: {', '.join(parts)} (absent, not an error)" if parts else ""
+
   def file_name(self, i: int) -> str:
     """The real file name of row i (``sample_i`` only when no CSV path exists)."""
     return self.paths[i] if self.paths else f"sample_{i}"
@@ -239,6 +250,11 @@ def load_split(name: str, speech_path, text_path, csv_path=None, *,
       raise DataError(p, f"label {labels[r]} is outside the {len(class_names)} classes "
                       f"{list(class_names)}", field=f, row=r,
                       hint="the class list comes from --csv_path (the training CSV)")
+  neither = np.array([a.shape[0] == 0 and b.shape[0] == 0
+                      for a, b in zip(speech.sequences, text.sequences)], bool)
+  if neither.any():   # one modality may be absent, never both
+    raise DataError(text.path, f"utterance has neither speech ({speech.path}) nor text frames",
+                    field="x", row=_first(neither), hint="drop the utterance or re-extract it")
   return Split(
       name=name, speech=speech.sequences, text=text.sequences, labels=labels,
       paths=csv.paths if csv else None, transcripts=csv.transcripts if csv else None,

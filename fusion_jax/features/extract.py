@@ -244,15 +244,18 @@ def _compute_batch(extractor: Extractor, rows: list, batch: list, source: str,
   """Loads and computes one batch of row indices; returns ``[(row, features)]`` of those that
   worked, in the dtype the file stores, and appends a :class:`Failure` for each that did
   not (a batch that breaks is redone one item at a time to find the culprit)."""
-  loaded, ok = [], []
+  loaded, ok, absent = [], [], []
   for r in batch:
+    if is_absent(extractor, rows[r]):
+      absent.append((r, np.zeros((0, extractor.dim), extractor.storage_dtype)))
+      continue
     try:
       loaded.append(extractor.load(rows[r], source, r))
       ok.append(r)
     except DataError as e:
       failures.append(Failure(r, rows[r]["id"], str(e)))
   if not loaded:
-    return []
+    return absent
   try:
     feats = extractor.compute(loaded)
   except Exception:  # pylint: disable=broad-except
@@ -270,8 +273,19 @@ def _compute_batch(extractor: Extractor, rows: list, batch: list, source: str,
   for r, f in bad:
     failures.append(Failure(r, rows[r]["id"], f"{rows[r]['path'] or rows[r]['id']}: "
                             f"extractor gave {f.shape} with non-finite values or no frames"))
-  return [(r, f.astype(extractor.storage_dtype, copy=False)) for r, f in good
-          if all(r != b for b, _ in bad)]   # (held in the dtype the file stores)
+  return sorted(absent + [(r, f.astype(extractor.storage_dtype, copy=False)) for r, f in good
+                          if all(r != b for b, _ in bad)],   # (in the dtype the file stores)
+                key=lambda x: x[0])
+
+
+def is_absent(extractor: Extractor, row: dict) -> bool:
+  """Whether a manifest row leaves ``extractor``'s modality out by choice: no transcript
+  for text, no audio path for speech. Its features are 0 frames (an absent input, which
+  fusion variants take), counted in the log, not an error."""
+  if extractor.modality == "text":
+    text = row.get("transcript")
+    return not isinstance(text, str) or not text.strip()
+  return not row.get("path")
 
 
 def extract(manifest: Manifest, extractor: Extractor, out_path, *, batch_size: int = 16,
@@ -326,11 +340,20 @@ def extract(manifest: Manifest, extractor: Extractor, out_path, *, batch_size: i
                     "failed); first: " + (failures[0].message if failures else "empty manifest"))
   frame = manifest.frame.iloc[kept]
   seqs = [done[i] for i in frame["id"]]
+  if all(x.shape[0] == 0 for x in seqs):
+    raise DataError(manifest.source, f"no row has {extractor.modality} (every "
+                    f"{'transcript' if extractor.modality == 'text' else 'path'} is empty)",
+                    field="transcript" if extractor.modality == "text" else "path",
+                    hint=f"extract {extractor.modality} from a manifest that has it")
   _write_outputs(manifest, extractor, out_path, frame, seqs, failures, original_layout,
                  split_csv, seconds=time.perf_counter() - t0)
   shutil.rmtree(parts, ignore_errors=True)
   seconds = time.perf_counter() - t0
   lengths = np.array([s.shape[0] for s in seqs])
+  if (lengths == 0).any():
+    what = "transcript" if extractor.modality == "text" else "audio path"
+    log(f"{int((lengths == 0).sum())} of {len(seqs)} utterances have no {what}: written as "
+        f"absent {extractor.modality} (0 frames; fusion variants take them)")
   if failures:
     log(f"{len(failures)} of {len(rows)} utterances failed and are not in {out_path}:")
     for f in failures:
