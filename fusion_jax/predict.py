@@ -234,7 +234,8 @@ class Predictor:
 
     def computed(modality, items, compute):
       out = [None] * n
-      rows = [i for i, x in enumerate(items) if x is not None and x != ""]
+      rows = [i for i, x in enumerate(items)
+              if x is not None and not (isinstance(x, str) and not x.strip())]
       if self.spec.reads(modality) and rows:
         for i, x in zip(rows, compute([items[i] for i in rows], rows)):
           out[i] = x

@@ -123,7 +123,7 @@ def test_removing_the_modality_that_carries_the_signal_hurts(tmp_path, signal, c
   assert row[f"drop_without_{carrier}"] > row[f"drop_without_{other}"] + 0.2
   assert row["relies_on"] == carrier, row
   report = (tmp_path / "r" / "test_results" / "modality_ablation.txt").read_text()
-  assert "mean training frame" in report
+  assert "made absent (no frame" in report
 
 
 def test_missing_checkpoints_are_named(tmp_path):
