@@ -123,8 +123,8 @@ class Console(Hook):
       note = (" *best*" if end.improved[i] else "") + (
           f" lr→{end.lr_next[i]:.2e}" if end.lr_next[i] < end.lr_used[i] else "")
       blend = end.val_stats[i].get("blend")
-      if blend is not None and blend[0] < 1:   # the floor prefers a modality's own head
-        note += f" | floor: {floor.describe(blend)}"
+      if blend is not None and blend[0][0] < 1:   # the floor leans on a modality's own head
+        note += f" | floor: {floor.describe(blend[0])}"
       self.log(epoch_line(group.variant, seed, run.epoch, group.epochs, end.rows[i],
                           end.seconds, end.compile_seconds, note))
 

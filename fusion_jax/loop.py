@@ -181,18 +181,28 @@ def evaluate_group(exp: Experiment, steps: steps_lib.Steps, params, data, n: int
 
 
 def choose_blends(exp: Experiment, group: Group, val_stats: list, metric: str) -> list:
-  """A floor's validation pass (:mod:`fusion_jax.models.floor`): each run takes the
-  candidate blend that scores best by ``metric`` on validation, its stats become the
-  run's (with ``blend``, the weights), and the group's parameters get the blends.
-  Without a floor, ``val_stats`` unchanged."""
+  """A floor's validation pass (:mod:`fusion_jax.models.floor`): each run takes, per
+  pattern, the candidate blend that scores best by ``metric`` on validation; its stats
+  become those of the "both" choice (the split as it is), with ``blend`` (the chosen
+  rows, ``[3][3]``) and ``pattern_scores`` (each pattern's chosen score); the group's
+  parameters get the blends. Without a floor, ``val_stats`` unchanged."""
   if not val_stats or "blends" not in val_stats[0]:
     return val_stats
-  chosen = [floor.choose([b[metric] for b in v["blends"]]) for v in val_stats]
+  out, rows = [], []
+  for v in val_stats:
+    chosen = {p: floor.choose([b[metric] for b in v["blends"][p]]) for p in floor.PATTERNS}
+    blend = [floor.CANDIDATES[p][chosen[p]] for p in floor.PATTERNS]
+    rows.append(blend)
+    out.append(dict({k: x for k, x in v.items() if k != "blends"},
+                    **v["blends"]["both"][chosen["both"]],
+                    blend=[[float(w) for w in r] for r in blend],
+                    pattern_scores={p: float(v["blends"][p][chosen[p]][metric])
+                                    for p in floor.PATTERNS}))
   params = dict(group.state.params)
-  params["floor_blend"] = sharding.replicate(jnp.asarray(floor.BLENDS[chosen]), exp.mesh)
+  params["floor_blend"] = sharding.replicate(jnp.asarray(np.asarray(rows, np.float32)),
+                                             exp.mesh)
   group.state = group.state.replace(params=params)
-  return [dict({k: x for k, x in v.items() if k != "blends"}, **v["blends"][j],
-               blend=[float(w) for w in floor.BLENDS[j]]) for v, j in zip(val_stats, chosen)]
+  return out
 
 
 def precompile(exp: Experiment, group: Group, train_data, val_data) -> float:

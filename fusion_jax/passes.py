@@ -24,11 +24,14 @@ def summarise_eval(stats: Sequence[dict], num_examples: int) -> dict:
   confusion = np.rint(sum(s["confusion"] for s in stats)).astype(np.int64)
   loss = float(sum(s["loss_sum"] for s in stats)) / max(num_examples, 1)
   out = dict(loss=loss, confusion=confusion, **metrics_lib.summary(confusion))
-  if stats and "blend_confusion" in stats[0]:   # a floor's candidate blends, each summarised
-    blends = np.rint(sum(s["blend_confusion"] for s in stats)).astype(np.int64)
-    losses = sum(np.asarray(s["blend_loss_sum"], np.float64) for s in stats)
-    out["blends"] = [dict(loss=float(l) / max(num_examples, 1), confusion=c,
-                          **metrics_lib.summary(c)) for c, l in zip(blends, losses)]
+  # a floor's candidate blends per pattern (models/floor.py), each summarised
+  for key in [k for k in (stats[0] if stats else {}) if k.startswith("blend_confusion/")]:
+    pattern = key.split("/", 1)[1]
+    blends = np.rint(sum(s[key] for s in stats)).astype(np.int64)
+    losses = sum(np.asarray(s[f"blend_loss_sum/{pattern}"], np.float64) for s in stats)
+    out.setdefault("blends", {})[pattern] = [
+        dict(loss=float(l) / max(num_examples, 1), confusion=c, **metrics_lib.summary(c))
+        for c, l in zip(blends, losses)]
   return out
 
 

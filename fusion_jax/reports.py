@@ -272,9 +272,10 @@ def modality_ablation(abl: dict, class_names: Sequence[str]) -> str:
                f"{f'{a:.4f}' if only == 'speech' else '-':>9}")
   floors = {v: r["floor"] for v, r in rows.items() if r.get("floor")}
   if floors:
-    out += ["", "Floor blends chosen on validation (fusion head + each modality's own head; "
-            "models/floor.py), per seed:"]
-    out += [f"  {v}: " + "; ".join(floor.describe(b) for b in bs) for v, bs in floors.items()]
+    out += ["", "Floor blends chosen on validation (fusion head + each modality's own head, "
+            "per pattern; models/floor.py), per seed:"]
+    out += [f"  {v}: " + " | ".join(floor.describe_all(b) for b in bs)
+            for v, bs in floors.items()]
   gains = abl["per_class_gain"]
   if gains:
     out += ["", "Per-class recall gain of each fusion variant over the best single modality "

@@ -267,7 +267,8 @@ class RunState:
     if improved:
       best_metrics = {m: val_stats[m] for m in BEST_METRICS}
       if "blend" in val_stats:   # a floor's blend (models/floor.py), chosen on validation
-        best_metrics["floor_blend"] = list(val_stats["blend"])
+        best_metrics["floor_blend"] = [list(r) for r in val_stats["blend"]]
+        best_metrics["floor_scores"] = dict(val_stats.get("pattern_scores", {}))
       self.best = Best(self.epoch, row["val_acc"], np.asarray(val_stats["confusion"]),
                        best_metrics, score)
     return improved

@@ -244,34 +244,52 @@ def eval_group_step(params, data: dict, idx, *, model, label_smoothing: float,
 _FLOOR_AUX = ("fusion/logits", "unimodal/speech_logits", "unimodal/text_logits")
 
 
+def _without(batch: dict, modality: str) -> dict:
+  """``batch`` with ``modality`` made absent in every row (its mask zeroed)."""
+  return dict(batch, **{f"{modality}_mask": jnp.zeros_like(batch[f"{modality}_mask"])})
+
+
 def eval_step(params, batch: dict, *, model, label_smoothing: float,
               microbatches: int = 1) -> dict:
   """Additive statistics of one batch: summed loss and the ``[K, K]`` confusion matrix;
-  for a model with a floor (:mod:`fusion_jax.models.floor`) also ``blend_confusion
-  [C, K, K]``, the confusion of each candidate blend.
+  for a model with a floor (:mod:`fusion_jax.models.floor`) also, per pattern P,
+  ``blend_confusion/P [C_P, K, K]`` and ``blend_loss_sum/P [C_P]`` of each candidate
+  blend: on the batch as it is for "both", with speech (text) made absent for
+  "no_speech" ("no_text").
 
   ``microbatches`` k > 1: the logits are computed over k strided parts of the batch one
   after another (activation memory / k; same numbers, rows never interact)."""
   def forward(part):
     logits, aux = _forward(model, params, part, False)
     return logits, {k: aux[k] for k in _FLOOR_AUX if k in aux}
-  if microbatches == 1:
-    logits, aux = forward(batch)
-  else:
-    logits, aux = merge_rows(jax.lax.map(forward, split_rows(batch, microbatches)))
+
+  def run(b):
+    if microbatches == 1:
+      return forward(b)
+    return merge_rows(jax.lax.map(forward, split_rows(b, microbatches)))
+  logits, aux = run(batch)
   weights = batch["example_mask"]
   k = logits.shape[-1]
   onehot_true = jax.nn.one_hot(batch["label"], k) * weights[:, None]
   confusion = lambda z: onehot_true.T @ jax.nn.one_hot(jnp.argmax(z, -1), k)
-  loss = smoothed_cross_entropy(logits, batch["label"], label_smoothing)
-  out = dict(loss_sum=jnp.sum(loss * weights), confusion=confusion(logits))
-  if len(aux) == len(_FLOOR_AUX):
-    candidates = floor.blend_logits(jnp.asarray(floor.BLENDS), *(aux[k] for k in _FLOOR_AUX),
-                                    layers.presence(batch["speech_mask"]),
-                                    layers.presence(batch["text_mask"]))   # [C, B, K]
-    out["blend_confusion"] = jax.vmap(confusion)(candidates)
-    out["blend_loss_sum"] = jax.vmap(lambda z: jnp.sum(smoothed_cross_entropy(
-        z, batch["label"], label_smoothing) * weights))(candidates)
+  loss_sum = lambda z: jnp.sum(smoothed_cross_entropy(z, batch["label"], label_smoothing)
+                               * weights)
+  out = dict(loss_sum=loss_sum(logits), confusion=confusion(logits))
+  if len(aux) != len(_FLOOR_AUX):
+    return out
+  for row, pattern in enumerate(floor.PATTERNS):
+    b = batch if pattern == "both" else _without(batch, pattern[len("no_"):])
+    if pattern != "both":   # the same rows with one modality absent
+      aux = run(b)[1]
+    present = layers.presence(b["speech_mask"]), layers.presence(b["text_mask"])
+    # candidate c: the run's blends with this pattern's row replaced by c (rows that lack
+    # a modality in the data itself keep their own pattern's row)
+    per_row = jax.vmap(lambda c: floor.effective_weights(
+        params["floor_blend"].at[row].set(c), *present))(
+            jnp.asarray(floor.CANDIDATES[pattern]))                        # [C, B, 3]
+    z = floor.blend_logits(per_row, *(aux[key] for key in _FLOOR_AUX))     # [C, B, K]
+    out[f"blend_confusion/{pattern}"] = jax.vmap(confusion)(z)
+    out[f"blend_loss_sum/{pattern}"] = jax.vmap(loss_sum)(z)
   return out
 
 

@@ -121,23 +121,23 @@ def test_the_floor_blend_against_numpy():
   z = [rng.standard_normal((4, 5)).astype(np.float32) for _ in range(3)]
   p_s = np.array([0.0, 1.0, 0.0, 1.0], np.float32)
   p_t = np.array([1.0, 0.0, 0.0, 1.0], np.float32)
-  blend = np.array([0.25, 0.5, 0.25], np.float32)
-  out = np.asarray(floor.blend_logits(jnp.asarray(blend), *z, p_s, p_t))
+  blend = np.array([[0.25, 0.5, 0.25], [0.5, 0.0, 0.5], [0.25, 0.75, 0.0]], np.float32)
+  w = np.asarray(floor.effective_weights(jnp.asarray(blend), p_s, p_t))
+  # each utterance takes its pattern's row: no speech, no text, nothing (fusion), both
+  np.testing.assert_allclose(w, [blend[1], blend[2], [1, 0, 0], blend[0]], rtol=1e-6)
+  out = np.asarray(floor.blend_logits(jnp.asarray(w), *z))
   logp = [x - np.log(np.exp(x).sum(-1, keepdims=True)) for x in z]
   for b in range(4):
-    w = blend * np.array([1.0, p_s[b], p_t[b]])
-    w = w / w.sum()
-    np.testing.assert_allclose(out[b], sum(w[h] * logp[h][b] for h in range(3)), rtol=1e-5)
-  # a pure speech blend with speech absent falls back on the fusion head alone
-  only = np.asarray(floor.blend_logits(jnp.asarray([0.0, 1.0, 0.0]), *z, p_s, p_t))
-  np.testing.assert_allclose(only[0], logp[0][0], rtol=1e-5)
-  # all candidates at once, as the evaluation step computes them
-  many = np.asarray(floor.blend_logits(jnp.asarray(floor.BLENDS), *z, p_s, p_t))
-  assert many.shape == (len(floor.BLENDS), 4, 5)
-  np.testing.assert_allclose(many[3], np.asarray(floor.blend_logits(
-      jnp.asarray(floor.BLENDS[3]), *z, p_s, p_t)), rtol=1e-6)
-  assert floor.BLENDS[0].tolist() == [1.0, 0.0, 0.0]
-  np.testing.assert_allclose(floor.BLENDS.sum(1), 1.0)
+    np.testing.assert_allclose(out[b], sum(w[b, h] * logp[h][b] for h in range(3)), rtol=1e-5)
+  # a row that names an absent modality's head is renormalised over what is there
+  odd = np.asarray(floor.effective_weights(jnp.asarray(np.full((3, 3), 1 / 3, np.float32)),
+                                           p_s, p_t))
+  np.testing.assert_allclose(odd[0], [0.5, 0.0, 0.5], rtol=1e-6)
+  assert floor.BLENDS[0].tolist() == [1.0, 0.0, 0.0] and len(floor.BLENDS) == 15
+  for p, c in floor.CANDIDATES.items():
+    np.testing.assert_allclose(c.sum(1), 1.0)
+    if p != "both":   # never the absent modality's head
+      assert (c[:, 1 if p == "no_speech" else 2] == 0).all() and c[0].tolist() == [1, 0, 0]
   assert floor.choose([0.5, 0.7, 0.7, 0.1]) == 1   # ties keep the earlier (more fusion)
 
 
@@ -169,7 +169,8 @@ def test_the_optimizer_never_moves_the_floor_blend():
   optimizer = optim.make_optimizer(cfg.optim, frozen=models.model.has_floor(model.config,
                                                                              "gated"))
   state = steps.init_state(model, optimizer, jax.random.key(0), 0.01)
-  state = state.replace(params=dict(state.params, floor_blend=jnp.asarray([0.5, 0.25, 0.25])))
+  blend = jnp.asarray([[0.5, 0.25, 0.25], [0.5, 0.0, 0.5], [0.0, 1.0, 0.0]])
+  state = state.replace(params=dict(state.params, floor_blend=blend))
   rng = np.random.default_rng(5)
   s, sm, t, tm = _batch(rng)
   batch = dict(speech=s, speech_mask=sm, text=t, text_mask=tm,
@@ -178,12 +179,12 @@ def test_the_optimizer_never_moves_the_floor_blend():
   new, _ = jax.jit(lambda st: steps.train_step(
       st, steps.zero_metrics(), batch, jax.random.key(1), model=model, optimizer=optimizer,
       label_smoothing=0.1, loss=loss, modality_dropout=0.3))(state)
-  np.testing.assert_array_equal(new.params["floor_blend"], [0.5, 0.25, 0.25])
+  np.testing.assert_array_equal(new.params["floor_blend"], blend)
   moved = lambda k: not np.allclose(new.params[k]["kernel"], state.params[k]["kernel"])
   assert moved("speech_head_dense1") and moved("text_head_dense2")   # the auxiliary loss
 
 
-def test_evaluation_scores_every_candidate_blend_and_the_loop_keeps_the_best():
+def test_evaluation_scores_every_candidate_blend_per_pattern():
   model = models.build_model(ROBUST, "concatenation", 5)
   params = models.init_params(model, jax.random.key(9))
   rng = np.random.default_rng(6)
@@ -192,21 +193,25 @@ def test_evaluation_scores_every_candidate_blend_and_the_loop_keeps_the_best():
   batch = dict(speech=s, speech_mask=sm, text=t, text_mask=tm, label=labels,
                example_mask=np.ones(4, np.float32))
   out = jax.jit(lambda p: steps.eval_step(p, batch, model=model, label_smoothing=0.0))(params)
-  assert out["blend_confusion"].shape == (len(floor.BLENDS), 5, 5)
-  for j in (0, 4, 10):
-    p = dict(params, floor_blend=jnp.asarray(floor.BLENDS[j]))
-    z, _ = model.apply({"params": p}, s, sm, t, tm)
-    want = np.zeros((5, 5))
-    np.add.at(want, (labels, np.argmax(np.asarray(z), -1)), 1)
-    np.testing.assert_array_equal(np.asarray(out["blend_confusion"][j]), want)
-  np.testing.assert_array_equal(out["confusion"], out["blend_confusion"][0])   # starts fused
+  for row, (pattern, cands) in enumerate(floor.CANDIDATES.items()):
+    assert out[f"blend_confusion/{pattern}"].shape == (len(cands), 5, 5)
+    sm_p = sm * (pattern != "no_speech")
+    tm_p = tm * (pattern != "no_text")
+    for j in (0, len(cands) - 1):   # the model itself with that blend, on those masks
+      blend = np.asarray(floor.FUSION_ONLY).copy()
+      blend[row] = cands[j]
+      z, _ = model.apply({"params": dict(params, floor_blend=jnp.asarray(blend))}, s, sm_p,
+                         t, tm_p)
+      want = np.zeros((5, 5))
+      np.add.at(want, (labels, np.argmax(np.asarray(z), -1)), 1)
+      np.testing.assert_array_equal(np.asarray(out[f"blend_confusion/{pattern}"][j]), want,
+                                    err_msg=f"{pattern} {j}")
+  np.testing.assert_array_equal(out["confusion"], out["blend_confusion/both"][0])
   stats = passes.summarise_eval([jax.device_get(out)], 4)
-  assert len(stats["blends"]) == len(floor.BLENDS)
-  best = max(b["accuracy"] for b in stats["blends"])
-  j = floor.choose([b["accuracy"] for b in stats["blends"]])
-  assert stats["blends"][j]["accuracy"] == best
+  assert set(stats["blends"]) == set(floor.PATTERNS)
+  both = [b["accuracy"] for b in stats["blends"]["both"]]
   # the floor by construction: at least each head alone (speech 10, text 11)
-  assert best >= max(stats["blends"][10]["accuracy"], stats["blends"][11]["accuracy"])
+  assert both[floor.choose(both)] >= max(both[10], both[11])
 
 
 # ------------------------------------------------------------------ trained, resumed, predicted

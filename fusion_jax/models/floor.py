@@ -1,5 +1,6 @@
-"""The floor: a fusion model blended with its own unimodal heads, the blend chosen on
-validation, so that fusion never does worse there than either modality alone.
+"""The floor: a fusion model blended with its own unimodal heads, the blends chosen on
+validation, so that fusion never does worse there than either modality alone — with
+both modalities, and with either one absent.
 
 With ``model.unimodal_heads`` a fusion variant also classifies each pooled block alone
 (the original's baseline MLP: ``speech_head_*``, ``text_head_*``, trained with an
@@ -7,13 +8,17 @@ auxiliary loss, ``optim.unimodal_loss_weight``). Its output is then
 
   ``log p = w_f log softmax(z_fusion) + w_s log softmax(z_speech) + w_t log softmax(z_text)``
 
-with ``w = params["floor_blend"] [3]``, renormalised per utterance over the modalities
-present (an absent modality's head has weight 0; if nothing is left, the fusion head
-alone). ``w`` is not trained by the optimizer: after every validation pass each run's
-blend is the one of :data:`BLENDS` that scores best on validation (ties keep the earlier
-one, fusion alone first), and the best checkpoint keeps the blend it was chosen with.
-Since the candidates include each head alone, on validation the chosen model scores at
-least as well as its own speech and text heads.
+with ``w`` the row of ``params["floor_blend"] [3, 3]`` for the utterance's
+:data:`PATTERNS` (both modalities, speech absent, text absent; nothing at all: the
+fusion head alone). An absent modality's head never has weight: its row's candidates
+(:data:`CANDIDATES`) mix the fusion head with the present modality's head only.
+
+The blends are not trained by the optimizer: after every validation pass each run takes,
+per pattern, the candidate that scores best on validation — the split as it is for
+"both", and the split with speech (text) made absent for the other two — ties keeping
+the earlier candidate (more fusion first); the best checkpoint keeps the blends it was
+chosen with. Since the candidates include each head alone, on validation the chosen
+model scores at least as well as its own speech and text heads, for each pattern.
 """
 
 from __future__ import annotations
@@ -25,40 +30,54 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+NAMES = ("fusion", "speech", "text")
+PATTERNS = ("both", "no_speech", "no_text")
+
 # (fusion, speech, text) weights on a 0.25 grid of the simplex (15), by fusion weight, most
-# first: fusion alone is the blend a run starts with, and ties go to more fusion.
+# first; with a modality absent, the fusion head and the other modality's head (5).
 _GRID = [w for w in itertools.product(range(5), repeat=3) if sum(w) == 4]
 BLENDS = np.asarray(sorted(_GRID, key=lambda w: (-w[0], -max(w), w[1] < w[2])),
                     np.float32) / 4.0
-FUSION_ONLY = BLENDS[0]
-NAMES = ("fusion", "speech", "text")
+_MIX = np.linspace(1.0, 0.0, 5, dtype=np.float32)
+CANDIDATES = {
+    "both": BLENDS,
+    "no_speech": np.stack([_MIX, np.zeros(5, np.float32), 1.0 - _MIX], axis=1),
+    "no_text": np.stack([_MIX, 1.0 - _MIX, np.zeros(5, np.float32)], axis=1),
+}
+FUSION_ONLY = np.tile(np.asarray([1.0, 0.0, 0.0], np.float32), (len(PATTERNS), 1))
 
 
 def effective_weights(blend, speech_present, text_present):
-  """``blend [..., 3]`` (fusion, speech, text) and presence ``[B]`` → per-utterance weights
-  ``[..., B, 3]`` summing to one over the heads whose modality is present."""
-  one = jnp.ones_like(speech_present)
-  keep = jnp.stack([one, speech_present, text_present], axis=-1)        # [B, 3]
-  w = blend[..., None, :] * keep
+  """``blend [3, 3]`` (one row per pattern) and presence ``[B]`` → per-utterance weights
+  ``[B, 3]`` (fusion, speech, text), summing to one over heads whose modality is present."""
+  s, t = speech_present > 0, text_present > 0
+  row = jnp.where(s & t, 0, jnp.where(t, 1, 2))
+  w = blend[row] * jnp.stack([jnp.ones_like(speech_present), speech_present, text_present], -1)
   total = jnp.sum(w, axis=-1, keepdims=True)
-  return jnp.where(total > 0, w / jnp.maximum(total, 1e-12),
+  return jnp.where((total > 0) & (s | t)[:, None], w / jnp.maximum(total, 1e-12),
                    jnp.asarray([1.0, 0.0, 0.0], w.dtype))
 
 
-def blend_logits(blend, fusion, speech, text, speech_present, text_present):
+def blend_logits(weights, fusion, speech, text):
   """The floor's log-probabilities ``[..., B, K]`` from the three heads' logits ``[B, K]``
-  (``blend [3]``, or ``[C, 3]`` for C candidates at once)."""
-  w = effective_weights(blend, speech_present, text_present)
+  and per-utterance weights ``[..., B, 3]`` (:func:`effective_weights`; or ``[C, 1, 3]``
+  for C candidates applied to every row)."""
   heads = jnp.stack([jax.nn.log_softmax(z.astype(jnp.float32), axis=-1)
                      for z in (fusion, speech, text)], axis=-1)          # [B, K, 3]
-  return jnp.einsum("bkh,...bh->...bk", heads, w)
+  return jnp.einsum("bkh,...bh->...bk", heads, weights)
 
 
 def choose(scores: Sequence[float]) -> int:
-  """The index in :data:`BLENDS` of the best validation score (the first of equals)."""
+  """The index of the best validation score among candidates (the first of equals)."""
   return int(np.argmax(np.asarray(scores, np.float64)))
 
 
-def describe(blend) -> str:
-  """``"fusion 0.50 + speech 0.50"``: the nonzero weights of a blend."""
-  return " + ".join(f"{n} {float(w):.2f}" for n, w in zip(NAMES, np.asarray(blend)) if w > 0)
+def describe(weights) -> str:
+  """``"fusion 0.50 + speech 0.50"``: the nonzero weights of one blend row."""
+  return " + ".join(f"{n} {float(w):.2f}" for n, w in zip(NAMES, np.asarray(weights)) if w > 0)
+
+
+def describe_all(blend) -> str:
+  """``"both: fusion 1.00; no speech: text 1.00; no text: …"``: every pattern's row."""
+  return "; ".join(f"{p.replace('_', ' ')}: {describe(w)}"
+                   for p, w in zip(PATTERNS, np.asarray(blend)))

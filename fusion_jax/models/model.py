@@ -188,12 +188,12 @@ class EmotionRecognizer(nn.Module):
     z_s = self._unimodal(aux["temporal/pooled"], "speech_head_", det)
     z_t = self._unimodal(aux["contextual/pooled"], "text_head_", det)
     blend = jax.lax.stop_gradient(self.param(
-        "floor_blend", lambda _key, shape: jnp.asarray(floor.FUSION_ONLY).reshape(shape), (3,)))
-    p_s, p_t = presence(speech_mask), presence(text_mask)
+        "floor_blend", lambda _key, shape: jnp.asarray(floor.FUSION_ONLY).reshape(shape),
+        floor.FUSION_ONLY.shape))
+    weights = floor.effective_weights(blend, presence(speech_mask), presence(text_mask))
     aux.update({"fusion/logits": fusion_logits, "unimodal/speech_logits": z_s,
-                "unimodal/text_logits": z_t,
-                "floor/weights": floor.effective_weights(blend, p_s, p_t)})
-    return floor.blend_logits(blend, fusion_logits, z_s, z_t, p_s, p_t), aux
+                "unimodal/text_logits": z_t, "floor/weights": weights})
+    return floor.blend_logits(weights, fusion_logits, z_s, z_t), aux
 
   def _classify(self, fused, aux, det):
     """The original's classifier on the fused vector."""
