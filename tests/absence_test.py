@@ -285,3 +285,26 @@ def test_prediction_and_export_take_an_absent_modality(robust_run, tmp_path):
   exported = export.deserialize(bytearray(open(out["path"], "rb").read()))
   np.testing.assert_allclose(np.asarray(exported.call(sx, sm, tx, tm)["probabilities"]), probs,
                              atol=1e-5)
+
+
+def test_absence_survives_bucketing_and_placement_on_the_mesh():
+  from fusion_jax import sharding  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(8)
+  speech = [rng.standard_normal((n, 4)).astype(np.float32) for n in (5, 0, 9)]
+  text = [rng.standard_normal((n, 3)).astype(np.float32) for n in (0, 2, 3)]
+  split = data.Split("s", speech, text, np.array([0, 1, 2]))
+  assert split.absent("speech") == 1 and split.absent("text") == 1
+  shapes = data.plan_shapes([split], num_buckets=2, multiple=4)
+  batches = list(data.iterate_batches(split, shapes, 4, shuffle=False))
+  rows = {}
+  for b in batches:
+    for j, i in enumerate(b["index"]):
+      if b["example_mask"][j] > 0:
+        rows[int(i)] = (b["speech_mask"][j].sum(), b["text_mask"][j].sum())
+  assert rows == {0: (5, 0), 1: (0, 2), 2: (9, 3)}
+  # an all-absent modality still gets one padded frame per row, all masked
+  none = data.Split("n", speech, [np.zeros((0, 3), np.float32)] * 3, np.array([0, 1, 2]))
+  assert data.plan_shapes([none], num_buckets=1, multiple=4).text_length == 4
+  placed = sharding.shard_batch({k: v for k, v in batches[0].items() if k != "index"},
+                                sharding.make_mesh(1))
+  np.testing.assert_array_equal(np.asarray(placed["text_mask"]), batches[0]["text_mask"])
