@@ -246,7 +246,11 @@ _FLOOR_AUX = ("fusion/logits", "unimodal/speech_logits", "unimodal/text_logits")
 
 def _without(batch: dict, modality: str) -> dict:
   """``batch`` with ``modality`` made absent in every row (its mask zeroed)."""
-  return dict(batch, **{f"{modality}_mask": jnp.zeros_like(batch[f"{modality}_mask"])})
+  mask = batch[f"{modality}_mask"]
+  # zeroed through the data (example_mask is never negative), not a constant: XLA would
+  # constant-fold the whole attention of a constant mask, seconds of compiling per bucket
+  never = (batch["example_mask"] < -1.0)[:, None].astype(mask.dtype)
+  return dict(batch, **{f"{modality}_mask": mask * never})
 
 
 def eval_step(params, batch: dict, *, model, label_smoothing: float,
