@@ -26,7 +26,8 @@ floor's log-probabilities (:mod:`fusion_jax.models.floor`).
 
 An absent modality is an all-zero mask (every head and the floor take it, see
 :mod:`fusion_jax.models.heads`). A unimodal baseline (``speech_only``, ``text_only``)
-has only its own block's entries. Unused entries cost nothing under ``jit`` (dead code is removed).
+has only its own block's entries. Unused entries cost nothing under ``jit`` (dead code
+is removed).
 Which blocks and head a variant has is read from :mod:`fusion_jax.models.registry`.
 """
 
