@@ -308,3 +308,15 @@ def test_absence_survives_bucketing_and_placement_on_the_mesh():
   placed = sharding.shard_batch({k: v for k, v in batches[0].items() if k != "index"},
                                 sharding.make_mesh(1))
   np.testing.assert_array_equal(np.asarray(placed["text_mask"]), batches[0]["text_mask"])
+
+
+def test_a_prediction_manifest_row_may_lack_audio_but_not_everything(tmp_path):
+  from fusion_jax import predict  # pylint: disable=import-outside-toplevel
+  m = tmp_path / "m.csv"
+  m.write_text("path,transcript\na.wav,\n,only words\n")
+  paths, texts = predict.read_inputs([str(m)])
+  assert paths == [str(tmp_path / "a.wav"), ""] and texts == [None, "only words"]
+  m.write_text("path,transcript\na.wav,hi\n,\n")
+  with pytest.raises(data.DataError, match=r"m.csv, field 'path', row 3: neither audio nor a "
+                     r"transcript"):
+    predict.read_inputs([str(m)])
