@@ -84,11 +84,13 @@ def main(argv):
                                          peak_tflops=FLAGS.peak_tflops))
     print(benchmark.table(results[-1:]).splitlines()[-1], flush=True)
   print()
+  print(f"host CPU: {benchmark.describe_cpu(benchmark.host_cpu())}")
   print(benchmark.table(results))
   dev = jax.devices()[0]
   io_utils.write_json(FLAGS.json_out, dict(
       machine=dict(platform=dev.platform, device_kind=dev.device_kind,
                    devices=int(mesh.devices.size), cpu=platform.processor(),
+                   host_cpu=benchmark.host_cpu(),
                    python=platform.python_version(), jax=jax.__version__),
       settings=dict(batch_size=cfg.train.batch_size, eval_batch_size=cfg.eval.batch_size,
                     dtype=cfg.model.dtype, num_buckets=cfg.data.num_buckets,

@@ -22,6 +22,37 @@ from fusion_jax.experiment import Experiment
 from fusion_jax.models import model as model_lib
 
 
+def host_cpu(cpuinfo: Optional[str] = None) -> dict:
+  """The host CPU a figure was measured on: ``model`` (its name), ``cores`` (logical),
+  ``avx2``, ``avx512`` (AVX-512 F), ``amx`` (AMX tiles with bf16), from ``/proc/cpuinfo``
+  (or the text given). Hosts of one kind can differ here, and speed with them (XLA and
+  oneDNN take other paths on AVX-512 / AMX), so every benchmark records it."""
+  if cpuinfo is None:
+    try:
+      with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+        cpuinfo = f.read()
+    except OSError:
+      cpuinfo = ""
+  model, flags, cores = "", set(), 0
+  for line in cpuinfo.splitlines():
+    key, _, value = line.partition(":")
+    key = key.strip()
+    if key == "processor":
+      cores += 1
+    elif key == "model name" and not model:
+      model = value.strip()
+    elif key == "flags" and not flags:
+      flags = set(value.split())
+  return dict(model=model or "unknown", cores=cores, avx2="avx2" in flags,
+              avx512="avx512f" in flags, amx={"amx_tile", "amx_bf16"} <= flags)
+
+
+def describe_cpu(cpu: dict) -> str:
+  """``"AMD EPYC, 2 cores, AVX2"``: :func:`host_cpu` in one line."""
+  isa = [n for n, k in (("AVX2", "avx2"), ("AVX-512", "avx512"), ("AMX", "amx")) if cpu[k]]
+  return f"{cpu['model']}, {cpu['cores']} cores, {' + '.join(isa) or 'no AVX2'}"
+
+
 def synthetic_split(n: int, speech_dim: int, text_dim: int, mean_speech: float = 180.0,
                     mean_text: float = 20.0, num_classes: int = 7, seed: int = 0) -> Split:
   """Random features with the original's length statistics (lognormal, σ = 0.45)."""

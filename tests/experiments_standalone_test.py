@@ -83,6 +83,9 @@ def test_benchmark_prints_table_and_writes_json(tmp_path):
   np.testing.assert_allclose(r["mfu"], r["model_tflops"] / 0.5, rtol=1e-9)
   assert res["settings"]["peak_tflops"] == 0.5
   assert res["settings"]["num_buckets"] == 1 and res["machine"]["platform"] == "cpu"
+  cpu = res["machine"]["host_cpu"]   # which CPU the figure is of (ISA changes speed)
+  assert set(cpu) == {"model", "cores", "avx2", "avx512", "amx"} and cpu["cores"] >= 1
+  assert f"host CPU: {cpu['model']}" in proc.stdout
   # an explicit --config override is never replaced by a flag's default
   assert res["settings"]["dtype"] == res["config"]["model"]["dtype"] == "bfloat16"
   both = run("benchmark.py", f"--config={TINY}", "--config.model.dtype=bfloat16",

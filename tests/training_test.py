@@ -570,3 +570,17 @@ def test_the_benchmark_times_the_training_loop_itself(tiny_data, shared):
   loop.train_group(shared, group, tiny_data["train"], tiny_data["train"], [timing])
   assert [e.epoch for e in timing.epochs] == [1, 2] and group.runs[0].epoch == 2
   assert all(0 < e.train_seconds < e.seconds for e in timing.epochs)
+
+
+def test_host_cpu_reads_the_isa_from_cpuinfo():
+  from fusion_jax import benchmark  # pylint: disable=import-outside-toplevel
+  info = ("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8481C\n"
+          "flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n\n"
+          "processor\t: 1\nmodel name\t: Intel(R) Xeon(R) Platinum 8481C\nflags\t\t: fpu\n")
+  cpu = benchmark.host_cpu(info)
+  assert cpu == dict(model="Intel(R) Xeon(R) Platinum 8481C", cores=2, avx2=True, avx512=True,
+                     amx=True)
+  assert benchmark.describe_cpu(cpu).endswith("2 cores, AVX2 + AVX-512 + AMX")
+  amd = benchmark.host_cpu("processor : 0\nmodel name : AMD EPYC\nflags : fpu avx2 fma\n")
+  assert (amd["avx512"], amd["amx"], amd["avx2"]) == (False, False, True)
+  assert benchmark.describe_cpu(benchmark.host_cpu("")) == "unknown, 0 cores, no AVX2"
