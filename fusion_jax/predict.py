@@ -206,7 +206,7 @@ class Predictor:
       missing = n - int(np.sum(has))
       if not missing or not self.spec.reads(m):
         continue
-      what = "audio" if m == "speech" else "a transcript"
+      what = "audio" if m == "speech" else "transcript"
       if not self.spec.is_fusion:
         raise ValueError(f"{self.variant} reads {m} only: {missing} of {n} inputs have no "
                          f"{what}" + ("" if m == "speech" else
@@ -229,23 +229,24 @@ class Predictor:
     n = len(waveforms)
     transcripts = list(transcripts) if transcripts is not None else [None] * n
     has_speech = [w is not None for w in waveforms]
-    has_text = [bool(t) for t in transcripts]
+    has_text = [isinstance(t, str) and bool(t.strip()) for t in transcripts]
     self.check_modalities(has_speech, has_text)
 
-    def computed(modality, items, compute):
+    def computed(modality, items, has, compute):
       out = [None] * n
-      rows = [i for i, x in enumerate(items)
-              if x is not None and not (isinstance(x, str) and not x.strip())]
+      rows = [i for i in range(n) if has[i]]
       if self.spec.reads(modality) and rows:
         for i, x in zip(rows, compute([items[i] for i in rows], rows)):
           out[i] = x
       return out
-    speech = computed("speech", list(waveforms),
+    speech = computed("speech", list(waveforms), has_speech,
                       lambda clips, _: self.extractor("speech").compute(clips))
-    ex = self.extractor("text") if self.spec.reads("text") and any(has_text) else None
-    text = computed("text", transcripts, lambda texts, rows: ex.compute(
-        [ex.load({"transcript": t}, "<transcripts>", i) for t, i in zip(texts, rows)]))
-    return speech, text
+
+    def tokens(texts, rows):
+      ex = self.extractor("text")
+      return ex.compute([ex.load({"transcript": t}, "<transcripts>", i)
+                         for t, i in zip(texts, rows)])
+    return speech, computed("text", transcripts, has_text, tokens)
 
   def _member_split(self, member: runs.Run, speech, text) -> Split:
     """One member's model inputs: its standardisation, token limit, placeholders."""

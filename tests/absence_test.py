@@ -11,6 +11,7 @@ import pytest
 
 from fusion_jax import configs, data, models, optim, passes, steps
 from fusion_jax.models import floor, registry
+from tests.conftest import demo_splits
 
 TINY = models.ModelConfig.from_config(configs.tiny().model)
 ROBUST = dataclasses.replace(TINY, absent_embedding=True, unimodal_heads=True)
@@ -222,11 +223,8 @@ def robust_run(tmp_path_factory):
   spec = data.DemoSpec(sizes=(("train", 24), ("val", 12)), speech_dim=8, text_dim=8,
                        speech_length=(4, 10), text_length=(2, 5), strength=0.5,
                        speech_median=7, text_median=3)
-  p = data.make_demo_dataset(d, spec)
-  names = data.class_names_from_csv(p["train"]["csv"])
-  load = lambda s: data.load_split(s, p[s]["speech"], p[s]["text"], p[s]["csv"],
-                                   class_names=names)
-  train, val = load("train"), load("val")
+  _, names, splits = demo_splits(d, spec)
+  train, val = splits["train"], splits["val"]
   cfg = configs.tiny()
   cfg.train.epochs, cfg.train.checkpoint_every_seconds, cfg.data.num_buckets = 3, 0.0, 1
   cfg.model.unimodal_heads = cfg.model.absent_embedding = True
@@ -320,3 +318,25 @@ def test_a_prediction_manifest_row_may_lack_audio_but_not_everything(tmp_path):
   with pytest.raises(data.DataError, match=r"m.csv, field 'path', row 3: neither audio nor a "
                      r"transcript"):
     predict.read_inputs([str(m)])
+
+
+def test_a_unimodal_run_refuses_inputs_without_its_modality_by_name():
+  from fusion_jax import experiment, predict, runs  # pylint: disable=import-outside-toplevel
+  names = ["sad", "happy"]
+  exp = experiment.Experiment.create(configs.tiny(), names, log=lambda m: None)
+  for variant, has_speech, has_text, pattern in (
+      ("text_only", [True, True, True], [True, False, True],
+       r"text_only reads text only: 1 of 3 inputs have no transcript \(give a manifest's "
+       r"'transcript' column, or --transcribe\)"),
+      ("speech_only", [False, True, True], [True, True, True],
+       r"speech_only reads speech only: 1 of 3 inputs have no audio$")):
+    member = runs.Run(variant, "0", {}, TINY, 0.0, "run", names)
+    with pytest.raises(ValueError, match=pattern):
+      predict.Predictor([member], exp).check_modalities(has_speech, has_text)
+  logs = []
+  fused = predict.Predictor([runs.Run("gated", "0", {}, TINY, 0.0, "run", names)],
+                            dataclasses.replace(exp, log=logs.append))
+  fused.check_modalities([True, True], [False, True])   # a fusion run takes it, and says so
+  assert logs == ["1 of 2 inputs have no transcript: gated predicts them from speech alone "
+                  "(this run was not built for a missing modality, model.unimodal_heads: "
+                  "expect lower accuracy than a unimodal model's)"]

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from fusion_jax import analysis, configs, data, evaluation, experiment, models, runs, training
+from tests.conftest import demo_splits
 
 
 def _split(n=12, seed=0):
@@ -53,11 +54,8 @@ def test_separability_tracks_the_modality_that_carries_the_signal(tmp_path):
   spec = data.DemoSpec(signal="speech", sizes=(("train", 84), ("val", 42)), speech_dim=16,
                        text_dim=16, speech_length=(6, 20), text_length=(3, 8),
                        speech_median=10, text_median=5, strength=0.6)
-  p = data.make_demo_dataset(tmp_path / "d", spec)
-  names = data.class_names_from_csv(p["train"]["csv"])
-  load = lambda s: data.load_split(s, p[s]["speech"], p[s]["text"], p[s]["csv"],
-                                   class_names=names)
-  train, val = load("train"), load("val")
+  _, names, splits = demo_splits(tmp_path / "d", spec)
+  train, val = splits["train"], splits["val"]
   cfg = configs.tiny()
   cfg.train.epochs = 6
   exp = experiment.Experiment.create(cfg, names, train=train, val=val,

@@ -7,6 +7,8 @@ import sys
 import tempfile
 
 import matplotlib.image
+import numpy as np
+import pandas as pd
 
 from tests.conftest import COMPILATION_CACHE
 
@@ -32,3 +34,35 @@ def assert_png(path):
   assert os.path.exists(path), path
   img = matplotlib.image.imread(path)
   assert img.ndim == 3 and img.shape[0] > 50 and img.shape[1] > 50
+
+
+def tone_clips(root, rows, seed):
+  """Writes a tone clip per ``(label, speaker)`` row under ``root`` (sad ≈ 180 Hz, else ≈
+  420 Hz, 0.3–0.6 s); returns manifest rows (path relative to ``root``'s parent)."""
+  from fusion_jax.features import audio  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(seed)
+  root.mkdir(parents=True, exist_ok=True)
+  out = []
+  for i, (label, speaker) in enumerate(rows):
+    t = np.arange(int(16000 * rng.uniform(0.3, 0.6))) / 16000
+    f0 = (180.0 if label == "sad" else 420.0) * rng.uniform(0.9, 1.1)
+    x = 0.3 * np.sin(2 * np.pi * f0 * t) + 0.02 * rng.standard_normal(t.size)
+    audio.write_wav(root / f"{speaker}_{i}.wav", x)
+    out.append(dict(path=f"{root.name}/{speaker}_{i}.wav", label=label, speaker=speaker,
+                    transcript=f"I feel so {'down' if label == 'sad' else 'great'} today"))
+  return out
+
+
+def extract_tone_corpus(tmp_path, extract_flags, speakers=(["a", "b"], ["c"], ["d"]),
+                        per_class=2):
+  """Tone clips of two emotions, ``per_class`` per speaker: train, val and new with the
+  ``speakers`` given; train and val extracted with ``extract_flags`` into ``tmp_path/f``
+  ({train,val}_{speech,text}.npz, _split.csv), ``new`` left as a manifest,
+  ``tmp_path/new.csv``, for predict.py."""
+  for (name, seed), who in zip((("train", 0), ("val", 1), ("new", 2)), speakers):
+    rows = tone_clips(tmp_path / name, [(l, s) for s in who for l in ("sad", "happy")
+                                        for _ in range(per_class)], seed)
+    pd.DataFrame(rows).to_csv(tmp_path / f"{name}.csv", index=False)
+    if name != "new":
+      run("extract_features.py", f"--manifest={tmp_path}/{name}.csv", *extract_flags,
+          f"--out_dir={tmp_path}/f", f"--prefix={name}", "--class_names=sad,happy")

@@ -50,6 +50,15 @@ def write_split(tmp_path, name="train", n=6, ds=4, dt=3, seed=0, labels=None,
   return tuple(str(p) for p in paths)
 
 
+def demo_splits(directory, spec, splits=("train", "val")):
+  """Writes ``data.make_demo_dataset(directory, spec)`` and loads it: ``(paths, class names,
+  {split: Split})`` for ``splits``."""
+  p = data.make_demo_dataset(directory, spec)
+  names = data.class_names_from_csv(p["train"]["csv"])
+  return p, names, {s: data.load_split(s, p[s]["speech"], p[s]["text"], p[s]["csv"],
+                                       class_names=names) for s in splits}
+
+
 @pytest.fixture
 def split_files(tmp_path):
   return write_split(tmp_path)

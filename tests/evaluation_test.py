@@ -10,7 +10,7 @@ import pytest
 
 from fusion_jax import configs, data, evaluation, experiment, metrics, models, reports, runs
 from fusion_jax import training
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, demo_splits
 
 PARITY = np.load(os.path.join(FIXTURES, "parity.npz"))
 PCFG = ast.literal_eval(str(PARITY["config"]))
@@ -104,11 +104,8 @@ def test_removing_the_modality_that_carries_the_signal_hurts(tmp_path, signal, c
   spec = data.DemoSpec(signal=signal, sizes=(("train", 210), ("val", 35), ("test", 70)),
                        speech_dim=16, text_dim=16, speech_length=(6, 20), text_length=(3, 8),
                        speech_median=10, text_median=5, strength=0.6)
-  p = data.make_demo_dataset(tmp_path / "d", spec)
-  names = data.class_names_from_csv(p["train"]["csv"])
-  load = lambda s: data.load_split(s, p[s]["speech"], p[s]["text"], p[s]["csv"],
-                                   class_names=names)
-  train, val, test = load("train"), load("val"), load("test")
+  _, names, splits = demo_splits(tmp_path / "d", spec, ("train", "val", "test"))
+  train, val, test = splits["train"], splits["val"], splits["test"]
   cfg = configs.tiny()
   cfg.train.epochs = 8
   exp = experiment.Experiment.create(cfg, names, train=train, val=val,

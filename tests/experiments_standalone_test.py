@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from fusion_jax import data
-from tests.binaries import OUTSIDE, TINY, run
+from tests.binaries import OUTSIDE, TINY, extract_tone_corpus, run
 from tests.features_test import has
 
 
@@ -201,21 +201,6 @@ print("EXPORTED_OK", spec["variant"], np.asarray(out["probabilities"]).shape)
 """
 
 
-def _tone_clips(root, rows, seed):
-  from fusion_jax.features import audio  # pylint: disable=import-outside-toplevel
-  rng = np.random.default_rng(seed)
-  root.mkdir(parents=True, exist_ok=True)
-  out = []
-  for i, (label, speaker) in enumerate(rows):
-    t = np.arange(int(16000 * rng.uniform(0.3, 0.6))) / 16000
-    f0 = (180.0 if label == "sad" else 420.0) * rng.uniform(0.9, 1.1)
-    x = 0.3 * np.sin(2 * np.pi * f0 * t) + 0.02 * rng.standard_normal(t.size)
-    audio.write_wav(root / f"{speaker}_{i}.wav", x)
-    out.append(dict(path=f"{root.name}/{speaker}_{i}.wav", label=label, speaker=speaker,
-                    transcript=f"I feel so {'down' if label == 'sad' else 'great'} today"))
-  return out
-
-
 def test_wav_files_to_training_to_prediction_and_a_portable_exported_model(tmp_path):
   """wav → extraction → training → predict.py on unseen wavs → the exported StableHLO,
   loaded where fusion_jax cannot be imported: the same probabilities."""
@@ -223,14 +208,7 @@ def test_wav_files_to_training_to_prediction_and_a_portable_exported_model(tmp_p
   variant = "gated" if text else "speech_only"
   extract = ["--speech_extractor=logmel", "--pool=4"] + (["--text_extractor=minilm"] if text
                                                           else [])
-  for name, speakers, seed in (("train", ["a", "b", "c"], 0), ("val", ["d"], 1),
-                               ("new", ["e"], 2)):
-    rows = _tone_clips(tmp_path / name, [(l, s) for s in speakers for l in ("sad", "happy")
-                                         for _ in range(3)], seed)
-    pd.DataFrame(rows).to_csv(tmp_path / f"{name}.csv", index=False)
-    if name != "new":
-      run("extract_features.py", f"--manifest={tmp_path}/{name}.csv", *extract,
-          f"--out_dir={tmp_path}/f", f"--prefix={name}", "--class_names=sad,happy")
+  extract_tone_corpus(tmp_path, extract, speakers=(["a", "b", "c"], ["d"], ["e"]), per_class=3)
   f = tmp_path / "f"
   second = f"{f}/train_text.npz" if text else f"{f}/train_speech.npz"
   run("train.py", f"--train_speech_features={f}/train_speech.npz", f"--train_text_features={second}",

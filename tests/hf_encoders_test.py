@@ -15,6 +15,7 @@ import pytest
 from fusion_jax.encoders import bert, hub, speech, whisper
 from fusion_jax.errors import ConfigError, DataError, MissingDependency
 from tests.conftest import FIXTURES
+from tests.binaries import extract_tone_corpus
 
 HF = os.path.join(FIXTURES, "hf")
 SPEECH = ["wav2vec2_base", "wav2vec2_large_lv60", "hubert_base", "hubert_large_bn",
@@ -284,22 +285,6 @@ def test_weights_digest_is_of_the_bytes(tmp_path):
 
 
 # ------------------------------------------------------------------ extraction to prediction
-def extract_tone_corpus(tmp_path, extract_flags):
-  """Tone clips of two emotions: train (speakers a, b) and val (c) extracted with
-  ``extract_flags`` into ``tmp_path/f`` ({train,val}_{speech,text}.npz, _split.csv); ``new``
-  (d) left as a manifest, ``tmp_path/new.csv``, for predict.py."""
-  import pandas as pd  # pylint: disable=import-outside-toplevel
-  from tests.binaries import run  # pylint: disable=import-outside-toplevel
-  from tests.experiments_standalone_test import _tone_clips  # pylint: disable=import-outside-toplevel
-  for name, speakers, seed in (("train", ["a", "b"], 0), ("val", ["c"], 1), ("new", ["d"], 2)):
-    rows = _tone_clips(tmp_path / name, [(l, s) for s in speakers for l in ("sad", "happy")
-                                         for _ in range(2)], seed)
-    pd.DataFrame(rows).to_csv(tmp_path / f"{name}.csv", index=False)
-    if name != "new":
-      run("extract_features.py", f"--manifest={tmp_path}/{name}.csv", *extract_flags,
-          f"--out_dir={tmp_path}/f", f"--prefix={name}", "--class_names=sad,happy")
-
-
 def test_hf_features_train_and_predict_and_only_the_same_weights_recompute_them(tmp_path):
   """wav → --speech_extractor hf / --text_extractor hf → train.py → predict.py on new wavs;
   the snapshot moved: predict.py --speech_model finds it; other weights: refused, one line."""

@@ -18,7 +18,7 @@ import pytest
 
 from fusion_jax import checkpoint, configs, data, experiment, io_utils, runs, training
 from fusion_jax.features import audio
-from tests.conftest import write_split
+from tests.conftest import demo_splits, write_split
 
 
 # ------------------------------------------------------------------ a tiny training setup
@@ -28,13 +28,10 @@ def tiny(tmp_path_factory):
   spec = data.DemoSpec(sizes=(("train", 24), ("val", 14)), speech_dim=8, text_dim=8,
                        speech_length=(4, 12), text_length=(2, 5), strength=0.5,
                        speech_median=8, text_median=3)
-  p = data.make_demo_dataset(d, spec)
-  names = data.class_names_from_csv(p["train"]["csv"])
-  load = lambda s: data.load_split(s, p[s]["speech"], p[s]["text"], p[s]["csv"],
-                                   class_names=names)
+  p, names, splits = demo_splits(d, spec)
   cfg = configs.tiny()
   cfg.train.epochs, cfg.train.checkpoint_every_seconds, cfg.data.num_buckets = 4, 0.0, 1
-  train, val = load("train"), load("val")
+  train, val = splits["train"], splits["val"]
   exp = experiment.Experiment.create(cfg, names, train=train, val=val, log=lambda m: None)
   return dict(exp=exp, train=train, val=val, paths=p, names=names)
 

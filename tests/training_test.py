@@ -13,7 +13,7 @@ import pytest
 
 from fusion_jax import (benchmark, checkpoint, configs, data, experiment, hooks, loop, models,
                         optim as optim_lib, runs, steps, training)
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, demo_splits
 
 REF = np.load(os.path.join(FIXTURES, "parity.npz"))
 
@@ -64,11 +64,8 @@ def tiny_data(tmp_path_factory):
   spec = data.DemoSpec(sizes=(("train", 40), ("val", 21), ("test", 21)), speech_dim=16,
                        text_dim=16, speech_length=(8, 40), text_length=(2, 9), strength=0.3,
                        speech_median=20, text_median=5)
-  p = data.make_demo_dataset(d, spec)
-  names = data.class_names_from_csv(p["train"]["csv"])
-  load = lambda s: data.load_split(s, p[s]["speech"], p[s]["text"], p[s]["csv"],
-                                   class_names=names)
-  return dict(paths=p, dir=str(d), names=names, train=load("train"), val=load("val"))
+  p, names, splits = demo_splits(d, spec)
+  return dict(paths=p, dir=str(d), names=names, **splits)
 
 
 def _cfg(epochs=4, every=0.0):
