@@ -89,6 +89,10 @@ def remove_modality(split: Split, modality: str, fill: np.ndarray) -> Split:
 
 
 # ------------------------------------------------------------------ results as data
+def _model(run: runs.Run) -> tuple:
+  return run.variant, run.model_config
+
+
 def _group(preds: list) -> dict:
   by = collections.OrderedDict()
   for p in preds:
@@ -337,7 +341,7 @@ def evaluate(exp: Experiment, test: Split, *, variants: Optional[Sequence[str]] 
                for m in registry.MODALITIES}
   abl_shapes = {m: exp.plan(s) for m, s in ablated.items()}
   preds, removed = [], collections.defaultdict(list)
-  for run in runs_:
+  for i, run in enumerate(runs_):
     probs, _ = predict(exp, run, test, shapes=shapes)
     p = Predictions(run, probs, test.labels)
     preds.append(p)
@@ -350,6 +354,8 @@ def evaluate(exp: Experiment, test: Split, *, variants: Optional[Sequence[str]] 
       for m, split in ablated.items():
         probs_m, _ = predict(exp, run, split, shapes=abl_shapes[m])
         removed[(run.variant, m)].append(Predictions(run, probs_m, test.labels))
+    if i + 1 == len(runs_) or _model(runs_[i + 1]) != _model(run):
+      exp.forget(run.variant, run.model_config)   # its last run: release its programs
   by = _group(preds)
   summary = test_metrics(preds, names)
   summary["layer_weights"] = {f"{p.run.variant}/{p.run.seed}": w for p in preds

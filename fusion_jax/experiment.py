@@ -217,8 +217,9 @@ class Experiment:
       mesh = sharding.make_mesh(config.runtime.num_devices or None)
     sharding.check_batch_size(config.train.batch_size, mesh, "train.batch_size")
     sharding.check_batch_size(config.eval.batch_size, mesh, "eval.batch_size")
+    log = log or default_log
     exp = cls(config=config, class_names=tuple(class_names), mesh=mesh, model_dir=model_dir,
-              results_dir=results_dir, log=log or default_log)
+              results_dir=results_dir, log=log, ledger=ledger_lib.CompileLedger(log=log))
     if train is not None:
       exp.shapes = exp.training_shapes(train, val)
     return exp
@@ -274,33 +275,44 @@ class Experiment:
     """
     return dataclasses.replace(model_config, dtype=self.config.model.dtype)
 
+  def _owner(self, variant: str, model_config: Optional[model_lib.ModelConfig]) -> tuple:
+    """What identifies ``variant``'s steps: every input of :meth:`steps`."""
+    mc = self.compute_config(model_config or self.model_config)
+    optim = self.config.optim
+    frames = steps_lib.microbatch_budget(int(self.config.runtime.microbatch_frames))
+    return (registry.get(variant).name, mc, self.num_classes, float(optim.label_smoothing),
+            tuple(sorted((k, str(v)) for k, v in dict(optim).items())), frames)
+
   def steps(self, variant: str,
             model_config: Optional[model_lib.ModelConfig] = None) -> steps_lib.Steps:
     """The jitted steps of ``variant`` (architecture from ``model_config``, default the
     config's; compute dtype always the config's, see :meth:`compute_config`)."""
-    mc = self.compute_config(model_config or self.model_config)
-    optim = self.config.optim
-    frames = steps_lib.microbatch_budget(int(self.config.runtime.microbatch_frames))
-    owner = (registry.get(variant).name, mc, self.num_classes, float(optim.label_smoothing),
-             tuple(sorted((k, str(v)) for k, v in dict(optim).items())), frames)
+    owner = self._owner(variant, model_config)
     if owner not in self._steps:
+      mc, optim = owner[1], self.config.optim
       model = model_lib.build_model(mc, variant, self.num_classes)
       self._steps[owner] = steps_lib.Steps(
           model, optim_lib.make_optimizer(optim, finetune=mc.finetunes,
                                          frozen=model_lib.has_floor(mc, variant)),
           optim.label_smoothing, owner, optim_lib.Loss.from_config(optim),
-          microbatch_frames=frames, devices=int(self.mesh.devices.size),
+          microbatch_frames=owner[-1], devices=int(self.mesh.devices.size),
           modality_dropout=float(optim.modality_dropout))
     return self._steps[owner]
 
-  def forget(self, variant: str,
-             model_config: Optional[model_lib.ModelConfig] = None) -> None:
-    """Drops ``variant``'s compiled steps (its ledger entries, jitted functions and JAX's
-    caches) to free their host memory, ~0.25 GB per 768-d variant; using it again
-    compiles again (from the persistent compilation cache when one is set)."""
-    st = self.steps(variant, model_config)
-    del self._steps[st.owner]
-    self.ledger.forget(st.owner)
+  def forget(self, variant: Optional[str] = None,
+             model_config: Optional[model_lib.ModelConfig] = None) -> int:
+    """Drops ``variant``'s compiled steps (None: every model's) — their ledger entries,
+    jitted functions and JAX's caches — to free their host memory and memory mappings
+    (~0.25 GB per 768-d variant). Training and evaluation call it for each model they are
+    done with, so a recipe of any length holds one model's programs at a time; using
+    it again compiles again (from the persistent compilation cache when one is set).
+    Returns how many compiled steps were dropped."""
+    if variant is None:
+      self._steps.clear()
+      return self.ledger.forget()
+    owner = self._owner(variant, model_config)
+    self._steps.pop(owner, None)
+    return self.ledger.forget(owner)
 
   # -- batches on the mesh
   def shard(self, batch: dict) -> dict:

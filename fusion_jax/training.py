@@ -25,6 +25,7 @@ import jax
 
 from fusion_jax import checkpoint, configs, io_utils, loop, reports, runs
 from fusion_jax import hooks as hooks_lib
+from fusion_jax import ledger as ledger_lib
 from fusion_jax import optim as optim_lib
 from fusion_jax.data import batching
 from fusion_jax.errors import ConfigError, DataError
@@ -341,6 +342,9 @@ def train_and_evaluate(exp: Experiment, train: Split, val: Split, *,
         for v in variants:
           finish.raise_failed(done_only=True)
           results[v] = train_runs(exp, v, seeds, train, val, finish=finish)
+          released = exp.forget(v)   # its programs are done with: the next variant's own
+          log(f"[{v}] released {released} compiled steps; the process holds "
+              f"{ledger_lib.process_resources().describe()}")
           if exp.config.train.export_torch:
             finish(functools.partial(export_torch, exp, v, seeds), needs_earlier=True)
         summary = reports.summarize(results, exp.class_names, shapes, pad,

@@ -26,7 +26,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from fusion_jax import analysis, configs, evaluation, io_utils, metrics, reports, training
+from fusion_jax import analysis, configs, evaluation, io_utils, ledger, metrics, reports
+from fusion_jax import training
 from fusion_jax.errors import ConfigError, DataError
 from fusion_jax.data.splits import Split, load_split
 from fusion_jax.experiment import Experiment
@@ -164,6 +165,10 @@ def cross_validate(exp: Experiment, split: Split, folds: Sequence[Fold], work_di
       loaded = evaluation.load_runs(fexp, list(summary["variants"]), fexp.seeds[:1])
       analysis.analyze(fexp, loaded, te)
     exp.release(tr, va, te)   # the next fold's data replaces this one's on the device
+    exp.forget()              # and its shapes need programs of their own
+    exp.log(f"Fold {fold.index} done: the process holds "
+            f"{ledger.process_resources().describe()}, "
+            f"{ledger.live_executables()} live executables")
   out = dict(folds=[dataclasses.asdict(f) for f in folds], class_names=list(exp.class_names),
              seconds=time.perf_counter() - t0, variants={},
              selection_metric=configs.selection_metric(exp.config))
