@@ -8,7 +8,7 @@ Every executable costs the process host memory and memory mappings (XLA's CPU ba
 maps each one's code and data: ≈ 24 mappings for a tiny step, hundreds for a large one),
 and JAX's own caches keep it alive as long as the ledger does. A long recipe or a
 notebook that trains model after model therefore releases what it is done with
-(:meth:`CompileLedger.forget`, :meth:`CompileLedger.clear`), and before every compile
+(:meth:`CompileLedger.forget`), and before every compile
 the ledger checks :func:`process_resources`: near the mapping limit
 (``vm.max_map_count``) or out of memory, it releases the other models' executables and
 says so in one line, instead of letting LLVM abort the process ("Unable to allocate
@@ -173,14 +173,15 @@ class CompileLedger:
     caches, which hold them) and logs one line. Compiles of ``owner`` go on either way."""
     if self.limits is None:
       return
-    before = self.resources()
-    why = self.limits.exceeded(before)
+    why = self.limits.exceeded(self.resources())
     if why is None:
       return
     with self._lock:
       others = [k for k in self._entries if k[0] != owner]
       for key in others:
         del self._entries[key]
+    if not others:   # one model alone this large: nothing to release, nothing to repeat
+      return
     jax.clear_caches()
     self.released += len(others)
     if self.log is not None:
