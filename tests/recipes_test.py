@@ -134,3 +134,33 @@ def test_cached_functionals_reuse_only_the_same_clips(tmp_path):
   assert len(calls) == 2 and (again == x).all()   # reused, not recomputed
   other = recipes.cached_functionals(["bb.wav"], ["b"], cache, compute, progress=False)
   assert len(calls) == 3 and other.shape == (1, 2)   # other clips: recomputed, not mixed
+
+
+def test_cross_validate_holds_one_folds_programs_at_a_time(tmp_path):
+  """Fold after fold in one process (every fold has shapes of its own: speaker k's clips are
+  2 + 3k frames long), the process' live executables and memory mappings stay flat: each fold
+  releases its programs before the next compiles its own."""
+  rng = np.random.default_rng(0)
+  n_speakers, per = 6, 6
+  labels = np.tile(np.arange(2), n_speakers * per // 2)
+  groups = [f"spk{i // per}" for i in range(len(labels))]
+  speech = [(rng.standard_normal((2 + 3 * (i // per), 4)) + 2.0 * y).astype(np.float32)
+            for i, y in enumerate(labels)]
+  text = [rng.standard_normal((1 + i // per, 4)).astype(np.float32) for i in range(len(labels))]
+  split = Split("all", speech, text, labels, paths=[f"c{i}.wav" for i in range(len(labels))],
+                transcripts=["x"] * len(labels), groups=groups)
+  folds = recipes.group_folds(split.groups, 3, val_groups=1)
+  cfg = configs.tiny()
+  cfg.train.epochs = 1
+  cfg.train.variants, cfg.train.seeds = "concatenation,tensor,speech_only", "0"
+  lines = []
+  exp = experiment.Experiment.create(cfg, ["a", "b"], train=split, log=lines.append)
+  recipes.cross_validate(exp, split, folds, str(tmp_path), analyse_folds=())
+  done = [l for l in lines if l.startswith("Fold ") and " done: " in l]
+  assert len(done) == 3, lines
+  live = [int(l.rsplit(", ", 1)[1].split()[0]) for l in done]
+  maps = [int(l.split("the process holds ")[1].split()[0].replace(",", "")) for l in done]
+  # Without releasing, every fold adds its variants' train/eval/predict programs (dozens).
+  assert max(live[1:]) <= live[0] + 3, (live, maps)
+  assert max(maps[1:]) <= maps[0] + 400, (live, maps)
+  assert len(exp.ledger) == 0
