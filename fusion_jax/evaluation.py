@@ -126,7 +126,9 @@ def test_metrics(preds: list, class_names: Sequence[str]) -> dict:
   test = {v: [dict(metrics.summary(p.confusion()), per_class=_per_class(p.confusion()))
               for p in ps] for v, ps in by.items()}
   acc = lambda v: float(np.mean([t["accuracy"] for t in test[v]]))
-  ranked = sorted(by, key=lambda v: -np.nanmean(score[v]))
+  loss = {v: runs.run_losses([p.run.state for p in ps]) for v, ps in by.items()}
+  ranking = runs.rank_variants(score, loss, metric=metric)
+  ranked = ranking.order
   test_winner = sorted(by, key=lambda v: -acc(v))[0]
   per_class_mean = {}
   for v in ranked:
@@ -141,10 +143,11 @@ def test_metrics(preds: list, class_names: Sequence[str]) -> dict:
     per_emotion[name] = dict(best=best, best_f1=f1s[best], worst=worst, worst_f1=f1s[worst],
                              mean_f1=float(np.mean(list(f1s.values()))))
   return dict(
-      ranking_on_validation=ranked, selected=ranked[0], test_winner=test_winner,
+      ranking_on_validation=ranked, selected=ranked[0], tie_break=ranking.tie_break,
+      test_winner=test_winner,
       test_disagrees=acc(test_winner) > acc(ranked[0]), class_names=list(class_names),
       selection_metric=metric,
-      variants={v: dict(val_acc=val[v], val_score=score[v], seeds=[p.run.seed for p in by[v]],
+      variants={v: dict(val_acc=val[v], val_score=score[v], val_loss=loss[v], seeds=[p.run.seed for p in by[v]],
                         test=test[v]) for v in ranked},
       per_class_mean=per_class_mean, per_emotion=per_emotion)
 

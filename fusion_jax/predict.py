@@ -89,22 +89,25 @@ def model_dirs(path: str) -> list:
   return found
 
 
-def _val_score(model_dir: str, variant: str, seed: int) -> float:
-  meta = runs.best_meta(model_dir, variant, seed)
-  return float(runs.RunState.from_meta(meta).best.score) if meta else float("nan")
-
-
-def choose_variant(dirs: Sequence[str]) -> str:
-  """The variant with the highest mean best-validation score (its runs' selection metric,
-  ``train.selection_metric``) over its runs."""
+def choose_variant(dirs: Sequence[str], log: Optional[Callable] = None) -> str:
+  """The variant first by :func:`fusion_jax.runs.rank_variants` (mean best-validation
+  selection metric, then lower validation loss, then the registry's order) over its runs;
+  ``log`` hears what broke a tie."""
   scores: dict = {}
+  losses: dict = {}
   for d in dirs:
     for v in runs.available_variants(d):
       for s in runs.available_seeds(d, v):
-        scores.setdefault(v, []).append(_val_score(d, v, s))
+        meta = runs.best_meta(d, v, s)
+        state = runs.RunState.from_meta(meta) if meta else None
+        scores.setdefault(v, []).append(float(state.best.score) if state else float("nan"))
+        losses.setdefault(v, []).extend(runs.run_losses([state]))
   if not scores:
     raise DataError(dirs[0], "holds no orbax run to choose from", hint="give --variants")
-  return max(scores, key=lambda v: float(np.nanmean(scores[v])))
+  ranking = runs.rank_variants(scores, losses)
+  if ranking.tie_break and log:
+    log(f"Tie on validation: {ranking.tie_break}")
+  return ranking.order[0]
 
 
 # ------------------------------------------------------------------ the predictor
@@ -142,7 +145,7 @@ class Predictor:
     ``encoders``: ``{"speech": folder or Hub id, "text": …}``, where the Hugging Face
     snapshots of ``hf`` / ``hf_text`` features are now, if they moved."""
     dirs = model_dirs(path)
-    variant = variant or choose_variant(dirs)
+    variant = variant or choose_variant(dirs, log)
     members = []
     for d in dirs:
       have = runs.available_seeds(d, variant)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
-from fusion_jax import io_utils, metrics, plots
+from fusion_jax import io_utils, metrics, plots, runs
 from fusion_jax.data import batching
 from fusion_jax.models import floor, registry
 
@@ -149,6 +149,8 @@ def training_console_summary(summary: dict) -> str:
         "best_val_score_std", s["best_val_acc_std"])
     spread = f" ± {std:.4f}" if len(s["seeds"]) > 1 else ""
     out.append(f"{rank}. {v.upper():<20} - Best Val {short}: {mean:.4f}{spread}")
+  if summary.get("tie_break"):
+    out.append(f"Tie: {summary['tie_break']}")
   out.append(RULE)
   return "\n".join(out)
 
@@ -165,7 +167,8 @@ def test_metrics(summary: dict) -> str:
   short, what = METRIC_NAMES[summary["selection_metric"]]
   out = [RULE, "TEST METRICS COMPARISON", RULE, "",
          f"Ranking is by VALIDATION {what} (each run's best checkpoint); test figures are "
-         "reported beside it and never choose the winner.", "",
+"reported beside it and never choose the winner.", "",
+         *([f"Tie: {summary['tie_break']}", ""] if summary.get("tie_break") else []),
          "1. RANKING (chosen on validation) WITH TEST FIGURES", THIN,
          f"{'Rank':<5} {'Variant':<18} {'Val ' + short:<17} {'Test Acc':<17} {'Test UAR':<17} "
          f"{'Macro F1':<17} {'Weighted F1':<17}", THIN]
@@ -332,7 +335,10 @@ def cv_table(summary: dict, extra_rows: Optional[dict] = None) -> str:
   rows.update(extra_rows or {})
   short, what = METRIC_NAMES[summary.get("selection_metric", "accuracy")]
   val = lambda r: r.get("val_score", r.get("val_acc"))   # the selection metric
-  ranked = sorted(rows, key=lambda v: -val(rows[v])["mean"] if val(rows[v]) else 1.0)
+  ranked = runs.rank_variants(
+      {v: [val(r)["mean"]] if val(r) else [] for v, r in rows.items()},
+      {v: [r["val_loss"]["mean"]] for v, r in rows.items() if r.get("val_loss")},
+      metric=what).order
   ref, comps = summary.get("reference"), summary.get("comparisons", {})
   vs = f"Δ UAR vs {ref} (p)" if ref else ""
   head = (f"{'Variant':<22} {'Val ' + short.lower():>15} {'Test acc':>15} {'Test UAR':>15} "
@@ -405,11 +411,15 @@ def summarize(results: dict, class_names: Sequence[str], shapes: batching.BatchS
             compile_seconds=r.compile_seconds, train_seconds=r.train_seconds,
             resumed_from_epoch=r.resumed_from_epoch,
             best_confusion=r.best.confusion.tolist()) for r in rs})
-  ranking = sorted(variants, key=lambda v: -variants[v]["best_val_score_mean"])
+  ranked = runs.rank_variants({v: [r.best.score for r in rs] for v, rs in results.items()},
+                              {v: runs.run_losses(rs) for v, rs in results.items()},
+                              metric=selection_metric)
+  ranking = ranked.order
   scores = {v: [r.best.score for r in rs] for v, rs in results.items()}
   originals = [v for v in ranking if registry.get(v).original and registry.get(v).is_fusion]
   reference = originals[0] if originals else None
-  return dict(class_names=list(class_names), ranking=ranking, variants=variants,
+  return dict(class_names=list(class_names), ranking=ranking, tie_break=ranked.tie_break,
+              variants=variants,
               comparisons=metrics.paired_comparisons(scores),
               reference=reference,
               vs_reference=metrics.against_reference(scores, reference) if reference else {},

@@ -303,6 +303,44 @@ class RunState:
                          plateau)
 
 
+@dataclasses.dataclass(frozen=True)
+class Ranking:
+  """Variants best first on validation, and what decided any tie (``None``: no tie)."""
+  order: list
+  tie_break: Optional[str] = None
+
+
+def rank_variants(scores: dict, losses: Optional[dict] = None, *,
+                  metric: str = "the selection metric") -> Ranking:
+  """The one ranking rule of every binary and report: the higher mean validation
+  ``metric`` (``scores[v]``: one value per run), then, on a tie, the lower mean validation
+  loss (``losses[v]``; runs without one count as worst), then the registry's order.
+  Means are compared rounded to 9 decimals, so runs that tie in counts tie here."""
+  losses = losses or {}
+  mean = lambda xs: float(np.nanmean(xs)) if len(xs) and not np.all(np.isnan(xs)) else math.nan
+  def key(v):
+    s, l = mean(np.asarray(scores[v], float)), mean(np.asarray(losses.get(v, []), float))
+    position = registry.names().index(v) if v in registry.names() else len(registry.names())
+    return (-round(s, 9) if math.isfinite(s) else math.inf,
+            round(l, 9) if math.isfinite(l) else math.inf, position, v)
+  order = sorted(scores, key=key)
+  notes = []
+  for a, b in zip(order, order[1:]):
+    ka, kb = key(a), key(b)
+    if ka[0] != kb[0] or not math.isfinite(ka[0]):
+      continue
+    how = (f"lower validation loss ({ka[1]:.4f} vs {kb[1]:.4f})" if ka[1] != kb[1]
+           else "the registry's order")
+    notes.append(f"{a} and {b} tie on validation {metric} ({-ka[0]:.4f}); {how} puts {a} first")
+  return Ranking(order, "; ".join(notes) or None)
+
+
+def run_losses(states: Sequence["RunState"]) -> list:
+  """Each run's validation loss at its best checkpoint (NaN where not recorded)."""
+  return [float(s.best.metrics.get("loss", math.nan)) if s is not None else math.nan
+          for s in states]
+
+
 def checkpoint_meta(run: RunState, config, class_names: Sequence[str], shapes,
                     inputs: Optional[dict] = None) -> dict:
   """The metadata saved beside a checkpoint's state.

@@ -56,6 +56,46 @@ def _pred(variant, val_acc, correct_frac, labels, k=3, seed="0"):
   return evaluation.Predictions(run, probs, labels)
 
 
+def _state(variant, score, loss):
+  from fusion_jax import optim
+  st = runs.RunState.new(variant, 0, optim.Plateau(lr=0.0))
+  st.best = runs.Best(epoch=1, val_acc=score, confusion=np.eye(3, dtype=np.int64),
+                      metrics={} if loss is None else {"loss": loss}, score=score)
+  return st
+
+
+def test_one_ranking_rule_breaks_ties_by_validation_loss_then_registry_order(monkeypatch):
+  r = runs.rank_variants({"gated": [0.75], "concatenation": [0.75], "weighted": [0.5]},
+                         {"gated": [0.40], "concatenation": [0.55]}, metric="accuracy")
+  assert r.order == ["gated", "concatenation", "weighted"]
+  assert r.tie_break == ("gated and concatenation tie on validation accuracy (0.7500); lower "
+                         "validation loss (0.4000 vs 0.5500) puts gated first")
+  # equal losses (or none recorded): the registry's order (concatenation before gated)
+  r = runs.rank_variants({"gated": [0.75], "concatenation": [0.75]})
+  assert r.order == ["concatenation", "gated"] and "registry's order" in r.tie_break
+  assert runs.rank_variants({"gated": [0.9], "concatenation": [0.75]}).tie_break is None
+  # means that differ by float rounding only are a tie (0.1 + 0.2 vs 0.3)
+  assert runs.rank_variants({"gated": [0.1 + 0.2], "concatenation": [0.3]},
+                            {"gated": [0.1], "concatenation": [0.2]}).order[0] == "gated"
+  # evaluate's ranking and predict's choice of variant follow the same rule on tied runs
+  labels = np.arange(30) % 3
+  preds = [_pred(v, 0.75, 0.7, labels) for v in ("concatenation", "gated")]
+  for p, loss in zip(preds, (0.55, 0.40)):
+    p.run.state = _state(p.run.variant, 0.75, loss)
+  summary = evaluation.test_metrics(preds, ["a", "b", "c"])
+  assert summary["selected"] == "gated" and "lower validation loss" in summary["tie_break"]
+  assert "Tie: gated and concatenation tie" in reports.test_metrics(summary)
+  states = {"concatenation": _state("concatenation", 0.75, 0.55),
+            "gated": _state("gated", 0.75, 0.40)}
+  monkeypatch.setattr(runs, "available_variants", lambda d: list(states))
+  monkeypatch.setattr(runs, "available_seeds", lambda d, v: [0])
+  monkeypatch.setattr(runs, "best_meta", lambda d, v, s: {"run": states[v].to_json()})
+  from fusion_jax import predict
+  heard = []
+  assert predict.choose_variant(["m"], heard.append) == "gated"
+  assert heard and "lower validation loss" in heard[0]
+
+
 def test_winner_is_chosen_on_validation_even_when_test_disagrees():
   labels = np.arange(60) % 3
   preds = [_pred("gated", 0.90, 0.70, labels), _pred("weighted", 0.80, 0.85, labels),

@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from fusion_jax import analysis, configs, evaluation, io_utils, ledger, metrics, reports
-from fusion_jax import training
+from fusion_jax import runs as run_records, training
 from fusion_jax.errors import ConfigError, DataError
 from fusion_jax.data.splits import Split, load_split
 from fusion_jax.experiment import Experiment
@@ -154,9 +154,10 @@ def cross_validate(exp: Experiment, split: Split, folds: Sequence[Fold], work_di
     summary = evaluation.evaluate(fexp, te, variants=fexp.variants, seeds=fexp.seeds,
                                   train=tr, ablation=ablation)
     for v, s in summary["variants"].items():
-      for seed, t, val, score in zip(s["seeds"], s["test"], s["val_acc"], s["val_score"]):
+      for seed, t, val, score, loss in zip(s["seeds"], s["test"], s["val_acc"],
+                                           s["val_score"], s["val_loss"]):
         runs.setdefault(v, []).append(dict(
-            fold=fold.index, seed=seed, val_acc=val, val_score=score,
+            fold=fold.index, seed=seed, val_acc=val, val_score=score, val_loss=loss,
             accuracy=t["accuracy"], uar=t["uar"],
             macro_f1=t["macro_f1"], weighted_f1=t["weighted_f1"],
             **({"layer_weights": w} if (w := summary.get("layer_weights", {}).get(
@@ -174,7 +175,7 @@ def cross_validate(exp: Experiment, split: Split, folds: Sequence[Fold], work_di
              selection_metric=configs.selection_metric(exp.config))
   for v, rs in runs.items():
     out["variants"][v] = {k: summarise([r[k] for r in rs]) for k in (
-        "val_acc", "val_score", "accuracy", "uar", "macro_f1", "weighted_f1")}
+        "val_acc", "val_score", "val_loss", "accuracy", "uar", "macro_f1", "weighted_f1")}
     out["variants"][v]["runs"] = rs
     mixed = [r["layer_weights"] for r in rs if "layer_weights" in r]
     if mixed:   # where emotion lives in each encoder, on average over the runs
@@ -199,8 +200,9 @@ def compare_to_reference(runs: dict, metric: str = "uar") -> dict:
   originals = [v for v in runs if registry.get(v).original and registry.get(v).is_fusion]
   if not originals:
     return {}
-  mean_val = lambda v: float(np.mean([r.get("val_score", r["val_acc"]) for r in runs[v]]))
-  reference = max(originals, key=mean_val)
+  reference = run_records.rank_variants(
+      {v: [r.get("val_score", r["val_acc"]) for r in runs[v]] for v in originals},
+      {v: [r.get("val_loss", np.nan) for r in runs[v]] for v in originals}).order[0]
   key = lambda r: (r["fold"], str(r["seed"]))
   ref = {key(r): r[metric] for r in runs[reference]}
   scores = {}
