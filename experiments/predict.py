@@ -16,14 +16,16 @@ CSV path[,transcript]. A text-only model needs transcripts: from the manifest, o
 are recomputed exactly as the run's were (extractor, pooling, standardisation, token
 limit, all recorded in the run).
 
-Writes --output (CSV: file, transcript, modalities, predicted, confidence,
-p_<class>..., and the head's gates / modality weights / attention entropies / floor
-blend) and the same rows as JSON lines
-beside it (.jsonl). Unreadable or silent files are listed at the end (exit status 1)
-without stopping the others.
+Writes --output (CSV: file, transcript, modalities, speech_present, text_present,
+predicted, confidence, p_<class>..., and the head's gates / modality weights / attention
+entropies / floor blend) and the same rows as JSON lines beside it (.jsonl), as one set:
+<stem>.manifest.json, written last, holds both files' SHA-256 (the previous pair stays
+until the new one is complete; an output that is an input, or read-only, is refused).
+--inputs folders are searched for .wav, .flac and .ogg in any letter case. Unreadable
+or silent files, and rows with nothing the variant reads, are listed at the end (exit
+status 1) without stopping the others; if none could be used, nothing is written.
 """
 
-import json
 import os
 import sys
 
@@ -40,7 +42,8 @@ flags.DEFINE_bool("transcribe", False, "Transcribe the audio with Whisper tiny.e
 flags.DEFINE_string("output", "predictions.csv", "CSV of predictions (JSON lines beside it).")
 flags.DEFINE_string("export", None, "Also write the model as serialized StableHLO (jax.export, "
                     "symbolic batch and lengths) + model.json into this folder.")
-flags.DEFINE_integer("batch_size", 16, "Files read and featurised per batch.")
+flags.DEFINE_integer("batch_size", 16, "Files read and featurised per batch (> 0).",
+                     lower_bound=1)
 flags.DEFINE_string("speech_model", None, "Runs trained on --speech_extractor=hf features: "
                     "where the Hugging Face snapshot is now (folder or cached id), if not where "
                     "it was at extraction. Its weights must be the very same (SHA-256).")
@@ -56,9 +59,8 @@ def main(argv):
   if FLAGS.output.endswith(".jsonl"):
     cli.fail(f"--output={FLAGS.output}: give the CSV's path; the JSON lines go beside it "
              "(.jsonl)")
-  from fusion_jax import experiment, io_utils, predict  # pylint: disable=import-outside-toplevel
+  from fusion_jax import experiment, predict  # pylint: disable=import-outside-toplevel
   from fusion_jax.models import registry  # pylint: disable=import-outside-toplevel
-  import pandas as pd  # pylint: disable=import-outside-toplevel
   try:
     cli.setup_jax(config)
     variant = None
@@ -81,21 +83,22 @@ def main(argv):
         return
       cli.fail("no inputs: give --inputs (wav files, folders, or a manifest CSV)")
     paths, transcripts = predict.read_inputs(specs)
+    predict.check_outputs([FLAGS.output, os.path.splitext(FLAGS.output)[0] + ".jsonl"],
+                          specs + list(paths))   # before any work, not after it
     preds, failures = predictor.predict_files(paths, transcripts, transcribe=FLAGS.transcribe,
                                               batch_size=FLAGS.batch_size,
                                               progress=FLAGS.progress)
-    rows = pd.DataFrame([p.to_row() for p in preds])
-    with io_utils.atomic_open(FLAGS.output, "w", encoding="utf-8", newline="") as f:
-      rows.to_csv(f, index=False)
-    io_utils.write_text(os.path.splitext(FLAGS.output)[0] + ".jsonl",
-                        "".join(json.dumps(p.to_json()) + "\n" for p in preds))
+    if not preds:
+      print(f"No file could be used; {FLAGS.output} is left as it was.", flush=True)
+    else:
+      jsonl = predict.write_predictions(preds, FLAGS.output, inputs=specs + list(paths))
     for p in preds[:20]:
       print(f"{os.path.basename(p.name):<40} {p.emotion:<18} {p.confidence:.3f} "
             f"({p.modalities})" + (f'  "{p.transcript}"' if p.transcript else ""))
     if len(preds) > 20:
       print(f"... ({len(preds) - 20} more)")
-    print(f"Wrote {FLAGS.output} and {os.path.splitext(FLAGS.output)[0]}.jsonl: "
-          f"{len(preds)} files", flush=True)
+    if preds:
+      print(f"Wrote {FLAGS.output} and {jsonl}: {len(preds)} files", flush=True)
   except cli.USER_ERRORS as e:
     cli.fail(str(e))
   if failures:

@@ -77,6 +77,54 @@ def staged_files(directory):
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+def sha256_file(path) -> str:
+  import hashlib  # pylint: disable=import-outside-toplevel
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def commit_set(directory, staged: dict, manifest_name: str, manifest: dict) -> None:
+  """Moves complete files into ``directory`` as one set, its manifest written last.
+
+  ``staged``: ``{name: path}`` of finished files on the same filesystem (e.g. in a
+  :func:`tempfile.mkdtemp` under ``directory``). The old manifest is removed first, then
+  every file replaced (each atomically), then ``manifest`` (plus ``files``: each name's
+  SHA-256 and size) is written. The previous set stays until the new one is complete; a
+  process killed midway leaves no manifest, so :func:`verify_set` refuses the mix. Callers
+  hold a lock against concurrent writers (``runs.RunLock``).
+  """
+  directory = os.path.abspath(os.fspath(directory))
+  files = {name: dict(sha256=sha256_file(src), bytes=os.path.getsize(src))
+           for name, src in staged.items()}
+  target = os.path.join(directory, manifest_name)
+  if os.path.lexists(target):
+    os.unlink(target)
+  for name, src in staged.items():
+    os.chmod(src, 0o666 & ~_umask())
+    os.replace(src, os.path.join(directory, name))
+  write_json(target, dict(manifest, files=files))
+
+
+def verify_set(directory, manifest_name: str) -> dict:
+  """The manifest of a set written by :func:`commit_set`, after checking that every file it
+  names is there with its SHA-256. Raises DataError naming the file that does not match."""
+  from fusion_jax.errors import DataError  # pylint: disable=import-outside-toplevel
+  target = os.path.join(os.fspath(directory), manifest_name)
+  hint = "the write that made it was interrupted or another program changed it: write it again"
+  if not os.path.exists(target):
+    raise DataError(target, "missing: the files beside it are not a complete set", hint=hint)
+  with open(target, encoding="utf-8") as f:
+    manifest = json.load(f)
+  for name, want in manifest.get("files", {}).items():
+    path = os.path.join(os.fspath(directory), name)
+    if not os.path.exists(path) or sha256_file(path) != want["sha256"]:
+      raise DataError(path, f"does not match {manifest_name} (another write's file)", hint=hint)
+  return manifest
+
+
 def write_text(path, text: str) -> None:
   with atomic_open(path, "w", encoding="utf-8") as f:
     f.write(text)

@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import json
 import os
+import shutil
+import tempfile
 import time
 from typing import Callable, Optional, Sequence
 
@@ -67,7 +70,9 @@ class Prediction:
     return dataclasses.asdict(self)
 
   def to_row(self) -> dict:
+    used = self.modalities.split("+")
     row = dict(file=self.name, transcript=self.transcript, modalities=self.modalities,
+               speech_present=int("speech" in used), text_present=int("text" in used),
                predicted=self.emotion, confidence=self.confidence)
     row.update({f"p_{k}": v for k, v in self.probabilities.items()})
     row.update(self.relied_on)
@@ -135,6 +140,7 @@ class Predictor:
     self._transcriber = None
     # modality → where a Hugging Face snapshot is now (hf / hf_text features)
     self.encoders = {k: v for k, v in (encoders or {}).items() if v}
+    self.root: Optional[str] = None   # the run directory it was loaded from (from_run)
 
   @classmethod
   def from_run(cls, path, variant: Optional[str] = None, seeds: Optional[Sequence[int]] = None,
@@ -167,7 +173,9 @@ class Predictor:
       raise DataError(members[0].source, "records no class names")
     exp = Experiment.create(config or configs.default(), names, log=log)
     log(f"Predicting with {variant}: {len(members)} run(s) ({', '.join(m.source for m in members)})")
-    return cls(members, exp, encoders)
+    predictor = cls(members, exp, encoders)
+    predictor.root = os.path.abspath(os.fspath(path))
+    return predictor
 
   # -- how inputs are made
   def inputs(self, modality: str) -> dict:
@@ -279,6 +287,13 @@ class Predictor:
     Batches of ``batch_size`` rows, padded to lengths on a fixed grid
     (:func:`grid_length`), so that new files reuse a few compiled shapes.
     """
+    used = [[m for m, x in (("speech", speech[i]), ("text", text[i]))
+             if x is not None and len(x) and self.spec.reads(m)] for i in range(len(names))]
+    empty = [str(n) for n, u in zip(names, used) if not u]
+    if empty:
+      raise ValueError(f"{empty[0]}: nothing {self.variant} reads "
+                       f"({' and '.join(m for m in registry.MODALITIES if self.spec.reads(m))})"
+                       f" — {len(empty)} row(s) would be scored on no input")
     probs, relied = 0.0, []
     for member in self.members:
       split = self._member_split(member, speech, text)
@@ -289,8 +304,6 @@ class Predictor:
                                 batch_size=min(batch_size, len(split)))
       probs = probs + p / len(self.members)
       relied.append(_summaries(aux, split))
-    used = [[m for m, x in (("speech", speech[i]), ("text", text[i]))
-             if x is not None and self.spec.reads(m)] for i in range(len(names))]
     out = []
     for i, name in enumerate(names):
       k = int(np.argmax(probs[i]))
@@ -308,6 +321,7 @@ class Predictor:
     """Predictions for 16 kHz mono clips (and their transcripts, if the model reads text).
     A fusion variant takes a clip without a transcript (None or "") and a transcript
     without a clip (None): that modality is absent; each prediction says what it used."""
+    _check_batch_size(batch_size)
     names = names or [f"clip_{i}" for i in range(len(waveforms))]
     speech, text = self.features(waveforms, transcripts)
     out = []
@@ -327,6 +341,7 @@ class Predictor:
       ``(predictions, failures)``, failures ``[(path, message)]`` in input order.
     """
     from fusion_jax import features  # pylint: disable=import-outside-toplevel
+    _check_batch_size(batch_size)
     missing = [p for i, p in enumerate(paths) if transcripts is None or not transcripts[i]]
     if missing and self.spec.reads("text") and not self.spec.is_fusion and not transcribe:
       raise ValueError(f"{self.variant} reads text: {len(missing)} of {len(paths)} files have "
@@ -343,6 +358,10 @@ class Predictor:
       clips, ok = [], []
       for i in chunk:
         if not paths[i]:     # a manifest row with a transcript and no audio
+          if not self.spec.reads("text"):
+            failures.append((f"<transcript row {i + 1}>", f"row {i + 1}: a transcript without "
+                             f"audio, and {self.variant} reads speech only"))
+            continue
           clips.append(None)
           ok.append(i)
           continue
@@ -368,11 +387,21 @@ class Predictor:
       bar.update(len(chunk))
     return preds, failures
 
+  def _relative(self, member: runs.Run) -> str:
+    """A member's source relative to the run it was loaded from (``variant/seed_N`` when
+    loaded otherwise): model.json never records where training happened."""
+    source = os.path.abspath(member.source)
+    if self.root and source.startswith(self.root + os.sep):
+      return os.path.relpath(source, self.root)
+    return f"{member.variant}/seed_{member.seed}"
+
   # -- export
   def inference_function(self) -> Callable:
     """A pure function of raw extractor features (standardisation and token limits inside):
     ``(speech [B, T, Ds], speech_mask [B, T], text [B, L, Dt], text_mask [B, L]) →
-    {"probabilities": [B, K], <head internals>}``; an ensemble averages probabilities."""
+    {"probabilities": [B, K], "present": [B, 2], <head internals>}``; an ensemble averages
+    probabilities. ``present[:, m]`` is 1 where the row has modality m (speech, text: a
+    mask with a one) and the variant reads it; a row with neither gets NaN probabilities."""
     members = [(m, model_lib.build_model(self.exp.compute_config(m.model_config), m.variant,
                                          len(self.class_names))) for m in self.members]
 
@@ -395,8 +424,12 @@ class Predictor:
         for k, v in aux.items():   # gates and modality weights, averaged like relied_on
           if k.startswith("fusion/") and k.endswith(("_gate", "_weights")):
             internals[k] = internals.get(k, 0.0) + v.astype(jnp.float32) / len(members)
-      return dict(probabilities=total, **{k.replace("fusion/", ""): v
-                                          for k, v in internals.items()})
+      present = jnp.stack([(mask.sum(1) > 0) & self.spec.reads(m) for m, mask in
+                           (("speech", speech_mask), ("text", text_mask))], -1)
+      scored = present.any(-1, keepdims=True)   # a row with nothing to read is not scored
+      return dict(probabilities=jnp.where(scored, total, jnp.nan),
+                  present=present.astype(jnp.float32),
+                  **{k.replace("fusion/", ""): v for k, v in internals.items()})
     return fn
 
   def export(self, out_dir: str, platforms: Sequence[str] = ("cpu", "cuda")) -> dict:
@@ -423,14 +456,12 @@ class Predictor:
                    f"{str(e)[:200]}); exporting for cpu only")
       exported = export.export(jax.jit(self.inference_function()), platforms=("cpu",))(*args)
     blob = exported.serialize()
-    os.makedirs(out_dir, exist_ok=True)
-    with io_utils.atomic_open(os.path.join(out_dir, "model.jaxexport"), "wb") as f:
-      f.write(blob)
     inputs = {m: {k: v for k, v in self.inputs(m).items() if k != "standardize"}
               for m in registry.MODALITIES}
     spec = dict(
         format=EXPORT_FORMAT, variant=self.variant, class_names=self.class_names,
-        members=[m.source for m in self.members], platforms=list(exported.platforms),
+        members=[self._relative(m) for m in self.members],
+        platforms=list(exported.platforms),
         inputs=dict(
             speech=dict(shape=["batch", "frames", mc.speech_dim], dtype="float32",
                         mask="speech_mask [batch, frames]: 1 = frame, 0 = padding",
@@ -438,15 +469,36 @@ class Predictor:
             text=dict(shape=["batch", "tokens", mc.text_dim], dtype="float32",
                       mask="text_mask [batch, tokens]: 1 = token, 0 = padding",
                       used=self.spec.reads("text"), features=inputs["text"])),
-        outputs=dict(probabilities=["batch", len(self.class_names)]),
+        outputs=dict(probabilities=["batch", len(self.class_names)], present=["batch", 2]),
+        outputs_present="present [batch, 2]: 1 where the row had the modality (speech, "
+                        "text) and the variant reads it; rows with none are NaN, not scored",
         notes="Inputs are the raw extractor features (the standardisation and token limit "
               "the run used are inside the function). A modality the variant does not read "
-              "takes one zero frame: shape [batch, 1, dim], mask ones.",
+              "takes one zero frame: shape [batch, 1, dim], mask ones. A modality a row lacks "
+              "has an all-zero mask (the model is told it is absent); a row with no modality "
+              "the variant reads gets NaN probabilities and present [0, 0]. model.json is "
+              "written last and names model.jaxexport's SHA-256: check it before loading.",
         call="exported = jax.export.deserialize(open('model.jaxexport','rb').read()); "
              "out = exported.call(speech, speech_mask, text, text_mask)",
         export_seconds=time.perf_counter() - t0)
-    io_utils.write_json(os.path.join(out_dir, "model.json"), spec)
+    check_outputs([os.path.join(out_dir, n) for n in ("model.jaxexport", "model.json")], (),
+                  flag="--export")
+    with runs.RunLock(out_dir, "export", ".export.lock"):
+      tmp = tempfile.mkdtemp(dir=out_dir, prefix=".staged-")
+      try:
+        with open(os.path.join(tmp, "model.jaxexport"), "wb") as f:
+          f.write(blob)
+        io_utils.commit_set(out_dir, {"model.jaxexport": os.path.join(tmp, "model.jaxexport")},
+                            "model.json", spec)
+      finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    spec = io_utils.verify_set(out_dir, "model.json")
     return dict(path=os.path.join(out_dir, "model.jaxexport"), bytes=len(blob), spec=spec)
+
+
+def _check_batch_size(batch_size) -> None:
+  if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+    raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
 
 
 def standardized(x, inputs: dict, xp=np):
@@ -508,8 +560,69 @@ def _summaries(aux: dict, split: Split) -> list:
   return out
 
 
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")   # what soundfile reads (any letter case)
+
+
+def check_outputs(outputs: Sequence[str], inputs: Sequence[str], flag: str = "--output") -> None:
+  """Refuses (DataError, one line) outputs that would overwrite one of ``inputs`` (the
+  manifest, an audio file) or replace a read-only file, and a folder that cannot be written."""
+  real = {os.path.realpath(p) for p in inputs if p}
+  for out in outputs:
+    if os.path.realpath(out) in real:
+      raise DataError(out, "is one of the inputs; writing there would overwrite it",
+                      hint=f"give {flag} another path")
+    if os.path.isdir(out):
+      raise DataError(out, "is a directory", hint=f"give {flag} a file path")
+    if os.path.exists(out) and (not os.access(out, os.W_OK)
+                                or not os.stat(out).st_mode & 0o222):   # (root may write it)
+      raise DataError(out, "is read-only; refusing to replace it",
+                      hint=f"make it writable or give {flag} another path")
+  parent = os.path.dirname(os.path.abspath(outputs[0]))
+  existing = parent
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise DataError(existing, "is not writable", hint=f"give {flag} a path you can write to")
+
+
+def write_predictions(preds: Sequence[Prediction], output: str,
+                      inputs: Sequence[str] = ()) -> str:
+  """Writes ``output`` (CSV: file, transcript, modalities, speech/text_present, predicted,
+  confidence, p_<class>…, head internals) and the same rows as JSON lines (``.jsonl``
+  beside it) as one set: both or neither, the previous pair kept until the new one is
+  complete, ``<stem>.manifest.json`` (their SHA-256s) written last
+  (:func:`fusion_jax.io_utils.verify_set` checks a pair), one writer at a time.
+  Refuses outputs that are among ``inputs`` or read-only. Returns the ``.jsonl`` path."""
+  import pandas as pd  # pylint: disable=import-outside-toplevel
+  if not preds:
+    raise ValueError("no predictions to write")
+  csv_path = os.path.abspath(os.fspath(output))
+  stem = os.path.splitext(csv_path)[0]
+  jsonl = stem + ".jsonl"
+  manifest = os.path.basename(stem) + ".manifest.json"
+  directory = os.path.dirname(csv_path)
+  check_outputs([csv_path, jsonl, os.path.join(directory, manifest)], inputs)
+  os.makedirs(directory, exist_ok=True)
+  with runs.RunLock(directory, "prediction set", f".{os.path.basename(stem)}.lock"):
+    tmp = tempfile.mkdtemp(dir=directory, prefix=".staged-")
+    try:
+      staged = {os.path.basename(csv_path): os.path.join(tmp, "a.csv"),
+                os.path.basename(jsonl): os.path.join(tmp, "a.jsonl")}
+      with open(staged[os.path.basename(csv_path)], "w", encoding="utf-8", newline="") as f:
+        pd.DataFrame([p.to_row() for p in preds]).to_csv(f, index=False)
+      with open(staged[os.path.basename(jsonl)], "w", encoding="utf-8") as f:
+        f.write("".join(json.dumps(p.to_json()) + "\n" for p in preds))
+      io_utils.commit_set(directory, staged, manifest, dict(format=1, rows=len(preds)))
+    except OSError as e:   # a full disk, a vanished folder: name the user's file, not ours
+      raise DataError(output, f"cannot write ({e.strerror or e})") from None
+    finally:
+      shutil.rmtree(tmp, ignore_errors=True)
+  return jsonl
+
+
 def read_inputs(specs: Sequence[str]) -> tuple:
-  """Audio files from paths, folders (``*.wav``, recursively) and manifest CSVs
+  """Audio files from paths, folders (``.wav``, ``.flac``, ``.ogg`` in any letter case,
+  recursively) and manifest CSVs
   (``path[,transcript]``, paths relative to the CSV; an empty path with a transcript is
   text without audio, for fusion variants). Returns ``(paths, transcripts)``: one per
   path from manifests (None where a file has none), or None when no file has one."""
@@ -517,7 +630,11 @@ def read_inputs(specs: Sequence[str]) -> tuple:
   paths, texts = [], []
   for spec in specs:
     if os.path.isdir(spec):
-      found = sorted(glob.glob(os.path.join(spec, "**", "*.wav"), recursive=True))
+      found = sorted(p for p in glob.glob(os.path.join(spec, "**", "*"), recursive=True)
+                     if p.lower().endswith(AUDIO_EXTENSIONS) and os.path.isfile(p))
+      if not found:
+        raise DataError(spec, "holds no audio files (.wav, .flac, .ogg)",
+                        hint="give audio files, a folder of them, or a manifest CSV")
       paths += found
       texts += [None] * len(found)
     elif spec.lower().endswith(".csv"):
@@ -541,6 +658,7 @@ def read_inputs(specs: Sequence[str]) -> tuple:
       paths.append(spec)
       texts.append(None)
   if not paths:
-    raise ValueError("no audio files given (paths, folders of .wav files, or a manifest CSV)")
+    raise ValueError("no audio files given (paths, folders of .wav / .flac / .ogg files, or a "
+                     "manifest CSV)")
   texts = [t if isinstance(t, str) and t.strip() else None for t in texts]
   return paths, (texts if any(t is not None for t in texts) else None)

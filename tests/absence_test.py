@@ -2,6 +2,9 @@
 unimodal heads' blend chosen on validation (models/floor.py), true-absence evaluation."""
 
 import dataclasses
+import json
+import os
+from unittest import mock
 
 import flax.linen as nn
 import jax
@@ -9,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fusion_jax import configs, data, models, optim, passes, steps
+from fusion_jax import configs, data, io_utils, models, optim, passes, steps
 from fusion_jax.models import floor, registry
 from tests.conftest import demo_splits
 
@@ -281,8 +284,30 @@ def test_prediction_and_export_take_an_absent_modality(robust_run, tmp_path):
   out = predictor.export(str(tmp_path / "ex"), platforms=("cpu",))
   from jax import export  # pylint: disable=import-outside-toplevel
   exported = export.deserialize(bytearray(open(out["path"], "rb").read()))
-  np.testing.assert_allclose(np.asarray(exported.call(sx, sm, tx, tm)["probabilities"]), probs,
-                             atol=1e-5)
+  got = exported.call(sx, sm, tx, tm)
+  np.testing.assert_allclose(np.asarray(got["probabilities"]), probs, atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(got["present"]), [[1, 0], [0, 1], [1, 0]] +
+                                [[1, 1]] * 3)   # which modalities each row had
+  # a row with neither is reported (present [0, 0]) and not scored (NaN), not given a class
+  none = exported.call(sx, np.zeros_like(sm), tx, tm)   # rows 0 and 2 had no text either
+  scored = np.isfinite(np.asarray(none["probabilities"])).all(-1)
+  assert list(scored) == [False, True, False, True, True, True]
+  np.testing.assert_array_equal(np.asarray(none["present"])[[0, 2]], [[0, 0], [0, 0]])
+  # model.json, written last, names the program's checksum and no training path
+  spec = io_utils.verify_set(tmp_path / "ex", "model.json")
+  assert spec["files"]["model.jaxexport"]["sha256"] == io_utils.sha256_file(out["path"])
+  assert spec["members"] == ["gated/seed_0"] and str(robust_run["dir"]) not in json.dumps(spec)
+  # killed between the program and its description: no model.json, never a stale one
+  real, calls = os.replace, []
+  def dies_after_first(src, dst):
+    calls.append(dst)
+    real(src, dst)
+    raise KeyboardInterrupt("killed")
+  with mock.patch.object(os, "replace", dies_after_first), pytest.raises(KeyboardInterrupt):
+    predictor.export(str(tmp_path / "ex"), platforms=("cpu",))
+  assert not (tmp_path / "ex" / "model.json").exists()
+  with pytest.raises(data.DataError, match="model.json: missing"):
+    io_utils.verify_set(tmp_path / "ex", "model.json")
 
 
 def test_absence_survives_bucketing_and_placement_on_the_mesh():

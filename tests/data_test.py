@@ -314,3 +314,17 @@ def test_text_only_data_is_bucketed_by_text_length():
   assert sorted(seen) == list(range(n))
   one = data.plan_shapes([split], num_buckets=1)
   assert not one.text_buckets and one.text_length == shapes.text_buckets[-1]
+
+
+def test_a_rows_emotion_name_must_be_its_labels_class(tmp_path):
+  """A test row named 'bored' (never trained) with label 1 would be scored as disgust."""
+  paths = write_split(tmp_path)
+  df = pd.read_csv(paths[2])
+  df.loc[4, "emotion_name"] = "NEUTRAL "    # case and spaces do not matter
+  df.to_csv(paths[2], index=False)
+  assert len(data.load_split("test", *paths, class_names=CLASSES)) == 6
+  df.loc[1, "emotion_name"] = "bored"
+  df.to_csv(paths[2], index=False)
+  with pytest.raises(data.DataError, match=r"train_split.csv, field 'emotion_name', row 1: "
+                     r"emotion_name 'bored' but label 1 is 'disgust'"):
+    data.load_split("test", *paths, class_names=CLASSES)

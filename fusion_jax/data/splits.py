@@ -250,6 +250,14 @@ def load_split(name: str, speech_path, text_path, csv_path=None, *,
       raise DataError(p, f"label {labels[r]} is outside the {len(class_names)} classes "
                       f"{list(class_names)}", field=f, row=r,
                       hint="the class list comes from --csv_path (the training CSV)")
+    if csv is not None:   # a row's name must be its label's class (else scored as another)
+      for r, (label, got) in enumerate(zip(labels.tolist(), csv.emotion_names)):
+        want = class_names[label]
+        if got.strip() and got.strip().lower() != str(want).strip().lower():
+          raise DataError(csv.path, f"emotion_name {got.strip()!r} but label {label} is "
+                          f"{want!r} (classes {list(class_names)})", field="emotion_name",
+                          row=r, hint="fix the row's label or name; the classes come from "
+                          "the training CSV (--csv_path)")
   neither = np.array([a.shape[0] == 0 and b.shape[0] == 0
                       for a, b in zip(speech.sequences, text.sequences)], bool)
   if neither.any():   # one modality may be absent, never both
