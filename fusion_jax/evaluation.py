@@ -336,7 +336,9 @@ def evaluate(exp: Experiment, test: Split, *, variants: Optional[Sequence[str]] 
   out_dir = os.path.join(exp.results_dir, "test_results")
   names = exp.class_names
   runs_ = load_runs(exp, variants, seeds)
-  runs.check_dims(runs_, test)
+  for split in (test, train):   # every split's widths, before any variant is scored
+    if split is not None:
+      runs.check_dims(runs_, split)
   shapes = exp.plan(test)
   ablated = {}
   if ablation != "none":

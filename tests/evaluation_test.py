@@ -1,6 +1,7 @@
 """Evaluation: migration from PyTorch checkpoints, honest ranking, modality removal."""
 
 import ast
+import dataclasses
 import os
 import shutil
 
@@ -161,6 +162,16 @@ def test_removing_the_modality_that_carries_the_signal_hurts(tmp_path, signal, c
   assert row["relies_on"] == carrier, row
   report = (tmp_path / "r" / "test_results" / "modality_ablation.txt").read_text()
   assert "made absent (no frame" in report
+  if carrier == "speech":   # training features of another width: refused before any scoring
+    narrow = data.Split("train", [x[:, :8] for x in train.speech], train.text, train.labels,
+                        sources={"speech": "train_speech_32d.npz"})
+    lines = []
+    with pytest.raises(ValueError, match=r"train_speech_32d.npz: speech features are 8-d but "
+                       r".*concatenation.* was trained on 16-d"):
+      evaluation.evaluate(dataclasses.replace(exp, log=lines.append), test,
+                          variants=["concatenation"], train=narrow, ablation="mean")
+    assert not [l for l in lines if "test acc" in l]
+    assert (tmp_path / "r" / "test_results" / "modality_ablation.txt").read_text() == report
 
 
 def test_missing_checkpoints_are_named(tmp_path):
