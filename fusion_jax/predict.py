@@ -490,6 +490,8 @@ class Predictor:
           f.write(blob)
         io_utils.commit_set(out_dir, {"model.jaxexport": os.path.join(tmp, "model.jaxexport")},
                             "model.json", spec)
+      except OSError as e:   # a full disk: name the user's folder, not a staging file
+        raise DataError(out_dir, f"cannot write the export ({e.strerror or e})") from None
       finally:
         shutil.rmtree(tmp, ignore_errors=True)
     spec = io_utils.verify_set(out_dir, "model.json")

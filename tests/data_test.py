@@ -189,6 +189,15 @@ def test_truncated_npz(tmp_path):
     data.load_features(tmp_path / "s.npz")
 
 
+def test_an_object_array_npz_is_refused_as_pickled_not_corrupt(tmp_path):
+  ragged = np.empty(2, object)
+  ragged[:] = [np.zeros((3, 4), np.float32), np.zeros((5, 4), np.float32)]
+  np.savez(tmp_path / "o.npz", features=ragged, lengths=np.array([3, 5]))
+  with pytest.raises(data.DataError, match=r"o.npz, field 'features': holds an object "
+                     r"\(pickled\) array; fusion_jax never unpickles data"):
+    data.load_features(tmp_path / "o.npz")
+
+
 # ---------------------------------------------------------------- batching
 def _split(n=37, seed=0):
   rng = np.random.default_rng(seed)

@@ -209,6 +209,17 @@ def load_features(path, *, expected_dim: Optional[int] = None) -> ModalityFeatur
   return feats
 
 
+def _pickled_member(path: str) -> Optional[str]:
+  """The first member of an .npz that only unpickling could read (an object array)."""
+  with np.load(path, allow_pickle=False) as npz:
+    for k in npz.files:
+      try:
+        npz[k]
+      except ValueError:
+        return k
+  return None
+
+
 def _load(path: str, expected_dim: Optional[int]) -> ModalityFeatures:
   if path.endswith(".npz"):
     try:
@@ -222,6 +233,11 @@ def _load(path: str, expected_dim: Optional[int]) -> ModalityFeatures:
     except DataError:
       raise
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+      pickled = _pickled_member(path) if "allow_pickle" in str(e) else None
+      if pickled:
+        raise DataError(path, "holds an object (pickled) array; fusion_jax never unpickles "
+                        "data", field=pickled, hint="save numeric arrays (float or int dtypes) "
+                        "with np.savez") from None
       raise DataError(path, f"truncated or corrupt .npz ({e})") from None
     _check_sequences(path, feats.sequences, expected_dim)
     return feats

@@ -66,8 +66,8 @@ def read_audio(path, sample_rate: int = 16000, *, min_seconds: float = 0.05,
   """
   path = os.fspath(path)
   if not os.path.exists(path):
-    raise DataError(path, "audio file not found", hint="check the manifest's path column "
-                    "and --audio_root")
+    raise DataError(path, "audio file not found", hint="check the path; a manifest's "
+                    "paths are relative to the manifest's folder")
   try:
     if path.lower().endswith(".wav"):
       try:
