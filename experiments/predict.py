@@ -44,6 +44,15 @@ flags.DEFINE_string("export", None, "Also write the model as serialized StableHL
                     "symbolic batch and lengths) + model.json into this folder.")
 flags.DEFINE_integer("batch_size", 16, "Files read and featurised per batch (> 0).",
                      lower_bound=1)
+flags.DEFINE_integer("max_frames", None, "Speech longer than this many feature frames is cut "
+                     "into equal segments, predicted separately and averaged by length (the "
+                     "CSV's 'segments' column); 0 = never (memory grows with its square). "
+                     "Default: predict.Predictor.MAX_FRAMES (2048: 164 s at 12.5 frames/s).",
+                     lower_bound=0)
+flags.DEFINE_integer("batch_frames", None, "The most padded frames in one batch (rows x "
+                     "(speech frames + text tokens)): a long clip is batched with few others "
+                     "or alone, so memory stays bounded; 0 = --batch_size rows whatever their "
+                     "length. Default: predict.Predictor.BATCH_FRAMES (8192).", lower_bound=0)
 flags.DEFINE_string("speech_model", None, "Runs trained on --speech_extractor=hf features: "
                     "where the Hugging Face snapshot is now (folder or cached id), if not where "
                     "it was at extraction. Its weights must be the very same (SHA-256).")
@@ -72,7 +81,9 @@ def main(argv):
     seeds = experiment.parse_seeds(config.train.seeds) if cli.explicit("train.seeds") else None
     predictor = predict.Predictor.from_run(
         FLAGS.run, variant, seeds, config,
-        encoders={"speech": FLAGS.speech_model, "text": FLAGS.text_model})
+        encoders={"speech": FLAGS.speech_model, "text": FLAGS.text_model},
+        **{k: v for k, v in (("max_frames", FLAGS.max_frames),
+                             ("batch_frames", FLAGS.batch_frames)) if v is not None})
     if FLAGS.export:
       out = predictor.export(FLAGS.export)
       print(f"Exported {predictor.variant} to {out['path']} ({out['bytes'] / 2**20:.1f} MB, "

@@ -57,6 +57,8 @@ class Prediction:
       for attention onto bottleneck tokens, also the share of attention they get).
     modalities: what the prediction used ("speech+text", "speech" for a clip without a
       transcript, "text" for a transcript without audio).
+    segments: how many pieces a long clip was cut into (:attr:`Predictor.max_frames`);
+      its probabilities are their frame-weighted mean.
   """
   name: str
   transcript: str
@@ -65,6 +67,7 @@ class Prediction:
   probabilities: dict
   relied_on: dict
   modalities: str = ""
+  segments: int = 1
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
@@ -73,7 +76,7 @@ class Prediction:
     used = self.modalities.split("+")
     row = dict(file=self.name, transcript=self.transcript, modalities=self.modalities,
                speech_present=int("speech" in used), text_present=int("text" in used),
-               predicted=self.emotion, confidence=self.confidence)
+               predicted=self.emotion, confidence=self.confidence, segments=self.segments)
     row.update({f"p_{k}": v for k, v in self.probabilities.items()})
     row.update(self.relied_on)
     return row
@@ -122,10 +125,18 @@ class Predictor:
   Args:
     members: :class:`fusion_jax.runs.Run` of the same variant and classes.
     exp: the experiment context used for batching (eval batch size, buckets, mesh).
+    max_frames: speech longer than this many frames is cut into equal segments, predicted
+      separately and averaged (0 = never): attention memory grows with its square.
+    batch_frames: the most padded frames in one batch (0 = ``batch_size`` rows whatever
+      their length): a long clip is batched with few others, or alone.
   """
 
+  MAX_FRAMES = 2048      # speech frames seen at once (12.5 frames/s: 164 s)
+  BATCH_FRAMES = 8192    # padded frames per batch (rows × (speech frames + text tokens))
+
   def __init__(self, members: Sequence[runs.Run], exp: Experiment,
-               encoders: Optional[dict] = None):
+               encoders: Optional[dict] = None, *, max_frames: int = MAX_FRAMES,
+               batch_frames: int = BATCH_FRAMES):
     if not members:
       raise ValueError("no run to predict with")
     self.members, self.exp = list(members), exp
@@ -141,11 +152,15 @@ class Predictor:
     # modality → where a Hugging Face snapshot is now (hf / hf_text features)
     self.encoders = {k: v for k, v in (encoders or {}).items() if v}
     self.root: Optional[str] = None   # the run directory it was loaded from (from_run)
+    if max_frames < 0 or batch_frames < 0:
+      raise ValueError(f"max_frames and batch_frames must be ≥ 0 (0 = no limit), got "
+                       f"{max_frames} and {batch_frames}")
+    self.max_frames, self.batch_frames = int(max_frames), int(batch_frames)
 
   @classmethod
   def from_run(cls, path, variant: Optional[str] = None, seeds: Optional[Sequence[int]] = None,
                config=None, log: Callable[[str], None] = print,
-               encoders: Optional[dict] = None) -> "Predictor":
+               encoders: Optional[dict] = None, **limits) -> "Predictor":
     """Loads every run of ``variant`` (default: the best on validation) under ``path``.
 
     ``encoders``: ``{"speech": folder or Hub id, "text": …}``, where the Hugging Face
@@ -173,7 +188,7 @@ class Predictor:
       raise DataError(members[0].source, "records no class names")
     exp = Experiment.create(config or configs.default(), names, log=log)
     log(f"Predicting with {variant}: {len(members)} run(s) ({', '.join(m.source for m in members)})")
-    predictor = cls(members, exp, encoders)
+    predictor = cls(members, exp, encoders, **limits)
     predictor.root = os.path.abspath(os.fspath(path))
     return predictor
 
@@ -284,9 +299,14 @@ class Predictor:
                        batch_size: int = 16) -> list:
     """Predictions from raw extractor features (``None`` for a modality not read).
 
-    Batches of ``batch_size`` rows, padded to lengths on a fixed grid
-    (:func:`grid_length`), so that new files reuse a few compiled shapes.
+    Memory is bounded by construction: speech longer than :attr:`max_frames` frames is
+    cut into equal segments (each predicted, their probabilities averaged weighted by
+    frames; the prediction says how many), and rows are grouped by length into batches
+    of at most :attr:`batch_frames` padded frames (rows × (speech frames + text tokens)),
+    at most ``batch_size`` rows, padded to lengths on a fixed grid (:func:`grid_length`)
+    and to a power-of-two row count, so that new files reuse a few compiled shapes.
     """
+    _check_batch_size(batch_size)
     used = [[m for m, x in (("speech", speech[i]), ("text", text[i]))
              if x is not None and len(x) and self.spec.reads(m)] for i in range(len(names))]
     empty = [str(n) for n, u in zip(names, used) if not u]
@@ -294,6 +314,49 @@ class Predictor:
       raise ValueError(f"{empty[0]}: nothing {self.variant} reads "
                        f"({' and '.join(m for m in registry.MODALITIES if self.spec.reads(m))})"
                        f" — {len(empty)} row(s) would be scored on no input")
+    rows, pieces_s, pieces_t, weights = [], [], [], []
+    for i in range(len(names)):
+      s = speech[i]
+      parts = [s]
+      if s is not None and self.spec.reads("speech") and self.max_frames and \
+          len(s) > self.max_frames:
+        parts = np.array_split(s, -(-len(s) // self.max_frames))
+      for part in parts:
+        rows.append(i)
+        pieces_s.append(part)
+        pieces_t.append(text[i])
+        weights.append(float(len(part)) if part is not None else 1.0)
+    cost = [grid_length(len(a) if a is not None and self.spec.reads("speech") else 1)
+            + grid_length(len(b) if b is not None and self.spec.reads("text") else 1)
+            for a, b in zip(pieces_s, pieces_t)]
+    probs = np.zeros((len(rows), len(self.class_names)))
+    relied: list = [None] * len(rows)
+    for group, capacity in frame_groups(cost, self.batch_frames, batch_size):
+      p, r = self._predict_rows([pieces_s[j] for j in group], [pieces_t[j] for j in group],
+                                capacity)
+      probs[group] = p
+      for j, summary in zip(group, r):
+        relied[j] = summary
+    rows, weights = np.asarray(rows), np.asarray(weights)
+    out = []
+    for i, name in enumerate(names):
+      mine = np.flatnonzero(rows == i)
+      w = weights[mine] / weights[mine].sum()
+      p = (probs[mine] * w[:, None]).sum(0)
+      k = int(np.argmax(p))
+      keys = set.intersection(*(set(relied[j]) for j in mine))
+      summary = {key: float(sum(wj * relied[j][key] for wj, j in zip(w, mine)))
+                 for key in relied[mine[0]] if key in keys}
+      out.append(Prediction(
+          name=str(name), transcript=(transcripts[i] or "") if transcripts is not None else "",
+          emotion=self.class_names[k], confidence=float(p[k]),
+          probabilities={c: float(p[j]) for j, c in enumerate(self.class_names)},
+          relied_on=summary, modalities="+".join(used[i]), segments=len(mine)))
+    return out
+
+  def _predict_rows(self, speech: list, text: list, batch_rows: int) -> tuple:
+    """Every member on these rows (one padded shape): mean probabilities ``[n, K]`` and the
+    per-row head summaries averaged over members."""
     probs, relied = 0.0, []
     for member in self.members:
       split = self._member_split(member, speech, text)
@@ -301,19 +364,11 @@ class Predictor:
       shapes = batching.BatchShapes((grid_length(int(split.speech_lengths.max())),),
                                     grid_length(int(split.text_lengths.max())))
       p, aux = self.exp.predict(steps, member.params, split, INTERNALS, shapes,
-                                batch_size=min(batch_size, len(split)))
+                                batch_size=batch_rows)
       probs = probs + p / len(self.members)
       relied.append(_summaries(aux, split))
-    out = []
-    for i, name in enumerate(names):
-      k = int(np.argmax(probs[i]))
-      summary = {key: float(np.mean([r[i][key] for r in relied])) for key in relied[0][i]}
-      out.append(Prediction(
-          name=str(name), transcript=(transcripts[i] or "") if transcripts is not None else "",
-          emotion=self.class_names[k], confidence=float(probs[i, k]),
-          probabilities={c: float(probs[i, j]) for j, c in enumerate(self.class_names)},
-          relied_on=summary, modalities="+".join(used[i])))
-    return out
+    return probs, [{key: float(np.mean([r[i][key] for r in relied])) for key in relied[0][i]}
+                   for i in range(len(speech))]
 
   def predict(self, waveforms: Sequence[Optional[np.ndarray]],
               transcripts: Optional[Sequence[Optional[str]]] = None,
@@ -496,6 +551,28 @@ class Predictor:
         shutil.rmtree(tmp, ignore_errors=True)
     spec = io_utils.verify_set(out_dir, "model.json")
     return dict(path=os.path.join(out_dir, "model.jaxexport"), bytes=len(blob), spec=spec)
+
+
+def frame_groups(cost: Sequence[int], budget: int, max_rows: int) -> list:
+  """Rows grouped for bounded memory: ``[(row indices, padded row count)]``.
+
+  ``cost[i]`` is row i's padded frames (speech + text). Rows are taken shortest first; a
+  group pads to its longest row and to a power-of-two row count (≤ ``max_rows``) whose
+  padded frames stay within ``budget`` — a row alone may exceed it (0 = no budget).
+  """
+  order = sorted(range(len(cost)), key=lambda i: cost[i])
+  groups, start = [], 0
+  while start < len(order):
+    rows = 1
+    while rows * 2 <= max_rows and start + rows < len(order) and (
+        not budget or rows * 2 * cost[order[min(start + rows * 2, len(order)) - 1]] <= budget):
+      rows *= 2
+    take = order[start:start + rows]
+    # the last group may be short: pad it only to the power of two that holds it
+    capacity = 1 << (len(take) - 1).bit_length()
+    groups.append((take, capacity))
+    start += rows
+  return groups
 
 
 def _check_batch_size(batch_size) -> None:

@@ -118,3 +118,54 @@ def test_batch_sizes_must_be_positive():
       p.predict([np.zeros(160, np.float32)], batch_size=bad)
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
       p.predict_files(["a.wav"], batch_size=bad)
+
+
+# ------------------------------------------------------------------ bounded memory
+def test_frame_groups_stay_within_the_budget_and_cover_every_row():
+  rng = np.random.default_rng(0)
+  cost = list(rng.integers(8, 400, size=37)) + [5000]   # one long row among short ones
+  groups = predict.frame_groups(cost, budget=1024, max_rows=16)
+  seen = sorted(i for g, _ in groups for i in g)
+  assert seen == list(range(len(cost)))
+  for g, capacity in groups:
+    assert capacity & (capacity - 1) == 0 and len(g) <= capacity <= 16
+    assert capacity * max(cost[i] for i in g) <= 1024 or len(g) == 1
+  assert ([37], 1) in [(list(g), c) for g, c in groups]   # the long row alone
+  assert [len(g) for g, _ in predict.frame_groups([10] * 20, 0, 8)] == [8, 8, 4]
+
+
+def _random_predictor(variant="speech_only", **limits):
+  from fusion_jax import configs, experiment, models  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  names = ["sad", "happy", "calm"]
+  cfg = configs.tiny()
+  mc = models.ModelConfig.from_config(cfg.model)
+  params = models.init_params(models.build_model(mc, variant, 3), jax.random.key(1))
+  exp = experiment.Experiment.create(cfg, names, log=lambda m: None)
+  return predict.Predictor([runs.Run(variant, "0", params, mc, 0.5, "m", names)], exp,
+                           **limits), mc
+
+
+def test_long_speech_is_segmented_and_batching_does_not_change_a_prediction():
+  whole, mc = _random_predictor(max_frames=0, batch_frames=0)
+  rng = np.random.default_rng(3)
+  speech = [rng.standard_normal((n, mc.speech_dim)).astype(np.float32) for n in (37, 5, 12, 3)]
+  text = [None] * 4
+  ref = whole.predict_features(speech, text, ["long", "a", "b", "c"])
+  # a budget that puts every row in a batch of its own gives the same numbers
+  alone, _ = _random_predictor(max_frames=0, batch_frames=1)
+  for p, q in zip(ref, alone.predict_features(speech, text, ["long", "a", "b", "c"])):
+    np.testing.assert_allclose(list(p.probabilities.values()), list(q.probabilities.values()),
+                               atol=1e-5)
+  # max_frames=10: the 37-frame clip is 4 segments (10, 9, 9, 9), averaged by frames
+  cut, _ = _random_predictor(max_frames=10, batch_frames=64)
+  got = cut.predict_features(speech, text, ["long", "a", "b", "c"])
+  assert [p.segments for p in got] == [4, 1, 2, 1]
+  pieces = np.array_split(speech[0], 4)
+  parts = whole.predict_features(pieces, [None] * 4, [f"s{i}" for i in range(4)])
+  want = sum(len(x) * np.array(list(p.probabilities.values())) for x, p in zip(pieces, parts))
+  np.testing.assert_allclose(list(got[0].probabilities.values()), want / 37, atol=1e-5)
+  np.testing.assert_allclose(list(got[1].probabilities.values()),
+                             list(ref[1].probabilities.values()), atol=1e-5)
+  with pytest.raises(ValueError, match="must be ≥ 0"):
+    _random_predictor(max_frames=-1)
