@@ -256,3 +256,18 @@ def test_wav_files_to_training_to_prediction_and_a_portable_exported_model(tmp_p
   bad = run("predict.py", f"--run={tmp_path}/m", f"--inputs={tmp_path}/new.csv",
             f"--output={tmp_path}/p.jsonl", check=False)
   assert bad.returncode == 2 and "give the CSV's path" in bad.stderr
+  # the manifest as --output is refused before any work, and left as it was
+  manifest = (tmp_path / "new.csv").read_text()
+  bad = run("predict.py", f"--run={tmp_path}/m", f"--inputs={tmp_path}/new.csv",
+            f"--output={tmp_path}/new.csv", check=False)
+  assert bad.returncode == 2 and "new.csv: is one of the inputs" in bad.stderr
+  assert (tmp_path / "new.csv").read_text() == manifest
+  # every input unusable: the previous pair stays whole, exit 1
+  (tmp_path / "broken.wav").write_bytes(b"RIFF not audio")
+  before = (tmp_path / "p.csv").read_bytes()
+  bad = run("predict.py", f"--run={tmp_path}/m", f"--inputs={tmp_path}/broken.wav",
+            f"--output={tmp_path}/p.csv", "--noprogress", check=False)
+  assert bad.returncode == 1 and "is left as it was" in bad.stdout, bad.stdout + bad.stderr
+  assert "broken.wav" in bad.stdout and (tmp_path / "p.csv").read_bytes() == before
+  from fusion_jax import io_utils  # pylint: disable=import-outside-toplevel
+  assert io_utils.verify_set(tmp_path, "p.manifest.json")["rows"] == 6
