@@ -497,6 +497,8 @@ class Predictor:
       out = exported.call(speech, speech_mask, text, text_mask)   # out["probabilities"]
     """
     from jax import export  # pylint: disable=import-outside-toplevel
+    check_outputs([os.path.join(out_dir, n) for n in ("model.jaxexport", "model.json")], (),
+                  flag="--export")   # before the work, not after it
     mc = self.members[0].model_config
     b, t, l = export.symbolic_shape("b, t, l")
     f32 = jnp.float32
@@ -511,12 +513,25 @@ class Predictor:
                    f"{str(e)[:200]}); exporting for cpu only")
       exported = export.export(jax.jit(self.inference_function()), platforms=("cpu",))(*args)
     blob = exported.serialize()
+    spec = self._export_spec(exported.platforms, time.perf_counter() - t0)
+
+    def write_program(path):
+      with open(path, "wb") as f:
+        f.write(blob)
+    write_set(out_dir, {"model.jaxexport": write_program}, "model.json", spec,
+              lock=".export.lock", what="export")
+    spec = io_utils.verify_set(out_dir, "model.json")
+    return dict(path=os.path.join(out_dir, "model.jaxexport"), bytes=len(blob), spec=spec)
+
+  def _export_spec(self, platforms: Sequence[str], seconds: float) -> dict:
+    """model.json: inputs, feature settings, classes, outputs and how to call it."""
+    mc = self.members[0].model_config
     inputs = {m: {k: v for k, v in self.inputs(m).items() if k != "standardize"}
               for m in registry.MODALITIES}
-    spec = dict(
+    return dict(
         format=EXPORT_FORMAT, variant=self.variant, class_names=self.class_names,
         members=[self._relative(m) for m in self.members],
-        platforms=list(exported.platforms),
+        platforms=list(platforms),
         inputs=dict(
             speech=dict(shape=["batch", "frames", mc.speech_dim], dtype="float32",
                         mask="speech_mask [batch, frames]: 1 = frame, 0 = padding",
@@ -535,22 +550,7 @@ class Predictor:
               "written last and names model.jaxexport's SHA-256: check it before loading.",
         call="exported = jax.export.deserialize(open('model.jaxexport','rb').read()); "
              "out = exported.call(speech, speech_mask, text, text_mask)",
-        export_seconds=time.perf_counter() - t0)
-    check_outputs([os.path.join(out_dir, n) for n in ("model.jaxexport", "model.json")], (),
-                  flag="--export")
-    with runs.RunLock(out_dir, "export", ".export.lock"):
-      tmp = tempfile.mkdtemp(dir=out_dir, prefix=".staged-")
-      try:
-        with open(os.path.join(tmp, "model.jaxexport"), "wb") as f:
-          f.write(blob)
-        io_utils.commit_set(out_dir, {"model.jaxexport": os.path.join(tmp, "model.jaxexport")},
-                            "model.json", spec)
-      except OSError as e:   # a full disk: name the user's folder, not a staging file
-        raise DataError(out_dir, f"cannot write the export ({e.strerror or e})") from None
-      finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    spec = io_utils.verify_set(out_dir, "model.json")
-    return dict(path=os.path.join(out_dir, "model.jaxexport"), bytes=len(blob), spec=spec)
+        export_seconds=seconds)
 
 
 def frame_groups(cost: Sequence[int], budget: int, max_rows: int) -> list:
@@ -681,22 +681,40 @@ def write_predictions(preds: Sequence[Prediction], output: str,
   manifest = os.path.basename(stem) + ".manifest.json"
   directory = os.path.dirname(csv_path)
   check_outputs([csv_path, jsonl, os.path.join(directory, manifest)], inputs)
+
+  def write_csv(path):
+    with open(path, "w", encoding="utf-8", newline="") as f:
+      pd.DataFrame([p.to_row() for p in preds]).to_csv(f, index=False)
+
+  def write_jsonl(path):
+    with open(path, "w", encoding="utf-8") as f:
+      f.write("".join(json.dumps(p.to_json()) + "\n" for p in preds))
+  write_set(directory, {os.path.basename(csv_path): write_csv,
+                        os.path.basename(jsonl): write_jsonl}, manifest,
+            dict(format=1, rows=len(preds)), lock=f".{os.path.basename(stem)}.lock",
+            what="prediction set", user_path=output)
+  return jsonl
+
+
+def write_set(directory: str, writers: dict, manifest_name: str, manifest: dict, *,
+              lock: str, what: str, user_path: Optional[str] = None) -> None:
+  """Writes ``{name: writer(path)}`` into a staging folder, then commits them as one set
+  (:func:`fusion_jax.io_utils.commit_set`), one writer at a time (``runs.RunLock`` on
+  ``directory/lock``). An OSError (a full disk) names ``user_path``, never a staging file."""
   os.makedirs(directory, exist_ok=True)
-  with runs.RunLock(directory, "prediction set", f".{os.path.basename(stem)}.lock"):
+  with runs.RunLock(directory, what, lock):
     tmp = tempfile.mkdtemp(dir=directory, prefix=".staged-")
     try:
-      staged = {os.path.basename(csv_path): os.path.join(tmp, "a.csv"),
-                os.path.basename(jsonl): os.path.join(tmp, "a.jsonl")}
-      with open(staged[os.path.basename(csv_path)], "w", encoding="utf-8", newline="") as f:
-        pd.DataFrame([p.to_row() for p in preds]).to_csv(f, index=False)
-      with open(staged[os.path.basename(jsonl)], "w", encoding="utf-8") as f:
-        f.write("".join(json.dumps(p.to_json()) + "\n" for p in preds))
-      io_utils.commit_set(directory, staged, manifest, dict(format=1, rows=len(preds)))
-    except OSError as e:   # a full disk, a vanished folder: name the user's file, not ours
-      raise DataError(output, f"cannot write ({e.strerror or e})") from None
+      staged = {}
+      for i, (name, write) in enumerate(writers.items()):
+        staged[name] = os.path.join(tmp, f"{i}{os.path.splitext(name)[1]}")
+        write(staged[name])
+      io_utils.commit_set(directory, staged, manifest_name, manifest)
+    except OSError as e:
+      raise DataError(user_path or directory, f"cannot write the {what} "
+                      f"({e.strerror or e})") from None
     finally:
       shutil.rmtree(tmp, ignore_errors=True)
-  return jsonl
 
 
 def read_inputs(specs: Sequence[str]) -> tuple:
