@@ -303,6 +303,32 @@ def _write_test_files(out_dir, summary, by, test, names, failures, text) -> None
 
 
 # ------------------------------------------------------------------ driver
+def _score(exp: Experiment, runs_: list, test: Split, ablated: dict) -> tuple:
+  """Every run on ``test`` and, for two-modality variants, on each ``ablated`` copy of it.
+  Returns ``(predictions, {(variant, modality): [predictions without it]})``; each model's
+  compiled programs are released after its last run."""
+  shapes = exp.plan(test)
+  abl_shapes = {m: exp.plan(s) for m, s in ablated.items()}
+  preds, removed = [], collections.defaultdict(list)
+  for i, run in enumerate(runs_):
+    probs, _ = predict(exp, run, test, shapes=shapes)
+    p = Predictions(run, probs, test.labels)
+    preds.append(p)
+    s = metrics.summary(p.confusion())
+    exp.log(f"[{run.variant} seed {run.seed}] test acc {s['accuracy']:.4f} uar {s['uar']:.4f} "
+            f"macro F1 {s['macro_f1']:.4f} (val acc {run.val_acc:.4f}"
+            + ("" if run.selection_metric == "accuracy" else
+               f", val {run.selection_metric} {run.val_score:.4f}") + ")")
+    if len(registry.get(run.variant).modalities) == 2:
+      for m, split in ablated.items():
+        probs_m, _ = predict(exp, run, split, shapes=abl_shapes[m])
+        removed[(run.variant, m)].append(Predictions(run, probs_m, test.labels))
+    if i + 1 == len(runs_) or _model(runs_[i + 1]) != _model(run):
+      exp.forget(run.variant, run.model_config)   # its last run: release its programs
+  return preds, removed
+
+
+
 def load_runs(exp: Experiment, variants: Optional[Sequence[str]] = None,
               seeds: Optional[Sequence[int]] = None) -> list:
   """The best checkpoints in ``exp.model_dir`` (default: every variant found there)."""
@@ -339,28 +365,11 @@ def evaluate(exp: Experiment, test: Split, *, variants: Optional[Sequence[str]] 
   for split in (test, train):   # every split's widths, before any variant is scored
     if split is not None:
       runs.check_dims(runs_, split)
-  shapes = exp.plan(test)
   ablated = {}
   if ablation != "none":
     ablated = {m: remove_modality(test, m, modality_fill(train, test, m, ablation))
                for m in registry.MODALITIES}
-  abl_shapes = {m: exp.plan(s) for m, s in ablated.items()}
-  preds, removed = [], collections.defaultdict(list)
-  for i, run in enumerate(runs_):
-    probs, _ = predict(exp, run, test, shapes=shapes)
-    p = Predictions(run, probs, test.labels)
-    preds.append(p)
-    s = metrics.summary(p.confusion())
-    log(f"[{run.variant} seed {run.seed}] test acc {s['accuracy']:.4f} uar {s['uar']:.4f} "
-        f"macro F1 {s['macro_f1']:.4f} (val acc {run.val_acc:.4f}"
-        + ("" if run.selection_metric == "accuracy" else
-           f", val {run.selection_metric} {run.val_score:.4f}") + ")")
-    if len(registry.get(run.variant).modalities) == 2:
-      for m, split in ablated.items():
-        probs_m, _ = predict(exp, run, split, shapes=abl_shapes[m])
-        removed[(run.variant, m)].append(Predictions(run, probs_m, test.labels))
-    if i + 1 == len(runs_) or _model(runs_[i + 1]) != _model(run):
-      exp.forget(run.variant, run.model_config)   # its last run: release its programs
+  preds, removed = _score(exp, runs_, test, ablated)
   by = _group(preds)
   summary = test_metrics(preds, names)
   summary["layer_weights"] = {f"{p.run.variant}/{p.run.seed}": w for p in preds

@@ -87,28 +87,43 @@ def training_comparison(summary: dict) -> str:
                f"{mean_std([r['best_metrics'].get(key, 0.0) for r in rs]):<18} {rank:<5}")
   out += ["", RULE, "", "2. DETAILED ANALYSIS BY VARIANT", RULE]
   for v in ranked:
-    rs = runs[v]
-    cm = sum(np.asarray(r["best_confusion"]) for r in rs)
-    out += ["", f"{v.upper()}", THIN,
-            f"Seeds: {', '.join(summary['variants'][v]['seeds'])}; parameters: "
-            f"{summary['variants'][v]['param_count']:,}",
-            f"Best Validation {what[0].upper() + what[1:]}: {mean_std(best[v])} (epochs "
-            f"{', '.join(str(r['best_epoch']) for r in rs)})"]
-    if what != "accuracy":
-      out.append(f"Validation Accuracy at the best epoch: "
-                 f"{mean_std([r['best_val_acc'] for r in rs])}")
-    out += [f"Final Training Accuracy: {mean_std([r['final_train_acc'] for r in rs])}",
-            f"Final Validation Accuracy: {mean_std([r['final_val_acc'] for r in rs])}", "",
-            "Per-Class Accuracy at the best epoch" + (" (summed over seeds)" if len(rs) > 1
-                                                       else "") + ":",
-            f"{'Emotion':<20} {'Accuracy':<10} {'Correct':<10} {'Total':<10}", "-" * 50]
-    for i, name in enumerate(class_names):
-      total = int(cm[i].sum())
-      out.append(f"{name:<20} {cm[i, i] / total if total else 0:<10.4f} {int(cm[i, i]):<10} "
-                 f"{total:<10}")
+    out += _variant_detail(v, runs[v], summary, best[v], what, class_names)
   out += ["", RULE, f"3. SEED VARIATION AND SIGNIFICANCE (best validation {what})", RULE]
   out += seed_section(best, f"best validation {what}")
   out += ["", RULE, "4. KEY INSIGHTS", RULE, ""]
+  out += _training_insights(summary, best, ranked)
+  out += ["", RULE]
+  return "\n".join(out) + "\n"
+
+
+def _variant_detail(v: str, rs: list, summary: dict, best: list, what: str,
+                    class_names: Sequence[str]) -> list:
+  """Section 2 of the training comparison for one variant: its runs and per-class accuracy."""
+  cm = sum(np.asarray(r["best_confusion"]) for r in rs)
+  out = ["", f"{v.upper()}", THIN,
+         f"Seeds: {', '.join(summary['variants'][v]['seeds'])}; parameters: "
+         f"{summary['variants'][v]['param_count']:,}",
+         f"Best Validation {what[0].upper() + what[1:]}: {mean_std(best)} (epochs "
+         f"{', '.join(str(r['best_epoch']) for r in rs)})"]
+  if what != "accuracy":
+    out.append(f"Validation Accuracy at the best epoch: "
+               f"{mean_std([r['best_val_acc'] for r in rs])}")
+  out += [f"Final Training Accuracy: {mean_std([r['final_train_acc'] for r in rs])}",
+          f"Final Validation Accuracy: {mean_std([r['final_val_acc'] for r in rs])}", "",
+          "Per-Class Accuracy at the best epoch" + (" (summed over seeds)" if len(rs) > 1
+                                                     else "") + ":",
+          f"{'Emotion':<20} {'Accuracy':<10} {'Correct':<10} {'Total':<10}", "-" * 50]
+  for i, name in enumerate(class_names):
+    total = int(cm[i].sum())
+    out.append(f"{name:<20} {cm[i, i] / total if total else 0:<10.4f} {int(cm[i, i]):<10} "
+               f"{total:<10}")
+  return out
+
+
+def _training_insights(summary: dict, best: dict, ranked: list) -> list:
+  """Section 4 of the training comparison: best and worst, fusion against one modality,
+  against the original's best head, and whether the gaps exceed seed noise."""
+  out = []
   top, bottom = ranked[0], ranked[-1]
   out.append(f"- Best variant on validation: {top.upper()} ({np.mean(best[top]):.4f})")
   out.append(f"- Worst variant on validation: {bottom.upper()} ({np.mean(best[bottom]):.4f})")
@@ -135,8 +150,7 @@ def training_comparison(summary: dict) -> str:
                "other variants (paired t-test, section 3).")
   else:
     out.append("- Single seed: treat gaps of a point or two as noise.")
-  out += ["", RULE]
-  return "\n".join(out) + "\n"
+  return out
 
 
 def training_console_summary(summary: dict) -> str:

@@ -328,12 +328,7 @@ def train_and_evaluate(exp: Experiment, train: Split, val: Split, *,
   with runs.RunLock(results_dir, "training report"):
     shapes = exp.training_shapes(train, val)
     pad = batching.padding_fraction(train, shapes, exp.config.train.batch_size)
-    log(f"Train {len(train)} / validation {len(val)} utterances, {exp.num_classes} classes: "
-        f"{list(exp.class_names)}{train.describe_absent()}{val.describe_absent()}")
-    log(f"Variants {variants}, seeds {seeds}; "
-        f"{'text' if shapes.text_buckets else 'speech'} padding {pad['buckets']:.1%} with "
-        f"{shapes.num_buckets} buckets (vs {pad['global_max']:.1%} padding to the "
-        "longest utterance)")
+    _log_plan(exp, train, val, variants, seeds, shapes, pad)
     with concurrent.futures.ThreadPoolExecutor(
         1, thread_name_prefix="fusion_jax_finish") as pool:
       finish = ClosingWork(pool)
@@ -366,6 +361,15 @@ def train_and_evaluate(exp: Experiment, train: Split, val: Split, *,
   log(reports.training_console_summary(summary))
   log(f"All results saved to: {results_dir}\nAll models saved to: {exp.model_dir}")
   return summary
+
+
+def _log_plan(exp: Experiment, train: Split, val: Split, variants, seeds, shapes, pad) -> None:
+  exp.log(f"Train {len(train)} / validation {len(val)} utterances, {exp.num_classes} classes: "
+          f"{list(exp.class_names)}{train.describe_absent()}{val.describe_absent()}")
+  exp.log(f"Variants {variants}, seeds {seeds}; "
+          f"{'text' if shapes.text_buckets else 'speech'} padding {pad['buckets']:.1%} with "
+          f"{shapes.num_buckets} buckets (vs {pad['global_max']:.1%} padding to the "
+          "longest utterance)")
 
 
 def export_torch(exp: Experiment, variant: str, seeds: Sequence[int]) -> Optional[str]:

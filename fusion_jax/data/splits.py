@@ -234,30 +234,7 @@ def load_split(name: str, speech_path, text_path, csv_path=None, *,
                       row=min(n, ref_n),
                       hint="speech, text and CSV rows must correspond one to one; the row "
                       "named is the first that exists in one source and not the other")
-  label_sources = [(p, f, lab) for p, f, lab in (
-      (speech.path, "y", speech.labels), (text.path, "y", text.labels),
-      (csv.path if csv else None, "label", csv.labels if csv else None)) if lab is not None]
-  if not label_sources:
-    raise DataError(speech.path, "no labels in any feature file or CSV", field="y")
-  ref_path, _, labels = label_sources[0]
-  for p, f, lab in label_sources[1:]:
-    _compare_labels(ref_path, labels, p, lab, f)
-  if class_names is not None:
-    bad = (labels < 0) | (labels >= len(class_names))
-    if bad.any():
-      r = _first(bad)
-      p, f, _ = label_sources[0]
-      raise DataError(p, f"label {labels[r]} is outside the {len(class_names)} classes "
-                      f"{list(class_names)}", field=f, row=r,
-                      hint="the class list comes from --csv_path (the training CSV)")
-    if csv is not None:   # a row's name must be its label's class (else scored as another)
-      for r, (label, got) in enumerate(zip(labels.tolist(), csv.emotion_names)):
-        want = class_names[label]
-        if got.strip() and got.strip().lower() != str(want).strip().lower():
-          raise DataError(csv.path, f"emotion_name {got.strip()!r} but label {label} is "
-                          f"{want!r} (classes {list(class_names)})", field="emotion_name",
-                          row=r, hint="fix the row's label or name; the classes come from "
-                          "the training CSV (--csv_path)")
+  labels = _checked_labels(speech, text, csv, class_names)
   neither = np.array([a.shape[0] == 0 and b.shape[0] == 0
                       for a, b in zip(speech.sequences, text.sequences)], bool)
   if neither.any():   # one modality may be absent, never both
@@ -269,6 +246,37 @@ def load_split(name: str, speech_path, text_path, csv_path=None, *,
       groups=csv.groups if csv else None,
       sources={"speech": speech.path, "text": text.path, "csv": csv.path if csv else None},
       preprocessing=_preprocessing(speech, text))
+
+
+def _checked_labels(speech: ModalityFeatures, text: ModalityFeatures, csv: Optional[SplitCSV],
+                    class_names: Optional[Sequence[str]]) -> np.ndarray:
+  """The split's labels, after checking that every source of them agrees, that they index
+  ``class_names`` and that each CSV row's ``emotion_name`` is its label's class."""
+  label_sources = [(p, f, lab) for p, f, lab in (
+      (speech.path, "y", speech.labels), (text.path, "y", text.labels),
+      (csv.path if csv else None, "label", csv.labels if csv else None)) if lab is not None]
+  if not label_sources:
+    raise DataError(speech.path, "no labels in any feature file or CSV", field="y")
+  ref_path, ref_field, labels = label_sources[0]
+  for p, f, lab in label_sources[1:]:
+    _compare_labels(ref_path, labels, p, lab, f)
+  if class_names is None:
+    return labels
+  bad = (labels < 0) | (labels >= len(class_names))
+  if bad.any():
+    r = _first(bad)
+    raise DataError(ref_path, f"label {labels[r]} is outside the {len(class_names)} classes "
+                    f"{list(class_names)}", field=ref_field, row=r,
+                    hint="the class list comes from --csv_path (the training CSV)")
+  if csv is not None:   # a row's name must be its label's class (else scored as another)
+    for r, (label, got) in enumerate(zip(labels.tolist(), csv.emotion_names)):
+      want = class_names[label]
+      if got.strip() and got.strip().lower() != str(want).strip().lower():
+        raise DataError(csv.path, f"emotion_name {got.strip()!r} but label {label} is "
+                        f"{want!r} (classes {list(class_names)})", field="emotion_name",
+                        row=r, hint="fix the row's label or name; the classes come from "
+                        "the training CSV (--csv_path)")
+  return labels
 
 
 def _preprocessing(speech: ModalityFeatures, text: ModalityFeatures) -> dict:

@@ -90,7 +90,15 @@ def manifest_from_frame(frame: pd.DataFrame, source: str, *, audio_root: Optiona
     r = int(np.flatnonzero(dup.to_numpy())[0])
     raise DataError(source, f"duplicate utterance id {df['id'].iloc[r]!r}", field="id", row=r,
                     hint="give an id column that is unique")
-  labels = df["label"]
+  idx, class_names = _label_indices(df["label"], source, class_names)
+  df["label"] = idx
+  df["emotion"] = [class_names[k] for k in idx]
+  return Manifest(frame=df.reset_index(drop=True), class_names=list(class_names), source=source)
+
+
+def _label_indices(labels: pd.Series, source: str,
+                   class_names: Optional[Sequence[str]]) -> tuple:
+  """A manifest's labels (class indices or names) as ``(indices [N], class names)``."""
   if labels.isna().any():
     raise DataError(source, "missing label", field="label",
                     row=int(np.flatnonzero(labels.isna().to_numpy())[0]))
@@ -117,9 +125,7 @@ def manifest_from_frame(frame: pd.DataFrame, source: str, *, audio_root: Optiona
       raise DataError(source, f"label {names.iloc[r]!r} is not one of {class_names}",
                       field="label", row=r)
     idx = names.map(lookup).to_numpy(np.int64)
-  df["label"] = idx
-  df["emotion"] = [class_names[k] for k in idx]
-  return Manifest(frame=df.reset_index(drop=True), class_names=list(class_names), source=source)
+  return idx, list(class_names)
 
 
 def read_manifest(path, *, audio_root: Optional[str] = None,
@@ -320,19 +326,8 @@ def extract(manifest: Manifest, extractor: Extractor, out_path, *, batch_size: i
   if reused:
     log(f"Resuming: {reused} of {len(rows)} utterances already extracted (earlier run of "
         f"{out_path})")
-  failures: list = []
-  bar = Progress(len(todo), f"{extractor.name} ({extractor.modality})", enabled=progress)
-  part_no = len(glob.glob(os.path.join(parts, "part-*.npz")))
-  for s in range(0, len(todo), batch_size):
-    batch = todo[s:s + batch_size]
-    good = _compute_batch(extractor, rows, batch, manifest.source, failures)
-    if good:
-      features_lib.save_features(os.path.join(parts, f"part-{part_no:05d}.npz"),
-                                 [f for _, f in good], ids=[rows[r]["id"] for r, _ in good],
-                                 stack=extractor.stack, dtype=extractor.storage_dtype)
-      part_no += 1
-      done.update((rows[r]["id"], f) for r, f in good)
-    bar.update(len(batch))
+  failures = _extract_parts(extractor, rows, todo, manifest.source, parts, done, batch_size,
+                            progress)
   kept = [r for r, row in enumerate(rows) if row["id"] in done]
   failures.sort(key=lambda f: f.row)
   if not kept:
@@ -348,21 +343,47 @@ def extract(manifest: Manifest, extractor: Extractor, out_path, *, batch_size: i
   _write_outputs(manifest, extractor, out_path, frame, seqs, failures, original_layout,
                  split_csv, seconds=time.perf_counter() - t0)
   shutil.rmtree(parts, ignore_errors=True)
-  seconds = time.perf_counter() - t0
+  result = ExtractionResult(path=out_path, ids=list(frame["id"]), failures=failures,
+                            extracted=len(todo) - len(failures), reused=reused,
+                            seconds=time.perf_counter() - t0)
+  _log_extraction(result, extractor, seqs, len(rows), log)
+  return result
+
+
+def _extract_parts(extractor: Extractor, rows: list, todo: list, source: str, parts: str,
+                   done: dict, batch_size: int, progress: bool) -> list:
+  """Computes the ``todo`` rows batch by batch, each batch saved as a resumable part and
+  added to ``done`` (id → features). Returns the failures."""
+  failures: list = []
+  bar = Progress(len(todo), f"{extractor.name} ({extractor.modality})", enabled=progress)
+  part_no = len(glob.glob(os.path.join(parts, "part-*.npz")))
+  for s in range(0, len(todo), batch_size):
+    batch = todo[s:s + batch_size]
+    good = _compute_batch(extractor, rows, batch, source, failures)
+    if good:
+      features_lib.save_features(os.path.join(parts, f"part-{part_no:05d}.npz"),
+                                 [f for _, f in good], ids=[rows[r]["id"] for r, _ in good],
+                                 stack=extractor.stack, dtype=extractor.storage_dtype)
+      part_no += 1
+      done.update((rows[r]["id"], f) for r, f in good)
+    bar.update(len(batch))
+  return failures
+
+
+def _log_extraction(result: "ExtractionResult", extractor: Extractor, seqs: list, total: int,
+                    log) -> None:
   lengths = np.array([s.shape[0] for s in seqs])
   if (lengths == 0).any():
     what = "transcript" if extractor.modality == "text" else "audio path"
     log(f"{int((lengths == 0).sum())} of {len(seqs)} utterances have no {what}: written as "
         f"absent {extractor.modality} (0 frames; fusion variants take them)")
-  if failures:
-    log(f"{len(failures)} of {len(rows)} utterances failed and are not in {out_path}:")
-    for f in failures:
+  if result.failures:
+    log(f"{len(result.failures)} of {total} utterances failed and are not in {result.path}:")
+    for f in result.failures:
       log(f"  - {f.message}")
-  log(f"Wrote {out_path}: {len(seqs)} utterances, {extractor.dim}-d, frames per utterance "
+  log(f"Wrote {result.path}: {len(seqs)} utterances, {extractor.dim}-d, frames per utterance "
       f"{lengths.mean():.1f} mean [{lengths.min()}, {lengths.max()}] "
-      f"({len(todo) - len(failures)} extracted, {reused} reused, {seconds:.1f} s)")
-  return ExtractionResult(path=out_path, ids=list(frame["id"]), failures=failures,
-                          extracted=len(todo) - len(failures), reused=reused, seconds=seconds)
+      f"({result.extracted} extracted, {result.reused} reused, {result.seconds:.1f} s)")
 
 
 def _write_outputs(manifest: Manifest, extractor: Extractor, out_path: str, frame, seqs: list,

@@ -153,15 +153,8 @@ def cross_validate(exp: Experiment, split: Split, folds: Sequence[Fold], work_di
     training.train_and_evaluate(fexp, tr, va)
     summary = evaluation.evaluate(fexp, te, variants=fexp.variants, seeds=fexp.seeds,
                                   train=tr, ablation=ablation)
-    for v, s in summary["variants"].items():
-      for seed, t, val, score, loss in zip(s["seeds"], s["test"], s["val_acc"],
-                                           s["val_score"], s["val_loss"]):
-        runs.setdefault(v, []).append(dict(
-            fold=fold.index, seed=seed, val_acc=val, val_score=score, val_loss=loss,
-            accuracy=t["accuracy"], uar=t["uar"],
-            macro_f1=t["macro_f1"], weighted_f1=t["weighted_f1"],
-            **({"layer_weights": w} if (w := summary.get("layer_weights", {}).get(
-                f"{v}/{seed}")) else {})))
+    for v, rows in _fold_runs(fold.index, summary).items():
+      runs.setdefault(v, []).extend(rows)
     if fold.index in analyse_folds:
       loaded = evaluation.load_runs(fexp, list(summary["variants"]), fexp.seeds[:1])
       analysis.analyze(fexp, loaded, te)
@@ -187,6 +180,20 @@ def cross_validate(exp: Experiment, split: Split, folds: Sequence[Fold], work_di
       io_utils.write_json(os.path.join(tmp, "cv_summary.json"), out)
       io_utils.write_text(os.path.join(tmp, "cv_results.txt"), reports.cv_table(out))
   exp.log("\n" + reports.cv_table(out))
+  return out
+
+
+def _fold_runs(fold: int, summary: dict) -> dict:
+  """One fold's evaluation summary as ``{variant: [{fold, seed, val_*, test metrics}]}``."""
+  out = {}
+  for v, s in summary["variants"].items():
+    for seed, t, val, score, loss in zip(s["seeds"], s["test"], s["val_acc"], s["val_score"],
+                                         s["val_loss"]):
+      w = summary.get("layer_weights", {}).get(f"{v}/{seed}")
+      out.setdefault(v, []).append(dict(
+          fold=fold, seed=seed, val_acc=val, val_score=score, val_loss=loss,
+          accuracy=t["accuracy"], uar=t["uar"], macro_f1=t["macro_f1"],
+          weighted_f1=t["weighted_f1"], **({"layer_weights": w} if w else {})))
   return out
 
 
