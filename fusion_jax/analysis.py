@@ -229,6 +229,27 @@ def analyze(exp: Experiment, runs_: Sequence[runs.Run], split: Split, *,
     return _analyze(exp, runs_, split, methods, max_per_class, out_dir)
 
 
+def _fusion_comparison(results: dict, fused: dict, fused_tsne: dict, labels, class_names,
+                       perplexity: float, out_dir: str) -> None:
+  """``fusion_comparison_all.png``: every fusion variant's fusion block in t-SNE, side by
+  side, titled with its silhouette and k-NN accuracy."""
+  fusion_variants = [v for v in results if "fusion" in results[v]]
+  if not fusion_variants:
+    return
+  n = len(fusion_variants)
+  fig, axes = plots.plt.subplots(1, n, figsize=(5.5 * n, 5), squeeze=False)
+  for ax, v in zip(axes[0], fusion_variants):
+    xy = fused_tsne.get(v)
+    if xy is None:  # t-SNE was not among --methods: this figure is t-SNE by definition
+      xy = project(fused[v], "tsne", perplexity=perplexity)
+    _scatter(ax, xy, labels, class_names, f"{v}\nsilhouette "
+             f"{results[v]['fusion']['silhouette']:.2f}, k-NN "
+             f"{results[v]['fusion']['knn_accuracy']:.2f}")
+  axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5))
+  fig.suptitle("Fusion Block (t-SNE) - all variants", fontsize=14, fontweight="bold", y=1.04)
+  plots.save(fig, os.path.join(out_dir, "fusion_comparison_all.png"))
+
+
 def _analyze(exp, runs_, split, methods, max_per_class, out_dir) -> dict:
   an, log = exp.config.analysis, exp.log
   class_names = exp.class_names
@@ -271,20 +292,8 @@ def _analyze(exp, runs_, split, methods, max_per_class, out_dir) -> dict:
     internals[run.variant] = head_internals(emb, labels, class_names)
     lines += _internals_lines(run.variant, internals[run.variant], maps)
     _head_figures(run.variant, emb, labels, class_names, maps, out_dir)
-  fusion_variants = [v for v in results if "fusion" in results[v]]
-  if fusion_variants:
-    n = len(fusion_variants)
-    fig, axes = plots.plt.subplots(1, n, figsize=(5.5 * n, 5), squeeze=False)
-    for ax, v in zip(axes[0], fusion_variants):
-      xy = fused_tsne.get(v)
-      if xy is None:  # t-SNE was not among --methods: this figure is t-SNE by definition
-        xy = project(fused[v], "tsne", perplexity=an.tsne_perplexity)
-      _scatter(ax, xy, labels, class_names, f"{v}\nsilhouette "
-               f"{results[v]['fusion']['silhouette']:.2f}, k-NN "
-               f"{results[v]['fusion']['knn_accuracy']:.2f}")
-    axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5))
-    fig.suptitle("Fusion Block (t-SNE) - all variants", fontsize=14, fontweight="bold", y=1.04)
-    plots.save(fig, os.path.join(out_dir, "fusion_comparison_all.png"))
+  _fusion_comparison(results, fused, fused_tsne, labels, class_names, an.tsne_perplexity,
+                     out_dir)
   result = dict(split=split.name, subsample=note, knn_k=an.knn_k, results=results,
                 head_internals=lines, internals=internals,
                 model_configs={r.variant: dataclasses.asdict(exp.compute_config(r.model_config))

@@ -138,15 +138,7 @@ def run_variant(exp: Experiment, variant: str, split: Split, *, repeats: int = 3
       f"{(timing.compile_seconds or 0.0) + warm.compile_seconds:.1f}s, "
       f"{len(train_entries)} shapes)")
   train_rate = float(np.median([seeds * n / e.train_seconds for e in timed]))
-  # executed FLOPs of one epoch from XLA's cost analysis of each compiled bucket
-  plan = batching.batch_indices(split, shapes, bs, shuffle=True, seed=0, epoch=1)
-  # (XLA counts a loop's body once: a step computed in microbatches is scaled by their count)
-  per_bucket = {e.batch_shapes["speech"][1]: e.flops() * steps.microbatches(
-      bs, e.batch_shapes["speech"][1], e.batch_shapes["text"][1]) for e in train_entries}
-  executed = sum(per_bucket.get(shapes.speech_buckets[b], 0.0) for b, _ in plan)
-  model_cfg = exp.model_config
-  useful = seeds * sum(3 * model_lib.forward_flops(model_cfg, variant, int(s), int(t))
-                       for s, t in zip(split.speech_lengths, split.text_lengths))
+  executed, useful = _epoch_flops(exp, variant, steps, split, shapes, train_entries, seeds)
   pad = batching.padding_fraction(split, shapes, bs)["buckets"]
   peak_host_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   compiled_shapes = len(exp.ledger.entries(steps.owner))
@@ -167,6 +159,22 @@ def run_variant(exp: Experiment, variant: str, split: Split, *, repeats: int = 3
       peak_device_mb=_peak_device_mb(), params=num_params, seeds=seeds,
       host_ms_per_step=float(np.median([1000 * t for e in timed for t in e.issue_seconds])),
       model_tflops=model_tflops, mfu=model_tflops / peak_tflops if peak_tflops else None)
+
+
+def _epoch_flops(exp: Experiment, variant: str, steps, split: Split, shapes, train_entries,
+                 seeds: int) -> tuple:
+  """One training epoch's ``(executed, useful)`` FLOPs: executed from XLA's cost analysis
+  of each compiled bucket (padding included), useful from the model's own count
+  (forward × 3, real lengths only)."""
+  bs = exp.config.train.batch_size
+  plan = batching.batch_indices(split, shapes, bs, shuffle=True, seed=0, epoch=1)
+  # (XLA counts a loop's body once: a step computed in microbatches is scaled by their count)
+  per_bucket = {e.batch_shapes["speech"][1]: e.flops() * steps.microbatches(
+      bs, e.batch_shapes["speech"][1], e.batch_shapes["text"][1]) for e in train_entries}
+  executed = sum(per_bucket.get(shapes.speech_buckets[b], 0.0) for b, _ in plan)
+  useful = seeds * sum(3 * model_lib.forward_flops(exp.model_config, variant, int(s), int(t))
+                       for s, t in zip(split.speech_lengths, split.text_lengths))
+  return executed, useful
 
 
 def table(results: Sequence[Result]) -> str:
