@@ -170,6 +170,18 @@ def training_console_summary(summary: dict) -> str:
 
 
 # ------------------------------------------------------------------ evaluation
+def _per_class_section(summary: dict, ranked: list, class_names: Sequence[str]) -> list:
+  out = [RULE, "2. PER-CLASS METRICS (test; mean over seeds)", RULE]
+  for v in ranked:
+    pc = summary["per_class_mean"][v]
+    out += ["", v.upper(), THIN,
+            f"{'Emotion':<20} {'Precision':>10} {'Recall':>10} {'F1':>10} {'Support':>9}"]
+    for i, name in enumerate(class_names):
+      out.append(f"{name:<20} {pc['precision'][i]:>10.4f} {pc['recall'][i]:>10.4f} "
+                 f"{pc['f1'][i]:>10.4f} {int(pc['support'][i]):>9}")
+  return out
+
+
 def test_metrics(summary: dict) -> str:
   """``test_metrics_comparison.txt`` from :func:`fusion_jax.evaluation.test_metrics`'s dict
   (with ``calibration`` when present)."""
@@ -207,14 +219,7 @@ def test_metrics(summary: dict) -> str:
       for m, w in ws.items():
         out.append(f"  {run:<22} {m:<7} " + " ".join(f"{x:.3f}" for x in w))
     out.append("")
-  out += [RULE, "2. PER-CLASS METRICS (test; mean over seeds)", RULE]
-  for v in ranked:
-    pc = summary["per_class_mean"][v]
-    out += ["", v.upper(), THIN,
-            f"{'Emotion':<20} {'Precision':>10} {'Recall':>10} {'F1':>10} {'Support':>9}"]
-    for i, name in enumerate(class_names):
-      out.append(f"{name:<20} {pc['precision'][i]:>10.4f} {pc['recall'][i]:>10.4f} "
-                 f"{pc['f1'][i]:>10.4f} {int(pc['support'][i]):>9}")
+  out += _per_class_section(summary, ranked, class_names)
   out += ["", RULE, "3. PER-EMOTION INSIGHTS (test F1)", RULE,
           f"{'Emotion':<20} {'Best variant':<28} {'Worst variant':<28} {'Mean F1':>8}"]
   pe = summary["per_emotion"]
