@@ -29,13 +29,12 @@ from typing import Callable, Iterator, Optional, Sequence
 import ml_collections
 import numpy as np
 
-from fusion_jax import configs, ledger as ledger_lib, optim as optim_lib, passes, runs, sharding
-from fusion_jax import steps as steps_lib
+from fusion_jax import configs, ledger as ledger_lib, optim as optim_lib, passes, runs, sharding, steps as steps_lib
 from fusion_jax.data import batching
-from fusion_jax.errors import ConfigError, DataError
 from fusion_jax.data.splits import Split
-from fusion_jax.models import model as model_lib
-from fusion_jax.models import registry
+from fusion_jax.encoders import hub
+from fusion_jax.errors import ConfigError, DataError
+from fusion_jax.models import model as model_lib, registry, encoders
 
 
 def default_log(msg: str) -> None:
@@ -99,8 +98,6 @@ def _finetuned_encoder(train: Split, modality: str, stack: int) -> str:
   """The name of the pretrained encoder whose top layers ``model.{modality}_finetune_layers``
   trains: the training features' extractor (``minilm``; a Hugging Face snapshot as
   ``hf@<sha256>``, whose folder the fingerprint records)."""
-  from fusion_jax.encoders import hub  # pylint: disable=import-outside-toplevel
-  from fusion_jax.models import encoders  # pylint: disable=import-outside-toplevel
   extractor = train.preprocessing.get(modality, {}).get("extractor") or {}
   flag = f"--config.model.{modality}_finetune_layers"
   where = train.sources.get(modality) or train.name

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 import tempfile
+
 import numpy as np
+
+from fusion_jax.errors import DataError
 
 
 def _umask() -> int:
@@ -78,7 +82,6 @@ def staged_files(directory):
 
 
 def sha256_file(path) -> str:
-  import hashlib  # pylint: disable=import-outside-toplevel
   h = hashlib.sha256()
   with open(path, "rb") as f:
     for block in iter(lambda: f.read(1 << 20), b""):
@@ -111,7 +114,6 @@ def commit_set(directory, staged: dict, manifest_name: str, manifest: dict) -> N
 def verify_set(directory, manifest_name: str) -> dict:
   """The manifest of a set written by :func:`commit_set`, after checking that every file it
   names is there with its SHA-256. Raises DataError naming the file that does not match."""
-  from fusion_jax.errors import DataError  # pylint: disable=import-outside-toplevel
   target = os.path.join(os.fspath(directory), manifest_name)
   hint = "the write that made it was interrupted or another program changed it: write it again"
   if not os.path.exists(target):

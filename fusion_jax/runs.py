@@ -16,6 +16,7 @@ whether it was trained here (orbax) or by the original (``.pt``, converted).
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import glob
 import hashlib
 import json
@@ -180,7 +181,6 @@ class RunLock:
     self._file = None
 
   def __enter__(self):
-    import fcntl  # pylint: disable=import-outside-toplevel
     if os.path.exists(self.directory) and not os.path.isdir(self.directory):
       raise DataError(self.directory, "is a file, not a directory",
                       hint="give a directory for checkpoints and reports")
@@ -204,7 +204,6 @@ class RunLock:
     return self
 
   def __exit__(self, *exc):
-    import fcntl  # pylint: disable=import-outside-toplevel
     fcntl.flock(self._file, fcntl.LOCK_UN)
     self._file.close()
     return False

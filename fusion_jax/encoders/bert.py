@@ -25,9 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fusion_jax.encoders import hub
+from fusion_jax.encoders import hub, weights
 from fusion_jax.errors import ConfigError, DataError
 from fusion_jax.features.tokenizer import HFTokenizer, WordPieceTokenizer
+from fusion_jax.models.layers import Dropout
 
 TEXT_TYPES = ("bert", "roberta", "xlm-roberta")
 
@@ -97,7 +98,6 @@ class BertLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x, bias, deterministic: bool = True):
-    from fusion_jax.models.layers import Dropout  # pylint: disable=import-outside-toplevel
     cfg = self.cfg
     drop = lambda y: Dropout(self.dropout)(y, deterministic=deterministic)
     b, t, h = x.shape
@@ -151,7 +151,6 @@ def params_from_state_dict(sd: dict, cfg: BertConfig, source: str = "weights") -
   Raises:
     DataError: a tensor is missing or its shape disagrees with ``config.json``.
   """
-  from fusion_jax.encoders import weights  # pylint: disable=import-outside-toplevel
   prefix = weights.find_prefix(sd, "embeddings.word_embeddings.weight", source,
                                f"{cfg.model_type} (text)")
   h, f = cfg.hidden_size, cfg.intermediate_size

@@ -25,6 +25,8 @@ from typing import Optional
 
 import numpy as np
 
+from fusion_jax import io_utils
+from fusion_jax.data import torch_pickle
 from fusion_jax.errors import DataError, MissingDependency
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -145,7 +147,6 @@ def load_state_dict(snapshot: Snapshot, fmt: Optional[str] = None) -> dict:
     if path.endswith(".safetensors"):
       out.update(read_safetensors(path))
     else:
-      from fusion_jax.data import torch_pickle  # pylint: disable=import-outside-toplevel
       sd = torch_pickle.load_torch_file(path)
       if not isinstance(sd, dict) or not all(isinstance(v, np.ndarray) for v in sd.values()):
         raise DataError(path, "not a state dict (name → tensor)",
@@ -176,7 +177,6 @@ def read_safetensors(path) -> dict:
 def write_safetensors(path, tensors: dict, metadata: Optional[dict] = None) -> None:
   """Writes NumPy arrays as one ``.safetensors`` file, atomically."""
   from safetensors.numpy import save  # pylint: disable=import-outside-toplevel
-  from fusion_jax import io_utils  # pylint: disable=import-outside-toplevel
   blob = save({k: np.ascontiguousarray(v) for k, v in tensors.items()},
               {str(k): str(v) for k, v in (metadata or {}).items()} or None)
   with io_utils.atomic_open(os.fspath(path), "wb") as f:

@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fusion_jax.encoders import hub, weights
 from fusion_jax.errors import ConfigError
 
 SPEECH_TYPES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio")
@@ -408,7 +409,6 @@ def load_params(cfg: SpeechConfig, sd: dict, source: str) -> dict:
   Raises:
     DataError: a tensor is missing or disagrees with ``config.json``.
   """
-  from fusion_jax.encoders import hub, weights  # pylint: disable=import-outside-toplevel
   prefix = weights.find_prefix(sd, "feature_projection.projection.weight", source,
                                f"{cfg.model_type} (speech)")
   model = SpeechModel(cfg)
@@ -460,7 +460,6 @@ class SpeechEncoder:
   @classmethod
   def from_pretrained(cls, model: str, fmt: Optional[str] = None, **kw) -> "SpeechEncoder":
     """From a snapshot folder or a Hub id in the local cache (:func:`hub.resolve`)."""
-    from fusion_jax.encoders import hub  # pylint: disable=import-outside-toplevel
     snapshot = model if isinstance(model, hub.Snapshot) else hub.resolve(model)
     cfg = SpeechConfig.from_dict(snapshot.config(), snapshot.path)
     pre = {}

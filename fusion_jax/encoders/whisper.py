@@ -19,13 +19,18 @@ without a bias), so one forward pass serves both.
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 from typing import Optional, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from fusion_jax import io_utils
 from fusion_jax.data.errors import DataError
+from fusion_jax.encoders import weights as hf_weights, hub
 from fusion_jax.errors import ConfigError
 
 SAMPLE_RATE = 16000
@@ -89,7 +94,6 @@ def read_ctranslate2(path) -> dict:
 
 def write_ctranslate2(path, variables: dict, spec: str = "WhisperSpec") -> None:
   """Writes variables in CTranslate2's ``model.bin`` layout (version 6; tests, small models)."""
-  from fusion_jax import io_utils  # pylint: disable=import-outside-toplevel
   codes = {np.dtype(v): k for k, v in _CT2_DTYPES.items()}
 
   def string(s):
@@ -210,7 +214,6 @@ def hf_to_ctranslate2(sd: dict, config: dict, source: str) -> dict:
   Raises:
     DataError: a tensor is missing or has another shape than the config says.
   """
-  from fusion_jax.encoders import weights as hf_weights  # pylint: disable=import-outside-toplevel
   pre = hf_weights.find_prefix(sd, "encoder.conv1.weight", source, "Whisper")
   d, n_mels = int(config["d_model"]), int(config["num_mel_bins"])
   ffn, positions = int(config["encoder_ffn_dim"]), int(config.get("max_source_positions", 1500))
@@ -264,7 +267,6 @@ class WhisperEncoder:
   """
 
   def __init__(self, weights: dict):
-    import jax  # pylint: disable=import-outside-toplevel
     enc = _float_weights(weights, "encoder", "conv1/weight")
     self.num_heads = int(weights.get("encoder/num_heads", 6))
     self.num_layers = sum(1 for k in enc if k.endswith("ffn/linear_0/weight"))
@@ -296,7 +298,6 @@ class WhisperEncoder:
         its ``num_mel_bins``.
       DataError: missing files, or a tensor that disagrees with ``config.json``.
     """
-    from fusion_jax.encoders import hub  # pylint: disable=import-outside-toplevel
     snapshot = model if isinstance(model, hub.Snapshot) else hub.resolve(model)
     raw = snapshot.config()
     if raw.get("model_type") != "whisper":
@@ -318,8 +319,6 @@ class WhisperEncoder:
     """mel ``[B, 80, 3000]`` → ``[B, 1500, D]``; with ``all_layers`` ``[B, 1500, N + 1, D]``:
     the input embeddings, layers 1 … N-1 (residual stream) and the final normed output,
     as Hugging Face's ``output_hidden_states``."""
-    import jax  # pylint: disable=import-outside-toplevel
-    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
     gelu = lambda y: jax.nn.gelu(y, approximate=False)
 
     def conv(x, n, stride):
@@ -411,7 +410,6 @@ class WhisperTokens:
 def suppressed_tokens(model_dir, vocab_size: int) -> tuple:
   """(suppressed at every step, suppressed at the first step) from ``config.json``, plus
   every special token but end-of-text (no timestamps, no task tokens)."""
-  import json  # pylint: disable=import-outside-toplevel
   path = os.path.join(os.fspath(model_dir), "config.json")
   cfg = {}
   if os.path.exists(path):
@@ -476,7 +474,6 @@ class WhisperModel:
   """
 
   def __init__(self, weights: dict, model_dir=None, max_tokens: int = 96):
-    import jax  # pylint: disable=import-outside-toplevel
     self.encoder = WhisperEncoder(weights)
     dec = _float_weights(weights, "decoder", "embeddings/weight")
     self.num_heads = int(weights.get("decoder/num_heads", 6))
@@ -504,7 +501,6 @@ class WhisperModel:
 
   def _cross_kv(self, p, states):
     """Each layer's cross-attention keys and values of the encoder states ``[B, F, D]``."""
-    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
     out = []
     for i in range(self.num_layers):
       q = f"layer_{i}/attention/"
@@ -515,8 +511,6 @@ class WhisperModel:
   def _next_logits(self, p, cross, tokens, length):
     """tokens ``[B, S]`` (prefix, right-padded), length: the prefix length → logits at
     position ``length - 1``: ``[B, V]``."""
-    import jax  # pylint: disable=import-outside-toplevel
-    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
     b, s = tokens.shape
     d = p["embeddings/weight"].shape[1]
     nh, dh = self.num_heads, d // self.num_heads
@@ -554,7 +548,6 @@ class WhisperModel:
   def decode(self, states: np.ndarray) -> list:
     """Greedy token ids (without the start tokens and end-of-text) of encoder states
     ``[B, 1500, D]``."""
-    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
     b = states.shape[0]
     start = [SOT, NO_TIMESTAMPS]
     s = len(start) + self.max_tokens

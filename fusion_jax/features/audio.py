@@ -6,6 +6,7 @@ installed (it comes with the ``features`` extra); the core never needs it.
 
 from __future__ import annotations
 
+import math
 import os
 import wave
 
@@ -115,7 +116,6 @@ def resample_sinc(x: np.ndarray, orig: int, new: int, lowpass_filter_width: int 
   ``lowpass_filter_width`` crossings; here each output sample sums its ≈ 2·width taps only,
   from the same float64 formula rounded to a float32 kernel.
   """
-  import math  # pylint: disable=import-outside-toplevel
   g = math.gcd(orig, new)
   o, n = orig // g, new // g
   base = min(o, n) * rolloff

