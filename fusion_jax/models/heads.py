@@ -151,6 +151,16 @@ class FusionHead(nn.Module):
     return (self.absent(s, speech_mask, "speech_absent"),
             self.absent(t, text_mask, "text_absent"))
 
+  def fuse_attended(self, s_vec, speech_mask, t_vec, text_mask, s_w, t_w, deterministic):
+    """The two-way attention heads' ending: absent vectors for missing modalities, the
+    concatenation projected (``fusion_proj``), the attention maps among the internals."""
+    s_vec, t_vec = self.absent_pair(s_vec, speech_mask, t_vec, text_mask)
+    fused = FusionProjection(self.features, self.dropout, self.dtype, name="fusion_proj")(
+        jnp.concatenate([s_vec, t_vec], axis=-1), deterministic=deterministic)
+    return fused, {"fusion/speech_to_text_attention": s_w,
+                   "fusion/text_to_speech_attention": t_w,
+                   "fusion/speech_vector": s_vec, "fusion/text_vector": t_vec}
+
   @classmethod
   def flops(cls, config, speech_len: int, text_len: int, speech_dim: int,
             text_dim: int) -> float:
@@ -170,12 +180,7 @@ class CrossAttentionFusion(FusionHead):
     t_att, t_w = mha("text_to_speech_attn")(t, s, speech_mask, deterministic=deterministic)
     s_vec = masked_mean(layer_norm("ln_speech")(s_att + s), speech_mask)
     t_vec = masked_mean(layer_norm("ln_text")(t_att + t), text_mask)
-    s_vec, t_vec = self.absent_pair(s_vec, speech_mask, t_vec, text_mask)
-    fused = FusionProjection(self.features, self.dropout, self.dtype, name="fusion_proj")(
-        jnp.concatenate([s_vec, t_vec], axis=-1), deterministic=deterministic)
-    return fused, {"fusion/speech_to_text_attention": s_w,
-                   "fusion/text_to_speech_attention": t_w,
-                   "fusion/speech_vector": s_vec, "fusion/text_vector": t_vec}
+    return self.fuse_attended(s_vec, speech_mask, t_vec, text_mask, s_w, t_w, deterministic)
 
   @classmethod
   def flops(cls, config, speech_len, text_len, speech_dim, text_dim):
@@ -331,12 +336,7 @@ class MulTFusion(FusionHead):
     zs = layer("speech_self")(zs, speech_mask, deterministic=deterministic)
     zt = layer("text_self")(zt, text_mask, deterministic=deterministic)
     s_vec, t_vec = masked_mean(zs, speech_mask), masked_mean(zt, text_mask)
-    s_vec, t_vec = self.absent_pair(s_vec, speech_mask, t_vec, text_mask)
-    fused = FusionProjection(self.features, self.dropout, self.dtype, name="fusion_proj")(
-        jnp.concatenate([s_vec, t_vec], axis=-1), deterministic=deterministic)
-    return fused, {"fusion/speech_to_text_attention": s_w,
-                   "fusion/text_to_speech_attention": t_w,
-                   "fusion/speech_vector": s_vec, "fusion/text_vector": t_vec}
+    return self.fuse_attended(s_vec, speech_mask, t_vec, text_mask, s_w, t_w, deterministic)
 
   @classmethod
   def flops(cls, config, speech_len, text_len, speech_dim, text_dim):
