@@ -199,29 +199,26 @@ def main(argv):
   from fusion_jax import features  # pylint: disable=import-outside-toplevel
   from fusion_jax.data.errors import DataError  # pylint: disable=import-outside-toplevel
   failed = False
-  try:
-    splits = split_manifests()
-    if FLAGS.context:
-      for manifest, _, _ in splits.values():
-        if "turn" not in manifest.frame.columns:
-          raise DataError(manifest.source, "--context needs the order of lines in each "
-                          "dialogue", field="turn", hint="add a turn column (the "
-                          "speaker/group column names the dialogue), or use --corpus meld")
-        manifest.frame["context"] = features.corpora.dialogue_context(manifest.frame,
-                                                                      FLAGS.context)
-    jobs = make_jobs(list(splits.values()))
-    for split, (manifest, paths, split_csv) in splits.items():
-      print(f"{split + ': ' if split else ''}{len(manifest)} utterances, "
-            f"{len(manifest.class_names)} classes {manifest.class_names} from "
-            f"{manifest.source}", flush=True)
-      out = features.extract_aligned(
-          manifest, {m: (ex, paths[m]) for m, ex in jobs}, split_csv,
-          batch_size=FLAGS.batch_size, original_layout=FLAGS.original_layout,
-          resume=FLAGS.resume, progress=FLAGS.progress)
-      failed = failed or bool(out.failed)
-      print(f"Wrote {out.split_csv}", flush=True)
-  except cli.USER_ERRORS as e:
-    cli.fail(str(e))
+  splits = split_manifests()
+  if FLAGS.context:
+    for manifest, _, _ in splits.values():
+      if "turn" not in manifest.frame.columns:
+        raise DataError(manifest.source, "--context needs the order of lines in each "
+                        "dialogue", field="turn", hint="add a turn column (the "
+                        "speaker/group column names the dialogue), or use --corpus meld")
+      manifest.frame["context"] = features.corpora.dialogue_context(manifest.frame,
+                                                                    FLAGS.context)
+  jobs = make_jobs(list(splits.values()))
+  for split, (manifest, paths, split_csv) in splits.items():
+    print(f"{split + ': ' if split else ''}{len(manifest)} utterances, "
+          f"{len(manifest.class_names)} classes {manifest.class_names} from "
+          f"{manifest.source}", flush=True)
+    out = features.extract_aligned(
+        manifest, {m: (ex, paths[m]) for m, ex in jobs}, split_csv,
+        batch_size=FLAGS.batch_size, original_layout=FLAGS.original_layout,
+        resume=FLAGS.resume, progress=FLAGS.progress)
+    failed = failed or bool(out.failed)
+    print(f"Wrote {out.split_csv}", flush=True)
   if failed:
     sys.exit(1)
 

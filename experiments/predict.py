@@ -70,48 +70,45 @@ def main(argv):
              "(.jsonl)")
   from fusion_jax import experiment, predict  # pylint: disable=import-outside-toplevel
   from fusion_jax.models import registry  # pylint: disable=import-outside-toplevel
-  try:
-    cli.setup_jax(config)
-    variant = None
-    if cli.explicit("train.variants"):
-      names = registry.parse(config.train.variants)
-      if len(names) != 1:
-        cli.fail(f"--variants={config.train.variants}: predict uses one variant")
-      variant = names[0]
-    seeds = experiment.parse_seeds(config.train.seeds) if cli.explicit("train.seeds") else None
-    predictor = predict.Predictor.from_run(
-        FLAGS.run, variant, seeds, config,
-        encoders={"speech": FLAGS.speech_model, "text": FLAGS.text_model},
-        **{k: v for k, v in (("max_frames", FLAGS.max_frames),
-                             ("batch_frames", FLAGS.batch_frames)) if v is not None})
+  cli.setup_jax(config)
+  variant = None
+  if cli.explicit("train.variants"):
+    names = registry.parse(config.train.variants)
+    if len(names) != 1:
+      cli.fail(f"--variants={config.train.variants}: predict uses one variant")
+    variant = names[0]
+  seeds = experiment.parse_seeds(config.train.seeds) if cli.explicit("train.seeds") else None
+  predictor = predict.Predictor.from_run(
+      FLAGS.run, variant, seeds, config,
+      encoders={"speech": FLAGS.speech_model, "text": FLAGS.text_model},
+      **{k: v for k, v in (("max_frames", FLAGS.max_frames),
+                           ("batch_frames", FLAGS.batch_frames)) if v is not None})
+  if FLAGS.export:
+    out = predictor.export(FLAGS.export)
+    print(f"Exported {predictor.variant} to {out['path']} ({out['bytes'] / 2**20:.1f} MB, "
+          f"platforms {', '.join(out['spec']['platforms'])}) and model.json", flush=True)
+  specs = list(FLAGS.inputs) + list(argv[1:])
+  if not specs:
     if FLAGS.export:
-      out = predictor.export(FLAGS.export)
-      print(f"Exported {predictor.variant} to {out['path']} ({out['bytes'] / 2**20:.1f} MB, "
-            f"platforms {', '.join(out['spec']['platforms'])}) and model.json", flush=True)
-    specs = list(FLAGS.inputs) + list(argv[1:])
-    if not specs:
-      if FLAGS.export:
-        return
-      cli.fail("no inputs: give --inputs (wav files, folders, or a manifest CSV)")
-    paths, transcripts = predict.read_inputs(specs)
-    predict.check_outputs([FLAGS.output, os.path.splitext(FLAGS.output)[0] + ".jsonl"],
-                          specs + list(paths))   # before any work, not after it
-    preds, failures = predictor.predict_files(paths, transcripts, transcribe=FLAGS.transcribe,
-                                              batch_size=FLAGS.batch_size,
-                                              progress=FLAGS.progress)
-    if not preds:
-      print(f"No file could be used; {FLAGS.output} is left as it was.", flush=True)
-    else:
-      jsonl = predict.write_predictions(preds, FLAGS.output, inputs=specs + list(paths))
-    for p in preds[:20]:
-      print(f"{os.path.basename(p.name):<40} {p.emotion:<18} {p.confidence:.3f} "
-            f"({p.modalities})" + (f'  "{p.transcript}"' if p.transcript else ""))
-    if len(preds) > 20:
-      print(f"... ({len(preds) - 20} more)")
-    if preds:
-      print(f"Wrote {FLAGS.output} and {jsonl}: {len(preds)} files", flush=True)
-  except cli.USER_ERRORS as e:
-    cli.fail(str(e))
+      return
+    cli.fail("no inputs: give --inputs (wav files, folders, or a manifest CSV)")
+  paths, transcripts = predict.read_inputs(specs)
+  predict.check_outputs([FLAGS.output, os.path.splitext(FLAGS.output)[0] + ".jsonl"],
+                        specs + list(paths))   # before any work, not after it
+  preds, failures = predictor.predict_files(paths, transcripts, transcribe=FLAGS.transcribe,
+                                            batch_size=FLAGS.batch_size,
+                                            progress=FLAGS.progress)
+  if not preds:
+    print(f"No file could be used; {FLAGS.output} is left as it was.", flush=True)
+  else:
+    jsonl = predict.write_predictions(preds, FLAGS.output, inputs=specs + list(paths))
+  for p in preds[:20]:
+    print(f"{os.path.basename(p.name):<40} {p.emotion:<18} {p.confidence:.3f} "
+          f"({p.modalities})" + (f'  "{p.transcript}"' if p.transcript else ""))
+  if len(preds) > 20:
+    print(f"... ({len(preds) - 20} more)")
+  if preds:
+    print(f"Wrote {FLAGS.output} and {jsonl}: {len(preds)} files", flush=True)
   if failures:
     print(f"{len(failures)} file(s) could not be used:", flush=True)
     for path, message in failures:

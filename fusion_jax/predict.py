@@ -36,6 +36,7 @@ from jax import export
 from fusion_jax import configs, io_utils, runs, features
 from fusion_jax.data import batching
 from fusion_jax.data.errors import DataError
+from fusion_jax.errors import ConfigError
 from fusion_jax.data.splits import Split
 from fusion_jax.encoders import whisper
 from fusion_jax.experiment import Experiment
@@ -149,14 +150,14 @@ class Predictor:
     for m in self.members:
       if m.variant != self.variant or list(m.class_names or self.class_names) != \
           self.class_names:
-        raise ValueError(f"{m.source}: an ensemble needs one variant and one class list")
+        raise ConfigError(f"{m.source}: an ensemble needs one variant and one class list")
     self._extractors: dict = {}
     self._transcriber = None
     # modality → where a Hugging Face snapshot is now (hf / hf_text features)
     self.encoders = {k: v for k, v in (encoders or {}).items() if v}
     self.root: Optional[str] = None   # the run directory it was loaded from (from_run)
     if max_frames < 0 or batch_frames < 0:
-      raise ValueError(f"max_frames and batch_frames must be ≥ 0 (0 = no limit), got "
+      raise ConfigError(f"max_frames and batch_frames must be ≥ 0 (0 = no limit), got "
                        f"{max_frames} and {batch_frames}")
     self.max_frames, self.batch_frames = int(max_frames), int(batch_frames)
 
@@ -234,7 +235,7 @@ class Predictor:
         continue
       what = "audio" if m == "speech" else "transcript"
       if not self.spec.is_fusion:
-        raise ValueError(f"{self.variant} reads {m} only: {missing} of {n} inputs have no "
+        raise ConfigError(f"{self.variant} reads {m} only: {missing} of {n} inputs have no "
                          f"{what}" + ("" if m == "speech" else
                                       " (give a manifest's 'transcript' column, or "
                                       "--transcribe)"))
@@ -311,7 +312,7 @@ class Predictor:
              if x is not None and len(x) and self.spec.reads(m)] for i in range(len(names))]
     empty = [str(n) for n, u in zip(names, used) if not u]
     if empty:
-      raise ValueError(f"{empty[0]}: nothing {self.variant} reads "
+      raise ConfigError(f"{empty[0]}: nothing {self.variant} reads "
                        f"({' and '.join(m for m in registry.MODALITIES if self.spec.reads(m))})"
                        f" — {len(empty)} row(s) would be scored on no input")
     rows, pieces_s, pieces_t, weights = [], [], [], []
@@ -398,7 +399,7 @@ class Predictor:
     _check_batch_size(batch_size)
     missing = [p for i, p in enumerate(paths) if transcripts is None or not transcripts[i]]
     if missing and self.spec.reads("text") and not self.spec.is_fusion and not transcribe:
-      raise ValueError(f"{self.variant} reads text: {len(missing)} of {len(paths)} files have "
+      raise ConfigError(f"{self.variant} reads text: {len(missing)} of {len(paths)} files have "
                        f"no transcript (first: {missing[0]}); give them in a manifest's "
                        "'transcript' column, or --transcribe")
     sample_rate = self.extractor("speech").sample_rate if self.spec.reads("speech") else 16000
@@ -575,7 +576,7 @@ def frame_groups(cost: Sequence[int], budget: int, max_rows: int) -> list:
 
 def _check_batch_size(batch_size) -> None:
   if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-    raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
 
 
 def standardized(x, inputs: dict, xp=np):
@@ -750,7 +751,7 @@ def read_inputs(specs: Sequence[str]) -> tuple:
       paths.append(spec)
       texts.append(None)
   if not paths:
-    raise ValueError("no audio files given (paths, folders of .wav / .flac / .ogg files, or a "
+    raise ConfigError("no audio files given (paths, folders of .wav / .flac / .ogg files, or a "
                      "manifest CSV)")
   texts = [t if isinstance(t, str) and t.strip() else None for t in texts]
   return paths, (texts if any(t is not None for t in texts) else None)
