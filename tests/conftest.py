@@ -6,7 +6,9 @@ bit-identical to a fresh compile, so only time changes. Compiles use XLA's lowes
 backend optimisation level (set below, inherited by the binaries).
 """
 
+import importlib.util
 import os
+import sys
 import tempfile
 
 import jax
@@ -27,6 +29,17 @@ jax.config.update("jax_compilation_cache_dir", COMPILATION_CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+TORCH_SKIP = ("needs torch: a venv with torch==2.13.0 named by FUSION_JAX_TORCH_PYTHON="
+              "/path/to/python (.ci/run makes one: scripts/torch_env.sh)")
+
+
+def torch_python():
+  """The Python that has torch for the reference checks (never the library's own), or None."""
+  if os.environ.get("FUSION_JAX_TORCH_PYTHON"):
+    return os.environ["FUSION_JAX_TORCH_PYTHON"]
+  return sys.executable if importlib.util.find_spec("torch") else None
+
+
 CLASSES = ["angry", "disgust", "fear", "happy", "neutral", "pleasant_surprise", "sad"]
 
 

@@ -1,19 +1,20 @@
 """Models: parity with the PyTorch original, and behaviour of every variant."""
 
 import ast
+import collections
 import dataclasses
 import os
 import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fusion_jax import configs, data, models
+from fusion_jax import configs, data, models, steps
+from fusion_jax import optim as optim_lib
 from fusion_jax.models import convert
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, TORCH_SKIP, torch_python
 
 PARITY = np.load(os.path.join(FIXTURES, "parity.npz"))
 PCFG = ast.literal_eval(str(PARITY["config"]))
@@ -295,7 +296,6 @@ for variant in sys.argv[3].split(","):
 
 def _trained_params(variant):
   """Random parameters and Adam moments as after 2 steps (NumPy values: nothing to compile)."""
-  from fusion_jax import optim as optim_lib, steps  # pylint: disable=import-outside-toplevel
   model = models.build_model(_parity_config(), variant, PCFG["classes"])
   shapes = jax.eval_shape(lambda: models.init_params(model, jax.random.key(0)))
   rng = np.random.default_rng(3)
@@ -335,8 +335,10 @@ def test_torch_checkpoint_round_trip_for_every_original_variant(tmp_path):
     assert list(sd) == list(mu) and len(opt["state"]) == len(sd)
     assert opt["param_groups"][0]["lr"] == 5e-4 and opt["param_groups"][0]["params"] == list(
         range(len(sd)))
+    nu = models.to_torch_state_dict(adam.nu, variant)
     for i, key in enumerate(sd):
       np.testing.assert_array_equal(opt["state"][i]["exp_avg"], mu[key])
+      np.testing.assert_array_equal(opt["state"][i]["exp_avg_sq"], nu[key])
       assert float(opt["state"][i]["step"]) == 2.0
     # the state_dict has the original's names, in the original's order
     fixture = data.load_torch_file(os.path.join(FIXTURES, "torch_checkpoints",
@@ -344,6 +346,32 @@ def test_torch_checkpoint_round_trip_for_every_original_variant(tmp_path):
     assert list(sd) == list(fixture["model_state_dict"])
     for key, value in fixture["model_state_dict"].items():
       assert sd[key].shape == value.shape, key
+
+
+def test_written_adam_moments_are_pytorchs_own(tmp_path):
+  """PyTorch's Adam moments (the fixtures: torch.optim.Adam after its steps) read into an
+  optax state and written back: exp_avg and exp_avg_sq each where torch keeps it."""
+  for variant in ORIGINAL:
+    ref = data.load_torch_file(os.path.join(FIXTURES, "torch_checkpoints",
+                                            f"best_{variant}_model.pt"))
+    sd, torch_state = ref["model_state_dict"], ref["optimizer_state_dict"]["state"]
+    moment = lambda name: models.convert_torch_state_dict(collections.OrderedDict(
+        (k, np.asarray(torch_state[i][name])) for i, k in enumerate(sd)))
+    params = models.convert_torch_state_dict(sd)
+    opt_state = optim_lib.make_optimizer(configs.default().optim).init(params)
+    step = int(float(torch_state[0]["step"]))
+    adam = opt_state[1]._replace(count=np.asarray(step, np.int32), mu=moment("exp_avg"),
+                                 nu=moment("exp_avg_sq"))
+    path = tmp_path / f"best_{variant}_model.pt"
+    models.save_torch_checkpoint(params, variant, path, epoch=1, val_acc=0.5,
+                                 class_names=list("abcde"), opt_state=(opt_state[0], adam),
+                                 learning_rate=1e-4, optim_config=configs.default().optim)
+    written = data.load_torch_file(path)["optimizer_state_dict"]["state"]
+    assert len(written) == len(torch_state)
+    for i in torch_state:
+      for name in ("exp_avg", "exp_avg_sq"):
+        np.testing.assert_array_equal(written[i][name], torch_state[i][name], err_msg=name)
+      assert float(written[i]["step"]) == step
 
 
 def test_torch_checkpoint_refuses_what_the_original_cannot_hold(tmp_path):
@@ -357,15 +385,7 @@ def test_torch_checkpoint_refuses_what_the_original_cannot_hold(tmp_path):
   assert not (tmp_path / "x.pt").exists()
 
 
-def _torch_python():
-  if os.environ.get("FUSION_JAX_TORCH_PYTHON"):
-    return os.environ["FUSION_JAX_TORCH_PYTHON"]
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  return sys.executable if importlib.util.find_spec("torch") else None
-
-
-@pytest.mark.skipif(_torch_python() is None, reason="needs torch: a venv with "
-                    "torch==2.13.0 named by FUSION_JAX_TORCH_PYTHON=/path/to/python")
+@pytest.mark.skipif(torch_python() is None, reason=TORCH_SKIP)
 def test_pytorch_loads_the_written_checkpoint_and_agrees(tmp_path):
   """torch.load(weights_only=True) + the reference model's load_state_dict(strict=True)."""
   expected = dict(speech=INPUTS[0], speech_mask=INPUTS[1], text=INPUTS[2], text_mask=INPUTS[3])
@@ -378,7 +398,7 @@ def test_pytorch_loads_the_written_checkpoint_and_agrees(tmp_path):
     expected[variant], _ = jax.jit(model.apply)({"params": state.params}, *INPUTS)
   np.savez(tmp_path / "inputs.npz", **{k: np.asarray(v) for k, v in expected.items()})
   scripts = os.path.join(os.path.dirname(FIXTURES), "..", "scripts")
-  proc = subprocess.run([_torch_python(), "-c", TORCH_CHECK, scripts, str(tmp_path),
+  proc = subprocess.run([torch_python(), "-c", TORCH_CHECK, scripts, str(tmp_path),
                          ",".join(ORIGINAL)], capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
   assert proc.stdout.count("TORCH_OK") == len(ORIGINAL)

@@ -148,6 +148,29 @@ def test_arrays_that_differ_from_the_recorded_checksum_are_refused(tmp_path):
   ckpts.close()
 
 
+def test_one_changed_value_under_an_untouched_digest_is_refused(tmp_path):
+  """The checksum covers the values: the arrays of a save of the same shapes with one value
+  changed, put in place of the saved ones while the recorded digest stays as it was."""
+  tree = {"w": np.arange(6, dtype=np.float32), "b": np.ones((2, 3), np.float32)}
+  changed = {"w": tree["w"].copy(), "b": tree["b"]}
+  changed["w"][4] += 1.0
+  assert checkpoint.tree_checksum(changed) != checkpoint.tree_checksum(tree)
+  first, second = (checkpoint.RunCheckpoints(str(tmp_path / n)) for n in ("a", "b"))
+  first.save("best", 1, tree, {"note": "x"})
+  second.save("best", 1, changed, {"note": "x"})
+  second.close()
+  state = lambda d: os.path.join(d, "best", "1", "state")
+  import shutil  # pylint: disable=import-outside-toplevel
+  shutil.rmtree(state(tmp_path / "a"))
+  shutil.copytree(state(tmp_path / "b"), state(tmp_path / "a"))
+  meta = json.loads(open(tmp_path / "a" / "best" / "1" / "meta" / "metadata").read())
+  assert meta["checksum"] == checkpoint.tree_checksum(tree)    # the digest was not touched
+  with pytest.raises(checkpoint.CorruptCheckpoint, match="best/1: checkpoint is damaged: its "
+                     r"arrays differ from those saved \(checksum mismatch"):
+    first.restore("best", checkpoint.abstract_like(tree))
+  first.close()
+
+
 def test_a_damaged_latest_falls_back_to_the_older_one_with_the_same_result(
     tiny, reference, tmp_path):
   with pytest.raises(_Kill):

@@ -4,6 +4,7 @@ import dataclasses
 import functools
 import json
 import os
+import subprocess
 import threading
 
 import jax
@@ -13,7 +14,7 @@ import pytest
 
 from fusion_jax import (benchmark, checkpoint, configs, data, experiment, hooks, loop, models,
                         optim as optim_lib, runs, steps, training)
-from tests.conftest import FIXTURES, demo_splits
+from tests.conftest import FIXTURES, TORCH_SKIP, demo_splits, torch_python
 
 REF = np.load(os.path.join(FIXTURES, "parity.npz"))
 
@@ -55,6 +56,41 @@ def test_plateau_halves_after_patience_and_never_otherwise():
   again = optim_lib.Plateau(lr=9.0)
   again.load_json(state)
   assert again.step(0.5) == flat.step(0.5)
+
+
+# Inside the relative threshold (1e-4 of 0.5 is 5e-5): 0.50003 is no improvement, 0.50008 is
+# one, and 0.50009 after it is not. What torch's ReduceLROnPlateau(mode="max", patience=1,
+# threshold=1e-4) gives (checked in PyTorch by the next test when torch is there); no
+# threshold, 1e-3, or an absolute 1e-4 each give another sequence.
+INSIDE_THRESHOLD = [0.5, 0.50003, 0.50003, 0.50008, 0.50009, 0.50009]
+INSIDE_THRESHOLD_LRS = [1.0, 1.0, 0.5, 0.5, 0.5, 0.25]
+
+
+def test_plateau_improvement_is_relative_to_the_threshold():
+  plateau = optim_lib.Plateau(lr=1.0, patience=1)
+  assert [plateau.step(m) for m in INSIDE_THRESHOLD] == INSIDE_THRESHOLD_LRS
+
+
+TORCH_PLATEAU = """
+import sys, torch
+p = torch.nn.Parameter(torch.zeros(1))
+opt = torch.optim.SGD([p], lr=1.0)
+s = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=1,
+                                               threshold=1e-4)
+out = []
+for m in sys.argv[1:]:
+  s.step(float(m))
+  out.append(opt.param_groups[0]["lr"])
+print(*out)
+"""
+
+
+@pytest.mark.skipif(torch_python() is None, reason=TORCH_SKIP)
+def test_the_threshold_sequence_is_what_pytorch_gives():
+  proc = subprocess.run([torch_python(), "-c", TORCH_PLATEAU, *map(repr, INSIDE_THRESHOLD)],
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert [float(x) for x in proc.stdout.split()] == INSIDE_THRESHOLD_LRS
 
 
 # ------------------------------------------------------------ small runs
