@@ -7,7 +7,7 @@
   preds, failed = p.predict_files(["a.wav", "b.wav"], transcribe=True)
   preds[0].emotion, preds[0].probabilities, preds[0].relied_on
   p.predict([samples_16k], ["Kids are talking by the door"])   # in-memory audio
-  p.export("exported/")     # StableHLO (jax.export) + model.json: needs jax and numpy only
+  p.export("exported/")     # StableHLO (jax.export) + model.json: runs with jax + flatbuffers only
 
 A run records how its features were made (extractor names and settings from the
 feature files' sidecars, the recipes' standardisation statistics, token limits,
@@ -491,7 +491,7 @@ class Predictor:
     """Writes ``out_dir/model.jaxexport`` (serialized StableHLO, symbolic batch and lengths)
     and ``out_dir/model.json`` (inputs, feature settings, classes, how to call it).
 
-    Loading needs jax and numpy only::
+    Loading needs what ``pip install jax flatbuffers`` installs, nothing more::
 
       exported = jax.export.deserialize(open("model.jaxexport", "rb").read())
       out = exported.call(speech, speech_mask, text, text_mask)   # out["probabilities"]

@@ -4,6 +4,8 @@ unimodal heads' blend chosen on validation (models/floor.py), true-absence evalu
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 from unittest import mock
 
 import flax.linen as nn
@@ -256,6 +258,67 @@ def test_modality_dropout_and_the_floor_resume_exactly(robust_run, tmp_path):
   run = runs.load_run(str(robust_run["dir"] / "whole"), "gated", 0)
   # the best checkpoint holds the blend its epoch chose on validation
   np.testing.assert_allclose(run.params["floor_blend"], whole.best.metrics["floor_blend"])
+
+
+PORTABLE = """
+import importlib.util, json, sys
+sys.path[:0] = [sys.argv[1]]       # -I -S: no site-packages, only the linked packages
+missing = [m for m in ("flax", "optax", "orbax", "fusion_jax") if importlib.util.find_spec(m)]
+assert not missing, f"importable: {missing}"
+import numpy as np
+from jax import export
+d = sys.argv[2]
+exported = export.deserialize(bytearray(open(d + "/model.jaxexport", "rb").read()))
+x = np.load(d + "/inputs.npz")
+out = {}
+for key in sorted({k.rsplit("/", 1)[0] for k in x.files}):
+  got = exported.call(*(x[f"{key}/{n}"] for n in ("speech", "speech_mask", "text", "text_mask")))
+  out[key + "/probabilities"] = np.asarray(got["probabilities"])
+np.savez(d + "/outputs.npz", **out)
+print("PORTABLE_OK", len(out))
+"""
+# What an application needs to run the export: `pip install jax flatbuffers` (jax brings
+# jaxlib, ml_dtypes, numpy, opt_einsum and scipy; flatbuffers reads jax.export's format).
+PORTABLE_PACKAGES = ("jax", "jaxlib", "ml_dtypes", "numpy", "numpy.libs", "opt_einsum",
+                     "scipy", "scipy.libs", "flatbuffers")
+
+
+def test_the_export_runs_at_any_batch_and_length_with_jax_and_flatbuffers_only(
+    robust_run, tmp_path):
+  """Two batch sizes × three lengths through the symbolic dimensions, in a Python that has
+  only what `pip install jax flatbuffers` installs: the unexported function's numbers."""
+  from fusion_jax import predict, runs  # pylint: disable=import-outside-toplevel
+  member = runs.load_run(str(robust_run["dir"] / "whole"), "gated", 0)
+  predictor = predict.Predictor([member], robust_run["exp"])
+  predictor.export(str(tmp_path / "ex"), platforms=("cpu",))
+  fn = jax.jit(predictor.inference_function())
+  rng = np.random.default_rng(5)
+  inputs, want = {}, {}
+  for b in (1, 3):
+    for t, l in ((5, 2), (17, 6), (40, 11)):
+      key = f"b{b}_t{t}_l{l}"
+      sm = (np.arange(t)[None] < rng.integers(1, t + 1, (b, 1))).astype(np.float32)
+      tm = (np.arange(l)[None] < rng.integers(1, l + 1, (b, 1))).astype(np.float32)
+      args = (rng.standard_normal((b, t, 8)).astype(np.float32), sm,
+              rng.standard_normal((b, l, 8)).astype(np.float32), tm)
+      inputs.update({f"{key}/{n}": a for n, a in zip(
+          ("speech", "speech_mask", "text", "text_mask"), args)})
+      want[key] = np.asarray(fn(*args)["probabilities"])
+  np.savez(tmp_path / "ex" / "inputs.npz", **inputs)
+  site = os.path.dirname(os.path.dirname(np.__file__))
+  only = tmp_path / "site"
+  only.mkdir()
+  for name in PORTABLE_PACKAGES:
+    if os.path.exists(os.path.join(site, name)):
+      os.symlink(os.path.join(site, name), only / name)
+  proc = subprocess.run([sys.executable, "-I", "-S", "-c", PORTABLE, str(only),
+                         str(tmp_path / "ex")], capture_output=True, text=True, timeout=300,
+                        cwd=str(tmp_path))
+  assert "PORTABLE_OK 6" in proc.stdout, proc.stderr[-3000:]
+  got = np.load(tmp_path / "ex" / "outputs.npz")
+  for key, probs in want.items():
+    assert probs.shape == (int(key[1]), len(robust_run["names"]))
+    np.testing.assert_allclose(got[key + "/probabilities"], probs, atol=1e-5, err_msg=key)
 
 
 def test_prediction_and_export_take_an_absent_modality(robust_run, tmp_path):

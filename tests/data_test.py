@@ -1,6 +1,7 @@
 """Feature/CSV readers, validation messages, batching, demo data."""
 
 import collections
+import itertools
 
 import numpy as np
 import pandas as pd
@@ -240,6 +241,32 @@ def test_shuffle_is_deterministic_per_seed_and_epoch():
   assert order(0, 0) == order(0, 0)
   assert order(0, 0) != order(0, 1)
   assert order(0, 0) != order(1, 0)
+
+
+def _padded_cost(lengths, buckets, batch_size):
+  """Batch slots × length of bucketing ``lengths`` (each in the first bucket that holds it)."""
+  counts = collections.Counter(next(b for b in buckets if n <= b) for n in lengths)
+  return sum(-(-c // batch_size) * batch_size * b for b, c in counts.items())
+
+
+def test_bucket_boundaries_are_the_brute_force_optimum():
+  """Every set of at most k bucket lengths (multiples of 8, the last the longest) tried: the
+  chosen boundaries cost exactly the least padded batch slots × length."""
+  rng = np.random.default_rng(0)
+  for trial in range(40):
+    n, k, bs = int(rng.integers(1, 30)), int(rng.integers(1, 5)), int(rng.choice([1, 4, 8]))
+    lengths = rng.integers(1, 80, n) if trial % 2 else np.concatenate(
+        [rng.integers(1, 12, n), rng.integers(60, 70, 3)])   # skewed: a few long ones
+    split = data.Split("train", [np.zeros((int(t), 1), np.float32) for t in lengths],
+                       [np.zeros((1, 1), np.float32)] * len(lengths),
+                       np.zeros(len(lengths), np.int64))
+    shapes = data.plan_shapes([split], num_buckets=k, batch_size=bs)
+    longest = -(-int(lengths.max()) // 8) * 8
+    cands = sorted({-(-int(t) // 8) * 8 for t in lengths} - {longest})
+    best = min(_padded_cost(lengths, tuple(c) + (longest,), bs)
+               for r in range(k) for c in itertools.combinations(cands, r))
+    assert len(shapes.speech_buckets) <= k and shapes.speech_buckets[-1] == longest
+    assert _padded_cost(lengths, shapes.speech_buckets, bs) == best, (trial, lengths, k, bs)
 
 
 def test_buckets_cover_every_split_and_reduce_padding():
