@@ -12,13 +12,14 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import numpy as np
 import pandas as pd
 import pytest
 
 from fusion_jax import checkpoint, configs, data, experiment, io_utils, runs, training
 from fusion_jax.features import audio
-from tests.conftest import demo_splits, write_split
+from tests.conftest import write_split
 
 
 # ------------------------------------------------------------------ a tiny training setup
@@ -28,10 +29,16 @@ def tiny(tmp_path_factory):
   spec = data.DemoSpec(sizes=(("train", 24), ("val", 14)), speech_dim=8, text_dim=8,
                        speech_length=(4, 12), text_length=(2, 5), strength=0.5,
                        speech_median=8, text_median=3)
-  p, names, splits = demo_splits(d, spec)
+  return tiny_from_files(data.make_demo_dataset(d, spec))
+
+
+def tiny_from_files(p):
+  """The tiny setup from the demo files ``p`` (also what a killed subprocess trains)."""
+  names = data.class_names_from_csv(p["train"]["csv"])
+  train, val = (data.load_split(s, p[s]["speech"], p[s]["text"], p[s]["csv"],
+                                class_names=names) for s in ("train", "val"))
   cfg = configs.tiny()
   cfg.train.epochs, cfg.train.checkpoint_every_seconds, cfg.data.num_buckets = 4, 0.0, 1
-  train, val = splits["train"], splits["val"]
   exp = experiment.Experiment.create(cfg, names, train=train, val=val, log=lambda m: None)
   return dict(exp=exp, train=train, val=val, paths=p, names=names)
 
@@ -70,6 +77,87 @@ def _same(a, b):
   strip = lambda h: {k: v for k, v in h.items() if k not in ("epoch_seconds",
                                                               "samples_per_second")}
   assert strip(a.history) == strip(b.history) and a.best.epoch == b.best.epoch
+
+
+# ------------------------------------------------------------------ kill -9 (SIGKILL)
+KILLED = """
+import json, os, signal, sys
+sys.path.insert(0, sys.argv[1])
+from tests import reliability_test as rt
+from fusion_jax import checkpoint, experiment
+from orbax.checkpoint._src.path import atomicity
+moment, model_dir = sys.argv[2], sys.argv[3]
+tiny = rt.tiny_from_files(json.loads(sys.argv[4]))
+calls, opened = {"step": 0}, []
+
+def kill(what, resumes_from):
+  print("KILLED", what, "RESUMES", resumes_from, flush=True)
+  os.kill(os.getpid(), signal.SIGKILL)
+
+init = checkpoint.RunCheckpoints.__init__
+def recorded_init(self, *a, **kw):
+  init(self, *a, **kw)
+  opened.append(self)
+checkpoint.RunCheckpoints.__init__ = recorded_init
+
+indices = experiment.DeviceSplit.indices
+def counted_indices(self, rows, batch_size):   # 3 steps an epoch: call 8 is epoch 3, step 2
+  calls["step"] += 1
+  if moment == "mid_epoch" and calls["step"] == 8:
+    for c in opened:   # epochs 1-2's queued saves on disk (the writer thread goes on)
+      c.wait()
+    kill("in epoch 3 at step 2", 2)
+  return indices(self, rows, batch_size)
+experiment.DeviceSplit.indices = counted_indices
+
+finalize = atomicity.AtomicRenameTemporaryPath.finalize
+async def counted_finalize(self):   # in the writer thread: arrays written, not committed
+  if moment == "during_save" and "latest/3" in str(self._final_path):
+    kill("while committing " + str(self._final_path.relative_to(model_dir)), 2)
+  return await finalize(self)
+atomicity.AtomicRenameTemporaryPath.finalize = counted_finalize
+
+save = checkpoint.RunCheckpoints.save
+def between(self, kind, step, state, meta, **kw):
+  if moment == "between_best_and_latest" and kind == "latest" and step >= 2 and (
+      self.steps("best") or [0])[0] == step:   # steps() waited: best and latest - 1 on disk
+    kill(f"after best {step}, before latest {step}", step - 1)
+  return save(self, kind, step, state, meta, **kw)
+checkpoint.RunCheckpoints.save = between
+
+rt._train(tiny, model_dir)
+print("NOT KILLED", calls, flush=True)
+"""
+
+
+def _final_state(model_dir):
+  """The arrays of the last epoch's ``latest`` checkpoint, as orbax reads them."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  path = os.path.join(runs.run_dir(str(model_dir), "concatenation", 0), "latest", "4", "state")
+  return ocp.StandardCheckpointer().restore(path)
+
+
+@pytest.mark.parametrize("moment", ["mid_epoch", "during_save", "between_best_and_latest"])
+def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(tiny, reference,
+                                                                       tmp_path, moment):
+  """A real process killed (SIGKILL: no handler, no flush) mid-epoch, while a background
+  checkpoint is being committed, or between an epoch's best and latest; rerun, it resumes
+  from the newest whole checkpoint and ends with the uninterrupted run's history, best and
+  final weights."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run([sys.executable, "-c", KILLED, repo, moment, str(tmp_path),
+                         json.dumps(tiny["paths"])], capture_output=True, text=True,
+                        timeout=300, cwd=repo)
+  assert proc.returncode == -9 and "KILLED" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+  ckpts = checkpoint.RunCheckpoints(runs.run_dir(str(tmp_path), "concatenation", 0))
+  on_disk = ckpts.latest_step("latest")
+  ckpts.close()
+  assert on_disk == int(proc.stdout.split("RESUMES")[1]), (on_disk, proc.stdout)
+  result = _train(tiny, tmp_path)
+  assert result.resumed_from_epoch == on_disk
+  _same(result, reference[0])
+  jax.tree_util.tree_map(np.testing.assert_array_equal, _final_state(tmp_path),
+                         _final_state(reference[1]))
 
 
 # ------------------------------------------------------------------ identity (cases 3, 5)
