@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from fusion_jax import analysis, configs, data, evaluation, experiment, models, runs, training
+from tests.binaries import assert_png
 from tests.conftest import demo_splits
 
 
@@ -101,9 +102,9 @@ def test_every_new_head_is_analysed_without_head_specific_code(tmp_path):
   out = tmp_path / "separability"
   for v in new:
     assert set(res["results"][v]) == {"temporal", "contextual", "fusion"}
-    assert (out / f"{v}_fusion_pca.png").exists()
+    assert_png(out / f"{v}_fusion_pca.png")
   for name in ("mult_attention_map.png", "bottleneck_attention_map.png",
                "late_modality_weights_by_class.png", "fusion_comparison_all.png"):
-    assert (out / name).exists(), name
+    assert_png(out / name)
   assert any(l.startswith("bottleneck: speech_to_bottleneck_attention") for l in
              res["head_internals"])

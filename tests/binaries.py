@@ -34,6 +34,10 @@ def assert_png(path):
   assert os.path.exists(path), path
   img = matplotlib.image.imread(path)
   assert img.ndim == 3 and img.shape[0] > 50 and img.shape[1] > 50
+  # something is drawn: not one colour, and more than empty axes (about 1% of the pixels)
+  rgb = img[..., :3].reshape(-1, 3)
+  assert rgb.std(0).max() > 0.02, f"{path}: blank image"
+  assert (np.abs(rgb - np.median(rgb, 0)).max(1) > 0.1).mean() > 0.02, f"{path}: nearly empty"
 
 
 def tone_clips(root, rows, seed):

@@ -145,7 +145,13 @@ def test_recipe_ravdess_runs_folds_and_writes_the_table(tmp_path):
   for v in ("speech_only", "concatenation"):
     runs = summary["variants"][v]["runs"]
     assert sorted(r["fold"] for r in runs) == [0, 1]
-    assert all(0.0 <= r["uar"] <= 1.0 for r in runs)
+    for r in runs:   # each fold's UAR is that of its own predictions on its test actors
+      pred = pd.read_csv(tmp_path / "work" / f"fold_{r['fold']}" / "results" / "test_results"
+                         / f"{v}_predictions.csv")
+      recall = pred.groupby("true")["correct"].mean()
+      assert r["uar"] == pytest.approx(recall.mean(), abs=1e-6) and len(recall) == 2
+      test_actors = summary["folds"][r["fold"]]["test"]
+      assert {os.path.basename(os.path.dirname(f)) for f in pred["file"]} == set(test_actors)
   for f in summary["folds"]:   # speaker-independent
     assert not set(f["test"]) & (set(f["train"]) | set(f["val"]))
   table = (tmp_path / "work" / "cv_results.txt").read_text()

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from fusion_jax import configs, experiment, recipes
+from fusion_jax import configs, data, experiment, recipes
 from fusion_jax.data import Split
 
 
@@ -51,7 +51,8 @@ def test_split_fold_and_standardize_use_training_speakers_only():
   np.testing.assert_allclose(s_te.speech[0], (te.speech[0] - raw.mean(0)) / raw.std(0),
                              rtol=1e-5, atol=1e-5)
   assert s_te.paths == te.paths and list(s_te.labels) == list(te.labels)
-  with pytest.raises(Exception, match="speaker"):
+  with pytest.raises(data.DataError, match="x, field 'group': no speaker column to build "
+                     "speaker-independent folds"):
     recipes.split_fold(Split("x", split.speech, split.text, split.labels), fold)
 
 
@@ -104,7 +105,8 @@ def test_holdout_split_moves_whole_groups_reproducibly():
   assert again_val.paths == val.paths and again_train.paths == train.paths
   _, other = recipes.holdout_split(split, 0.2, seed=1)
   assert len(set(other.groups)) == 2
-  with pytest.raises(Exception, match="group"):
+  with pytest.raises(data.DataError, match="x, field 'group': no group column to hold out "
+                     "whole groups"):
     recipes.holdout_split(Split("x", split.speech, split.text, split.labels), 0.2)
 
 

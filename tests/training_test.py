@@ -354,7 +354,20 @@ def test_several_seeds_give_mean_std_and_paired_tests(tiny_data, tmp_path):
   assert summary["comparisons"][0]["n"] == 3
   report = (tmp_path / "r" / "fusion_variants_comparison.txt").read_text()
   assert "Paired t-tests over 3 seeds" in report and "±" in report
-  assert ("exceeds seed noise" in report) or ("within seed noise" in report)
+  # each comparison's line: the paired t-test computed here, and the verdict it implies
+  from scipy import stats  # pylint: disable=import-outside-toplevel
+  for c in summary["comparisons"]:
+    acc = lambda v: np.array([summary["variants"][v]["seeds"][k]["best_val_acc"]
+                              for k in ("0", "1", "2")])
+    d = acc(c["a"]) - acc(c["b"])
+    line = next(l for l in report.splitlines() if l.split()[:2] == [c["a"], c["b"]])
+    assert f"{d.mean():+.4f}" in line
+    if d.std() == 0:
+      assert c["p_value"] is None and " n/a " in line and line.endswith("within seed noise")
+      continue
+    p = 2 * stats.t.sf(abs(d.mean() / (d.std(ddof=1) / np.sqrt(3))), 2)
+    assert c["p_value"] == pytest.approx(p, rel=1e-9) and f" {p:.3f} " in line
+    assert line.endswith("exceeds seed noise" if p < 0.05 else "within seed noise")
 
 
 def test_a_variants_closing_work_runs_beside_the_next_and_its_failure_stops_the_report(
