@@ -251,6 +251,7 @@ def test_modality_dropout_and_the_floor_resume_exactly(robust_run, tmp_path):
   train_in = robust_run["train_in"]
   train_in(tmp_path, 1)
   _, resumed = train_in(tmp_path, 3)
+  assert resumed.resumed_from_epoch == 1   # from the one-epoch run's latest, not from scratch
   whole = robust_run["result"]
   assert strip(resumed.history) == strip(whole.history)
   assert resumed.best.metrics["floor_blend"] == whole.best.metrics["floor_blend"]

@@ -334,7 +334,8 @@ def test_metrics_jsonl_has_no_duplicates_after_resume(tiny_data, shared, tmp_pat
 
   with pytest.raises(_Interrupt):
     training.train_run(exp, "gated", 0, tiny_data["train"], tiny_data["val"], after_epoch=stop)
-  training.train_run(exp, "gated", 0, tiny_data["train"], tiny_data["val"])
+  resumed = training.train_run(exp, "gated", 0, tiny_data["train"], tiny_data["val"])
+  assert resumed.resumed_from_epoch == 3   # epoch 3's latest was saved before the stop
   rows = [json.loads(l) for l in path.read_text().splitlines()]
   assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
   assert {"train_loss", "val_acc", "learning_rate", "samples_per_second"} <= set(rows[0])
