@@ -27,8 +27,8 @@ import numpy as np
 
 from fusion_jax.encoders import hub, weights
 from fusion_jax.errors import ConfigError, DataError
-from fusion_jax.features.tokenizer import HFTokenizer, WordPieceTokenizer
-from fusion_jax.models.layers import Dropout
+from fusion_jax.encoders.tokenizer import HFTokenizer, WordPieceTokenizer
+from fusion_jax.dropout import Dropout
 
 TEXT_TYPES = ("bert", "roberta", "xlm-roberta")
 

