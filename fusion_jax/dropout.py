@@ -2,7 +2,8 @@
 (``encoders/``): a mask hashed from one 32-bit seed per call and each element's index
 in the whole batch, so a microbatched step drops exactly what the whole batch would.
 
-``models.layers`` re-exports these names.
+``models.layers`` builds its attention dropout from them; ``steps`` places microbatches
+with :func:`batch_rows`.
 """
 
 from __future__ import annotations

