@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from fusion_jax import io_utils, plots, reports, runs
+from fusion_jax import html_report, io_utils, plots, reports, runs
 from fusion_jax.data.splits import Split
 from fusion_jax.experiment import Experiment
 from fusion_jax.models import registry
@@ -226,7 +226,9 @@ def analyze(exp: Experiment, runs_: Sequence[runs.Run], split: Split, *,
   # Written as one set: a failed or concurrent run never leaves a mix of pictures.
   with runs.RunLock(exp.results_dir, "separability report", ".separability.lock"), \
       io_utils.replaced_dir(os.path.join(exp.results_dir, "separability")) as out_dir:
-    return _analyze(exp, runs_, split, methods, max_per_class, out_dir)
+    result = _analyze(exp, runs_, split, methods, max_per_class, out_dir)
+  html_report.write(exp.results_dir)
+  return result
 
 
 def _fusion_comparison(results: dict, fused: dict, fused_tsne: dict, labels, class_names,

@@ -81,7 +81,10 @@ class TrainConfig:
   variants: str = knob("original", doc="the original's four fusion heads ('all' adds the "
                        "other heads and the baselines)")
   progress_every: int = knob(0, at_least(0), "0 or more",
-                             "a progress line every N steps (0 = about 10 per epoch)")
+                             "the progress bar (on a terminal) redraws at most every N steps "
+                             "(0 = about 10 per epoch)")
+  tensorboard: bool = knob(True, doc="TensorBoard event files per run in "
+                           "results_dir/tensorboard/{variant}/seed_{seed}")
   checkpoint_every_seconds: float = knob(60.0, at_least(0), "0 or more",
                                          "'latest' (resume) checkpoint cadence; always at the end")
   # the validation metric that picks each run's best checkpoint, drives the plateau

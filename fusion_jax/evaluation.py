@@ -30,7 +30,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from fusion_jax import io_utils, metrics, plots, reports, runs
+from fusion_jax import html_report, io_utils, metrics, plots, reports, runs
 from fusion_jax.data.splits import Split
 from fusion_jax.experiment import Experiment
 from fusion_jax.models import model as model_lib
@@ -386,6 +386,7 @@ def evaluate(exp: Experiment, test: Split, *, variants: Optional[Sequence[str]] 
   with runs.RunLock(exp.results_dir, "test report", ".test_results.lock"), \
       io_utils.replaced_dir(out_dir) as tmp:
     _write_test_files(tmp, summary, by, test, names, failures, text)
+  html_report.write(exp.results_dir)
   log("\n" + text.split("\n2. ")[0].strip())
   log(f"Test results saved to: {out_dir}")
   return summary

@@ -4,6 +4,8 @@
   ``train.checkpoint_every_seconds`` and at the end), best first;
 * :class:`MetricsLog` — one JSON line per run and epoch in ``metrics.jsonl``;
 * :class:`Console` — the run's header, the compile time and one line per run and epoch;
+* :class:`TensorBoard` — TensorBoard event files, one folder per run, flushed every epoch
+  (:func:`read_scalars` reads them back);
 * :class:`AfterEpoch` — calls a function with the epoch number once its checkpoints are on
   disk (tests interrupt a run with it);
 * :class:`Timing` — what the benchmark reads: every epoch's pass times and step issue times.
@@ -14,6 +16,9 @@ A hook of your own subclasses :class:`fusion_jax.loop.Hook` and is passed to
 
 from __future__ import annotations
 
+import glob
+import os
+import struct
 import time
 from typing import Callable, Optional, Sequence
 
@@ -133,6 +138,109 @@ class Console(Hook):
       for seed in group.seeds:
         self.log(f"[{group.variant} seed {seed}] already trained ({group.epochs} epochs); "
                  "reusing checkpoints")
+
+
+# a run's history key → its TensorBoard tag (the history keeps the original's names)
+TENSORBOARD_TAGS = {
+    "train_loss": "train/loss", "train_acc": "train/accuracy",
+    "val_loss": "val/loss", "val_acc": "val/accuracy", "val_uar": "val/uar",
+    "val_macro_f1": "val/macro_f1", "learning_rate": "learning_rate",
+    "epoch_seconds": "time/epoch_seconds", "samples_per_second": "time/samples_per_second"}
+
+
+def tensorboard_dir(logdir: str, variant: str, seed: int) -> str:
+  """One run's event folder: ``{logdir}/{variant}/seed_{seed}`` (TensorBoard lists it as a
+  run named ``variant/seed_N``)."""
+  return os.path.join(logdir, variant, f"seed_{int(seed)}")
+
+
+class TensorBoard(Hook):
+  """Per-epoch scalars of every run as TensorBoard event files, for watching runs live:
+  ``tensorboard --logdir {results_dir}/tensorboard``.
+
+  Scalars (step = epoch): :data:`TENSORBOARD_TAGS`. Written synchronously (tensorboardX's
+  ``EventsWriter``, not its queued ``SummaryWriter``, whose ``flush`` leaves queued events
+  behind) and flushed after every epoch. A resumed run continues its folder in a new file
+  that starts with a purge at its first replayed epoch (TensorBoard's ``purge_step``), so
+  what a killed process wrote after its last checkpoint is dropped; a run whose folder is
+  new (or was deleted) first gets its history so far. On several hosts, process 0 writes.
+
+  Args:
+    logdir: the root folder (``tensorboard/`` in the results folder).
+  """
+
+  def __init__(self, logdir: str):
+    self.logdir, self.writers = logdir, []
+
+  def start(self, group: Group) -> None:
+    if jax.process_index() != 0:
+      return
+    from tensorboardX.event_file_writer import EventsWriter   # (imported when training)
+    from tensorboardX.proto import event_pb2
+    for run in group.runs:
+      folder = tensorboard_dir(self.logdir, run.variant, run.seed)
+      os.makedirs(folder, exist_ok=True)
+      earlier = glob.glob(os.path.join(folder, "events.out.tfevents.*"))
+      # (files are named by the second they open in: the count keeps a resume within the
+      # same second from overwriting the last file, and sorts after it)
+      writer = EventsWriter(os.path.join(folder, "events"), f".{len(earlier):04d}")
+      if earlier:
+        writer.write_event(event_pb2.Event(
+            wall_time=time.time(), step=run.epoch + 1,
+            session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+      else:
+        for e in range(1, run.epoch + 1):
+          self._write(writer, run.epoch_record(e), e)
+      writer.flush()
+      self.writers.append(writer)
+
+  @staticmethod
+  def _write(writer, record: dict, epoch: int) -> None:
+    from tensorboardX.proto import event_pb2, summary_pb2
+    values = [summary_pb2.Summary.Value(tag=tag, simple_value=float(record[key]))
+              for key, tag in TENSORBOARD_TAGS.items() if record.get(key) is not None]
+    writer.write_event(event_pb2.Event(wall_time=time.time(), step=int(epoch),
+                                       summary=summary_pb2.Summary(value=values)))
+
+  def epoch_end(self, group: Group, end: EpochEnd) -> None:
+    for writer, run in zip(self.writers, group.runs):
+      self._write(writer, run.epoch_record(run.epoch), run.epoch)
+      writer.flush()
+
+  def end(self, group: Group) -> None:
+    for writer in self.writers:
+      writer.close()
+    self.writers = []
+
+
+def read_scalars(folder: str) -> dict:
+  """The scalars of one run's event folder (:func:`tensorboard_dir`) as TensorBoard shows
+  them: ``{tag: [(step, value), ...]}`` sorted by step, a purge (a resumed run's
+  ``purge_step``) dropping what earlier files held from that step on.
+
+  Reads the TFRecord framing (length, CRC, Event protobuf, CRC) with tensorboardX's protos
+  (TensorBoard itself is not needed); a file cut short by a kill ends at its last whole
+  record.
+  """
+  from tensorboardX.proto import event_pb2
+  scalars: dict = {}
+  for path in sorted(glob.glob(os.path.join(folder, "events.out.tfevents.*"))):
+    with open(path, "rb") as f:
+      data = f.read()
+    pos = 0
+    while pos + 12 <= len(data):
+      (length,) = struct.unpack_from("<Q", data, pos)
+      if pos + 12 + length + 4 > len(data):
+        break
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      pos += 12 + length + 4
+      if event.HasField("session_log") and event.session_log.status == event_pb2.SessionLog.START:
+        for tag in scalars:
+          scalars[tag] = {s: v for s, v in scalars[tag].items() if s < event.step}
+      for value in event.summary.value:
+        if value.HasField("simple_value"):
+          scalars.setdefault(value.tag, {})[int(event.step)] = float(value.simple_value)
+  return {tag: sorted(points.items()) for tag, points in scalars.items()}
 
 
 class AfterEpoch(Hook):

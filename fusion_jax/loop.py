@@ -26,6 +26,7 @@ from typing import Any, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tqdm
 
 from fusion_jax import configs, passes, sharding
 from fusion_jax import steps as steps_lib
@@ -154,7 +155,9 @@ def train_epoch(exp: Experiment, steps: steps_lib.Steps, state, data, split: Spl
   plans = [batching.batch_indices(split, shapes, bs, shuffle=True, seed=s, epoch=epoch)
            for s in seeds]
   every = exp.config.train.progress_every or max(1, len(plans[0]) // 10)
-  show = len(plans[0]) >= 20 and sys.stdout.isatty()
+  bar = (tqdm.tqdm(total=len(plans[0]), desc=f"  epoch {epoch + 1}", unit="step", leave=False,
+                   miniters=every, file=sys.stderr, dynamic_ncols=True)
+         if len(plans[0]) >= 20 and sys.stderr.isatty() else None)
   for i, steps_i in enumerate(zip(*plans)):
     t0 = time.perf_counter()
     b = steps_i[0][0]
@@ -164,10 +167,10 @@ def train_epoch(exp: Experiment, steps: steps_lib.Steps, state, data, split: Spl
                             sharding.shard_rows(idx, exp.mesh, axis=1), dropout_keys)
     if issue_seconds is not None:
       issue_seconds.append(time.perf_counter() - t0)
-    if show and (i + 1) % every == 0 and i + 1 < len(plans[0]):
-      print(f"\r  epoch {epoch + 1}: step {i + 1}/{len(plans[0])}", end="", flush=True)
-  if show:
-    print("\r", end="")
+    if bar is not None:
+      bar.update(1)
+  if bar is not None:
+    bar.close()
   return state, jax.device_get(acc)  # the one host sync of the epoch
 
 

@@ -23,7 +23,7 @@ from typing import Callable, Optional, Sequence
 
 import jax
 
-from fusion_jax import checkpoint, configs, io_utils, loop, reports, runs
+from fusion_jax import checkpoint, configs, html_report, io_utils, loop, reports, runs
 from fusion_jax import hooks as hooks_lib
 from fusion_jax import ledger as ledger_lib
 from fusion_jax import optim as optim_lib
@@ -238,6 +238,8 @@ def _train(exp, variant, seeds, train, val, ckpts_list, fingerprint, extra_hooks
     standard = [hooks_lib.Checkpoints(ckpts, meta, cfg.train.checkpoint_every_seconds,
                                       background=_off_main_thread())]
     standard += [hooks_lib.MetricsLog(jsonl)] if jsonl else []
+    standard += ([hooks_lib.TensorBoard(os.path.join(exp.results_dir, "tensorboard"))]
+                 if exp.results_dir and cfg.train.tensorboard else [])
     standard += [hooks_lib.Console(exp.log, len(train), exp.ledger)]
     loop.train_group(exp, group, train, val, standard + list(extra_hooks))
     # (the last epoch's checkpoints are on disk when the caller closes ckpts_list)
@@ -352,6 +354,7 @@ def train_and_evaluate(exp: Experiment, train: Split, val: Split, *,
             io_utils.staged_files(results_dir) as out:
           reports.write_training_reports(plots_dir, out, exp, results, summary)
           finish.raise_failed()
+        html_report.write(results_dir)
       except BaseException as e:   # (the queued jobs still run; say which of them failed)
         finish.log_other_failures(e, log)
         raise
@@ -359,7 +362,8 @@ def train_and_evaluate(exp: Experiment, train: Split, val: Split, *,
     kept = {(v, s) for v in variants for s in seeds}
     jsonl.replace(lambda r: (r.get("variant"), r.get("seed")) not in kept, [])
   log(reports.training_console_summary(summary))
-  log(f"All results saved to: {results_dir}\nAll models saved to: {exp.model_dir}")
+  log(f"All results saved to: {results_dir} (report.html gathers them)\n"
+      f"All models saved to: {exp.model_dir}")
   return summary
 
 

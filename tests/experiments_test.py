@@ -2,13 +2,18 @@
 trained and evaluated run; the binaries that make their own data (extraction, recipes,
 prediction and export, benchmark, --help) are in experiments_standalone_test.py."""
 
+import html
+import html.parser
 import json
 import os
+import re
+import shutil
+import subprocess
 
 import pandas as pd
 import pytest
 
-from fusion_jax import data, models
+from fusion_jax import data, hooks, models
 from tests.binaries import TINY, assert_png, run
 
 VARIANTS = models.variant_names(original=True)   # the new heads: models_test, analysis_test
@@ -295,6 +300,100 @@ def test_evaluate_writes_every_expected_file(evaluated):
         else:
           assert not path.exists()
   assert_png(sep / "fusion_comparison_all.png")
+
+
+class _Page(html.parser.HTMLParser):
+  """The tables (id → rows of cell text) and image sources of an HTML page."""
+
+  def __init__(self):
+    super().__init__()
+    self.tables, self.images, self._table, self._row = {}, [], None, None
+
+  def handle_starttag(self, tag, attrs):
+    attrs = dict(attrs)
+    if tag == "table":
+      self._table = self.tables.setdefault(attrs.get("id"), [])
+    elif tag == "tr" and self._table is not None:
+      self._row = []
+      self._table.append(self._row)
+    elif tag == "img":
+      self.images.append(attrs["src"])
+
+  def handle_endtag(self, tag):
+    if tag == "table":
+      self._table = None
+
+  def handle_data(self, text):
+    if self._row is not None and text.strip():
+      self._row.append(text.strip())
+
+
+CHECK_SCRIPT = """<script>
+window.addEventListener('load', () => {
+  const broken = [...document.images].filter(i => !(i.complete && i.naturalWidth > 0))
+                                     .map(i => i.getAttribute('src'));
+  const out = document.createElement('pre'); out.id = 'browser-check';
+  out.textContent = JSON.stringify({images: document.images.length, broken: broken,
+      tables: [...document.querySelectorAll('table')].map(t => [t.id, t.rows.length])});
+  document.body.appendChild(out);
+});
+</script></body>"""
+
+
+def test_report_html_shows_every_table_and_figure(evaluated, tmp_path):
+  d, stdout = evaluated
+  res = d / "results"
+  page = _Page()
+  page.feed((res / "report.html").read_text())
+  # every table, with a row per variant (and a header)
+  summary = json.loads((res / "summary.json").read_text())
+  assert set(page.tables) == {"validation-table", "test-table", "per-class-table",
+                              "separability-table"}
+  for name in ("validation-table", "test-table", "per-class-table"):
+    assert sorted(r[0] for r in page.tables[name][1:]) == sorted(VARIANTS), name
+  assert [r[0] for r in page.tables["validation-table"][1:]] == summary["ranking"]
+  blocks = sum(len(models.get_variant(v).blocks) for v in VARIANTS)
+  assert len(page.tables["separability-table"]) == 1 + blocks
+  # every figure the three folders hold, once, by a relative link that resolves
+  pngs = sorted(str(p.relative_to(res)) for p in res.glob("*/*.png"))
+  assert len(pngs) > 3 * len(VARIANTS) and sorted(page.images) == pngs
+  text = (res / "report.html").read_text()
+  assert "failure_cases_report.txt" in text and "modality_ablation.txt" in text
+  # the same in a browser: every image loads, every table is there, and a screenshot
+  browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which(
+      "google-chrome")
+  if browser is None:
+    pytest.skip("no chromium on PATH (Debian: apt-get install chromium); the page's "
+                "structure was checked above")
+  check = res / "report_browser_check.html"   # beside the page: the same relative links
+  check.write_text(text.replace("</body>", CHECK_SCRIPT))
+  flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+           f"--user-data-dir={tmp_path / 'profile'}"]
+  try:
+    dom = subprocess.run([browser, *flags, "--virtual-time-budget=30000", "--dump-dom",
+                          check.as_uri()], capture_output=True, text=True, timeout=180)
+  finally:
+    check.unlink()
+  found = re.search(r'<pre id="browser-check">(.*?)</pre>', dom.stdout, re.S)
+  assert found, dom.stderr[-2000:]
+  result = json.loads(html.unescape(found.group(1)))
+  assert result["broken"] == [] and result["images"] == len(pngs)
+  assert {t for t, rows in result["tables"] if rows > 1} == set(page.tables)
+  shot = tmp_path / "report.png"
+  subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1300,2400",
+                  (res / "report.html").as_uri()], capture_output=True, timeout=180, check=True)
+  assert_png(shot)
+
+
+def test_train_writes_tensorboard_events_for_every_run(trained):
+  d, _ = trained
+  rows = [json.loads(l) for l in (d / "results" / "metrics.jsonl").read_text().splitlines()]
+  for v in VARIANTS:
+    scalars = hooks.read_scalars(hooks.tensorboard_dir(str(d / "results" / "tensorboard"), v, 0))
+    mine = [r for r in rows if r["variant"] == v]
+    for key, tag in hooks.TENSORBOARD_TAGS.items():
+      assert [s for s, _ in scalars[tag]] == [1, 2], (v, tag)
+      assert [x for _, x in scalars[tag]] == pytest.approx([r[key] for r in mine], rel=1e-6)
 
 
 def test_evaluate_without_checkpoints_fails_clearly(tmp_path, trained):

@@ -339,6 +339,33 @@ def test_metrics_jsonl_has_no_duplicates_after_resume(tiny_data, shared, tmp_pat
   rows = [json.loads(l) for l in path.read_text().splitlines()]
   assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
   assert {"train_loss", "val_acc", "learning_rate", "samples_per_second"} <= set(rows[0])
+  # the TensorBoard events hold the same epochs once each, with the same values
+  scalars = hooks.read_scalars(hooks.tensorboard_dir(str(tmp_path / "tensorboard"), "gated", 0))
+  assert set(scalars) == set(hooks.TENSORBOARD_TAGS.values())
+  for key, tag in hooks.TENSORBOARD_TAGS.items():
+    assert [s for s, _ in scalars[tag]] == [1, 2, 3, 4], tag
+    np.testing.assert_allclose([v for _, v in scalars[tag]], [r[key] for r in rows], rtol=1e-6,
+                               err_msg=tag)
+
+
+def test_tensorboard_purge_drops_what_a_killed_run_wrote_after_its_checkpoint(tmp_path):
+  from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+  folder = hooks.tensorboard_dir(str(tmp_path), "gated", 3)
+  first = SummaryWriter(folder)   # the killed process: epochs 1-5, checkpoint after 2
+  for e in range(1, 6):
+    first.add_scalar("val/accuracy", 0.1 * e, e)
+  first.close()
+  second = SummaryWriter(folder, purge_step=3, filename_suffix=".resumed")
+  for e in (3, 4):
+    second.add_scalar("val/accuracy", 0.5 + e, e)
+  second.close()
+  got = hooks.read_scalars(folder)["val/accuracy"]
+  assert [s for s, _ in got] == [1, 2, 3, 4]
+  np.testing.assert_allclose([v for _, v in got], [0.1, 0.2, 3.5, 4.5], rtol=1e-6)
+  # a file cut short mid-record (a kill) ends at its last whole record
+  path = sorted((tmp_path / "gated" / "seed_3").glob("events.out.tfevents.*"))[-1]
+  path.write_bytes(path.read_bytes()[:-7])
+  assert [s for s, _ in hooks.read_scalars(folder)["val/accuracy"]] == [1, 2, 3]
 
 
 def test_several_seeds_give_mean_std_and_paired_tests(tiny_data, tmp_path):

@@ -172,7 +172,8 @@ class ExtractionResult:
 
 
 class Progress:
-  """A dependency-free progress line on stderr (a bar on a terminal, 10% steps otherwise)."""
+  """Progress on stderr: a tqdm bar on a terminal; in a log (not a terminal), one line per
+  10 % (``label: done/total (pct) rate/s, eta m:ss``), which reads well in files."""
 
   def __init__(self, total: int, label: str, stream=None, enabled: bool = True):
     self.total, self.label, self.done = total, label, 0
@@ -180,25 +181,29 @@ class Progress:
     self.enabled = enabled and total > 0
     self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
     self.start, self._last_decile = time.perf_counter(), -1
+    self.bar = None
+    if self.enabled and self.tty:
+      import tqdm
+      self.bar = tqdm.tqdm(total=total, desc=label, file=self.stream, unit="item",
+                           dynamic_ncols=True)
 
   def update(self, n: int) -> None:
     self.done += n
     if not self.enabled:
       return
-    frac = self.done / self.total
-    rate = self.done / max(time.perf_counter() - self.start, 1e-9)
-    eta = (self.total - self.done) / max(rate, 1e-9)
-    line = (f"{self.label}: {self.done}/{self.total} ({frac:.0%}) {rate:.1f}/s, "
-            f"eta {int(eta) // 60}:{int(eta) % 60:02d}")
-    if self.tty:
-      bar = "#" * int(30 * frac)
-      self.stream.write(f"\r[{bar:<30}] {line}")
+    if self.bar is not None:
+      self.bar.update(n)
       if self.done >= self.total:
-        self.stream.write("\n")
-    elif int(frac * 10) > self._last_decile:
+        self.bar.close()
+      return
+    frac = self.done / self.total
+    if int(frac * 10) > self._last_decile:
       self._last_decile = int(frac * 10)
-      self.stream.write(line + "\n")
-    self.stream.flush()
+      rate = self.done / max(time.perf_counter() - self.start, 1e-9)
+      eta = (self.total - self.done) / max(rate, 1e-9)
+      self.stream.write(f"{self.label}: {self.done}/{self.total} ({frac:.0%}) {rate:.1f}/s, "
+                        f"eta {int(eta) // 60}:{int(eta) % 60:02d}\n")
+      self.stream.flush()
 
 
 def _parts_dir(out_path: str) -> str:
