@@ -1,11 +1,14 @@
 r"""Applies a trained run to new recordings: emotion, every class's probability, and what the
 fusion head relied on, per file. Optionally exports the model for applications.
 
+  python experiments/predict.py my_clip.wav --transcribe     # the shipped RAVDESS model
   python experiments/predict.py --run runs/ravdess --inputs new_clips/ --transcribe
   python experiments/predict.py --run models/fusion_pipeline --inputs manifest.csv \
     --output predictions.csv
   python experiments/predict.py --run runs/ravdess --export exported/   # StableHLO + JSON
 
+Without --run, the shipped model predicts (--model ravdess: Whisper tiny.en + MiniLM, a
+4-fold ensemble trained on RAVDESS actors 01-16; its figures and licence in the README).
 --run is a model directory (train.py's --model_dir) or a recipe's --work_dir; the
 variant is the one best on validation unless --variants names one; every seed (and
 fold) of it forms an ensemble. --inputs takes wav files, folders of them, or a manifest
@@ -15,6 +18,10 @@ CSV path[,transcript]. A text-only model needs transcripts: from the manifest, o
 (text alone): the missing modality is absent, and each row says what it used. Features
 are recomputed exactly as the run's were (extractor, pooling, standardisation, token
 limit, all recorded in the run).
+
+A recording longer than --timeline_seconds becomes a timeline (segments cut at pauses,
+each predicted): <recording>.timeline.csv (start, end, emotion, confidence, transcript,
+p_<class>...), .jsonl and .png beside --output.
 
 Writes --output (CSV: file, transcript, modalities, speech_present, text_present,
 predicted, confidence, p_<class>..., and the head's gates / modality weights / attention
@@ -34,7 +41,12 @@ from absl import flags
 from fusion_jax import cli
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("run", None, "Model directory or recipe work directory to predict with.")
+flags.DEFINE_string("run", None, "Model directory or recipe work directory to predict with "
+                    "(instead of --model).")
+flags.DEFINE_string("model", None, "A packed model: a shipped one by name (ravdess: Whisper "
+                    "tiny.en + MiniLM, trained on RAVDESS; needs scripts/setup.sh --features) or "
+                    "a folder with model.json + params.npz. Default when --run is not given: "
+                    "ravdess.")
 flags.DEFINE_multi_string("inputs", [], "Audio: wav files, folders of wav files, or a manifest "
                           "CSV (path[,transcript]). Repeatable; positional arguments work too.")
 flags.DEFINE_bool("transcribe", False, "Transcribe the audio with Whisper tiny.en (JAX) for "
@@ -53,6 +65,16 @@ flags.DEFINE_integer("batch_frames", None, "The most padded frames in one batch 
                      "(speech frames + text tokens)): a long clip is batched with few others "
                      "or alone, so memory stays bounded; 0 = --batch_size rows whatever their "
                      "length. Default: predict.Predictor.BATCH_FRAMES (8192).", lower_bound=0)
+flags.DEFINE_float("timeline_seconds", 30.0, "A recording longer than this many seconds "
+                   "becomes a timeline: cut where it pauses into segments of at most "
+                   "--segment_seconds, each predicted (and transcribed with --transcribe), "
+                   "written beside --output as <recording>.timeline.csv / .jsonl / .png; its "
+                   "CSV row is the segments' duration-weighted mean. 0 = never.", lower_bound=0)
+flags.DEFINE_float("segment_seconds", 8.0, "The longest timeline segment, in seconds (> 1).",
+                   lower_bound=1.0)
+flags.DEFINE_bool("allow_upsampling", False, "Predict from recordings below the model's "
+                  "sample rate (e.g. 8 kHz telephone audio), resampled up; by default they are "
+                  "refused: the model never heard audio without its upper band.")
 flags.DEFINE_string("speech_model", None, "Runs trained on --speech_extractor=hf features: "
                     "where the Hugging Face snapshot is now (folder or cached id), if not where "
                     "it was at extraction. Its weights must be the very same (SHA-256).")
@@ -64,7 +86,8 @@ flags.adopt_module_key_flags(cli)
 
 def main(argv):
   config = cli.config_from_flags()
-  cli.require("a model or recipe directory", run=FLAGS.run)
+  if FLAGS.run and FLAGS.model:
+    cli.fail("give --run (a trained model directory) or --model (a packed model), not both")
   if FLAGS.output.endswith(".jsonl"):
     cli.fail(f"--output={FLAGS.output}: give the CSV's path; the JSON lines go beside it "
              "(.jsonl)")
@@ -78,11 +101,17 @@ def main(argv):
       cli.fail(f"--variants={config.train.variants}: predict uses one variant")
     variant = names[0]
   seeds = experiment.parse_seeds(config.train.seeds) if cli.explicit("train.seeds") else None
-  predictor = predict.Predictor.from_run(
-      FLAGS.run, variant, seeds, config,
-      encoders={"speech": FLAGS.speech_model, "text": FLAGS.text_model},
-      **{k: v for k, v in (("max_frames", FLAGS.max_frames),
-                           ("batch_frames", FLAGS.batch_frames)) if v is not None})
+  limits = {k: v for k, v in (("max_frames", FLAGS.max_frames),
+                               ("batch_frames", FLAGS.batch_frames)) if v is not None}
+  if FLAGS.run:
+    predictor = predict.Predictor.from_run(
+        FLAGS.run, variant, seeds, config,
+        encoders={"speech": FLAGS.speech_model, "text": FLAGS.text_model}, **limits)
+  else:
+    if variant is not None or seeds is not None:
+      cli.fail("--variants / --seeds choose among a --run's runs; a packed model (--model) "
+               "is one ensemble")
+    predictor = predict.Predictor.from_model(FLAGS.model or "ravdess", config, **limits)
   if FLAGS.export:
     out = predictor.export(FLAGS.export)
     print(f"Exported {predictor.variant} to {out['path']} ({out['bytes'] / 2**20:.1f} MB, "
@@ -97,7 +126,10 @@ def main(argv):
                         specs + list(paths))   # before any work, not after it
   preds, failures = predictor.predict_files(paths, transcripts, transcribe=FLAGS.transcribe,
                                             batch_size=FLAGS.batch_size,
-                                            progress=FLAGS.progress)
+                                            progress=FLAGS.progress,
+                                            timeline_seconds=FLAGS.timeline_seconds,
+                                            segment_seconds=FLAGS.segment_seconds,
+                                            upsample=FLAGS.allow_upsampling)
   if not preds:
     print(f"No file could be used; {FLAGS.output} is left as it was.", flush=True)
   else:
@@ -109,6 +141,10 @@ def main(argv):
     print(f"... ({len(preds) - 20} more)")
   if preds:
     print(f"Wrote {FLAGS.output} and {jsonl}: {len(preds)} files", flush=True)
+    for path in predict.write_timelines(preds, os.path.dirname(os.path.abspath(FLAGS.output)),
+                                        predictor.class_names, inputs=specs + list(paths)):
+      stem = path[:-len(".csv")]
+      print(f"Timeline: {path} (and {os.path.basename(stem)}.jsonl, .png)", flush=True)
   if failures:
     print(f"{len(failures)} file(s) could not be used:", flush=True)
     for path, message in failures:

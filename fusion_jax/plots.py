@@ -139,3 +139,35 @@ def bar_groups(values: dict, labels: Sequence[str], title: str, ylabel: str, pat
   ax.grid(True, axis="y", alpha=0.3)
   fig.tight_layout()
   save(fig, path)
+
+
+def timeline(segments: Sequence[dict], class_names: Sequence[str], title: str, path) -> None:
+  """A long recording's emotion over time: every class's probability per speech segment
+  (steps over each segment's span, gaps where no one speaks) above a band coloured by the
+  predicted emotion.
+
+  Args:
+    segments: ``[{start, end, emotion, probabilities: {class: p}}]`` (seconds), in order.
+  """
+  fig, (ax, band) = plt.subplots(2, 1, figsize=(12, 4.8), sharex=True,
+                                 gridspec_kw=dict(height_ratios=[4, 0.6]))
+  for k, name in enumerate(class_names):
+    color = COLORS[k % len(COLORS)]
+    for j, s in enumerate(segments):
+      ax.plot([s["start"], s["end"]], [s["probabilities"][name]] * 2, color=color, lw=2.2,
+              label=name if j == 0 else None)
+  for s in segments:
+    k = list(class_names).index(s["emotion"])
+    band.axvspan(s["start"], s["end"], color=COLORS[k % len(COLORS)], alpha=0.85)
+    if s["end"] - s["start"] > 0.04 * (segments[-1]["end"] - segments[0]["start"]):
+      band.text((s["start"] + s["end"]) / 2, 0.5, s["emotion"], ha="center", va="center",
+                fontsize=8, color="white", fontweight="bold")
+  ax.set_ylim(0, 1)
+  ax.set_ylabel("Probability")
+  ax.set_title(title, fontsize=12, fontweight="bold")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5))
+  band.set_yticks([])
+  band.set_xlabel("Time (s)")
+  band.set_xlim(0, max(s["end"] for s in segments))
+  save(fig, path)

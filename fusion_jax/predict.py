@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from jax import export
 
-from fusion_jax import configs, io_utils, runs, features
+from fusion_jax import configs, features, io_utils, plots, pretrained, runs
 from fusion_jax.data import batching
 from fusion_jax.data.errors import DataError
 from fusion_jax.errors import ConfigError
@@ -61,8 +61,11 @@ class Prediction:
       for attention onto bottleneck tokens, also the share of attention they get).
     modalities: what the prediction used ("speech+text", "speech" for a clip without a
       transcript, "text" for a transcript without audio).
-    segments: how many pieces a long clip was cut into (:attr:`Predictor.max_frames`);
-      its probabilities are their frame-weighted mean.
+    segments: how many pieces a long clip was cut into (:attr:`Predictor.max_frames`, or
+      the speech segments of a timeline); its probabilities are their weighted mean.
+    timeline: for a long recording (``predict_files(timeline_seconds=…)``), one dict per
+      speech segment: ``start``, ``end`` (seconds), ``emotion``, ``confidence``,
+      ``probabilities``, ``transcript``, ``modalities``.
   """
   name: str
   transcript: str
@@ -72,6 +75,7 @@ class Prediction:
   relied_on: dict
   modalities: str = ""
   segments: int = 1
+  timeline: list = dataclasses.field(default_factory=list)
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
@@ -194,6 +198,20 @@ class Predictor:
     log(f"Predicting with {variant}: {len(members)} run(s) ({', '.join(m.source for m in members)})")
     predictor = cls(members, exp, encoders, **limits)
     predictor.root = os.path.abspath(os.fspath(path))
+    return predictor
+
+  @classmethod
+  def from_model(cls, name: str, config=None, log: Callable[[str], None] = print,
+                 **limits) -> "Predictor":
+    """A packed model (:mod:`fusion_jax.pretrained`): a shipped one by name (``"ravdess"``)
+    or a folder holding ``model.json`` + ``params.npz``."""
+    members = pretrained.load(name)
+    card = pretrained.describe(name).get("card", {})
+    exp = Experiment.create(config or configs.default(), members[0].class_names, log=log)
+    log(f"Predicting with the packed model {name!r}: {members[0].variant}, {len(members)} "
+        f"run(s)" + (f"; {card['summary']}" if card.get("summary") else ""))
+    predictor = cls(members, exp, **limits)
+    predictor.root = pretrained.model_dir(name)
     return predictor
 
   # -- how inputs are made
@@ -390,8 +408,17 @@ class Predictor:
 
   def predict_files(self, paths: Sequence[str], transcripts: Optional[Sequence[str]] = None, *,
                     transcribe: bool = False, batch_size: int = 16,
-                    progress: bool = True) -> tuple:
+                    progress: bool = True, timeline_seconds: float = 0.0,
+                    segment_seconds: float = 8.0, upsample: bool = True) -> tuple:
     """Predictions for audio files, batched; unreadable or silent files are not fatal.
+
+    A recording longer than ``timeline_seconds`` (0 = never) becomes a timeline: it is cut
+    where it pauses (:func:`fusion_jax.features.audio.speech_segments`, segments of at most
+    ``segment_seconds``), each segment is predicted (and transcribed, with ``transcribe``;
+    a transcript given for the whole recording is not used), and the file's prediction is
+    their duration-weighted mean, with the segments in :attr:`Prediction.timeline`. A
+    segment that fails is listed among the failures; the others stand. ``upsample=False``
+    refuses recordings below the features' sample rate (8 kHz telephone audio).
 
     Returns:
       ``(predictions, failures)``, failures ``[(path, message)]`` in input order.
@@ -421,7 +448,14 @@ class Predictor:
           ok.append(i)
           continue
         try:
-          clips.append(features.audio.read_audio(paths[i], sample_rate))
+          clip = features.audio.read_audio(paths[i], sample_rate, upsample=upsample)
+          if timeline_seconds and self.spec.reads("speech") and \
+              len(clip) > timeline_seconds * sample_rate:
+            long = self._predict_long(paths[i], clip, sample_rate, transcribe, batch_size,
+                                      segment_seconds, failures)
+            preds += [long] if long is not None else []
+            continue
+          clips.append(clip)
           ok.append(i)
           if seen and len(clips[-1]) > seen * sample_rate:
             self.exp.log(f"warning: {paths[i]} is {len(clips[-1]) / sample_rate:.1f} s; only "
@@ -441,6 +475,51 @@ class Predictor:
         preds += self.predict(clips, texts, names, batch_size)
       bar.update(len(chunk))
     return preds, failures
+
+  def _predict_long(self, path: str, clip: np.ndarray, sample_rate: int, transcribe: bool,
+                    batch_size: int, segment_seconds: float, failures: list):
+    """One long recording as a timeline (:meth:`predict_files`); None when no segment
+    could be predicted (the reasons are appended to ``failures``)."""
+    spans = features.audio.speech_segments(clip, sample_rate, max_seconds=segment_seconds)
+    if not spans:
+      failures.append((path, f"{path}: no speech found in {len(clip) / sample_rate:.1f} s "
+                       "(every frame is near silence)"))
+      return None
+    pieces = [clip[a:b] for a, b in spans]
+    names = [f"{path} [{a / sample_rate:.2f}-{b / sample_rate:.2f} s]" for a, b in spans]
+    texts = None
+    if transcribe and self.spec.reads("text"):
+      texts = [t or None for t in self.transcriber().transcribe(pieces)]
+    try:
+      got = self.predict(pieces, texts, names, batch_size)
+    except DataError:   # find the failing segments; the others stand
+      got = []
+      for j in range(len(pieces)):
+        try:
+          got += self.predict([pieces[j]], [texts[j]] if texts else None, [names[j]], 1)
+        except DataError as e:
+          failures.append((names[j], str(e)))
+          got.append(None)
+    kept = [(span, g) for span, g in zip(spans, got) if g is not None]
+    if not kept:
+      return None
+    weights = np.asarray([b - a for (a, b), _ in kept], np.float64)
+    weights /= weights.sum()
+    probs = sum(w * np.asarray([g.probabilities[c] for c in self.class_names])
+                for w, (_, g) in zip(weights, kept))
+    k = int(np.argmax(probs))
+    keys = set.intersection(*(set(g.relied_on) for _, g in kept))
+    used = [m for m in registry.MODALITIES if any(m in g.modalities.split("+") for _, g in kept)]
+    timeline = [dict(start=a / sample_rate, end=b / sample_rate, emotion=g.emotion,
+                     confidence=g.confidence, probabilities=g.probabilities,
+                     transcript=g.transcript, modalities=g.modalities) for (a, b), g in kept]
+    return Prediction(
+        name=path, transcript=" ".join(g.transcript for _, g in kept if g.transcript),
+        emotion=self.class_names[k], confidence=float(probs[k]),
+        probabilities={c: float(probs[j]) for j, c in enumerate(self.class_names)},
+        relied_on={key: float(sum(w * g.relied_on[key] for w, (_, g) in zip(weights, kept)))
+                   for key in sorted(keys)},
+        modalities="+".join(used), segments=len(kept), timeline=timeline)
 
   def _relative(self, member: runs.Run) -> str:
     """A member's source relative to the run it was loaded from (``variant/seed_N`` when
@@ -691,6 +770,54 @@ def write_predictions(preds: Sequence[Prediction], output: str,
             dict(format=1, rows=len(preds)), lock=f".{os.path.basename(stem)}.lock",
             what="prediction set", user_path=output)
   return jsonl
+
+
+def timeline_rows(pred: Prediction) -> list:
+  """A timeline's rows as its CSV has them: start, end, emotion, confidence, modalities,
+  transcript, p_<class>…"""
+  return [dict(start=round(t["start"], 3), end=round(t["end"], 3), emotion=t["emotion"],
+               confidence=t["confidence"], modalities=t["modalities"],
+               transcript=t["transcript"], **{f"p_{k}": v for k, v in t["probabilities"].items()})
+          for t in pred.timeline]
+
+
+def write_timelines(preds: Sequence[Prediction], directory: str, class_names: Sequence[str],
+                    inputs: Sequence[str] = ()) -> list:
+  """For each prediction with a timeline, ``{recording stem}.timeline.csv``, ``.jsonl``
+  and ``.png`` in ``directory`` (as one set, like :func:`write_predictions`; a stem that
+  two recordings share gets ``_2``, ``_3``…). Returns the CSV paths."""
+  directory = os.path.abspath(os.fspath(directory))
+  out, taken = [], set()
+  for p in preds:
+    if not p.timeline:
+      continue
+    base = os.path.splitext(os.path.basename(p.name))[0]
+    stem, n = base, 1
+    while stem in taken:
+      n += 1
+      stem = f"{base}_{n}"
+    taken.add(stem)
+    names = {k: f"{stem}.timeline.{k}" for k in ("csv", "jsonl", "png")}
+    check_outputs([os.path.join(directory, v) for v in names.values()], inputs)
+
+    def write_csv(path, p=p):
+      with open(path, "w", encoding="utf-8", newline="") as f:
+        pd.DataFrame(timeline_rows(p)).to_csv(f, index=False)
+
+    def write_jsonl(path, p=p):
+      with open(path, "w", encoding="utf-8") as f:
+        f.write("".join(json.dumps(dict(file=p.name, **t)) + "\n" for t in p.timeline))
+
+    def write_png(path, p=p):
+      plots.timeline(p.timeline, class_names, f"{os.path.basename(p.name)}: emotion over time "
+                     f"({len(p.timeline)} segments; overall {p.emotion} {p.confidence:.2f})",
+                     path)
+    write_set(directory, {names["csv"]: write_csv, names["jsonl"]: write_jsonl,
+                          names["png"]: write_png}, f"{stem}.timeline.manifest.json",
+              dict(format=1, recording=p.name, segments=len(p.timeline)),
+              lock=f".{stem}.timeline.lock", what="timeline", user_path=directory)
+    out.append(os.path.join(directory, names["csv"]))
+  return out
 
 
 def write_set(directory: str, writers: dict, manifest_name: str, manifest: dict, *,

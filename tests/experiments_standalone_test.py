@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from fusion_jax import data
-from tests.binaries import OUTSIDE, TINY, extract_tone_corpus, run
+from tests.binaries import OUTSIDE, TINY, assert_png, extract_tone_corpus, run
 from tests.features_test import has
 
 
@@ -277,3 +277,50 @@ def test_wav_files_to_training_to_prediction_and_a_portable_exported_model(tmp_p
   assert "broken.wav" in bad.stdout and (tmp_path / "p.csv").read_bytes() == before
   from fusion_jax import io_utils  # pylint: disable=import-outside-toplevel
   assert io_utils.verify_set(tmp_path, "p.manifest.json")["rows"] == 6
+  # a 60-s recording (the new clips, 1.5 s apart, over and over) becomes a timeline
+  gap = np.zeros(24000, np.float32)
+  pieces, spans, t = [], [], 0.0
+  while t < 60:
+    clip = clips[len(spans) % len(clips)]
+    pieces += [gap, clip]
+    spans.append((t + 1.5, t + 1.5 + len(clip) / 16000))
+    t += 1.5 + len(clip) / 16000
+  audio.write_wav(tmp_path / "talk.wav", np.concatenate(pieces + [gap]))
+  proc = run("predict.py", f"--run={tmp_path}/m", f"--inputs={tmp_path}/talk.wav",
+             f"--output={tmp_path}/long/p.csv", "--noprogress")
+  timeline = pd.read_csv(tmp_path / "long" / "talk.timeline.csv")
+  assert len(timeline) == len(spans) and "Timeline:" in proc.stdout
+  np.testing.assert_allclose(timeline["start"], [a - 0.1 for a, _ in spans], atol=0.06)
+  np.testing.assert_allclose(timeline["end"], [b + 0.1 for _, b in spans], atol=0.06)
+  # each row is its span of the recording, predicted as a clip of its own
+  x = audio.read_audio(tmp_path / "talk.wav")
+  want = p.predict([x[int(round(a * 16000)):int(round(b * 16000))]
+                    for a, b in zip(timeline["start"], timeline["end"])])
+  assert list(timeline["emotion"]) == [w.emotion for w in want]
+  np.testing.assert_allclose(timeline["p_sad"], [w.probabilities["sad"] for w in want],
+                             atol=1e-4)
+  assert_png(tmp_path / "long" / "talk.timeline.png")
+  row = pd.read_csv(tmp_path / "long" / "p.csv").iloc[0]
+  weights = timeline["end"] - timeline["start"]
+  assert row["segments"] == len(spans)
+  assert row["p_sad"] == pytest.approx((timeline["p_sad"] * weights).sum() / weights.sum(),
+                                       abs=1e-4)
+  # bad recordings: one line each, the good one still predicted (exit 1)
+  audio.write_wav(tmp_path / "silent.wav", np.zeros(16000, np.float32))
+  audio.write_wav(tmp_path / "short.wav", clips[0][:400])
+  audio.write_wav(tmp_path / "phone.wav", clips[0][::2], sample_rate=8000)
+  (tmp_path / "notes.wav").write_text("not audio at all")
+  bad = run("predict.py", f"--run={tmp_path}/m", f"--output={tmp_path}/bad/p.csv",
+            "--noprogress", *(str(tmp_path / f) for f in (
+                "silent.wav", "short.wav", "phone.wav", "notes.wav", "talk.wav")), check=False)
+  assert bad.returncode == 1 and "4 file(s) could not be used" in bad.stdout
+  lines = {name: [l for l in bad.stdout.splitlines() if f"{name}.wav" in l and "  - " in l]
+           for name in ("silent", "short", "phone", "notes")}
+  assert all(len(v) == 1 for v in lines.values()), lines
+  assert "clip is silent" in lines["silent"][0] and "shorter than" in lines["short"][0]
+  assert "recorded at 8000 Hz, below the 16000 Hz" in lines["phone"][0]
+  assert "--allow_upsampling" in lines["phone"][0] and "unreadable audio" in lines["notes"][0]
+  assert len(pd.read_csv(tmp_path / "bad" / "p.csv")) == 1 and "Traceback" not in bad.stderr
+  nosuch = run("predict.py", "--model=nosuch", str(tmp_path / "talk.wav"), check=False)
+  assert nosuch.returncode == 2 and "Traceback" not in nosuch.stderr
+  assert "nosuch" in nosuch.stderr and "shipped models: ravdess" in nosuch.stderr

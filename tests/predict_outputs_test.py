@@ -1,6 +1,7 @@
 """Prediction outputs are never silently wrong: one set written as a unit, inputs and outputs
 checked before any work (issue: predictions and exports that are never silently wrong)."""
 
+import dataclasses
 import json
 import os
 
@@ -10,6 +11,7 @@ import pytest
 
 from fusion_jax import io_utils, predict, runs
 from fusion_jax.data import DataError
+from tests.binaries import assert_png
 
 
 def _preds(tag, n=3):
@@ -169,3 +171,85 @@ def test_long_speech_is_segmented_and_batching_does_not_change_a_prediction():
                              list(ref[1].probabilities.values()), atol=1e-5)
   with pytest.raises(ValueError, match="must be ≥ 0"):
     _random_predictor(max_frames=-1)
+
+
+def _bursts(spans, total, sample_rate=16000, seed=0):
+  """A recording of total seconds: a modulated tone over each (start, end) span, faint noise
+  elsewhere."""
+  rng = np.random.default_rng(seed)
+  x = 0.002 * rng.standard_normal(int(total * sample_rate))
+  for a, b in spans:
+    t = np.arange(int((b - a) * sample_rate)) / sample_rate
+    x[int(a * sample_rate):int(a * sample_rate) + t.size] += (
+        0.3 * np.sin(2 * np.pi * 200 * t) * (1 + 0.6 * np.sin(2 * np.pi * 4 * t)))
+  return x.astype(np.float32)
+
+
+def test_speech_segments_follow_the_pauses_and_stay_within_their_lengths():
+  from fusion_jax.features import audio  # pylint: disable=import-outside-toplevel
+  spans = [(1.0, 4.0), (4.15, 6.0), (8.0, 28.0), (30.0, 30.2), (33.0, 35.5)]
+  got = [(a / 16000, b / 16000) for a, b in audio.speech_segments(_bursts(spans, 40), 16000)]
+  # a pause under 0.3 s does not split; 20 s of speech is cut into ≤ 8 s pieces; a 0.2-s
+  # click far from the rest is dropped
+  assert got[0][0] == pytest.approx(0.9, abs=0.06) and got[0][1] == pytest.approx(6.1, abs=0.06)
+  middle = [g for g in got if 7.5 < g[0] < 28.5]
+  assert middle[0][0] == pytest.approx(7.9, abs=0.06) and middle[-1][1] == pytest.approx(
+      28.1, abs=0.06)
+  assert len(middle) >= 3 and all(b - a <= 8.0 + 1e-9 for a, b in got)
+  assert all(b1 <= a2 for (_, b1), (a2, _) in zip(got, got[1:]))   # in order, no overlap
+  assert not any(29.5 < a < 30.5 for a, _ in got)
+  assert got[-1][0] == pytest.approx(32.9, abs=0.06) and got[-1][1] == pytest.approx(
+      35.6, abs=0.06)
+  assert len(got) == 2 + len(middle)
+  assert audio.speech_segments(np.zeros(16000 * 5, np.float32), 16000) == []
+  assert audio.speech_segments(np.zeros(100, np.float32), 16000) == []
+
+
+def test_timelines_are_written_as_a_set_beside_the_predictions(tmp_path):
+  names = ["sad", "happy"]
+  seg = lambda a, b, e, p: dict(start=a, end=b, emotion=e, confidence=max(p, 1 - p),
+                                probabilities={"sad": p, "happy": 1 - p}, transcript="",
+                                modalities="speech")
+  long = predict.Prediction("in/talk.wav", "", "sad", 0.6, {"sad": 0.6, "happy": 0.4}, {},
+                            "speech", 2, timeline=[seg(0.5, 4.0, "sad", 0.8),
+                                                   seg(5.0, 9.0, "happy", 0.3)])
+  same_stem = dataclasses.replace(long, name="other/talk.wav")
+  short = predict.Prediction("a.wav", "", "happy", 0.9, {"sad": 0.1, "happy": 0.9}, {})
+  paths = predict.write_timelines([long, short, same_stem], tmp_path, names)
+  assert [os.path.basename(p) for p in paths] == ["talk.timeline.csv", "talk_2.timeline.csv"]
+  df = pd.read_csv(tmp_path / "talk.timeline.csv")
+  assert list(df["start"]) == [0.5, 5.0] and list(df["emotion"]) == ["sad", "happy"]
+  np.testing.assert_allclose(df["p_sad"], [0.8, 0.3])
+  lines = [json.loads(l) for l in (tmp_path / "talk.timeline.jsonl").read_text().splitlines()]
+  assert [l["end"] for l in lines] == [4.0, 9.0] and lines[0]["file"] == "in/talk.wav"
+  assert_png(tmp_path / "talk.timeline.png")
+  assert io_utils.verify_set(tmp_path, "talk.timeline.manifest.json")["segments"] == 2
+
+
+def test_a_packed_model_loads_back_and_predicts_as_the_run_did(tmp_path):
+  from fusion_jax import pretrained  # pylint: disable=import-outside-toplevel
+  p, mc = _random_predictor("gated")
+  member = p.members[0]
+  member.inputs = {"speech": {"stack": 1}}
+  spec = pretrained.pack([member, member], tmp_path / "packed", card={"summary": "two copies"})
+  assert spec["variant"] == "gated" and len(spec["members"]) == 2
+  with np.load(tmp_path / "packed" / "params.npz", allow_pickle=False) as z:
+    assert {z[k].dtype for k in z.files} == {np.dtype(np.float16)}
+  back = pretrained.load(str(tmp_path / "packed"))
+  assert [r.class_names for r in back] == [["sad", "happy", "calm"]] * 2
+  assert back[0].model_config == member.model_config and back[0].inputs == member.inputs
+  import jax  # pylint: disable=import-outside-toplevel
+  for a, b in zip(jax.tree_util.tree_leaves(member.params),
+                  jax.tree_util.tree_leaves(back[0].params)):
+    assert b.dtype == np.float32
+    np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-4)   # float16 rounding
+  rng = np.random.default_rng(0)
+  speech = [rng.standard_normal((n, mc.speech_dim)).astype(np.float32) for n in (9, 4)]
+  text = [rng.standard_normal((n, mc.text_dim)).astype(np.float32) for n in (3, 5)]
+  loaded = predict.Predictor(back, p.exp)
+  for x, y in zip(p.predict_features(speech, text, ["a", "b"]),
+                  loaded.predict_features(speech, text, ["a", "b"])):
+    np.testing.assert_allclose(list(x.probabilities.values()), list(y.probabilities.values()),
+                               atol=5e-3)
+  with pytest.raises(DataError, match=r"no such model.*shipped models: ravdess"):
+    pretrained.load(str(tmp_path / "nothing_here"))
