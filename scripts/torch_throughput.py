@@ -76,7 +76,23 @@ def main():
   rates = [epoch() for _ in range(args.repeats)]
   print(json.dumps(dict(variant=args.variant, samples_per_s=float(np.median(rates)),
                         rates=rates, threads=torch.get_num_threads(), bf16=args.bf16,
-                        torch=torch.__version__, feature_dim=dim)))
+                        torch=torch.__version__, feature_dim=dim, host_cpu=_host_cpu(),
+                        torch_cpu_capability=torch.backends.cpu.get_cpu_capability())))
+
+
+def _host_cpu():
+  """The CPU's name and the ISA flags that change PyTorch's paths (oneDNN's AVX-512, AMX),
+  as experiments/benchmark.py records them (fusion_jax.benchmark.host_cpu)."""
+  try:
+    info = open("/proc/cpuinfo", encoding="utf-8", errors="replace").read()
+  except OSError:
+    return {}
+  model = next((l.split(":", 1)[1].strip() for l in info.splitlines()
+                if l.startswith("model name")), "unknown")
+  flags = set(next((l.split(":", 1)[1].split() for l in info.splitlines()
+                    if l.startswith("flags")), []))
+  return dict(model=model, cores=info.count("processor\t:"), avx512="avx512f" in flags,
+              amx={"amx_tile", "amx_bf16"} <= flags)
 
 
 if __name__ == "__main__":

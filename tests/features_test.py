@@ -659,3 +659,27 @@ def test_real_ravdess_clips_and_meld_line_end_to_end(tmp_path):
     (seq,) = load_features(res.path).sequences
     assert seq.shape == (len(ex.encoder.tokenizer.encode(meld.frame.transcript[0])), 384)
     assert load_features(res.path).labels[0] == corpora.MELD_EMOTIONS.index("sadness")
+
+
+def test_progress_is_a_bar_on_a_terminal_and_a_line_per_tenth_in_a_log():
+  import io  # pylint: disable=import-outside-toplevel
+  from fusion_jax.features.extract import Progress  # pylint: disable=import-outside-toplevel
+
+  class Terminal(io.StringIO):
+    def isatty(self):
+      return True
+
+  log, tty = io.StringIO(), Terminal()
+  for stream in (log, tty):
+    bar = Progress(40, "whisper (speech)", stream=stream)
+    for _ in range(20):
+      bar.update(2)
+  lines = log.getvalue().splitlines()
+  # the first step, then one line per 10 %
+  assert len(lines) == 11 and lines[-1].startswith("whisper (speech): 40/40 (100%)")
+  assert "\r" not in log.getvalue() and "eta 0:00" in lines[-1]
+  assert "whisper (speech)" in tty.getvalue() and "40/40" in tty.getvalue()
+  assert "\r" in tty.getvalue()   # one redrawn line (tqdm), not forty
+  silent = io.StringIO()
+  Progress(5, "x", stream=silent, enabled=False).update(5)
+  assert silent.getvalue() == ""

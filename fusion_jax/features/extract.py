@@ -183,7 +183,7 @@ class Progress:
     self.start, self._last_decile = time.perf_counter(), -1
     self.bar = None
     if self.enabled and self.tty:
-      import tqdm
+      import tqdm  # pylint: disable=import-outside-toplevel
       self.bar = tqdm.tqdm(total=total, desc=label, file=self.stream, unit="item",
                            dynamic_ncols=True)
 
