@@ -218,8 +218,6 @@ def demo() -> ml_collections.ConfigDict:
   c.data.num_buckets = 3
   c.optim.learning_rate = 1e-3
   c.train.variants = "all"
-  # At 64-d a whole batch needs little memory; parts would only double compile time.
-  c.runtime.microbatch_frames = 0
   return robust(c)
 
 
