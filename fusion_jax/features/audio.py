@@ -163,16 +163,20 @@ def trim_to_peak(x: np.ndarray, fraction: float) -> np.ndarray:
 
 def speech_segments(x: np.ndarray, sample_rate: int = 16000, *, max_seconds: float = 8.0,
                     min_seconds: float = 0.5, min_silence_seconds: float = 0.3,
-                    range_db: float = 35.0, pad_seconds: float = 0.1) -> list:
+                    range_db: float = 35.0, floor_db: float = 10.0,
+                    pad_seconds: float = 0.1) -> list:
   """Where a long recording speaks: ``[(start, end)]`` sample indices, in order, each
   ``min_seconds``–``max_seconds`` long (an energy segmenter; no model, no dependency).
 
   Frames of 25 ms every 10 ms are voiced when their level is within ``range_db`` of the
-  recording's loud frames (95th percentile) and above silence (:data:`SILENCE_RMS`); pauses
-  shorter than ``min_silence_seconds`` do not split; each region is padded by
-  ``pad_seconds``. A region longer than ``max_seconds`` is cut at its quietest frame in the
-  second half of each ``max_seconds`` window, and one shorter than ``min_seconds`` joins a
-  neighbour when the union fits, else is dropped (a click, a breath).
+  recording's loud frames (99th percentile), at least ``floor_db`` above its noise floor
+  (10th percentile: so a recording that is mostly room noise is not all "speech") and
+  above silence (:data:`SILENCE_RMS`); pauses shorter than ``min_silence_seconds`` do not
+  split; each region is padded by ``pad_seconds``. A region longer than ``max_seconds`` is
+  cut at its quietest frame in the second half of each ``max_seconds`` window (never
+  leaving a remainder under ``min_seconds``), and a region shorter than ``min_seconds``
+  joins the one before it when the union fits and the pause is short, else is dropped (a
+  click, a breath).
 
   Args:
     x: ``[num_samples]`` mono samples in [-1, 1].
@@ -188,7 +192,8 @@ def speech_segments(x: np.ndarray, sample_rate: int = 16000, *, max_seconds: flo
   frames = np.lib.stride_tricks.sliding_window_view(x, win)[::hop][:n]
   rms = np.sqrt(np.mean(np.square(frames, dtype=np.float64), axis=1))
   db = 20 * np.log10(np.maximum(rms, 1e-10))
-  threshold = max(np.percentile(db, 95) - range_db, 20 * np.log10(SILENCE_RMS))
+  threshold = max(np.percentile(db, 99) - range_db, np.percentile(db, 10) + floor_db,
+                  20 * np.log10(SILENCE_RMS))
   voiced = db > threshold
   gap = int(round(min_silence_seconds / 0.010))
   runs = _runs(voiced)
@@ -204,7 +209,8 @@ def speech_segments(x: np.ndarray, sample_rate: int = 16000, *, max_seconds: flo
   for a, b in merged:
     a, b = max(0, a - pad), min(n, b + pad)
     while b - a > max_f:   # cut at the quietest frame of the window's second half
-      lo, hi = a + max_f // 2, a + max_f
+      hi = min(a + max_f, b - min_f)     # the remainder is never a too-short tail
+      lo = max(a + 1, min(a + max_f // 2, hi - 1))
       cut = lo + int(np.argmin(db[lo:hi]))
       pieces.append((a, cut))
       a = cut
