@@ -434,7 +434,7 @@ class Predictor:
         [30.0] if transcribe else [])   # Whisper's window
     seen = min([s for s in limits if s], default=None)
     bar = features.Progress(len(paths), f"predict ({self.variant})", enabled=progress)
-    preds, failures = [], []
+    done, failures = {}, []   # input index -> Prediction, so rows keep the input order
     for start in range(0, len(paths), batch_size):
       chunk = list(range(start, min(start + batch_size, len(paths))))
       clips, ok = [], []
@@ -453,7 +453,8 @@ class Predictor:
               len(clip) > timeline_seconds * sample_rate:
             long = self._predict_long(paths[i], clip, sample_rate, transcribe, batch_size,
                                       segment_seconds, failures)
-            preds += [long] if long is not None else []
+            if long is not None:
+              done[i] = long
             continue
           clips.append(clip)
           ok.append(i)
@@ -472,9 +473,9 @@ class Predictor:
         if all(t is None for t in texts):
           texts = None
         names = [paths[i] or f"<transcript row {i + 1}>" for i in ok]
-        preds += self.predict(clips, texts, names, batch_size)
+        done.update(zip(ok, self.predict(clips, texts, names, batch_size)))
       bar.update(len(chunk))
-    return preds, failures
+    return [done[i] for i in sorted(done)], failures
 
   def _predict_long(self, path: str, clip: np.ndarray, sample_rate: int, transcribe: bool,
                     batch_size: int, segment_seconds: float, failures: list):
