@@ -161,9 +161,10 @@ class TensorBoard(Hook):
   Scalars (step = epoch): :data:`TENSORBOARD_TAGS`. Written synchronously (tensorboardX's
   ``EventsWriter``, not its queued ``SummaryWriter``, whose ``flush`` leaves queued events
   behind) and flushed after every epoch. A resumed run continues its folder in a new file
-  that starts with a purge at its first replayed epoch (TensorBoard's ``purge_step``), so
-  what a killed process wrote after its last checkpoint is dropped; a run whose folder is
-  new (or was deleted) first gets its history so far. On several hosts, process 0 writes.
+  that starts with a purge from step 1 (TensorBoard's ``purge_step``) and the run's
+  history so far, as ``metrics.jsonl`` is rewritten: what a killed process wrote after its
+  last checkpoint is dropped, and an epoch it checkpointed but had not yet flushed is
+  there. On several hosts, process 0 writes.
 
   Args:
     logdir: the root folder (``tensorboard/`` in the results folder).
@@ -184,13 +185,12 @@ class TensorBoard(Hook):
       # (files are named by the second they open in: the count keeps a resume within the
       # same second from overwriting the last file, and sorts after it)
       writer = EventsWriter(os.path.join(folder, "events"), f".{len(earlier):04d}")
-      if earlier:
+      if earlier:   # everything the earlier files hold is replaced by the history
         writer.write_event(event_pb2.Event(
-            wall_time=time.time(), step=run.epoch + 1,
+            wall_time=time.time(), step=1,
             session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
-      else:
-        for e in range(1, run.epoch + 1):
-          self._write(writer, run.epoch_record(e), e)
+      for e in range(1, run.epoch + 1):
+        self._write(writer, run.epoch_record(e), e)
       writer.flush()
       self.writers.append(writer)
 

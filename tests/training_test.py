@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import glob
 import json
 import os
 import subprocess
@@ -334,6 +335,17 @@ def test_metrics_jsonl_has_no_duplicates_after_resume(tiny_data, shared, tmp_pat
 
   with pytest.raises(_Interrupt):
     training.train_run(exp, "gated", 0, tiny_data["train"], tiny_data["val"], after_epoch=stop)
+  # what a process killed between its checkpoint and the events' flush leaves: epoch 3
+  # checkpointed but not in the events, and a stray epoch 5 written past it
+  from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+  folder = hooks.tensorboard_dir(str(tmp_path / "tensorboard"), "gated", 0)
+  for f in glob.glob(os.path.join(folder, "events.out.tfevents.*")):
+    os.remove(f)
+  killed = SummaryWriter(folder)
+  for e in (1, 2, 5):
+    for tag in hooks.TENSORBOARD_TAGS.values():
+      killed.add_scalar(tag, -1.0, e)
+  killed.close()
   resumed = training.train_run(exp, "gated", 0, tiny_data["train"], tiny_data["val"])
   assert resumed.resumed_from_epoch == 3   # epoch 3's latest was saved before the stop
   rows = [json.loads(l) for l in path.read_text().splitlines()]
