@@ -64,7 +64,13 @@ def pack(members: Sequence[runs.Run], out_dir: str, card: Optional[dict] = None)
     flat = traverse_util.flatten_dict(m.params, sep="/")
     for key, value in flat.items():
       value = np.asarray(value)
-      arrays[f"{i}/{key}"] = value.astype(np.float16) if value.dtype.kind == "f" else value
+      if value.dtype.kind == "f":
+        with np.errstate(over="ignore"):   # (checked just below)
+          value = value.astype(np.float16)
+        if not np.isfinite(value).all():
+          raise ValueError(f"{m.source}: parameter {key} does not fit float16 (|x| > 65504 "
+                           "or not finite); a packed model keeps float16")
+      arrays[f"{i}/{key}"] = value
     described.append(dict(
         model_config=dataclasses.asdict(m.model_config),
         inputs=m.inputs, val_acc=float(m.val_acc), val_score=float(m.val_score),
@@ -75,6 +81,8 @@ def pack(members: Sequence[runs.Run], out_dir: str, card: Optional[dict] = None)
   os.makedirs(out_dir, exist_ok=True)
   with io_utils.staged_files(out_dir) as tmp:
     np.savez_compressed(os.path.join(tmp, "params.npz"), **arrays)
+    # (the two files are replaced one after the other: the checksum tells a pair apart)
+    spec["params_sha256"] = io_utils.sha256_file(os.path.join(tmp, "params.npz"))
     io_utils.write_json(os.path.join(tmp, "model.json"), spec)
   return spec
 
@@ -83,9 +91,15 @@ def describe(name: str) -> dict:
   """A packed model's ``model.json``."""
   with open(os.path.join(model_dir(name), "model.json"), encoding="utf-8") as f:
     spec = json.load(f)
+  path = os.path.join(model_dir(name), "model.json")
+  if not isinstance(spec.get("members"), list) or not all(
+      isinstance(m, dict) and "model_config" in m for m in spec["members"]):
+    raise DataError(path, "not a packed model (an --export folder's model.json?)",
+                    field="members", hint="--model takes a shipped name or a folder written "
+                    "by fusion_jax.pretrained.pack; predict with an export through jax.export")
   if spec.get("format") != FORMAT:
-    raise DataError(os.path.join(model_dir(name), "model.json"), f"format "
-                    f"{spec.get('format')!r}, this fusion_jax reads {FORMAT}", field="format")
+    raise DataError(path, f"format {spec.get('format')!r}, this fusion_jax reads {FORMAT}",
+                    field="format")
   return spec
 
 
@@ -94,7 +108,13 @@ def load(name: str) -> list:
   :class:`fusion_jax.runs.Run` objects."""
   directory = model_dir(name)
   spec = describe(name)
-  with np.load(os.path.join(directory, "params.npz"), allow_pickle=False) as z:
+  npz = os.path.join(directory, "params.npz")
+  if not os.path.isfile(npz):
+    raise DataError(npz, "missing: a packed model is model.json + params.npz")
+  if spec.get("params_sha256") and io_utils.sha256_file(npz) != spec["params_sha256"]:
+    raise DataError(npz, "does not match model.json (params_sha256): the pair was not "
+                    "written together", hint="repack it, or reinstall fusion_jax")
+  with np.load(npz, allow_pickle=False) as z:
     arrays = {k: z[k] for k in z.files}
   out = []
   for i, m in enumerate(spec["members"]):

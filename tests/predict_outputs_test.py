@@ -4,6 +4,7 @@ checked before any work (issue: predictions and exports that are never silently 
 import dataclasses
 import json
 import os
+import types
 
 import numpy as np
 import pandas as pd
@@ -205,6 +206,26 @@ def test_speech_segments_follow_the_pauses_and_stay_within_their_lengths():
   assert audio.speech_segments(np.zeros(100, np.float32), 16000) == []
 
 
+def test_speech_segments_find_sparse_speech_in_room_noise_and_keep_every_tail():
+  from fusion_jax.features import audio  # pylint: disable=import-outside-toplevel
+  # 2 s of speech in a minute of room noise (speech under 5 % of the frames): the noise
+  # is not speech, and the recording's segments cover only the 2 s
+  x = _bursts([(20.0, 22.0)], 60)
+  x += 0.01 * np.random.default_rng(1).standard_normal(x.size).astype(np.float32)  # -40 dBFS
+  got = [(a / 16000, b / 16000) for a, b in audio.speech_segments(x, 16000)]
+  assert len(got) == 1 and got[0][0] == pytest.approx(19.9, abs=0.06) and got[0][1] == (
+      pytest.approx(22.1, abs=0.06))
+  # room noise alone has no speech
+  assert audio.speech_segments(x[:16000 * 15], 16000) == []
+  # 8.3 s of speech with max 8 s: cut so that neither piece is under min_seconds (0.5),
+  # and nothing is dropped
+  got = [(a / 16000, b / 16000) for a, b in audio.speech_segments(_bursts([(1.0, 9.3)], 12),
+                                                                  16000)]
+  assert len(got) == 2 and got[0][0] == pytest.approx(0.9, abs=0.06)
+  assert got[1][1] == pytest.approx(9.4, abs=0.06) and got[0][1] == got[1][0]
+  assert all(0.5 <= b - a <= 8.0 for a, b in got)
+
+
 def test_timelines_are_written_as_a_set_beside_the_predictions(tmp_path):
   names = ["sad", "happy"]
   seg = lambda a, b, e, p: dict(start=a, end=b, emotion=e, confidence=max(p, 1 - p),
@@ -253,6 +274,24 @@ def test_a_packed_model_loads_back_and_predicts_as_the_run_did(tmp_path):
                                atol=5e-3)
   with pytest.raises(DataError, match=r"no such model.*shipped models: ravdess"):
     pretrained.load(str(tmp_path / "nothing_here"))
+  # a pair not written together, a missing params.npz, an export folder: one line each
+  import shutil  # pylint: disable=import-outside-toplevel
+  other = tmp_path / "other"
+  shutil.copytree(tmp_path / "packed", other)
+  member.params = jax.tree_util.tree_map(lambda x: x * 2, member.params)
+  pretrained.pack([member], tmp_path / "changed")
+  shutil.copy(tmp_path / "changed" / "params.npz", other / "params.npz")
+  with pytest.raises(DataError, match=r"other/params.npz: does not match model.json"):
+    pretrained.load(str(other))
+  os.remove(other / "params.npz")
+  with pytest.raises(DataError, match=r"params.npz: missing"):
+    pretrained.load(str(other))
+  (other / "model.json").write_text(json.dumps({"format": 1, "members": ["a.hlo"]}))
+  with pytest.raises(DataError, match=r"model.json, field 'members': not a packed model"):
+    pretrained.load(str(other))
+  member.params = jax.tree_util.tree_map(lambda x: x * 1e6, member.params)
+  with pytest.raises(ValueError, match="does not fit float16"):
+    pretrained.pack([member], tmp_path / "big")
 
 
 def test_the_shipped_model_is_in_the_package_and_predicts_a_recording(tmp_path):
@@ -277,3 +316,38 @@ def test_the_shipped_model_is_in_the_package_and_predicts_a_recording(tmp_path):
   preds, failed = p.predict_files([str(tmp_path / "clip.wav")], progress=False)
   assert not failed and preds[0].emotion in names and preds[0].modalities == "speech"
   assert sum(preds[0].probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_failed_timeline_segment_leaves_the_others_and_rows_keep_the_input_order(tmp_path):
+  from fusion_jax.features import audio  # pylint: disable=import-outside-toplevel
+  p, _ = _random_predictor()
+  p._extractors["speech"] = types.SimpleNamespace(sample_rate=16000, max_seconds=None)
+  names = p.class_names
+
+  def fake_predict(clips, texts, clip_names, batch_size):   # one-hot by clip length
+    out = []
+    for clip, name in zip(clips, clip_names):
+      if name.endswith("-14.10 s]"):   # the second segment of the long recording
+        raise DataError(name, "injected failure")
+      k = int(len(clip) > 16000 * 2.5)
+      out.append(predict.Prediction(name, "", names[k], 1.0,
+                                    {c: float(j == k) for j, c in enumerate(names)}, {},
+                                    "speech"))
+    return out
+
+  p.predict = fake_predict
+  audio.write_wav(tmp_path / "a.wav", _bursts([(0.2, 1.8)], 2))
+  audio.write_wav(tmp_path / "long.wav", _bursts([(1.0, 3.0), (10.0, 14.0), (20.0, 24.0)], 40))
+  audio.write_wav(tmp_path / "b.wav", _bursts([(0.2, 2.8)], 3))
+  files = [str(tmp_path / n) for n in ("a.wav", "long.wav", "b.wav")]
+  preds, failures = p.predict_files(files, progress=False, timeline_seconds=30)
+  # rows in input order, the long recording where it was given
+  assert [os.path.basename(q.name) for q in preds] == ["a.wav", "long.wav", "b.wav"]
+  assert [q.emotion for q in (preds[0], preds[2])] == [names[0], names[1]]
+  # the failed segment is reported; the two others stand, weighted by their duration
+  assert len(failures) == 1 and "injected failure" in failures[0][1]
+  assert failures[0][0].endswith("long.wav [9.88-14.10 s]")
+  long = preds[1]
+  assert long.segments == 2 and [round(s["start"], 1) for s in long.timeline] == [0.9, 19.9]
+  want = (2.2 * np.eye(3)[0] + 4.2 * np.eye(3)[1]) / 6.4
+  np.testing.assert_allclose([long.probabilities[c] for c in names], want, atol=0.01)
