@@ -1,0 +1,153 @@
+"""Sweeps on Optuna (fusion_jax.sweeps, experiments/sweep.py): the search space, the study
+folder's identity, dead workers' trials retried, and a two-worker sweep end to end."""
+
+import csv
+import importlib.util
+import json
+import os
+import time
+
+import pytest
+
+from fusion_jax import data, sweeps
+from fusion_jax.errors import ConfigError
+from tests.binaries import TINY, assert_png, run
+
+optuna = pytest.importorskip("optuna")
+
+
+def _space_file(tmp_path, body, name="space.py"):
+  p = tmp_path / name
+  p.write_text("import ml_collections\n\ndef get_config():\n  c = ml_collections.ConfigDict()\n"
+               + "".join(f"  {line}\n" for line in body) + "  return c\n")
+  return str(p)
+
+
+SPACE = ['c.params = dict(train=dict(variants=dict(type="categorical", choices=["gated", '
+         '"weighted"])),',
+         '                optim=dict(learning_rate=dict(type="float", low=1e-3, high=1e-2, '
+         'log=True)))']
+
+
+def test_search_space_is_flattened_checked_and_refused_with_one_line(tmp_path):
+  space = sweeps.load_space(_space_file(tmp_path, SPACE))
+  assert space["params"] == {
+      "train.variants": {"type": "categorical", "choices": ["gated", "weighted"]},
+      "optim.learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}
+  assert space["direction"] == "maximize" and space["metric"] == ""
+  with pytest.raises(ConfigError, match=r"params\['model.dropout'\]: type 'uniform' is not"):
+    sweeps.load_space(_space_file(tmp_path, [
+        'c.params = dict(model=dict(dropout=dict(type="uniform", low=0.1, high=0.5)))'], "b.py"))
+  with pytest.raises(ConfigError, match="log=True needs low > 0"):
+    sweeps.load_space(_space_file(tmp_path, [
+        'c.params = dict(optim=dict(learning_rate=dict(type="float", low=0.0, high=1.0, '
+        'log=True)))'], "c.py"))
+  with pytest.raises(ConfigError, match="--grid needs categorical params only; "
+                                        "optim.learning_rate are ranges"):
+    sweeps.grid(space)
+  assert sweeps.override_flags({"optim.learning_rate": 0.1 + 0.2, "train.variants": "gated"}) \
+      == ["--config.optim.learning_rate=0.30000000000000004", "--config.train.variants=gated"]
+
+
+def test_the_objective_is_a_validation_figure_never_a_test_one():
+  summary = {"variants": {"gated": {"best_val_score_mean": 0.5, "best_val_acc_mean": 0.7},
+                          "weighted": {"best_val_score_mean": 0.6, "best_val_acc_mean": 0.4}}}
+  assert sweeps.objective_value(summary) == (0.6, "weighted")
+  assert sweeps.objective_value(summary, "best_val_acc_mean") == (0.7, "gated")
+  with pytest.raises(ConfigError, match="must be a validation figure"):
+    sweeps.objective_value(summary, "test_accuracy")
+
+
+def test_a_study_folder_refuses_another_search_space(tmp_path):
+  space = sweeps.load_space(_space_file(tmp_path, SPACE))
+  sweeps.open_study(str(tmp_path / "study"), space)
+  sweeps.open_study(str(tmp_path / "study"), space)   # the same space continues
+  other = sweeps.load_space(_space_file(tmp_path, SPACE[:1] + [
+      '                optim=dict(learning_rate=dict(type="float", low=1e-4, high=1e-2)))'],
+      "other.py"))
+  with pytest.raises(ConfigError, match="made for another search space"):
+    sweeps.open_study(str(tmp_path / "study"), other)
+  grid_space = sweeps.load_space(_space_file(tmp_path, [SPACE[0][:-1] + ")"], "grid.py"))
+  sweeps.open_study(str(tmp_path / "g"), grid_space, use_grid=True)
+  with pytest.raises(ConfigError, match="made for another search space"):
+    sweeps.open_study(str(tmp_path / "g"), grid_space, use_grid=False)
+
+
+def test_a_dead_workers_trial_is_retried_with_its_values(tmp_path):
+  space = sweeps.load_space(_space_file(tmp_path, SPACE))
+  study_dir = str(tmp_path / "s")
+  study = sweeps.open_study(study_dir, space, seed=0)
+  dead = study.ask()                         # a worker took it, then died: no heartbeat
+  values = sweeps._trial_values(dead, space)  # pylint: disable=protected-access
+  alive = study.ask()                        # a worker that still beats
+  sweeps._trial_values(alive, space)  # pylint: disable=protected-access
+  assert sweeps.reap_dead_trials(study, study_dir, stale_seconds=60) == []
+  time.sleep(1.0)
+  beat = tmp_path / "s" / "heartbeats" / str(alive.number)
+  beat.parent.mkdir(parents=True, exist_ok=True)
+  beat.write_text("alive\n")
+  assert sweeps.reap_dead_trials(study, study_dir, stale_seconds=0.5) == [dead.number]
+  states = {t.number: t.state for t in study.get_trials()}
+  assert states[dead.number] == optuna.trial.TrialState.FAIL
+  assert states[alive.number] == optuna.trial.TrialState.RUNNING
+  waiting = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.WAITING]
+  assert [(t.system_attrs["fixed_params"], t.user_attrs) for t in waiting] == [
+      (values, {"retry_of": dead.number, "retries": 1})]
+  # the retry samples nothing new: the same values, hence the same run folder (checkpoints)
+  again = study.ask()
+  assert sweeps._trial_values(again, space) == values  # pylint: disable=protected-access
+  assert sweeps.trial_key(values) == sweeps.trial_key(dict(reversed(list(values.items()))))
+  # the retry's worker dies too; two workers reaping it retry it only once
+  time.sleep(1.0)
+  beat.write_text("alive\n")
+  assert sweeps.reap_dead_trials(study, study_dir, stale_seconds=0.5) == [again.number]
+  assert sweeps.reap_dead_trials(study, study_dir, stale_seconds=0.5) == []
+  assert len([t for t in study.get_trials() if t.user_attrs.get("retry_of") == dead.number]) == 2
+
+
+def test_an_rdb_url_holds_the_study_and_its_identity(tmp_path):
+  space = sweeps.load_space(_space_file(tmp_path, SPACE))
+  url = f"sqlite:///{tmp_path / 'study.db'}"
+  study = sweeps.open_study(str(tmp_path / "s"), space, storage_url=url)
+  study.enqueue_trial({"train.variants": "gated", "optim.learning_rate": 2e-3})
+  again = sweeps.open_study(str(tmp_path / "elsewhere"), space, storage_url=url)
+  assert [t.system_attrs["fixed_params"] for t in again.get_trials()] == [
+      {"train.variants": "gated", "optim.learning_rate": 2e-3}]
+  with pytest.raises(ConfigError, match=f"{url}: this study was made for another"):
+    sweeps.open_study(str(tmp_path / "s"), sweeps.load_space(_space_file(
+            tmp_path, [SPACE[0][:-1] + ")"], "g.py")), storage_url=url)
+
+
+def test_two_workers_sweep_report_and_the_best_trial_on_test(tmp_path):
+  spec = data.DemoSpec(sizes=(("train", 21), ("val", 14), ("test", 14)), speech_dim=8,
+                       text_dim=8, speech_length=(4, 10), text_length=(2, 5), strength=0.5,
+                       speech_median=7, text_median=3)
+  data.make_demo_dataset(str(tmp_path / "d"), spec)
+  study = tmp_path / "study"
+  proc = run("sweep.py", f"--config={TINY}", f"--sweep={_space_file(tmp_path, SPACE)}",
+             f"--study_dir={study}", "--workers=2", "--trials=2", f"--data_dir={tmp_path / 'd'}",
+             "--epochs=1", "--config.data.num_buckets=1", "--noanalysis")
+  rows = list(csv.DictReader(open(study / "trials.csv", encoding="utf-8")))
+  complete = [r for r in rows if r["state"] == "COMPLETE"]
+  assert len(complete) == 2, rows
+  for r in complete:   # each value is its own run's validation figure, read back here
+    summary = json.load(open(study / "trials" / r["run"] / "results" / "summary.json"))
+    variant = r["train.variants"]
+    assert list(summary["variants"]) == [variant] == [r["variant"]]
+    assert float(r["value"]) == pytest.approx(summary["variants"][variant]["best_val_score_mean"])
+    lr = json.load(open(study / "trials" / r["run"] / "results" / "config.json"))["optim"][
+        "learning_rate"]
+    assert lr == pytest.approx(float(r["optim.learning_rate"]))
+  best = json.load(open(study / "best_trial.json"))
+  assert best["value"] == max(float(r["value"]) for r in complete)
+  assert f"best trial {best['number']}" in proc.stdout
+  spec_ = importlib.util.spec_from_file_location("best", study / "best_config.py")
+  module = importlib.util.module_from_spec(spec_)
+  spec_.loader.exec_module(module)
+  cfg = module.get_config()
+  assert cfg.train.variants == best["values"]["train.variants"]
+  assert cfg.optim.learning_rate == best["values"]["optim.learning_rate"]
+  assert cfg.data.num_buckets == 1   # the sweep's own overrides are part of the best config
+  assert os.path.exists(study / "trials" / best["run"] / "results" / "test_results" /
+                        "test_summary.json")
+  assert_png(str(study / "optimization_history.png"))
