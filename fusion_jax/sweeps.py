@@ -100,6 +100,8 @@ def load_space(path: str) -> dict:
         raise ConfigError(f"{where}: needs low <= high")
       if p.get("log") and p["low"] <= 0:
         raise ConfigError(f"{where}: log=True needs low > 0")
+      if p.get("log") and p.get("step"):
+        raise ConfigError(f"{where}: give log=True or a step, not both")
     unknown = set(p) - {"type", "low", "high", "log", "step", "choices"}
     if unknown:
       raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
@@ -125,23 +127,6 @@ def _flatten(node: dict, prefix: str = "") -> dict:
 def fingerprint(space: dict) -> str:
   """A digest of the search space (what a study folder is tied to)."""
   return hashlib.sha256(json.dumps(space, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def distributions(space: dict) -> dict:
-  """``{field: optuna distribution}``."""
-  o = optuna()
-  d = o.distributions
-  out = {}
-  for field, p in space["params"].items():
-    if p["type"] == "categorical":
-      out[field] = d.CategoricalDistribution(p["choices"])
-    elif p["type"] == "int":
-      out[field] = d.IntDistribution(int(p["low"]), int(p["high"]), log=bool(p.get("log")),
-                                     step=int(p.get("step", 1)))
-    else:
-      out[field] = d.FloatDistribution(float(p["low"]), float(p["high"]),
-                                       log=bool(p.get("log")), step=p.get("step"))
-  return out
 
 
 def grid(space: dict) -> dict:
@@ -181,10 +166,12 @@ def open_study(study_dir: str, space: dict, *, storage_url: str = "", use_grid: 
   else:
     storage = o.storages.JournalStorage(o.storages.journal.JournalFileBackend(
         os.path.join(study_dir, "journal.log")))
-  sampler = (o.samplers.GridSampler(grid(space), seed=seed) if use_grid
-             else o.samplers.TPESampler(seed=seed))
-  study = o.create_study(study_name=STUDY_NAME, storage=storage, sampler=sampler,
-                         direction=space["direction"], load_if_exists=True)
+  study = o.create_study(study_name=STUDY_NAME, storage=storage, direction=space["direction"],
+                         load_if_exists=True)
+  if seed is not None:   # a continued study must not replay its first proposals
+    seed += len(study.get_trials(deepcopy=False))
+  study.sampler = (o.samplers.GridSampler(grid(space), seed=seed) if use_grid
+                   else o.samplers.TPESampler(seed=seed))
   mine = dict(fingerprint=fingerprint(space), grid=bool(use_grid))
   have = study.user_attrs.get("space")
   if have is None:
@@ -202,8 +189,15 @@ def open_study(study_dir: str, space: dict, *, storage_url: str = "", use_grid: 
 def _trial_values(trial, space: dict) -> dict:
   """Samples (or, for an enqueued retry, reuses) the trial's values."""
   out = {}
-  for field, dist in distributions(space).items():
-    out[field] = trial._suggest(field, dist)  # pylint: disable=protected-access
+  for field, p in space["params"].items():
+    if p["type"] == "categorical":
+      out[field] = trial.suggest_categorical(field, p["choices"])
+    elif p["type"] == "int":
+      out[field] = trial.suggest_int(field, int(p["low"]), int(p["high"]),
+                                     step=int(p.get("step", 1)), log=bool(p.get("log")))
+    else:
+      out[field] = trial.suggest_float(field, float(p["low"]), float(p["high"]),
+                                       step=p.get("step"), log=bool(p.get("log")))
   return out
 
 

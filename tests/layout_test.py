@@ -20,7 +20,7 @@ LAYERS = {
     **dict.fromkeys(("runs", "checkpoint", "configs"), 6),
     **dict.fromkeys(("experiment", "loop", "hooks"), 7),
     **dict.fromkeys(("training", "evaluation", "analysis", "benchmark", "recipes", "predict",
-                     "reports", "html_report", "plots", "pretrained"), 8),
+                     "reports", "html_report", "plots", "pretrained", "sweeps"), 8),
     "cli": 9,
 }
 

@@ -6,7 +6,9 @@ widths and the robustness options, chosen on validation actors only.
     --data_dir RAVDESS_FEATURES --workers 2 --trials 40
 
 RAVDESS_FEATURES is a folder in the original's layout ({train,val,test}_{speech,text}.pt and
-the split CSVs), e.g. one fold of experiments/recipe_ravdess.py (WORK/fold_0/data).
+the split CSVs) with validation actors apart from the training ones (written, e.g., with
+fusion_jax.data.save_original_layout from a speaker-independent split). The sweep's objective
+is validation only; the recipe's cross-validated folds are not yet an objective.
 """
 
 import ml_collections
