@@ -70,8 +70,9 @@ flags.DEFINE_float("timeline_seconds", 30.0, "A recording longer than this many 
                    "--segment_seconds, each predicted (and transcribed with --transcribe), "
                    "written beside --output as <recording>.timeline.csv / .jsonl / .png; its "
                    "CSV row is the segments' duration-weighted mean. 0 = never.", lower_bound=0)
-flags.DEFINE_float("segment_seconds", 8.0, "The longest timeline segment, in seconds (> 1).",
-                   lower_bound=1.0)
+flags.DEFINE_float("segment_seconds", 8.0, "The longest timeline segment, in seconds, 1 to "
+                   "30 (Whisper's window: a longer segment's end would be cut off).",
+                   lower_bound=1.0, upper_bound=30.0)
 flags.DEFINE_bool("allow_upsampling", False, "Predict from recordings below the model's "
                   "sample rate (e.g. 8 kHz telephone audio), resampled up; by default they are "
                   "refused: the model never heard audio without its upper band.")
@@ -108,6 +109,9 @@ def main(argv):
         FLAGS.run, variant, seeds, config,
         encoders={"speech": FLAGS.speech_model, "text": FLAGS.text_model}, **limits)
   else:
+    if FLAGS.speech_model or FLAGS.text_model:
+      cli.fail("--speech_model / --text_model point a --run at its Hugging Face snapshots; a "
+               "packed model (--model, or none given) carries its own feature extractors")
     if variant is not None or seeds is not None:
       cli.fail("--variants / --seeds choose among a --run's runs; a packed model (--model) "
                "is one ensemble")

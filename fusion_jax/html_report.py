@@ -20,6 +20,7 @@ import glob
 import html
 import json
 import os
+import urllib.parse
 from typing import Optional, Sequence
 
 from fusion_jax import io_utils
@@ -96,9 +97,15 @@ class _Figures:
     if not paths:
       return ""
     return '<div class="figs">' + "".join(
-        f'<figure><a href="{html.escape(p)}"><img src="{html.escape(p)}" '
+        f'<figure><a href="{_url(p)}"><img src="{_url(p)}" '
         f'alt="{html.escape(os.path.basename(p))}" loading="lazy"></a>'
         f"<figcaption>{html.escape(p)}</figcaption></figure>" for p in paths) + "</div>"
+
+
+def _url(path: str) -> str:
+  """A relative path as an attribute value: URL-quoted (a space, '#' or '%' in a file or
+  folder name would otherwise break the link), then HTML-escaped."""
+  return html.escape(urllib.parse.quote(path.replace(os.sep, "/")))
 
 
 def _pre(title: str, text: Optional[str], open_: bool = False) -> str:

@@ -484,7 +484,7 @@ class Predictor:
     spans = features.audio.speech_segments(clip, sample_rate, max_seconds=segment_seconds)
     if not spans:
       failures.append((path, f"{path}: no speech found in {len(clip) / sample_rate:.1f} s "
-                       "(every frame is near silence)"))
+                       "(every frame is near silence, or no sound lasts 0.5 s)"))
       return None
     pieces = [clip[a:b] for a, b in spans]
     names = [f"{path} [{a / sample_rate:.2f}-{b / sample_rate:.2f} s]" for a, b in spans]

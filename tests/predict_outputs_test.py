@@ -351,3 +351,35 @@ def test_a_failed_timeline_segment_leaves_the_others_and_rows_keep_the_input_ord
   assert long.segments == 2 and [round(s["start"], 1) for s in long.timeline] == [0.9, 19.9]
   want = (2.2 * np.eye(3)[0] + 4.2 * np.eye(3)[1]) / 6.4
   np.testing.assert_allclose([long.probabilities[c] for c in names], want, atol=0.01)
+
+
+def test_a_segment_longer_than_whispers_window_is_refused_before_any_work(tmp_path):
+  from tests.binaries import run  # pylint: disable=import-outside-toplevel
+  wav = tmp_path / "clip.wav"
+  proc = run("predict.py", str(wav), "--segment_seconds=45", check=False)
+  assert proc.returncode != 0
+  assert "segment_seconds" in proc.stderr and "30" in proc.stderr, proc.stderr
+  assert "Traceback" not in proc.stderr
+
+
+def test_report_links_are_url_quoted_and_resolve_to_their_files():
+  import html as html_lib  # pylint: disable=import-outside-toplevel
+  import re  # pylint: disable=import-outside-toplevel
+  import urllib.parse  # pylint: disable=import-outside-toplevel
+  from fusion_jax import html_report  # pylint: disable=import-outside-toplevel
+  paths = ["plots/my run #2/gated 50%_curves.png", "plots/a&b.png"]
+  page = html_report._Figures.html(paths)  # pylint: disable=protected-access
+  refs = re.findall(r'(?:href|src)="([^"]*)"', page)
+  assert len(refs) == 4
+  back = [urllib.parse.unquote(html_lib.unescape(r)) for r in refs]
+  assert back == [paths[0], paths[0], paths[1], paths[1]]
+  assert all(" " not in r and "#" not in r for r in refs)
+
+
+def test_snapshot_flags_with_a_packed_model_are_refused_not_ignored(tmp_path):
+  from tests.binaries import run  # pylint: disable=import-outside-toplevel
+  proc = run("predict.py", str(tmp_path / "clip.wav"), f"--speech_model={tmp_path}",
+             check=False)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1].startswith(
+      "error: --speech_model / --text_model point a --run"), proc.stderr
