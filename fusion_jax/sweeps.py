@@ -270,13 +270,7 @@ def run_trial(study_dir: str, values: dict, base_args: Sequence[str], *,
          f"--model_dir={os.path.join(tdir, 'models')}",
          f"--results_dir={os.path.join(tdir, 'results')}"]
   log(f"trial {key}: {' '.join(override_flags(values))}")
-  with open(os.path.join(tdir, "train.log"), "ab") as out:
-    rc = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT)
-  if rc:
-    with open(os.path.join(tdir, "train.log"), "rb") as f:
-      lines = [l for l in f.read().decode("utf-8", "replace").splitlines() if l.strip()]
-    raise UserError(f"trial {key}: train.py exited {rc}: {lines[-1] if lines else ''} "
-                    f"(log: {os.path.join(tdir, 'train.log')})")
+  _run_logged(cmd, os.path.join(tdir, "train.log"), f"trial {key}: train.py")
   with open(os.path.join(tdir, "results", "summary.json"), encoding="utf-8") as f:
     return json.load(f)
 
@@ -429,11 +423,16 @@ def evaluate_best(study_dir: str, best: dict, base_args: Sequence[str], *,
          f"--model_dir={os.path.join(tdir, 'models')}",
          f"--results_dir={os.path.join(tdir, 'results')}"]
   log_path = os.path.join(tdir, "evaluate.log")
-  with open(log_path, "wb") as out:
+  _run_logged(cmd, log_path, "evaluating the best trial: evaluate.py")
+  return log_path
+
+
+def _run_logged(cmd: Sequence[str], log_path: str, what: str) -> None:
+  """Runs ``cmd`` with its output appended to ``log_path``; a failure is a
+  :class:`UserError` naming ``what``, its exit code, its last line and the log."""
+  with open(log_path, "ab") as out:
     rc = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT)
   if rc:
     with open(log_path, "rb") as f:
       lines = [l for l in f.read().decode("utf-8", "replace").splitlines() if l.strip()]
-    raise UserError(f"evaluating the best trial failed: {lines[-1] if lines else ''} "
-                    f"(log: {log_path})")
-  return log_path
+    raise UserError(f"{what} exited {rc}: {lines[-1] if lines else ''} (log: {log_path})")

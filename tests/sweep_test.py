@@ -151,3 +151,12 @@ def test_two_workers_sweep_report_and_the_best_trial_on_test(tmp_path):
   assert os.path.exists(study / "trials" / best["run"] / "results" / "test_results" /
                         "test_summary.json")
   assert_png(str(study / "optimization_history.png"))
+
+
+def test_a_failed_trial_names_its_binary_exit_code_last_line_and_log(tmp_path):
+  with pytest.raises(sweeps.UserError) as e:
+    sweeps.run_trial(str(tmp_path), {"train.variants": "gated"}, ["--data_dir=/nonexistent"])
+  key = sweeps.trial_key({"train.variants": "gated"})
+  msg = str(e.value)
+  assert msg.startswith(f"trial {key}: train.py exited 2: error: ")
+  assert msg.endswith(f"(log: {tmp_path / 'trials' / key / 'train.log'})")
