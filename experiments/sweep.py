@@ -1,6 +1,6 @@
 r"""Hyper-parameter or grid sweeps on Optuna over ordinary train.py runs.
 
-  python experiments/sweep.py --config configs/demo.py --sweep configs/sweeps/demo_heads.py \
+  python experiments/sweep.py --config configs/demo.py --sweep configs/sweeps/demo.py \
     --study_dir sweeps/demo --workers 2 --trials 12 --data_dir demo_run/data \
     --config.train.epochs=5
 
@@ -46,6 +46,10 @@ flags.DEFINE_string("storage", "", "An Optuna RDB URL (sqlite:///study.db, "
                     "the journal file in --study_dir.")
 flags.DEFINE_bool("grid", False, "Every combination of the search space's choices "
                   "(Optuna's GridSampler) instead of TPE sampling.")
+flags.DEFINE_float("heartbeat_timeout", 30.0, "Seconds without a heartbeat after which a "
+                   "running trial's worker counts as dead: its trial is marked failed and "
+                   "retried with the same values (resuming its checkpoints). Raise it on a "
+                   "slow shared file system.")
 flags.DEFINE_integer("sampler_seed", 0, "Seed of the sampler (same seed, same proposals).")
 flags.DEFINE_bool("evaluate_best", True, "After the sweep, evaluate the best trial once on "
                   "the test split (needs the test features beside the data flags' ones).")
@@ -96,7 +100,10 @@ def main(argv):
                f"--sweep {FLAGS.sweep}; drop it")
   study_dir = os.path.abspath(FLAGS.study_dir)
   train_args = _forwarded("train")
-  options = dict(storage_url=FLAGS.storage, use_grid=FLAGS.grid, seed=FLAGS.sampler_seed)
+  if FLAGS.heartbeat_timeout <= 0:
+    cli.fail(f"--heartbeat_timeout={FLAGS.heartbeat_timeout}: give a positive number of seconds")
+  options = dict(storage_url=FLAGS.storage, use_grid=FLAGS.grid, seed=FLAGS.sampler_seed,
+                 stale_seconds=FLAGS.heartbeat_timeout)
   if FLAGS.worker:   # each worker its own sampler seed: the same seed would propose the same
     options["seed"] = FLAGS.sampler_seed + 1000 * (FLAGS.worker_index + 1)   # values in each
     sweeps.work(study_dir, space, train_args, FLAGS.trials, **options)

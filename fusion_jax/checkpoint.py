@@ -139,7 +139,8 @@ class RunCheckpoints:
     meta = self.restore_meta(kind, step)
     try:
       out = self._managers[kind].restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+          state=ocp.args.StandardRestore(placed(abstract_state)),
+          meta=ocp.args.JsonRestore()))
     except Exception as e:  # pylint: disable=broad-except
       raise self._corrupt(kind, step, f"its arrays are unreadable ({_short(e)})") from None
     state = out["state"]
@@ -153,8 +154,9 @@ class RunCheckpoints:
     redo: a step that exists is never saved again)."""
     self.wait()
     self._managers[kind].close()
-    shutil.rmtree(os.path.join(self.directory, kind) if step is None else self.path(kind, step),
-                  ignore_errors=True)
+    if jax.process_index() == 0:   # (several processes: the first deletes, as orbax writes)
+      shutil.rmtree(os.path.join(self.directory, kind) if step is None else self.path(kind, step),
+                    ignore_errors=True)
     self._managers[kind] = self._manager(kind)
 
   def _corrupt(self, kind, step, problem) -> CorruptCheckpoint:
@@ -178,6 +180,20 @@ class RunCheckpoints:
 def _short(e: Exception) -> str:
   text = " ".join(str(e).split())
   return f"{type(e).__name__}: {text[:160]}{'…' if len(text) > 160 else ''}"
+
+
+def placed(abstract_state):
+  """``abstract_state`` with a sharding on every leaf: one that has none (``jax.eval_shape``
+  output) goes to this process's first device. Without one, orbax restores onto the devices
+  it was saved from, and a checkpoint saved on 4 devices (or by several processes) failed
+  to load on a machine with fewer."""
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+  def place(leaf):
+    if isinstance(leaf, jax.ShapeDtypeStruct) and leaf.sharding is None:
+      return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device)
+    return leaf
+  return jax.tree_util.tree_map(place, abstract_state)
 
 
 def abstract_like(tree):

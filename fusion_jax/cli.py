@@ -55,8 +55,17 @@ def define_common_flags(default_config: str = "default.py") -> None:
         "separate run; reports give mean ± std and paired tests.", module_name=here)
   alias("num_devices", "runtime.num_devices", int, "Devices for data parallelism (0 = all "
         "visible). The batch size must be divisible by it.", module_name=here)
-  alias("distributed", "runtime.distributed", bool, "Call jax.distributed.initialize() "
-        "(multi-host).", module_name=here)
+  alias("distributed", "runtime.distributed", bool, "Multi-process training: every process "
+        "runs the same command, calls jax.distributed.initialize(), and one mesh spans all "
+        "processes' devices (data parallel). Without the next three flags, the cluster's "
+        "environment says where (SLURM, Open MPI, ...).", module_name=here)
+  alias("coordinator_address", "runtime.coordinator_address", str, "With --distributed: "
+        "HOST:PORT where process 0 serves the coordinator (every process gives the same).",
+        module_name=here)
+  alias("num_processes", "runtime.num_processes", int, "With --distributed: how many "
+        "processes take part.", module_name=here)
+  alias("process_id", "runtime.process_id", int, "With --distributed: this process's index, "
+        "0 .. num_processes-1 (process 0 writes the reports).", module_name=here)
   alias("compilation_cache_dir", "runtime.compilation_cache_dir", str, "Persistent XLA "
         "compilation cache ('' to disable): reruns skip compiling.", module_name=here)
   alias("microbatch_frames", "runtime.microbatch_frames", int, "Compute each batch in "
@@ -191,7 +200,7 @@ def setup_jax(config):
   from fusion_jax import sharding  # pylint: disable=import-outside-toplevel
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   runtime = config.runtime
-  sharding.maybe_initialize_distributed(runtime.distributed)
+  sharding.maybe_initialize_distributed(runtime)
   if runtime.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir",
                       os.path.expanduser(runtime.compilation_cache_dir))

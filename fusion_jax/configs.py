@@ -138,7 +138,14 @@ class RuntimeConfig:
   """How to run (never changes a result): devices, compilation cache."""
   num_devices: int = knob(0, at_least(0), "0 (all) or more",
                           "data parallelism over this many devices (0 = all visible)")
-  distributed: bool = knob(False, doc="jax.distributed.initialize() (multi-host)")
+  distributed: bool = knob(False, doc="jax.distributed.initialize() (multi-process)")
+  # where the processes meet; all three empty: what jax.distributed.initialize() reads
+  # from a cluster's environment (SLURM, Open MPI, Kubernetes, Cloud TPU)
+  coordinator_address: str = knob("", doc="HOST:PORT of process 0's coordinator")
+  num_processes: int = knob(0, at_least(0), "0 (from the environment) or more",
+                            "processes in the run (0 = from the environment)")
+  process_id: int = knob(-1, at_least(-1), "-1 (from the environment) or 0 or more",
+                         "this process's index (-1 = from the environment)")
   compilation_cache_dir: str = knob("~/.cache/fusion_jax/xla",
                                     doc="persistent XLA cache ('' = off)")
   # training and evaluation compute each batch in parts of at most this many frames

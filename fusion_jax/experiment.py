@@ -38,7 +38,10 @@ from fusion_jax.models import model as model_lib, registry, encoders
 
 
 def default_log(msg: str) -> None:
-  print(msg, flush=True)
+  """Prints ``msg``; in a multi-process run, only process 0 does (the others compute the
+  same epochs: one console, not N interleaved copies)."""
+  if sharding.is_primary():
+    print(msg, flush=True)
 
 
 def parse_seeds(spec) -> list:

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fusion_jax import checkpoint, configs, io_utils, metrics, optim as optim_lib, steps
+from fusion_jax import checkpoint, configs, io_utils, metrics, optim as optim_lib, sharding, steps
 from fusion_jax.errors import ConfigError, DataError
 from fusion_jax.models import convert, heads, registry
 from fusion_jax.models import model as model_lib
@@ -160,6 +160,8 @@ def check_identity(directory: str, identity: dict) -> None:
                         hint="use another --model_dir, or delete this run's directory to "
                         "train it anew")
     return
+  if not sharding.is_primary():   # (process 0 records it; every process checks it)
+    return
   os.makedirs(directory, exist_ok=True)
   io_utils.write_json(path, dict(identity=identity, created=time.strftime("%Y-%m-%d %H:%M:%S"),
                                  host=socket.gethostname(), pid=os.getpid()))
@@ -171,6 +173,8 @@ class RunLock:
 
   The kernel releases it when the holder exits or is killed, so no stale lock
   survives a crash; the file names the holder (pid, host, start) for the message.
+  In a multi-process run, process 0 holds it for the whole job (the other processes are
+  the same command, not competitors; flock does not reach across hosts anyway).
 
   Raises (on enter):
     RunInUse: another live process holds it.
@@ -184,6 +188,8 @@ class RunLock:
     if os.path.exists(self.directory) and not os.path.isdir(self.directory):
       raise DataError(self.directory, "is a file, not a directory",
                       hint="give a directory for checkpoints and reports")
+    if not sharding.is_primary():
+      return self
     os.makedirs(self.directory, exist_ok=True)
     f = open(os.path.join(self.directory, self.name), "a+", encoding="utf-8")  # pylint: disable=consider-using-with
     try:
@@ -204,8 +210,10 @@ class RunLock:
     return self
 
   def __exit__(self, *exc):
-    fcntl.flock(self._file, fcntl.LOCK_UN)
-    self._file.close()
+    if self._file is not None:
+      fcntl.flock(self._file, fcntl.LOCK_UN)
+      self._file.close()
+      self._file = None
     return False
 
 

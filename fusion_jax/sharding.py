@@ -19,11 +19,43 @@ from fusion_jax.errors import ConfigError
 _DISTRIBUTED = []   # [True] once jax.distributed.initialize() was called here
 
 
-def maybe_initialize_distributed(enabled: bool) -> None:
-  """``jax.distributed.initialize()`` for multi-host runs (env-configured)."""
-  if enabled:
-    jax.distributed.initialize()
-    _DISTRIBUTED.append(True)
+def maybe_initialize_distributed(runtime) -> None:
+  """``jax.distributed.initialize()`` when ``runtime.distributed`` (a ``config.runtime``).
+
+  ``coordinator_address``, ``num_processes`` and ``process_id`` are passed when set;
+  unset, JAX reads them from the cluster's environment (SLURM, Open MPI, ...). CPU
+  devices talk through gloo (JAX's CPU collectives), so several processes on one
+  machine stand in for several hosts.
+  """
+  given = dict(coordinator_address=runtime.coordinator_address or None,
+               num_processes=runtime.num_processes or None,
+               process_id=None if runtime.process_id < 0 else runtime.process_id)
+  if not runtime.distributed:
+    extra = [f"--{k}" for k, v in given.items() if v is not None]
+    if extra:
+      raise ConfigError(f"{', '.join(extra)} given without --distributed")
+    return
+  if given["num_processes"] is not None and given["process_id"] is not None and not (
+      given["process_id"] < given["num_processes"]):
+    raise ConfigError(f"--process_id={given['process_id']} is not below "
+                      f"--num_processes={given['num_processes']}")
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(**given)
+  _DISTRIBUTED.append(True)
+
+
+def is_primary() -> bool:
+  """True in the process that writes shared files (reports, the original's ``.pt``,
+  identity records): process 0, or the only process."""
+  return jax.process_index() == 0
+
+
+def sync(name: str) -> None:
+  """A barrier across processes (a no-op in one process): no process goes on before every
+  process has reached ``name``."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(name)
 
 
 def maybe_shutdown_distributed() -> None:

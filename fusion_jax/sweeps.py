@@ -150,18 +150,24 @@ def override_flags(values: dict) -> list:
 
 
 # ------------------------------------------------------------------ the study
+def heartbeat_interval(stale_seconds: float) -> float:
+  """How often a running trial beats: every 5 s, or a third of a shorter timeout."""
+  return min(HEARTBEAT_SECONDS, stale_seconds / 3)
+
+
 def open_study(study_dir: str, space: dict, *, storage_url: str = "", use_grid: bool = False,
-               seed: Optional[int] = None):
+               seed: Optional[int] = None, stale_seconds: float = STALE_SECONDS):
   """Creates or loads the study in ``study_dir`` (or at ``storage_url``), refusing a
-  folder made for another search space. Returns the ``optuna.Study``."""
+  folder made for another search space. ``stale_seconds``: an RDB study's grace period
+  (journal studies: :func:`reap_dead_trials`). Returns the ``optuna.Study``."""
   o = optuna()
   os.makedirs(study_dir, exist_ok=True)
   if storage_url:
     import warnings  # pylint: disable=import-outside-toplevel
     warnings.filterwarnings("ignore", category=o.exceptions.ExperimentalWarning)
     storage = o.storages.RDBStorage(
-        storage_url, heartbeat_interval=int(HEARTBEAT_SECONDS) or 1,
-        grace_period=int(STALE_SECONDS),
+        storage_url, heartbeat_interval=max(1, int(heartbeat_interval(stale_seconds))),
+        grace_period=max(1, int(stale_seconds)),
         failed_trial_callback=o.storages.RetryFailedTrialCallback(max_retry=MAX_RETRIES))
   else:
     storage = o.storages.JournalStorage(o.storages.journal.JournalFileBackend(
@@ -204,7 +210,8 @@ def _trial_values(trial, space: dict) -> dict:
 class _Heartbeat:
   """Touches ``study_dir/heartbeats/<number>`` every few seconds while a trial runs."""
 
-  def __init__(self, study_dir: str, number: int):
+  def __init__(self, study_dir: str, number: int, every: float = HEARTBEAT_SECONDS):
+    self.every = every
     self.path = os.path.join(study_dir, "heartbeats", str(number))
     os.makedirs(os.path.dirname(self.path), exist_ok=True)
     self._stop = threading.Event()
@@ -214,7 +221,7 @@ class _Heartbeat:
     while True:
       with open(self.path, "w", encoding="utf-8") as f:
         f.write(f"{os.getpid()} {time.time()}\n")
-      if self._stop.wait(HEARTBEAT_SECONDS):
+      if self._stop.wait(self.every):
         return
 
   def __enter__(self):
@@ -294,11 +301,13 @@ def objective_value(summary: dict, metric: str = "") -> tuple:
 
 def work(study_dir: str, space: dict, base_args: Sequence[str], trials: int, *,
          storage_url: str = "", use_grid: bool = False, seed: Optional[int] = None,
-         log=print) -> int:
+         stale_seconds: float = STALE_SECONDS, log=print) -> int:
   """One worker: runs trials until the study holds ``trials`` complete ones (or the grid is
-  done). Returns the number of trials this worker finished."""
+  done); a running trial whose worker has not beaten for ``stale_seconds`` is retried.
+  Returns the number of trials this worker finished."""
   o = optuna()
-  study = open_study(study_dir, space, storage_url=storage_url, use_grid=use_grid, seed=seed)
+  study = open_study(study_dir, space, storage_url=storage_url, use_grid=use_grid, seed=seed,
+                     stale_seconds=stale_seconds)
   done = 0
   states = o.trial.TrialState
 
@@ -309,7 +318,7 @@ def work(study_dir: str, space: dict, base_args: Sequence[str], trials: int, *,
     while any(t.user_attrs.get("run") == key and t.number != trial.number for t in
               study.get_trials(deepcopy=False, states=(states.RUNNING,))):
       time.sleep(2.0)   # the same values run in another worker: wait, then reuse its run
-    with _Heartbeat(study_dir, trial.number):
+    with _Heartbeat(study_dir, trial.number, heartbeat_interval(stale_seconds)):
       summary = run_trial(study_dir, values, base_args, log=log)
     value, variant = objective_value(summary, space["metric"])
     trial.set_user_attr("variant", variant)
@@ -319,7 +328,7 @@ def work(study_dir: str, space: dict, base_args: Sequence[str], trials: int, *,
     trials = min(trials, _grid_size(space)) if trials else _grid_size(space)
   while True:
     if not storage_url:
-      reap_dead_trials(study, study_dir)
+      reap_dead_trials(study, study_dir, stale_seconds)
     ts = study.get_trials(deepcopy=False)
     # every first attempt takes one of the ``trials`` slots, whatever its outcome; a retry
     # of a dead worker's trial (enqueued: WAITING until a worker takes it) takes none

@@ -23,7 +23,7 @@ from typing import Callable, Optional, Sequence
 
 import jax
 
-from fusion_jax import checkpoint, configs, html_report, io_utils, loop, reports, runs
+from fusion_jax import checkpoint, configs, html_report, io_utils, loop, reports, runs, sharding
 from fusion_jax import hooks as hooks_lib
 from fusion_jax import ledger as ledger_lib
 from fusion_jax import optim as optim_lib
@@ -237,9 +237,10 @@ def _train(exp, variant, seeds, train, val, ckpts_list, fingerprint, extra_hooks
     ckpts = [m[1] for m in members]
     standard = [hooks_lib.Checkpoints(ckpts, meta, cfg.train.checkpoint_every_seconds,
                                       background=_off_main_thread())]
-    standard += [hooks_lib.MetricsLog(jsonl)] if jsonl else []
-    standard += ([hooks_lib.TensorBoard(os.path.join(exp.results_dir, "tensorboard"))]
-                 if exp.results_dir and cfg.train.tensorboard else [])
+    if sharding.is_primary():   # (one metrics log and event file, not one per process)
+      standard += [hooks_lib.MetricsLog(jsonl)] if jsonl else []
+      standard += ([hooks_lib.TensorBoard(os.path.join(exp.results_dir, "tensorboard"))]
+                   if exp.results_dir and cfg.train.tensorboard else [])
     standard += [hooks_lib.Console(exp.log, len(train), exp.ledger)]
     loop.train_group(exp, group, train, val, standard + list(extra_hooks))
     # (the last epoch's checkpoints are on disk when the caller closes ckpts_list)
@@ -349,18 +350,22 @@ def train_and_evaluate(exp: Experiment, train: Split, val: Split, *,
         # The report set appears together, once every run has finished (and its files
         # are written), and replaces the previous training report as a whole: plots of
         # variants this run did not train and their metrics lines go, so the folder never
-        # shows two runs at once.
-        with io_utils.replaced_dir(os.path.join(results_dir, "plots")) as plots_dir, \
-            io_utils.staged_files(results_dir) as out:
-          reports.write_training_reports(plots_dir, out, exp, results, summary)
-          finish.raise_failed()
-        html_report.write(results_dir)
+        # shows two runs at once. Several processes: process 0 writes it.
+        if sharding.is_primary():
+          with io_utils.replaced_dir(os.path.join(results_dir, "plots")) as plots_dir, \
+              io_utils.staged_files(results_dir) as out:
+            reports.write_training_reports(plots_dir, out, exp, results, summary)
+            finish.raise_failed()
+          html_report.write(results_dir)
+        finish.raise_failed()
       except BaseException as e:   # (the queued jobs still run; say which of them failed)
         finish.log_other_failures(e, log)
         raise
-    jsonl = _metrics_log(exp)
-    kept = {(v, s) for v in variants for s in seeds}
-    jsonl.replace(lambda r: (r.get("variant"), r.get("seed")) not in kept, [])
+    if sharding.is_primary():
+      jsonl = _metrics_log(exp)
+      kept = {(v, s) for v in variants for s in seeds}
+      jsonl.replace(lambda r: (r.get("variant"), r.get("seed")) not in kept, [])
+    sharding.sync("fusion_jax: training report written")   # (no process ends before it)
   log(reports.training_console_summary(summary))
   log(f"All results saved to: {results_dir} (report.html gathers them)\n"
       f"All models saved to: {exp.model_dir}")
@@ -387,7 +392,9 @@ def export_torch(exp: Experiment, variant: str, seeds: Sequence[int]) -> Optiona
   seed = seeds[0] if want < 0 else want
   path = runs.torch_checkpoint_path(exp.model_dir, variant)
   try:
-    run = runs.load_run(exp.model_dir, variant, seed)
+    run = runs.load_run(exp.model_dir, variant, seed)   # (every process: orbax syncs them)
+    if not sharding.is_primary():
+      return None
     convert.save_torch_checkpoint(
         run.params, variant, path, epoch=run.state.best.epoch, val_acc=run.val_acc,
         class_names=run.class_names, confusion_matrix=run.state.best.confusion,

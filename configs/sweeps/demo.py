@@ -1,7 +1,7 @@
 """Search space for the README demo (configs/demo.py): the fusion head and its training.
 
   python experiments/sweep.py --config configs/demo.py \
-    --sweep configs/sweeps/demo_heads.py --study_dir sweeps/demo --data_dir demo_run/data \
+    --sweep configs/sweeps/demo.py --study_dir sweeps/demo --data_dir demo_run/data \
     --workers 2 --trials 16
 
 Each entry is a config field (fusion_jax/configs.py) with an Optuna distribution: float/int
