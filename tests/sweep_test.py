@@ -160,3 +160,50 @@ def test_a_failed_trial_names_its_binary_exit_code_last_line_and_log(tmp_path):
   msg = str(e.value)
   assert msg.startswith(f"trial {key}: train.py exited 2: error: ")
   assert msg.endswith(f"(log: {tmp_path / 'trials' / key / 'train.log'})")
+
+
+def test_every_worker_killed_mid_trial_then_the_same_command_completes_the_study(tmp_path):
+  """SIGKILL to the whole sweep (its workers and their train.py runs) once a trial's first
+  checkpoint is on disk; the same command again: the dead trials are retried with their
+  values, resume their runs, and the study ends with exactly --trials complete trials."""
+  import signal  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  from tests.binaries import OUTSIDE, ROOT  # pylint: disable=import-outside-toplevel
+  from tests.conftest import COMPILATION_CACHE  # pylint: disable=import-outside-toplevel
+  spec = data.DemoSpec(sizes=(("train", 28), ("val", 14), ("test", 14)), speech_dim=8,
+                       text_dim=8, speech_length=(4, 10), text_length=(2, 5),
+                       speech_median=7, text_median=3)
+  data.make_demo_dataset(str(tmp_path / "d"), spec)
+  study = tmp_path / "study"
+  cmd = [sys.executable, os.path.join(ROOT, "experiments", "sweep.py"), f"--config={TINY}",
+         f"--sweep={_space_file(tmp_path, SPACE)}", f"--study_dir={study}", "--workers=2",
+         "--trials=3", f"--data_dir={tmp_path / 'd'}", "--epochs=6",
+         "--config.train.checkpoint_every_seconds=0", "--config.train.batch_size=4",
+         "--config.data.num_buckets=1", "--heartbeat_timeout=2", "--noevaluate_best",
+         f"--compilation_cache_dir={COMPILATION_CACHE}"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  first = subprocess.Popen(cmd, cwd=OUTSIDE, env=env, start_new_session=True,  # pylint: disable=consider-using-with
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  started = []
+  while not started and time.time() < deadline and first.poll() is None:
+    started = list((study / "trials").glob("*/models/*/seed_0/latest/1"))
+    time.sleep(0.05)
+  os.killpg(first.pid, signal.SIGKILL)
+  first.wait()
+  assert started, "no trial reached its first checkpoint"
+  killed_run = started[0].parts[-6]
+  assert not (study / "trials" / killed_run / "results" / "summary.json").exists()
+
+  again = subprocess.run(cmd, cwd=OUTSIDE, env=env, capture_output=True, text=True,
+                         timeout=600, check=False)
+  assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+  rows = list(csv.DictReader(open(study / "trials.csv", encoding="utf-8")))
+  complete = [r for r in rows if r["state"] == "COMPLETE"]
+  failed = [r for r in rows if r["state"] == "FAIL"]
+  assert len(complete) == 3, rows
+  assert 1 <= len(failed) <= 2 and killed_run in {r["run"] for r in failed}, rows
+  assert {r["run"] for r in failed} <= {r["run"] for r in complete}   # each retried, done
+  log = (study / "trials" / killed_run / "train.log").read_text(encoding="utf-8")
+  assert "resuming after epoch" in log   # the retry picked up the killed run's checkpoints
