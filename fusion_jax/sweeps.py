@@ -265,6 +265,15 @@ def reap_dead_trials(study, study_dir: str, stale_seconds: float = STALE_SECONDS
   return reaped
 
 
+def retry_of(trial) -> Optional[int]:
+  """The trial a retry repeats (ours: ``user_attrs["retry_of"]``; Optuna's
+  RetryFailedTrialCallback on an RDB: ``system_attrs["failed_trial"]``), or None."""
+  if "retry_of" in trial.user_attrs:
+    return int(trial.user_attrs["retry_of"])
+  failed = trial.system_attrs.get("failed_trial")
+  return None if failed is None else int(failed)
+
+
 def run_trial(study_dir: str, values: dict, base_args: Sequence[str], *,
               python: str = sys.executable, log=print) -> dict:
   """Runs train.py for one set of values; returns its ``summary.json`` (dict). A failed
@@ -327,12 +336,14 @@ def work(study_dir: str, space: dict, base_args: Sequence[str], trials: int, *,
   if use_grid:
     trials = min(trials, _grid_size(space)) if trials else _grid_size(space)
   while True:
-    if not storage_url:
+    if storage_url:   # (Optuna checks only when optimize starts: after the slots below)
+      o.storages.fail_stale_trials(study)
+    else:
       reap_dead_trials(study, study_dir, stale_seconds)
     ts = study.get_trials(deepcopy=False)
     # every first attempt takes one of the ``trials`` slots, whatever its outcome; a retry
     # of a dead worker's trial (enqueued: WAITING until a worker takes it) takes none
-    firsts = sum("retry_of" not in t.user_attrs for t in ts)
+    firsts = sum(retry_of(t) is None for t in ts)
     if firsts >= trials and not any(t.state == states.WAITING for t in ts):
       break
     study.optimize(objective, n_trials=1, catch=(UserError,))
@@ -364,7 +375,7 @@ def write_report(study, study_dir: str, base_config: str, space: dict,
       for t in trials:
         w.writerow([t.number, t.state.name, "" if t.value is None else t.value,
                     *[t.params.get(k, "") for k in fields], t.user_attrs.get("variant", ""),
-                    t.user_attrs.get("run", ""), t.user_attrs.get("retry_of", "")])
+                    t.user_attrs.get("run", ""), "" if retry_of(t) is None else retry_of(t)])
     complete = [t for t in trials if t.state == o.trial.TrialState.COMPLETE]
     best = None
     if complete:

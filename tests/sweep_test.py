@@ -162,10 +162,30 @@ def test_a_failed_trial_names_its_binary_exit_code_last_line_and_log(tmp_path):
   assert msg.endswith(f"(log: {tmp_path / 'trials' / key / 'train.log'})")
 
 
-def test_every_worker_killed_mid_trial_then_the_same_command_completes_the_study(tmp_path):
+POSTGRES_URL = os.environ.get("FUSION_JAX_TEST_POSTGRES_URL", "")
+POSTGRES_SKIP = ("needs a PostgreSQL server: FUSION_JAX_TEST_POSTGRES_URL=postgresql://user@"
+                 "host:port/db (.ci/run starts a throwaway one: scripts/postgres.sh)")
+
+
+def _fresh_postgres_database(name: str) -> str:
+  """A new, empty database on the test server (each test its own study); returns its URL."""
+  import sqlalchemy  # pylint: disable=import-outside-toplevel
+  engine = sqlalchemy.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+  with engine.connect() as c:
+    c.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {name}"))
+    c.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+  engine.dispose()
+  return POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.mark.parametrize("storage", ["journal", pytest.param("postgresql", marks=pytest.mark.
+                                     skipif(not POSTGRES_URL, reason=POSTGRES_SKIP))])
+def test_every_worker_killed_mid_trial_then_the_same_command_completes_the_study(tmp_path,
+                                                                                 storage):
   """SIGKILL to the whole sweep (its workers and their train.py runs) once a trial's first
   checkpoint is on disk; the same command again: the dead trials are retried with their
-  values, resume their runs, and the study ends with exactly --trials complete trials."""
+  values, resume their runs, and the study ends with exactly --trials complete trials.
+  Journal: our heartbeat files and reaper; PostgreSQL: Optuna's heartbeat and retry."""
   import signal  # pylint: disable=import-outside-toplevel
   import subprocess  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
@@ -182,6 +202,8 @@ def test_every_worker_killed_mid_trial_then_the_same_command_completes_the_study
          "--config.train.checkpoint_every_seconds=0", "--config.train.batch_size=4",
          "--config.data.num_buckets=1", "--heartbeat_timeout=2", "--noevaluate_best",
          f"--compilation_cache_dir={COMPILATION_CACHE}"]
+  if storage == "postgresql":
+    cmd.append(f"--storage={_fresh_postgres_database(f'sweep_{os.getpid()}')}")
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   first = subprocess.Popen(cmd, cwd=OUTSIDE, env=env, start_new_session=True,  # pylint: disable=consider-using-with
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
