@@ -50,29 +50,40 @@ flags.DEFINE_bool("analysis", True, "Also write the original test.py's separabil
                   "fusion_comparison_all.png; --config.analysis.methods chooses); "
                   "--noanalysis skips them.")
 cli.define_common_flags()
+cli.define_fold_flags()
 flags.adopt_module_key_flags(cli)
 
 
 def main(argv):
   del argv
   config = cli.config_from_flags()
-  speech = cli.data_path(config, "test_speech_features", "test_speech.pt")
-  text = cli.data_path(config, "test_text_features", "test_text.pt")
   csv = cli.data_path(config, "csv_path", "train_split.csv")
-  test_csv = cli.optional_path(config, "test_csv_path", "test_split.csv")
-  cli.require(test_speech_features=speech, test_text_features=text, csv_path=csv)
   from fusion_jax import analysis, data, evaluation, experiment  # pylint: disable=import-outside-toplevel
-  mesh = cli.setup_jax(config)
-  names = data.class_names_from_csv(csv)
-  test = data.load_split("test", speech, text, test_csv, class_names=names)
-  train = None
-  tr_s = cli.optional_path(config, "train_speech_features", "train_speech.pt")
-  tr_t = cli.optional_path(config, "train_text_features", "train_text.pt")
-  if FLAGS.ablation == "mean" and tr_s and tr_t:
-    train = data.load_split("train", tr_s, tr_t)
-  elif FLAGS.ablation == "mean":
-    print("note: no training features (--train_speech_features, --train_text_features): "
-          "modality removal fills with the test split's own mean frame", flush=True)
+  if config.data.fold >= 0:   # the training files hold the corpus: test on the fold's own
+    tr_s = cli.data_path(config, "train_speech_features", "train_speech.pt")
+    tr_t = cli.data_path(config, "train_text_features", "train_text.pt")
+    cli.require(train_speech_features=tr_s, train_text_features=tr_t, csv_path=csv)
+    mesh = cli.setup_jax(config)
+    names = data.class_names_from_csv(csv)
+    # (the mean ablation fills with the fold's training speakers' mean)
+    train, _, test = cli.fold_of(config, data.load_split("corpus", tr_s, tr_t, csv,
+                                                         class_names=names))
+  else:
+    speech = cli.data_path(config, "test_speech_features", "test_speech.pt")
+    text = cli.data_path(config, "test_text_features", "test_text.pt")
+    test_csv = cli.optional_path(config, "test_csv_path", "test_split.csv")
+    cli.require(test_speech_features=speech, test_text_features=text, csv_path=csv)
+    mesh = cli.setup_jax(config)
+    names = data.class_names_from_csv(csv)
+    test = data.load_split("test", speech, text, test_csv, class_names=names)
+    train = None
+    tr_s = cli.optional_path(config, "train_speech_features", "train_speech.pt")
+    tr_t = cli.optional_path(config, "train_text_features", "train_text.pt")
+    if FLAGS.ablation == "mean" and tr_s and tr_t:
+      train = data.load_split("train", tr_s, tr_t)
+    elif FLAGS.ablation == "mean":
+      print("note: no training features (--train_speech_features, --train_text_features): "
+            "modality removal fills with the test split's own mean frame", flush=True)
   exp = experiment.Experiment.create(config, names, mesh=mesh,
                                      model_dir=config.paths.model_dir,
                                      results_dir=config.paths.results_dir)

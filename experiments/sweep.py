@@ -50,6 +50,12 @@ flags.DEFINE_float("heartbeat_timeout", 30.0, "Seconds without a heartbeat after
                    "running trial's worker counts as dead: its trial is marked failed and "
                    "retried with the same values (resuming its checkpoints). Raise it on a "
                    "slow shared file system.")
+flags.DEFINE_string("folds", "", "Comma-separated folds, e.g. 0,1,2,3: every trial trains "
+                    "one run per fold (train.py --fold K; the training files and CSV hold a "
+                    "whole corpus with a speaker column, e.g. a recipe's WORK_DIR/features "
+                    "files), and its objective is the mean over the folds of their "
+                    "validation figures; the best trial is then tested on each fold's test "
+                    "speakers. --num_folds and --val_speakers say how the folds are made.")
 flags.DEFINE_integer("sampler_seed", 0, "Seed of the sampler (same seed, same proposals).")
 flags.DEFINE_bool("evaluate_best", True, "After the sweep, evaluate the best trial once on "
                   "the test split (needs the test features beside the data flags' ones).")
@@ -66,6 +72,7 @@ flags.DEFINE_integer("epochs", None, "Passed to train.py as --epochs.")
 flags.DEFINE_integer("batch_size", None, "Passed to train.py as --batch_size.")
 flags.DEFINE_integer("worker_index", 0, "Internal: this worker's number (its sampler seed).")
 cli.define_common_flags()
+cli.define_fold_flags()
 flags.adopt_module_key_flags(cli)
 _TRAIN = ("data_dir", "train_speech_features", "train_text_features", "val_speech_features",
           "val_text_features", "csv_path", "val_csv_path", "epochs", "batch_size")
@@ -102,8 +109,16 @@ def main(argv):
   train_args = _forwarded("train")
   if FLAGS.heartbeat_timeout <= 0:
     cli.fail(f"--heartbeat_timeout={FLAGS.heartbeat_timeout}: give a positive number of seconds")
+  try:
+    folds = [int(k) for k in FLAGS.folds.split(",") if k.strip()]
+  except ValueError:
+    cli.fail(f"--folds={FLAGS.folds}: give comma-separated fold numbers, e.g. 0,1,2,3")
+  if folds and cli.given("fold"):
+    cli.fail("--fold and --folds: give --folds (every trial runs each of them)")
+  if len(set(folds)) != len(folds):
+    cli.fail(f"--folds={FLAGS.folds} names a fold twice")
   options = dict(storage_url=FLAGS.storage, use_grid=FLAGS.grid, seed=FLAGS.sampler_seed,
-                 stale_seconds=FLAGS.heartbeat_timeout)
+                 stale_seconds=FLAGS.heartbeat_timeout, folds=folds)
   if FLAGS.worker:   # each worker its own sampler seed: the same seed would propose the same
     options["seed"] = FLAGS.sampler_seed + 1000 * (FLAGS.worker_index + 1)   # values in each
     sweeps.work(study_dir, space, train_args, FLAGS.trials, **options)
@@ -134,9 +149,9 @@ def main(argv):
         f"({best['variant']}) with {best['values']}")
   print(f"report: {os.path.join(study_dir, 'trials.csv')}, best_config.py, *.png")
   if FLAGS.evaluate_best:
-    log = sweeps.evaluate_best(study_dir, best, _forwarded("evaluate"))
-    print(f"best trial on test: {os.path.join(study_dir, 'trials', best['run'], 'results')} "
-          f"(log {log})")
+    logs = sweeps.evaluate_best(study_dir, best, _forwarded("evaluate"), folds=folds)
+    print(f"best trial on test: {os.path.join(study_dir, 'trials', best['run'])} "
+          f"(logs {', '.join(logs)})")
   return 0
 
 

@@ -49,16 +49,20 @@ cli.alias("export_torch", "train.export_torch", bool, "Also write the original's
           "MODEL_DIR/best_{variant}_model.pt (torch.save format, written without torch; "
           "--noexport_torch skips it).")
 cli.define_common_flags()
+cli.define_fold_flags()
 flags.adopt_module_key_flags(cli)
 
 
 def _paths(config):
   names = dict(train_speech_features="train_speech.pt", train_text_features="train_text.pt",
-               val_speech_features="val_speech.pt", val_text_features="val_text.pt",
                csv_path="train_split.csv")
+  if config.data.fold < 0:   # (one fold: the training files hold the whole corpus)
+    names.update(val_speech_features="val_speech.pt", val_text_features="val_text.pt")
   paths = {f: cli.data_path(config, f, name) for f, name in names.items()}
   cli.require("or give --data_dir DIR holding {train,val}_{speech,text}.pt and "
               "train_split.csv", **paths)
+  if config.data.fold >= 0:
+    return paths
   val_csv = cli.optional_path(config, "val_csv_path", "val_split.csv")
   if val_csv is None and not config.paths.val_csv_path and "train" in os.path.basename(
       paths["csv_path"]):   # beside the training CSV, as the original's layout has it
@@ -76,8 +80,11 @@ def main(argv):
   names = data.class_names_from_csv(paths["csv_path"])
   train = data.load_split("train", paths["train_speech_features"],
                           paths["train_text_features"], paths["csv_path"], class_names=names)
-  val = data.load_split("val", paths["val_speech_features"], paths["val_text_features"],
-                        paths["val_csv_path"], class_names=names)
+  if config.data.fold >= 0:
+    train, val, _ = cli.fold_of(config, train)
+  else:
+    val = data.load_split("val", paths["val_speech_features"], paths["val_text_features"],
+                          paths["val_csv_path"], class_names=names)
   for m in ("speech", "text"):  # dims come from the data; an explicit dim must agree
     field = f"model.{m}_dim"
     got = int(getattr(train, m)[0].shape[1])

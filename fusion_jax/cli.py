@@ -78,6 +78,34 @@ def define_common_flags(default_config: str = "default.py") -> None:
                             "fusion_jax.models.register_variant.", module_name=here)
 
 
+def define_fold_flags(module_name=None) -> None:
+  """``--fold``, ``--num_folds``, ``--val_speakers``: one fold of a recipe's
+  speaker-independent cross-validation (``config.data``; train.py and evaluate.py)."""
+  alias("fold", "data.fold", int, "Train (evaluate) on one fold of a speaker-independent "
+        "cross-validation: the training features and CSV (--train_speech_features, "
+        "--train_text_features, --csv_path, e.g. a recipe's WORK_DIR/features files) hold a "
+        "whole corpus with a speaker column, and the fold's speakers are split as the "
+        "recipes split them (folds of sorted speakers in contiguous blocks, validation from "
+        "the next block, standardised with the training speakers' statistics). train.py "
+        "never reads the fold's test speakers; evaluate.py tests on them. -1: the splits as "
+        "given.", module_name=module_name)
+  alias("num_folds", "data.num_folds", int, "With --fold: how many folds.",
+        module_name=module_name)
+  alias("val_speakers", "data.val_speakers", int, "With --fold: validation speakers per "
+        "fold.", module_name=module_name)
+
+
+def fold_of(config, corpus):
+  """``(train, val, test)`` of ``config.data.fold`` of ``corpus`` (a Split), logged."""
+  from fusion_jax import recipes  # pylint: disable=import-outside-toplevel
+  d = config.data
+  parts = recipes.fold_splits(corpus, d.fold, d.num_folds, d.val_speakers)
+  print(f"Fold {d.fold} of {d.num_folds} of {corpus.sources.get('csv') or corpus.name}: "
+        + "; ".join(f"{p.name} {len(p)} ({', '.join(sorted(set(p.groups)))})" for p in parts),
+        flush=True)
+  return parts
+
+
 def parse_flags(argv):
   """absl's flag parsing, with the config file's own errors (missing file, unknown
   ``--config.<field>``, wrong type) as one ``error:`` line instead of a traceback."""

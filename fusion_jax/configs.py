@@ -37,6 +37,13 @@ class DataConfig:
   num_buckets: int = knob(4, at_least(1), "at least 1",
                           "speech-length buckets, each one compiled shape")
   bucket_multiple: int = knob(8, at_least(1), "at least 1", "bucket lengths round up to this")
+  # one fold of a recipe's speaker-independent cross-validation (recipes.fold_splits): the
+  # training features hold a whole corpus with a speaker column; -1 = the splits as given
+  fold: int = knob(-1, at_least(-1), "-1 (off) or a fold index",
+                   "train/evaluate on this fold of the corpus in the training files")
+  num_folds: int = knob(4, at_least(2), "at least 2", "speaker-independent folds (fold >= 0)")
+  val_speakers: int = knob(2, at_least(1), "at least 1",
+                           "validation speakers per fold, from the next fold's block")
 
 
 @dataclasses.dataclass(frozen=True)

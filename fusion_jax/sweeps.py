@@ -156,7 +156,8 @@ def heartbeat_interval(stale_seconds: float) -> float:
 
 
 def open_study(study_dir: str, space: dict, *, storage_url: str = "", use_grid: bool = False,
-               seed: Optional[int] = None, stale_seconds: float = STALE_SECONDS):
+               seed: Optional[int] = None, stale_seconds: float = STALE_SECONDS,
+               folds: Sequence[int] = ()):
   """Creates or loads the study in ``study_dir`` (or at ``storage_url``), refusing a
   folder made for another search space. ``stale_seconds``: an RDB study's grace period
   (journal studies: :func:`reap_dead_trials`). Returns the ``optuna.Study``."""
@@ -179,16 +180,19 @@ def open_study(study_dir: str, space: dict, *, storage_url: str = "", use_grid: 
   study.sampler = (o.samplers.GridSampler(grid(space), seed=seed) if use_grid
                    else o.samplers.TPESampler(seed=seed))
   mine = dict(fingerprint=fingerprint(space), grid=bool(use_grid))
+  if folds:   # (recorded only with folds: studies made before folds existed still match)
+    mine["folds"] = [int(k) for k in folds]
   have = study.user_attrs.get("space")
   if have is None:
     study.set_user_attr("space", mine)
     study.set_user_attr("space_definition", space)
   elif have != mine:
     where = storage_url or study_dir
+    said = lambda d: (d["fingerprint"] + (", grid" if d["grid"] else "")
+                      + (f", folds {d['folds']}" if d.get("folds") else ""))
     raise ConfigError(f"{where}: this study was made for another search space "
-                      f"({have['fingerprint']}{', grid' if have['grid'] else ''}; yours is "
-                      f"{mine['fingerprint']}{', grid' if use_grid else ''}); use another "
-                      "--study_dir, or the same --sweep file and --grid setting")
+                      f"({said(have)}; yours is {said(mine)}); use another --study_dir, or "
+                      "the same --sweep file, --grid setting and --folds")
   return study
 
 
@@ -274,49 +278,70 @@ def retry_of(trial) -> Optional[int]:
   return None if failed is None else int(failed)
 
 
+def run_dirs(study_dir: str, key: str, folds: Sequence[int] = ()) -> list:
+  """A trial's run folders: ``trials/<key>``, or ``trials/<key>/fold_<k>`` per fold."""
+  tdir = os.path.join(study_dir, "trials", key)
+  return [tdir] if not folds else [os.path.join(tdir, f"fold_{k}") for k in folds]
+
+
+def _fold_flags(folds: Sequence[int]) -> list:
+  return [[f"--fold={k}"] for k in folds] or [[]]
+
+
 def run_trial(study_dir: str, values: dict, base_args: Sequence[str], *,
-              python: str = sys.executable, log=print) -> dict:
-  """Runs train.py for one set of values; returns its ``summary.json`` (dict). A failed
-  run raises :class:`UserError` with the last line of its log."""
+              folds: Sequence[int] = (), python: str = sys.executable, log=print) -> list:
+  """Runs train.py for one set of values — once, or once per fold of ``folds`` (``--fold
+  K``: the training files hold a corpus) — and returns each run's ``summary.json``. A
+  failed run raises :class:`UserError` with the last line of its log."""
   key = trial_key(values)
   tdir = os.path.join(study_dir, "trials", key)
   os.makedirs(tdir, exist_ok=True)
   io_utils.write_json(os.path.join(tdir, "values.json"), values)
-  cmd = [python, TRAIN, *base_args, *override_flags(values),
-         f"--model_dir={os.path.join(tdir, 'models')}",
-         f"--results_dir={os.path.join(tdir, 'results')}"]
-  log(f"trial {key}: {' '.join(override_flags(values))}")
-  _run_logged(cmd, os.path.join(tdir, "train.log"), f"trial {key}: train.py")
-  with open(os.path.join(tdir, "results", "summary.json"), encoding="utf-8") as f:
-    return json.load(f)
+  summaries = []
+  for rdir, fold in zip(run_dirs(study_dir, key, folds), _fold_flags(folds)):
+    os.makedirs(rdir, exist_ok=True)
+    cmd = [python, TRAIN, *base_args, *override_flags(values), *fold,
+           f"--model_dir={os.path.join(rdir, 'models')}",
+           f"--results_dir={os.path.join(rdir, 'results')}"]
+    log(f"trial {key}: {' '.join(override_flags(values) + fold)}")
+    _run_logged(cmd, os.path.join(rdir, "train.log"), f"trial {key}: train.py "
+                + " ".join(fold))
+    with open(os.path.join(rdir, "results", "summary.json"), encoding="utf-8") as f:
+      summaries.append(json.load(f))
+  return summaries
 
 
-def objective_value(summary: dict, metric: str = "") -> tuple:
+def objective_value(summaries, metric: str = "") -> tuple:
   """``(value, variant)``: the best variant's validation figure (``metric``, default the
-  selection metric ``best_val_score_mean``: mean over seeds) in a run's summary."""
+  selection metric ``best_val_score_mean``: mean over seeds) in a run's summary, or its
+  mean over the runs of several folds (``summaries``: a list; a variant is chosen on its
+  mean, never fold by fold)."""
   metric = metric or "best_val_score_mean"
   if not metric.startswith(("best_val", "final_val")):
     raise ConfigError(f"sweep metric {metric!r}: the objective must be a validation figure "
                       "from summary.json (best_val_*), never a test one")
+  summaries = [summaries] if isinstance(summaries, dict) else list(summaries)
   scores = {}
-  for v, s in summary["variants"].items():
-    if metric not in s:
-      raise ConfigError(f"sweep metric {metric!r} is not in summary.json (have: "
-                        f"{', '.join(k for k in s if k.startswith('best_val'))})")
-    scores[v] = float(s[metric])
-  best = max(scores, key=scores.get)
-  return scores[best], best
+  for summary in summaries:
+    for v, s in summary["variants"].items():
+      if metric not in s:
+        raise ConfigError(f"sweep metric {metric!r} is not in summary.json (have: "
+                          f"{', '.join(k for k in s if k.startswith('best_val'))})")
+      scores.setdefault(v, []).append(float(s[metric]))
+  means = {v: sum(x) / len(x) for v, x in scores.items() if len(x) == len(summaries)}
+  best = max(means, key=means.get)
+  return means[best], best
 
 
 def work(study_dir: str, space: dict, base_args: Sequence[str], trials: int, *,
          storage_url: str = "", use_grid: bool = False, seed: Optional[int] = None,
-         stale_seconds: float = STALE_SECONDS, log=print) -> int:
+         stale_seconds: float = STALE_SECONDS, folds: Sequence[int] = (), log=print) -> int:
   """One worker: runs trials until the study holds ``trials`` complete ones (or the grid is
   done); a running trial whose worker has not beaten for ``stale_seconds`` is retried.
   Returns the number of trials this worker finished."""
   o = optuna()
   study = open_study(study_dir, space, storage_url=storage_url, use_grid=use_grid, seed=seed,
-                     stale_seconds=stale_seconds)
+                     stale_seconds=stale_seconds, folds=folds)
   done = 0
   states = o.trial.TrialState
 
@@ -328,9 +353,13 @@ def work(study_dir: str, space: dict, base_args: Sequence[str], trials: int, *,
               study.get_trials(deepcopy=False, states=(states.RUNNING,))):
       time.sleep(2.0)   # the same values run in another worker: wait, then reuse its run
     with _Heartbeat(study_dir, trial.number, heartbeat_interval(stale_seconds)):
-      summary = run_trial(study_dir, values, base_args, log=log)
-    value, variant = objective_value(summary, space["metric"])
+      summaries = run_trial(study_dir, values, base_args, folds=folds, log=log)
+    value, variant = objective_value(summaries, space["metric"])
     trial.set_user_attr("variant", variant)
+    if folds:
+      trial.set_user_attr("fold_values", [objective_value(
+          {"variants": {variant: s["variants"][variant]}}, space["metric"])[0]
+                                          for s in summaries])
     return value
 
   if use_grid:
@@ -382,6 +411,8 @@ def write_report(study, study_dir: str, base_config: str, space: dict,
       bt = study.best_trial
       best = dict(number=bt.number, value=bt.value, values=bt.params,
                   variant=bt.user_attrs.get("variant"), run=bt.user_attrs.get("run"),
+                  **({"fold_values": bt.user_attrs["fold_values"]}
+                     if "fold_values" in bt.user_attrs else {}),
                   direction=space["direction"], metric=space["metric"] or
                   "best_val_score_mean", trials_complete=len(complete))
       io_utils.write_json(os.path.join(tmp, "best_trial.json"), best)
@@ -435,16 +466,18 @@ def _plots(study, out_dir: str) -> None:
 
 
 def evaluate_best(study_dir: str, best: dict, base_args: Sequence[str], *,
-                  python: str = sys.executable) -> str:
+                  folds: Sequence[int] = (), python: str = sys.executable) -> list:
   """Evaluates the best trial's run once on the test split (evaluate.py with the same data
-  flags); its reports go to ``STUDY/trials/<run>/results/test_results``. Returns the log."""
-  tdir = os.path.join(study_dir, "trials", best["run"])
-  cmd = [python, EVALUATE, *base_args, *override_flags(best["values"]),
-         f"--model_dir={os.path.join(tdir, 'models')}",
-         f"--results_dir={os.path.join(tdir, 'results')}"]
-  log_path = os.path.join(tdir, "evaluate.log")
-  _run_logged(cmd, log_path, "evaluating the best trial: evaluate.py")
-  return log_path
+  flags), or each fold's run on that fold's test speakers; the reports go to
+  ``STUDY/trials/<run>[/fold_<k>]/results/test_results``. Returns the logs."""
+  logs = []
+  for rdir, fold in zip(run_dirs(study_dir, best["run"], folds), _fold_flags(folds)):
+    cmd = [python, EVALUATE, *base_args, *override_flags(best["values"]), *fold,
+           f"--model_dir={os.path.join(rdir, 'models')}",
+           f"--results_dir={os.path.join(rdir, 'results')}"]
+    logs.append(os.path.join(rdir, "evaluate.log"))
+    _run_logged(cmd, logs[-1], "evaluating the best trial: evaluate.py " + " ".join(fold))
+  return logs
 
 
 def _run_logged(cmd: Sequence[str], log_path: str, what: str) -> None:

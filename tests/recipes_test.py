@@ -51,7 +51,7 @@ def test_split_fold_and_standardize_use_training_speakers_only():
   np.testing.assert_allclose(s_te.speech[0], (te.speech[0] - raw.mean(0)) / raw.std(0),
                              rtol=1e-5, atol=1e-5)
   assert s_te.paths == te.paths and list(s_te.labels) == list(te.labels)
-  with pytest.raises(data.DataError, match="x, field 'group': no speaker column to build "
+  with pytest.raises(data.DataError, match="x, field 'speaker': no speaker column to build "
                      "speaker-independent folds"):
     recipes.split_fold(Split("x", split.speech, split.text, split.labels), fold)
 

@@ -58,6 +58,16 @@ def test_the_objective_is_a_validation_figure_never_a_test_one():
     sweeps.objective_value(summary, "test_accuracy")
 
 
+def test_over_folds_a_variant_is_chosen_on_its_mean_never_fold_by_fold():
+  fold = lambda g, w: {"variants": {"gated": {"best_val_score_mean": g},
+                                    "weighted": {"best_val_score_mean": w}}}
+  # each fold's best (0.9, 0.8) would claim 0.85; the best variant's mean over folds is 0.6
+  assert sweeps.objective_value([fold(0.2, 0.9), fold(0.8, 0.3)]) == (
+      pytest.approx(0.6), "weighted")
+  assert sweeps.objective_value([fold(0.6, 0.5), fold(0.5, 0.5)]) == (
+      pytest.approx(0.55), "gated")
+
+
 def test_a_study_folder_refuses_another_search_space(tmp_path):
   space = sweeps.load_space(_space_file(tmp_path, SPACE))
   sweeps.open_study(str(tmp_path / "study"), space)
@@ -229,3 +239,51 @@ def test_every_worker_killed_mid_trial_then_the_same_command_completes_the_study
   assert {r["run"] for r in failed} <= {r["run"] for r in complete}   # each retried, done
   log = (study / "trials" / killed_run / "train.log").read_text(encoding="utf-8")
   assert "resuming after epoch" in log   # the retry picked up the killed run's checkpoints
+
+
+def _corpus(directory, speakers=6, per_speaker=8, seed=0):
+  """A corpus in one set of files with a speaker column (as a recipe's features folder)."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import pandas as pd  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(seed)
+  directory.mkdir(parents=True, exist_ok=True)
+  n = speakers * per_speaker
+  labels = np.arange(n) % 3
+  feats = lambda lo, hi: [(rng.standard_normal((int(rng.integers(lo, hi)), 8)) + 0.7 * k)
+                          .astype(np.float32) for k in labels]
+  data.save_original_layout(directory / "corpus_speech.pt", feats(4, 10), labels)
+  data.save_original_layout(directory / "corpus_text.pt", feats(2, 5), labels)
+  pd.DataFrame(dict(path=[f"clips/{i}.wav" for i in range(n)], label=labels,
+                    emotion_name=[["angry", "happy", "sad"][k] for k in labels],
+                    speaker=[f"spk{i // per_speaker}" for i in range(n)])).to_csv(
+                        directory / "corpus.csv", index=False)
+  return [f"--train_speech_features={directory / 'corpus_speech.pt'}",
+          f"--train_text_features={directory / 'corpus_text.pt'}",
+          f"--csv_path={directory / 'corpus.csv'}"]
+
+
+def test_a_sweep_over_folds_averages_their_validation_and_tests_each_fold(tmp_path):
+  corpus = _corpus(tmp_path / "corpus")
+  study = tmp_path / "study"
+  proc = run("sweep.py", f"--config={TINY}", f"--sweep={_space_file(tmp_path, SPACE)}",
+             f"--study_dir={study}", "--trials=1", "--folds=0,2", "--num_folds=3",
+             *corpus, "--epochs=1", "--config.data.num_buckets=1", "--noanalysis")
+  best = json.load(open(study / "best_trial.json"))
+  values = []
+  for k, speakers in ((0, ("spk0", "spk1")), (2, ("spk4", "spk5"))):
+    fdir = study / "trials" / best["run"] / f"fold_{k}"
+    summary = json.load(open(fdir / "results" / "summary.json"))
+    values.append(summary["variants"][best["variant"]]["best_val_score_mean"])
+    log = (fdir / "train.log").read_text(encoding="utf-8")
+    # the fold's own speakers: test ones never in training or validation
+    assert f"Fold {k} of 3" in log and f"test 16 ({', '.join(speakers)})" in log, log[-1500:]
+    test = json.load(open(fdir / "results" / "test_results" / "test_summary.json"))
+    assert best["variant"] in json.dumps(test)
+  assert best["value"] == pytest.approx(sum(values) / 2)
+  assert best["fold_values"] == pytest.approx(values)
+  assert "best trial on test" in proc.stdout
+  with pytest.raises(ConfigError, match="made for another search space"):   # folds are part
+    sweeps.open_study(str(study), sweeps.load_space(_space_file(tmp_path, SPACE)))   # of it
+  bad = run("sweep.py", f"--config={TINY}", f"--sweep={_space_file(tmp_path, SPACE)}",
+            f"--study_dir={tmp_path / 's2'}", "--folds=0,0", *corpus, check=False)
+  assert bad.returncode == 2 and "--folds=0,0 names a fold twice" in bad.stderr

@@ -73,15 +73,41 @@ def group_folds(groups: Sequence[str], num_folds: int, val_groups: int = 2) -> l
 
 def split_fold(split: Split, fold: Fold) -> tuple:
   """``(train, val, test)`` Splits of one fold (rows kept in corpus order)."""
-  if split.groups is None:
-    raise DataError(split.sources.get("csv") or split.name, "no speaker column to build "
-                    "speaker-independent folds", field="group")
-  g = np.array(split.groups)
+  g = np.array(split_groups(split))
   parts = []
   for name, speakers in (("train", fold.train), ("val", fold.val), ("test", fold.test)):
     rows = np.flatnonzero(np.isin(g, list(speakers)))
     parts.append(split.take(rows, name=name))
   return tuple(parts)
+
+
+def fold_splits(corpus: Split, fold: int, num_folds: int, val_speakers: int = 2) -> tuple:
+  """``(train, val, test)`` of fold ``fold`` of ``corpus``, as :func:`cross_validate` makes it.
+
+  The :func:`group_folds` folds over ``corpus.groups`` (its speakers), standardised with
+  the fold's training speakers' statistics (:func:`standardize`, recorded in each split's
+  ``preprocessing``): one fold trained alone (``train.py --fold K``, a sweep's trial)
+  sees exactly the data the recipe's fold does.
+
+  Raises:
+    ConfigError: ``fold`` outside ``0 .. num_folds - 1``, or too few speakers.
+    DataError: the corpus has no speaker column.
+  """
+  groups = split_groups(corpus)
+  if not 0 <= fold < num_folds:
+    raise ConfigError(f"fold {fold} does not exist: give 0 .. {num_folds - 1} "
+                      f"(--num_folds={num_folds})")
+  folds = group_folds(groups, num_folds, val_speakers)
+  return standardize(*split_fold(corpus, folds[fold]))
+
+
+def split_groups(split: Split):
+  """``split.groups``, or a DataError naming its CSV when it has no speaker column."""
+  if split.groups is None:
+    raise DataError(split.sources.get("csv") or split.name, "no speaker column to build "
+                    "speaker-independent folds", field="speaker",
+                    hint="add a 'speaker' (or 'group', 'actor') column to the CSV")
+  return split.groups
 
 
 def standardize(train: Split, *others: Split) -> tuple:
