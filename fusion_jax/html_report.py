@@ -41,11 +41,55 @@ font-size:.8em} nav a{margin-right:1em} .note{color:#555}
 """
 
 
+class _Unreadable(dict):
+  """What a summary that is not valid JSON (an older, damaged or hand-edited file) reads
+  as: empty, with the reason, so the page says why a section is missing instead of the
+  training or evaluation that wrote it failing after its results are committed."""
+
+  def __init__(self, path: str, reason: str):
+    super().__init__()
+    self.note = f"{os.path.basename(path)} could not be read ({reason}); this section is left out"
+
+
 def _read_json(path: str) -> Optional[dict]:
   if not os.path.exists(path):
     return None
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  try:
+    with open(path, encoding="utf-8") as f:
+      out = json.load(f)
+  except (ValueError, UnicodeDecodeError) as e:
+    return _Unreadable(path, " ".join(str(e).split())[:120])
+  return out if isinstance(out, dict) else _Unreadable(path, "not a JSON object")
+
+
+def _section(title: str, build) -> str:
+  """``build()``'s HTML, or a note when its summary is in a format this version does not
+  write (a folder from an older version): the rest of the page still appears."""
+  try:
+    return build()
+  except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+    return (f'<p class="note">The {html.escape(title)} files here are not in the format this '
+            f'version writes ({html.escape(type(e).__name__)}: '
+            f'{html.escape(" ".join(str(e).split())[:120])}); rerun the binary that wrote '
+            'them.</p>')
+
+
+def stale_test_variants(summary: Optional[dict], test: Optional[dict]) -> list:
+  """Variants whose test results were computed from other checkpoints than this folder's
+  training (their recorded validation scores differ from ``summary.json``'s): the test
+  files of an earlier training run, left beside a new one."""
+  out = []
+  try:
+    for v, t in ((test or {}).get("variants") or {}).items():
+      seeds = (((summary or {}).get("variants") or {}).get(v) or {}).get("seeds") or {}
+      trained = sorted(round(float(r.get("best_val_score", r.get("best_val_acc"))), 6)
+                       for r in seeds.values())
+      tested = sorted(round(float(x), 6) for x in (t.get("val_score") or []))
+      if trained and tested and tested != trained:
+        out.append(v)
+  except (AttributeError, TypeError, ValueError):   # (a summary from an older version)
+    return []
+  return out
 
 
 def _read_text(path: str) -> Optional[str]:
@@ -196,10 +240,21 @@ def render(root: str) -> str:
   for v in (test or {}).get("variants", {}):
     variants += [v] if v not in variants else []
   sections = []   # (id, title, html)
+  for what, x in (("Training and validation", summary), ("Test", test),
+                  ("Separability", sep)):
+    if isinstance(x, _Unreadable):
+      sections.append((what.split()[0].lower(), what, f'<p class="note">{html.escape(x.note)}'
+                       "</p>"))
   if summary:
-    sections.append(("validation", "Training and validation", _validation(root, summary, figs)))
+    sections.append(("validation", "Training and validation",
+                     _section("training", lambda: _validation(root, summary, figs))))
   if test:
-    sections.append(("test", "Test", _test(root, test)))
+    stale = stale_test_variants(summary, test)
+    warn = (f'<p class="note"><b>These test results are from an earlier training run</b>: '
+            f'the checkpoints of {html.escape(", ".join(stale))} they evaluated had other '
+            "validation scores than this folder's training. Rerun evaluate.py.</p>"
+            if stale else "")
+    sections.append(("test", "Test", warn + _section("test", lambda: _test(root, test))))
   per_variant = []
   for v in sorted(variants, key=len, reverse=True):   # (a longer name first: no prefix clash)
     mine = figs.take(lambda p, v=v: os.path.basename(p).startswith(f"{v}_")
@@ -224,7 +279,8 @@ def render(root: str) -> str:
     sep_figs = figs.take(lambda p: p.startswith("separability/"))
     first = [p for p in sep_figs if p.endswith("fusion_comparison_all.png")]
     sections.append(("separability", "Separability of the blocks (t-SNE / UMAP / PCA)",
-                     (_separability(root, sep) if sep else "")
+                     (_section("separability", lambda: _separability(root, sep)) if sep
+                      else "")
                      + _Figures.html(first + [p for p in sep_figs if p not in first])))
   if figs.left:
     sections.append(("other", "Other figures", _Figures.html(figs.take(lambda p: True))))

@@ -383,3 +383,36 @@ def test_snapshot_flags_with_a_packed_model_are_refused_not_ignored(tmp_path):
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1].startswith(
       "error: --speech_model / --text_model point a --run"), proc.stderr
+
+
+def test_report_marks_test_results_of_an_earlier_run_and_survives_unreadable_files(tmp_path):
+  import json  # pylint: disable=import-outside-toplevel
+  from fusion_jax import html_report  # pylint: disable=import-outside-toplevel
+  seeds = {"0": {"best_val_acc": 0.5, "best_val_score": 0.5, "best_epoch": 2},
+           "1": {"best_val_acc": 0.6, "best_val_score": 0.6, "best_epoch": 3}}
+  summary = {"ranking": ["gated"], "selection_metric": "accuracy", "variants": {"gated": {
+      "best_val_acc_mean": 0.55, "best_val_acc_std": 0.07, "seeds": seeds}}}
+  (tmp_path / "summary.json").write_text(json.dumps(summary))
+  (tmp_path / "test_results").mkdir()
+  test = {"selected": "gated", "variants": {"gated": {"val_score": [0.6, 0.5], "test": [
+      {"accuracy": 0.4, "uar": 0.4, "macro_f1": 0.3}]}}}
+  (tmp_path / "test_results" / "test_summary.json").write_text(json.dumps(test))
+  page = (tmp_path / "report.html")
+  html_report.write(str(tmp_path))
+  assert "earlier training run" not in page.read_text()   # the same checkpoints, any order
+  test["variants"]["gated"]["val_score"] = [0.6, 0.45]   # one seed retrained since
+  (tmp_path / "test_results" / "test_summary.json").write_text(json.dumps(test))
+  assert html_report.stale_test_variants(summary, test) == ["gated"]
+  html_report.write(str(tmp_path))
+  assert "These test results are from an earlier training run</b>: the checkpoints of " \
+         "gated" in page.read_text()
+  # a damaged analysis file and a test summary in another format: notes, not a failure
+  (tmp_path / "separability").mkdir()
+  (tmp_path / "separability" / "separability.json").write_text("{not json")
+  (tmp_path / "test_results" / "test_summary.json").write_text(json.dumps(
+      {"variants": {"gated": {"accuracy": 0.4}}}))
+  html_report.write(str(tmp_path))
+  text = page.read_text()
+  assert "separability.json could not be read (Expecting property name" in text
+  assert "The test files here are not in the format this version writes (KeyError" in text
+  assert 'id="validation"' in text   # the rest of the page still there
