@@ -30,7 +30,9 @@ entropies / floor blend) and the same rows as JSON lines beside it (.jsonl), as 
 until the new one is complete; an output that is an input, or read-only, is refused).
 --inputs folders are searched for .wav, .flac and .ogg in any letter case. Unreadable
 or silent files, and rows with nothing the variant reads, are listed at the end (exit
-status 1) without stopping the others; if none could be used, nothing is written.
+status 1) without stopping the others; if none could be used, nothing is written. A
+segment of a long recording that cannot be predicted is listed too, but its recording
+stands on its other segments (segments_left_out in the CSV; exit status 0).
 """
 
 import os
@@ -149,6 +151,12 @@ def main(argv):
                                         predictor.class_names, inputs=specs + list(paths)):
       stem = path[:-len(".csv")]
       print(f"Timeline: {path} (and {os.path.basename(stem)}.jsonl, .png)", flush=True)
+  left_out = [(p.name, x) for p in preds for x in p.left_out]
+  if left_out:   # (the recording stands on its other segments: not a failed file)
+    print(f"{len(left_out)} segment(s) of long recordings left out; each recording's "
+          "prediction and timeline use its other segments:", flush=True)
+    for name, x in left_out:
+      print(f"  - {name} [{x['start']:.2f}-{x['end']:.2f} s]: {x['reason']}")
   if failures:
     print(f"{len(failures)} file(s) could not be used:", flush=True)
     for path, message in failures:

@@ -66,6 +66,9 @@ class Prediction:
     timeline: for a long recording (``predict_files(timeline_seconds=…)``), one dict per
       speech segment: ``start``, ``end`` (seconds), ``emotion``, ``confidence``,
       ``probabilities``, ``transcript``, ``modalities``.
+    left_out: a timeline's segments that could not be predicted, one dict each
+      (``start``, ``end``, ``reason``); the prediction is the other segments' (the CSV's
+      ``segments_left_out`` counts them).
   """
   name: str
   transcript: str
@@ -76,6 +79,7 @@ class Prediction:
   modalities: str = ""
   segments: int = 1
   timeline: list = dataclasses.field(default_factory=list)
+  left_out: list = dataclasses.field(default_factory=list)
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
@@ -84,7 +88,8 @@ class Prediction:
     used = self.modalities.split("+")
     row = dict(file=self.name, transcript=self.transcript, modalities=self.modalities,
                speech_present=int("speech" in used), text_present=int("text" in used),
-               predicted=self.emotion, confidence=self.confidence, segments=self.segments)
+               predicted=self.emotion, confidence=self.confidence, segments=self.segments,
+               segments_left_out=len(self.left_out))
     row.update({f"p_{k}": v for k, v in self.probabilities.items()})
     row.update(self.relied_on)
     return row
@@ -417,7 +422,8 @@ class Predictor:
     ``segment_seconds``), each segment is predicted (and transcribed, with ``transcribe``;
     a transcript given for the whole recording is not used), and the file's prediction is
     their duration-weighted mean, with the segments in :attr:`Prediction.timeline`. A
-    segment that fails is listed among the failures; the others stand. ``upsample=False``
+    segment that fails is in its recording's :attr:`Prediction.left_out` (with the reason);
+    the others stand, and the recording is a failure only when every segment fails. ``upsample=False``
     refuses recordings below the features' sample rate (8 kHz telephone audio).
 
     Returns:
@@ -491,18 +497,21 @@ class Predictor:
     texts = None
     if transcribe and self.spec.reads("text"):
       texts = [t or None for t in self.transcriber().transcribe(pieces)]
+    left_out = []
     try:
       got = self.predict(pieces, texts, names, batch_size)
     except DataError:   # find the failing segments; the others stand
       got = []
-      for j in range(len(pieces)):
+      for j, (a, b) in enumerate(spans):
         try:
           got += self.predict([pieces[j]], [texts[j]] if texts else None, [names[j]], 1)
         except DataError as e:
-          failures.append((names[j], str(e)))
+          left_out.append(dict(start=a / sample_rate, end=b / sample_rate, reason=str(e)))
           got.append(None)
     kept = [(span, g) for span, g in zip(spans, got) if g is not None]
     if not kept:
+      failures.append((path, f"{path}: none of its {len(spans)} speech segments could be "
+                       f"predicted (first: {left_out[0]['reason']})"))
       return None
     weights = np.asarray([b - a for (a, b), _ in kept], np.float64)
     weights /= weights.sum()
@@ -520,7 +529,7 @@ class Predictor:
         probabilities={c: float(probs[j]) for j, c in enumerate(self.class_names)},
         relied_on={key: float(sum(w * g.relied_on[key] for w, (_, g) in zip(weights, kept)))
                    for key in sorted(keys)},
-        modalities="+".join(used), segments=len(kept), timeline=timeline)
+        modalities="+".join(used), segments=len(kept), timeline=timeline, left_out=left_out)
 
   def _relative(self, member: runs.Run) -> str:
     """A member's source relative to the run it was loaded from (``variant/seed_N`` when
@@ -815,7 +824,8 @@ def write_timelines(preds: Sequence[Prediction], directory: str, class_names: Se
                      path)
     write_set(directory, {names["csv"]: write_csv, names["jsonl"]: write_jsonl,
                           names["png"]: write_png}, f"{stem}.timeline.manifest.json",
-              dict(format=1, recording=p.name, segments=len(p.timeline)),
+              dict(format=1, recording=p.name, segments=len(p.timeline),
+                   left_out=p.left_out),
               lock=f".{stem}.timeline.lock", what="timeline", user_path=directory)
     out.append(os.path.join(directory, names["csv"]))
   return out

@@ -327,7 +327,7 @@ def test_a_failed_timeline_segment_leaves_the_others_and_rows_keep_the_input_ord
   def fake_predict(clips, texts, clip_names, batch_size):   # one-hot by clip length
     out = []
     for clip, name in zip(clips, clip_names):
-      if name.endswith("-14.10 s]"):   # the second segment of the long recording
+      if name.endswith("-14.10 s]") or "dead.wav" in name:   # long.wav's second segment
         raise DataError(name, "injected failure")
       k = int(len(clip) > 16000 * 2.5)
       out.append(predict.Prediction(name, "", names[k], 1.0,
@@ -345,12 +345,21 @@ def test_a_failed_timeline_segment_leaves_the_others_and_rows_keep_the_input_ord
   assert [os.path.basename(q.name) for q in preds] == ["a.wav", "long.wav", "b.wav"]
   assert [q.emotion for q in (preds[0], preds[2])] == [names[0], names[1]]
   # the failed segment is reported; the two others stand, weighted by their duration
-  assert len(failures) == 1 and "injected failure" in failures[0][1]
-  assert failures[0][0].endswith("long.wav [9.88-14.10 s]")
+  assert failures == []   # the recording stands: its failed segment is in its left_out
   long = preds[1]
+  assert [(round(x["start"], 2), round(x["end"], 2)) for x in long.left_out] == [(9.88, 14.1)]
+  assert "injected failure" in long.left_out[0]["reason"]
+  assert long.to_row()["segments_left_out"] == 1
   assert long.segments == 2 and [round(s["start"], 1) for s in long.timeline] == [0.9, 19.9]
   want = (2.2 * np.eye(3)[0] + 4.2 * np.eye(3)[1]) / 6.4
   np.testing.assert_allclose([long.probabilities[c] for c in names], want, atol=0.01)
+  # a recording none of whose segments can be predicted is a failed file
+  audio.write_wav(tmp_path / "dead.wav", _bursts([(1.0, 3.0), (10.0, 14.0)], 40))
+  preds, failures = p.predict_files([str(tmp_path / "dead.wav")], progress=False,
+                                    timeline_seconds=30)
+  assert preds == [] and len(failures) == 1
+  assert "none of its 2 speech segments could be predicted (first: " in failures[0][1]
+  assert "injected failure" in failures[0][1]
 
 
 def test_a_segment_longer_than_whispers_window_is_refused_before_any_work(tmp_path):
