@@ -76,7 +76,7 @@ def main(argv):
   config = cli.config_from_flags()
   paths = _paths(config)
   from fusion_jax import data, experiment, training  # pylint: disable=import-outside-toplevel
-  mesh = cli.setup_jax(config)
+  mesh = cli.setup_jax(config, multi_process=True)
   names = data.class_names_from_csv(paths["csv_path"])
   train = data.load_split("train", paths["train_speech_features"],
                           paths["train_text_features"], paths["csv_path"], class_names=names)

@@ -221,13 +221,21 @@ def config_from_flags():
   return config
 
 
-def setup_jax(config):
-  """Distributed init, compilation cache, device log. Returns the device mesh."""
+def setup_jax(config, multi_process: bool = False):
+  """Distributed init, compilation cache, device log. Returns the device mesh.
+
+  ``multi_process``: the binary runs on several processes (train.py); every other one
+  refuses ``--distributed`` (each process would write the same reports).
+  """
   import jax  # pylint: disable=import-outside-toplevel
   from absl import logging  # pylint: disable=import-outside-toplevel
   from fusion_jax import sharding  # pylint: disable=import-outside-toplevel
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   runtime = config.runtime
+  if runtime.distributed and not multi_process:
+    fail(f"--distributed: only train.py runs on several processes; run "
+         f"{os.path.basename(sys.argv[0])} in one (it reads the checkpoints of a "
+         "multi-process run like any other)")
   sharding.maybe_initialize_distributed(runtime)
   if runtime.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir",

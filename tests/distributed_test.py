@@ -38,6 +38,15 @@ def test_process_flags_without_distributed_or_out_of_range_are_refused():
   assert sharding.is_primary()
 
 
+def test_binaries_other_than_train_refuse_distributed(tmp_path):
+  from tests.binaries import run  # pylint: disable=import-outside-toplevel
+  proc = run("evaluate.py", f"--config={TINY}", f"--data_dir={tmp_path}", "--distributed",
+             check=False)
+  assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
+      "error: --distributed: only train.py runs on several processes; run evaluate.py in one "
+      "(it reads the checkpoints of a multi-process run like any other)"), proc.stderr
+
+
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
