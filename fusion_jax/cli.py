@@ -97,12 +97,13 @@ def define_fold_flags(module_name=None) -> None:
 
 def fold_of(config, corpus):
   """``(train, val, test)`` of ``config.data.fold`` of ``corpus`` (a Split), logged."""
-  from fusion_jax import recipes  # pylint: disable=import-outside-toplevel
+  from fusion_jax import recipes, sharding  # pylint: disable=import-outside-toplevel
   d = config.data
   parts = recipes.fold_splits(corpus, d.fold, d.num_folds, d.val_speakers)
-  print(f"Fold {d.fold} of {d.num_folds} of {corpus.sources.get('csv') or corpus.name}: "
-        + "; ".join(f"{p.name} {len(p)} ({', '.join(sorted(set(p.groups)))})" for p in parts),
-        flush=True)
+  if sharding.is_primary():   # (one line per job, not per process)
+    print(f"Fold {d.fold} of {d.num_folds} of {corpus.sources.get('csv') or corpus.name}: "
+          + "; ".join(f"{p.name} {len(p)} ({', '.join(sorted(set(p.groups)))})"
+                      for p in parts), flush=True)
   return parts
 
 
