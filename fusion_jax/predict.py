@@ -47,6 +47,19 @@ INTERNALS = ("fusion/*_gate", "fusion/modality_weights", "fusion/*_attention", "
 EXPORT_FORMAT = 1
 
 
+def mix_parts(probabilities: np.ndarray, relied_on: Sequence[dict], weights) -> tuple:
+  """One prediction from its parts (segments of a long clip or of a timeline):
+  ``probabilities`` [P, K] and each part's ``relied_on`` averaged with ``weights`` [P]
+  (frames or seconds), keeping the keys every part has, in the first part's order.
+  Returns ``(probabilities [K], relied_on)``."""
+  w = np.asarray(weights, np.float64)
+  w = w / w.sum()
+  keys = set.intersection(*(set(r) for r in relied_on))
+  return ((np.asarray(probabilities) * w[:, None]).sum(0),
+          {key: float(sum(wj * r[key] for wj, r in zip(w, relied_on)))
+           for key in relied_on[0] if key in keys})
+
+
 @dataclasses.dataclass
 class Prediction:
   """One utterance's prediction.
@@ -365,12 +378,8 @@ class Predictor:
     out = []
     for i, name in enumerate(names):
       mine = np.flatnonzero(rows == i)
-      w = weights[mine] / weights[mine].sum()
-      p = (probs[mine] * w[:, None]).sum(0)
+      p, summary = mix_parts(probs[mine], [relied[j] for j in mine], weights[mine])
       k = int(np.argmax(p))
-      keys = set.intersection(*(set(relied[j]) for j in mine))
-      summary = {key: float(sum(wj * relied[j][key] for wj, j in zip(w, mine)))
-                 for key in relied[mine[0]] if key in keys}
       out.append(Prediction(
           name=str(name), transcript=(transcripts[i] or "") if transcripts is not None else "",
           emotion=self.class_names[k], confidence=float(p[k]),
@@ -513,12 +522,10 @@ class Predictor:
       failures.append((path, f"{path}: none of its {len(spans)} speech segments could be "
                        f"predicted (first: {left_out[0]['reason']})"))
       return None
-    weights = np.asarray([b - a for (a, b), _ in kept], np.float64)
-    weights /= weights.sum()
-    probs = sum(w * np.asarray([g.probabilities[c] for c in self.class_names])
-                for w, (_, g) in zip(weights, kept))
+    probs, relied_on = mix_parts(
+        np.asarray([[g.probabilities[c] for c in self.class_names] for _, g in kept]),
+        [g.relied_on for _, g in kept], [b - a for (a, b), _ in kept])
     k = int(np.argmax(probs))
-    keys = set.intersection(*(set(g.relied_on) for _, g in kept))
     used = [m for m in registry.MODALITIES if any(m in g.modalities.split("+") for _, g in kept)]
     timeline = [dict(start=a / sample_rate, end=b / sample_rate, emotion=g.emotion,
                      confidence=g.confidence, probabilities=g.probabilities,
@@ -527,9 +534,8 @@ class Predictor:
         name=path, transcript=" ".join(g.transcript for _, g in kept if g.transcript),
         emotion=self.class_names[k], confidence=float(probs[k]),
         probabilities={c: float(probs[j]) for j, c in enumerate(self.class_names)},
-        relied_on={key: float(sum(w * g.relied_on[key] for w, (_, g) in zip(weights, kept)))
-                   for key in sorted(keys)},
-        modalities="+".join(used), segments=len(kept), timeline=timeline, left_out=left_out)
+        relied_on=relied_on, modalities="+".join(used), segments=len(kept), timeline=timeline,
+        left_out=left_out)
 
   def _relative(self, member: runs.Run) -> str:
     """A member's source relative to the run it was loaded from (``variant/seed_N`` when

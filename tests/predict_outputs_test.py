@@ -425,3 +425,14 @@ def test_report_marks_test_results_of_an_earlier_run_and_survives_unreadable_fil
   assert "separability.json could not be read (Expecting property name" in text
   assert "The test files here are not in the format this version writes (KeyError" in text
   assert 'id="validation"' in text   # the rest of the page still there
+
+
+def test_parts_mix_by_their_weights_keeping_the_keys_every_part_has():
+  probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]])
+  relied = [{"gate_speech": 0.2, "gate_text": 0.8, "only_here": 1.0},
+            {"gate_speech": 0.6, "gate_text": 0.4}, {"gate_text": 0.5, "gate_speech": 1.0}]
+  p, r = predict.mix_parts(probs, relied, [1.0, 3.0, 0.0])   # frames or seconds
+  np.testing.assert_allclose(p, 0.25 * probs[0] + 0.75 * probs[1])
+  assert list(r) == ["gate_speech", "gate_text"]   # the first part's order, common keys
+  assert r["gate_speech"] == pytest.approx(0.25 * 0.2 + 0.75 * 0.6)
+  assert r["gate_text"] == pytest.approx(0.25 * 0.8 + 0.75 * 0.4)
