@@ -349,10 +349,11 @@ def work(study_dir: str, space: dict, base_args: Sequence[str], trials: int, *,
     values = _trial_values(trial, space)
     key = trial_key(values)
     trial.set_user_attr("run", key)
-    while any(t.user_attrs.get("run") == key and t.number != trial.number for t in
-              study.get_trials(deepcopy=False, states=(states.RUNNING,))):
-      time.sleep(2.0)   # the same values run in another worker: wait, then reuse its run
+    # (beating while it waits too: a trial waiting for another's run is alive, not dead)
     with _Heartbeat(study_dir, trial.number, heartbeat_interval(stale_seconds)):
+      while any(t.user_attrs.get("run") == key and t.number != trial.number for t in
+                study.get_trials(deepcopy=False, states=(states.RUNNING,))):
+        time.sleep(2.0)   # the same values run in another worker: wait, then reuse its run
       summaries = run_trial(study_dir, values, base_args, folds=folds, log=log)
     value, variant = objective_value(summaries, space["metric"])
     trial.set_user_attr("variant", variant)
@@ -372,12 +373,22 @@ def work(study_dir: str, space: dict, base_args: Sequence[str], trials: int, *,
     ts = study.get_trials(deepcopy=False)
     # every first attempt takes one of the ``trials`` slots, whatever its outcome; a retry
     # of a dead worker's trial (enqueued: WAITING until a worker takes it) takes none
-    firsts = sum(retry_of(t) is None for t in ts)
+    firsts = taken_slots(ts, use_grid)
     if firsts >= trials and not any(t.state == states.WAITING for t in ts):
       break
     study.optimize(objective, n_trials=1, catch=(UserError,))
     done += 1
   return done
+
+
+def taken_slots(trials, use_grid: bool = False) -> int:
+  """How many of ``--trials`` the study's ``trials`` have taken: each first attempt (not a
+  retry), whatever its outcome; on a grid, each grid point once — two workers that draw
+  the same point at the same moment take one slot, so no point is left out."""
+  firsts = [t for t in trials if retry_of(t) is None]
+  if not use_grid:
+    return len(firsts)
+  return len({trial_key(t.params) for t in firsts if t.params})
 
 
 def _grid_size(space: dict) -> int:

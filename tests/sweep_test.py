@@ -287,3 +287,17 @@ def test_a_sweep_over_folds_averages_their_validation_and_tests_each_fold(tmp_pa
   bad = run("sweep.py", f"--config={TINY}", f"--sweep={_space_file(tmp_path, SPACE)}",
             f"--study_dir={tmp_path / 's2'}", "--folds=0,0", *corpus, check=False)
   assert bad.returncode == 2 and "--folds=0,0 names a fold twice" in bad.stderr
+
+
+def test_a_grid_point_drawn_twice_takes_one_slot(tmp_path):
+  space = sweeps.load_space(_space_file(tmp_path, [
+      'c.params = dict(train=dict(variants=dict(type="categorical", choices=["gated", '
+      '"weighted"])))']))
+  study = sweeps.open_study(str(tmp_path / "s"), space, use_grid=True, seed=0)
+  for _ in range(2):   # two workers drew the same point at once
+    study.enqueue_trial({"train.variants": "gated"})
+    sweeps._trial_values(study.ask(), space)  # pylint: disable=protected-access
+  trials = study.get_trials()
+  assert sweeps.taken_slots(trials) == 2                  # two first attempts...
+  assert sweeps.taken_slots(trials, use_grid=True) == 1   # ...but one grid point: 'weighted'
+  # is still to run, so a 2-point grid is not done (it was, and 'weighted' never ran)
