@@ -96,7 +96,7 @@ def main(argv):
   cli.require("a sweep needs both", sweep=FLAGS.sweep, study_dir=FLAGS.study_dir)
   if FLAGS.workers < 1:
     cli.fail(f"--workers={FLAGS.workers}: give 1 or more")
-  cli.config_from_flags()   # the base config and its overrides load (one-line errors here)
+  config = cli.config_from_flags()   # the base config and its overrides load (one-line errors)
   space = sweeps.load_space(FLAGS.sweep)
   swept = set(space["params"])
   for field in swept & set(cli.overrides()):
@@ -117,6 +117,10 @@ def main(argv):
     cli.fail("--fold and --folds: give --folds (every trial runs each of them)")
   if len(set(folds)) != len(folds):
     cli.fail(f"--folds={FLAGS.folds} names a fold twice")
+  outside = [k for k in folds if not 0 <= k < config.data.num_folds]
+  if outside:   # (else every trial would fail on it, one train.py at a time)
+    cli.fail(f"--folds={FLAGS.folds}: fold {outside[0]} does not exist with "
+             f"--num_folds={config.data.num_folds} (give 0 .. {config.data.num_folds - 1})")
   options = dict(storage_url=FLAGS.storage, use_grid=FLAGS.grid, seed=FLAGS.sampler_seed,
                  stale_seconds=FLAGS.heartbeat_timeout, folds=folds)
   if FLAGS.worker:   # each worker its own sampler seed: the same seed would propose the same

@@ -28,6 +28,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from fusion_jax import sharding
 from fusion_jax.errors import DataError
 
 KEEP = {"best": 1, "latest": 2}
@@ -154,7 +155,7 @@ class RunCheckpoints:
     redo: a step that exists is never saved again)."""
     self.wait()
     self._managers[kind].close()
-    if jax.process_index() == 0:   # (several processes: the first deletes, as orbax writes)
+    if sharding.is_primary():   # (several processes: the first deletes, as orbax writes)
       shutil.rmtree(os.path.join(self.directory, kind) if step is None else self.path(kind, step),
                     ignore_errors=True)
     self._managers[kind] = self._manager(kind)

@@ -357,9 +357,9 @@ def work(study_dir: str, space: dict, base_args: Sequence[str], trials: int, *,
       summaries = run_trial(study_dir, values, base_args, folds=folds, log=log)
     value, variant = objective_value(summaries, space["metric"])
     trial.set_user_attr("variant", variant)
-    if folds:
-      trial.set_user_attr("fold_values", [objective_value(
-          {"variants": {variant: s["variants"][variant]}}, space["metric"])[0]
+    if folds:   # (the chosen variant's figure in each fold: their mean is ``value``)
+      metric = space["metric"] or "best_val_score_mean"
+      trial.set_user_attr("fold_values", [float(s["variants"][variant][metric])
                                           for s in summaries])
     return value
 

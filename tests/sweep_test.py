@@ -301,3 +301,36 @@ def test_a_grid_point_drawn_twice_takes_one_slot(tmp_path):
   assert sweeps.taken_slots(trials) == 2                  # two first attempts...
   assert sweeps.taken_slots(trials, use_grid=True) == 1   # ...but one grid point: 'weighted'
   # is still to run, so a 2-point grid is not done (it was, and 'weighted' never ran)
+
+
+@pytest.mark.parametrize("flags_, message", [
+    (["--folds=0,a"], "--folds=0,a: give comma-separated fold numbers, e.g. 0,1,2,3"),
+    (["--folds=0,4"], "--folds=0,4: fold 4 does not exist with --num_folds=4 (give 0 .. 3)"),
+    (["--folds=0,1", "--fold=1"], "--fold and --folds: give --folds (every trial runs each "
+     "of them)"),
+    (["--heartbeat_timeout=0"], "--heartbeat_timeout=0.0: give a positive number of seconds"),
+])
+def test_bad_fold_and_heartbeat_flags_are_one_line_before_any_trial(tmp_path, flags_, message):
+  proc = run("sweep.py", f"--config={TINY}", f"--sweep={_space_file(tmp_path, SPACE)}",
+             f"--study_dir={tmp_path / 's'}", *flags_, check=False)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1] == f"error: {message}", proc.stderr
+  assert not (tmp_path / "s").exists()
+
+
+def test_one_fold_of_a_corpus_is_the_recipes_fold_and_a_missing_fold_is_refused(tmp_path):
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from fusion_jax import recipes  # pylint: disable=import-outside-toplevel
+  _corpus(tmp_path / "c")
+  c = tmp_path / "c"
+  corpus = data.load_split("corpus", str(c / "corpus_speech.pt"), str(c / "corpus_text.pt"),
+                           str(c / "corpus.csv"))
+  train, val, test = recipes.fold_splits(corpus, 1, 3)
+  fold = recipes.group_folds(corpus.groups, 3)[1]
+  want = recipes.standardize(*recipes.split_fold(corpus, fold))
+  for got, ref, speakers in zip((train, val, test), want, (fold.train, fold.val, fold.test)):
+    assert sorted(set(got.groups)) == sorted(speakers)
+    np.testing.assert_array_equal(np.concatenate(got.speech), np.concatenate(ref.speech))
+  with pytest.raises(ConfigError, match=r"fold 3 does not exist: give 0 \.\. 2 "
+                     r"\(--num_folds=3\)"):
+    recipes.fold_splits(corpus, 3, 3)
