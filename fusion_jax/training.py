@@ -357,7 +357,8 @@ def train_and_evaluate(exp: Experiment, train: Split, val: Split, *,
             reports.write_training_reports(plots_dir, out, exp, results, summary)
             finish.raise_failed()
           html_report.write(results_dir)
-        finish.raise_failed()
+        else:
+          finish.raise_failed()
       except BaseException as e:   # (the queued jobs still run; say which of them failed)
         finish.log_other_failures(e, log)
         raise
