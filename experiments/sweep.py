@@ -45,7 +45,8 @@ flags.DEFINE_string("storage", "", "An Optuna RDB URL (sqlite:///study.db, "
                     "postgresql://user:pw@host/db) for workers on many machines; default: "
                     "the journal file in --study_dir.")
 flags.DEFINE_bool("grid", False, "Every combination of the search space's choices "
-                  "(Optuna's GridSampler) instead of TPE sampling.")
+                  "(queued in a seeded random order, each worker taking the next; --trials "
+                  "below the grid's size: that many points) instead of TPE sampling.")
 flags.DEFINE_float("heartbeat_timeout", 30.0, "Seconds without a heartbeat after which a "
                    "running trial's worker counts as dead: its trial is marked failed and "
                    "retried with the same values (resuming its checkpoints). Raise it on a "
@@ -128,6 +129,8 @@ def main(argv):
     sweeps.work(study_dir, space, train_args, FLAGS.trials, **options)
     return 0
   study = sweeps.open_study(study_dir, space, **options)   # one creator, before the workers
+  if FLAGS.grid:   # (the grid's points queued once, so each worker takes a distinct one)
+    sweeps.enqueue_grid(study, space, FLAGS.trials, FLAGS.sampler_seed)
   if FLAGS.workers == 1:
     sweeps.work(study_dir, space, train_args, FLAGS.trials, **options)
   else:

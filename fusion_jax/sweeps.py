@@ -32,8 +32,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import importlib.util
+import itertools
 import json
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -130,7 +132,7 @@ def fingerprint(space: dict) -> str:
 
 
 def grid(space: dict) -> dict:
-  """``{field: choices}`` for Optuna's ``GridSampler``: every entry must be categorical."""
+  """``{field: choices}`` of a grid search: every entry must be categorical."""
   bad = [f for f, p in space["params"].items() if p["type"] != "categorical"]
   if bad:
     raise ConfigError(f"--grid needs categorical params only; {', '.join(bad)} are ranges "
@@ -177,8 +179,12 @@ def open_study(study_dir: str, space: dict, *, storage_url: str = "", use_grid: 
                          load_if_exists=True)
   if seed is not None:   # a continued study must not replay its first proposals
     seed += len(study.get_trials(deepcopy=False))
-  study.sampler = (o.samplers.GridSampler(grid(space), seed=seed) if use_grid
+  # a grid's points are queued (enqueue_grid), never sampled: Optuna's GridSampler lets two
+  # workers draw the same point at once (one then waits on the other's run)
+  study.sampler = (o.samplers.RandomSampler(seed=seed) if use_grid
                    else o.samplers.TPESampler(seed=seed))
+  if use_grid:
+    grid(space)   # (categorical only)
   mine = dict(fingerprint=fingerprint(space), grid=bool(use_grid))
   if folds:   # (recorded only with folds: studies made before folds existed still match)
     mine["folds"] = [int(k) for k in folds]
@@ -194,6 +200,38 @@ def open_study(study_dir: str, space: dict, *, storage_url: str = "", use_grid: 
                       f"({said(have)}; yours is {said(mine)}); use another --study_dir, or "
                       "the same --sweep file, --grid setting and --folds")
   return study
+
+
+def enqueue_grid(study, space: dict, trials: int = 0, seed: Optional[int] = None) -> int:
+  """Queues a grid study's points (``WAITING`` trials) in a seeded random order until it
+  holds ``trials`` distinct points (0 or more than the grid: all of them), so each worker
+  takes the next queued point and no two run the same one. Points already in the study
+  (queued, run or failed) count; retries do not. Run by the one process that starts the
+  workers; idempotent. Returns how many points it queued."""
+  choices = grid(space)
+  points = [dict(zip(choices, combo)) for combo in itertools.product(*choices.values())]
+  random.Random(0 if seed is None else seed).shuffle(points)
+  want = min(trials, len(points)) if trials else len(points)
+  present = set()
+  for t in study.get_trials(deepcopy=False):
+    values = t.system_attrs.get("fixed_params") or t.params
+    if values and retry_of(t) is None:
+      present.add(trial_key(values))
+  queued = 0
+  for p in points:
+    if len(present) >= want:
+      break
+    if trial_key(p) not in present:
+      study.enqueue_trial(p, skip_if_exists=False)
+      present.add(trial_key(p))
+      queued += 1
+  return queued
+
+
+def _queued(study, trial) -> bool:
+  """Whether ``trial`` was taken from the queue (a grid point or a retry), not sampled."""
+  frozen = study._storage.get_trial(trial._trial_id)  # pylint: disable=protected-access
+  return "fixed_params" in frozen.system_attrs or bool(frozen.params)
 
 
 def _trial_values(trial, space: dict) -> dict:
@@ -346,6 +384,10 @@ def work(study_dir: str, space: dict, base_args: Sequence[str], trials: int, *,
   states = o.trial.TrialState
 
   def objective(trial):
+    nonlocal done
+    if use_grid and not _queued(study, trial):   # another worker took the last point
+      raise o.TrialPruned("no grid point left to take")   # between our look and our pop
+    done += 1
     values = _trial_values(trial, space)
     key = trial_key(values)
     trial.set_user_attr("run", key)
@@ -364,41 +406,29 @@ def work(study_dir: str, space: dict, base_args: Sequence[str], trials: int, *,
     return value
 
   if use_grid:
-    trials = min(trials, _grid_size(space)) if trials else _grid_size(space)
+    enqueue_grid(study, space, trials, seed)   # (a no-op after the sweep's creator's)
   while True:
     if storage_url:   # (Optuna checks only when optimize starts: after the slots below)
       o.storages.fail_stale_trials(study)
     else:
       reap_dead_trials(study, study_dir, stale_seconds)
     ts = study.get_trials(deepcopy=False)
+    waiting = any(t.state == states.WAITING for t in ts)
     # every first attempt takes one of the ``trials`` slots, whatever its outcome; a retry
-    # of a dead worker's trial (enqueued: WAITING until a worker takes it) takes none
-    firsts = taken_slots(ts, use_grid)
-    if firsts >= trials and not any(t.state == states.WAITING for t in ts):
+    # of a dead worker's trial (enqueued: WAITING until a worker takes it) takes none; a
+    # grid's slots are its queued points
+    if not waiting and (use_grid or taken_slots(ts) >= trials):
       break
     study.optimize(objective, n_trials=1, catch=(UserError,))
-    done += 1
   return done
 
 
-def taken_slots(trials, use_grid: bool = False) -> int:
+def taken_slots(trials) -> int:
   """How many of ``--trials`` the study's ``trials`` have taken: each first attempt (not a
-  retry), whatever its outcome; on a grid, each grid point once — two workers that draw
-  the same point at the same moment take one slot, so no point is left out."""
-  firsts = [t for t in trials if retry_of(t) is None]
-  if not use_grid:
-    return len(firsts)
-  return len({trial_key(t.params) for t in firsts if t.params})
+  retry), whatever its outcome."""
+  return sum(retry_of(t) is None for t in trials)
 
 
-def _grid_size(space: dict) -> int:
-  n = 1
-  for choices in grid(space).values():
-    n *= len(choices)
-  return n
-
-
-# ------------------------------------------------------------------ after the sweep
 def write_report(study, study_dir: str, base_config: str, space: dict,
                  overrides: Optional[dict] = None) -> dict:
   """Writes ``trials.csv``, ``best_trial.json``, ``best_config.py`` (the base config with

@@ -289,18 +289,59 @@ def test_a_sweep_over_folds_averages_their_validation_and_tests_each_fold(tmp_pa
   assert bad.returncode == 2 and "--folds=0,0 names a fold twice" in bad.stderr
 
 
-def test_a_grid_point_drawn_twice_takes_one_slot(tmp_path):
-  space = sweeps.load_space(_space_file(tmp_path, [
-      'c.params = dict(train=dict(variants=dict(type="categorical", choices=["gated", '
-      '"weighted"])))']))
+GRID = ['c.params = dict(train=dict(variants=dict(type="categorical", choices=["gated", '
+        '"weighted", "concatenation"])),',
+        '                optim=dict(learning_rate=dict(type="categorical", choices=[1e-3, '
+        '3e-3])))']
+
+
+def test_the_grid_is_queued_once_in_a_seeded_order(tmp_path):
+  space = sweeps.load_space(_space_file(tmp_path, GRID))
   study = sweeps.open_study(str(tmp_path / "s"), space, use_grid=True, seed=0)
-  for _ in range(2):   # two workers drew the same point at once
-    study.enqueue_trial({"train.variants": "gated"})
-    sweeps._trial_values(study.ask(), space)  # pylint: disable=protected-access
-  trials = study.get_trials()
-  assert sweeps.taken_slots(trials) == 2                  # two first attempts...
-  assert sweeps.taken_slots(trials, use_grid=True) == 1   # ...but one grid point: 'weighted'
-  # is still to run, so a 2-point grid is not done (it was, and 'weighted' never ran)
+  assert sweeps.enqueue_grid(study, space, trials=4, seed=0) == 4
+  assert sweeps.enqueue_grid(study, space, trials=4, seed=0) == 0      # idempotent
+  assert sweeps.enqueue_grid(study, space, trials=0, seed=7) == 2      # the rest of the 6
+  queued = [t.system_attrs["fixed_params"] for t in study.get_trials()]
+  assert len({sweeps.trial_key(v) for v in queued}) == 6               # every point once
+  other = sweeps.open_study(str(tmp_path / "o"), space, use_grid=True, seed=0)
+  sweeps.enqueue_grid(other, space, trials=4, seed=0)
+  assert [t.system_attrs["fixed_params"] for t in other.get_trials()] == queued[:4]
+  # a retry of a dead worker's point does not stand for the point
+  study.enqueue_trial(queued[0], user_attrs=dict(retry_of=0, retries=1), skip_if_exists=False)
+  assert sweeps.enqueue_grid(study, space, trials=0) == 0
+
+
+def test_two_workers_take_distinct_grid_points(tmp_path, monkeypatch):
+  """Two workers at once on a 6-point grid (threads sharing one journal): each point runs
+  exactly once (Optuna's GridSampler let both draw one point, and the second waited on the
+  first's run), and a worker finding the queue empty stops."""
+  import threading   # pylint: disable=import-outside-toplevel
+  space = sweeps.load_space(_space_file(tmp_path, GRID))
+  study_dir = str(tmp_path / "s")
+  sweeps.enqueue_grid(sweeps.open_study(study_dir, space, use_grid=True, seed=0), space)
+  ran, lock = [], threading.Lock()
+
+  def fake_run(study_dir_, values, base_args, folds=(), log=print):
+    with lock:
+      ran.append(sweeps.trial_key(values))
+    time.sleep(0.2)
+    return [{"variants": {values["train.variants"]: {"best_val_score_mean":
+                                                     values["optim.learning_rate"]}}}]
+
+  monkeypatch.setattr(sweeps, "run_trial", fake_run)
+  done = []
+  workers = [threading.Thread(target=lambda i=i: done.append(sweeps.work(
+      study_dir, space, [], 0, use_grid=True, seed=1000 * (i + 1), log=lambda *_: None)))
+             for i in range(2)]
+  for w in workers:
+    w.start()
+  for w in workers:
+    w.join()
+  assert sorted(ran) == sorted(set(ran)) and len(ran) == 6
+  assert sum(done) == 6
+  trials = sweeps.open_study(study_dir, space, use_grid=True).get_trials()
+  assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 6
+  assert max(t.value for t in trials) == 3e-3
 
 
 @pytest.mark.parametrize("flags_, message", [
