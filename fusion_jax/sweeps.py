@@ -429,6 +429,7 @@ def taken_slots(trials) -> int:
   return sum(retry_of(t) is None for t in trials)
 
 
+# ------------------------------------------------------------------ after the sweep
 def write_report(study, study_dir: str, base_config: str, space: dict,
                  overrides: Optional[dict] = None) -> dict:
   """Writes ``trials.csv``, ``best_trial.json``, ``best_config.py`` (the base config with
