@@ -27,6 +27,11 @@ SPACE = ['c.params = dict(train=dict(variants=dict(type="categorical", choices=[
          '"weighted"])),',
          '                optim=dict(learning_rate=dict(type="float", low=1e-3, high=1e-2, '
          'log=True)))']
+# a grid: every field categorical (6 points)
+GRID = ['c.params = dict(train=dict(variants=dict(type="categorical", choices=["gated", '
+        '"weighted", "concatenation"])),',
+        '                optim=dict(learning_rate=dict(type="categorical", choices=[1e-3, '
+        '3e-3])))']
 
 
 def test_search_space_is_flattened_checked_and_refused_with_one_line(tmp_path):
@@ -287,12 +292,6 @@ def test_a_sweep_over_folds_averages_their_validation_and_tests_each_fold(tmp_pa
   bad = run("sweep.py", f"--config={TINY}", f"--sweep={_space_file(tmp_path, SPACE)}",
             f"--study_dir={tmp_path / 's2'}", "--folds=0,0", *corpus, check=False)
   assert bad.returncode == 2 and "--folds=0,0 names a fold twice" in bad.stderr
-
-
-GRID = ['c.params = dict(train=dict(variants=dict(type="categorical", choices=["gated", '
-        '"weighted", "concatenation"])),',
-        '                optim=dict(learning_rate=dict(type="categorical", choices=[1e-3, '
-        '3e-3])))']
 
 
 def test_the_grid_is_queued_once_in_a_seeded_order(tmp_path):
