@@ -109,6 +109,12 @@ class TrainConfig:
 class EvalConfig:
   batch_size: int = knob(64, at_least(1), "at least 1",
                          "evaluation batches can be larger than training ones")
+  # Forward-only passes (validation each epoch, test, modality removal, embeddings) compile
+  # one program per bucket; they are a small part of a run's compute but each shape costs
+  # a full compile, so by default they pad to the longest (validation: the largest of the
+  # training buckets; BUILD_NOTES "Demo"). data.num_buckets = the training buckets.
+  num_buckets: int = knob(1, at_least(1), "at least 1",
+                          "speech-length buckets of evaluation passes (compiled shapes)")
   calibration_bins: int = knob(15, at_least(1), "at least 1")
 
 

@@ -70,10 +70,14 @@ def fingerprint(config) -> dict:
   """The parts of the config a resumed run must share with the interrupted one (compared
   without the head knobs its variant does not read)."""
   metric = configs.selection_metric(config)   # (absent when accuracy: earlier runs resume)
+  # validation in fewer buckets than training changes its sums by float rounding (absent
+  # when it uses them all, as every run did before eval.num_buckets: those runs resume)
+  eval_buckets = config.get("eval", {}).get("num_buckets", config.data.num_buckets)
   return json.loads(json.dumps(dict(
       model=dict(config.model), optim=dict(config.optim), batch_size=config.train.batch_size,
       num_buckets=config.data.num_buckets,
-      **({} if metric == "accuracy" else {"selection_metric": metric}))))
+      **({} if metric == "accuracy" else {"selection_metric": metric}),
+      **({} if eval_buckets >= config.data.num_buckets else {"eval_buckets": eval_buckets}))))
 
 
 def _unused_knobs(variant: str) -> set:

@@ -324,6 +324,39 @@ def test_train_step_traced_once_per_bucket(tiny_data, tmp_path):
   assert int(jax.device_get(acc["count"])) == len(tiny_data["train"])
 
 
+def test_validation_compiles_eval_num_buckets_shapes(tiny_data, tmp_path):
+  """eval.num_buckets = 1 evaluates validation in the largest training bucket only (one
+  program), with the sums of the per-bucket passes up to float rounding; it is part of the
+  run's identity, and all the buckets (the earlier behaviour) leave the identity as it was."""
+  seen = {}
+
+  class Shapes(loop.Hook):
+    def compiled(self, group, seconds):
+      seen[group.variant] = (group.shapes, sorted(
+          e.batch_shapes["speech"][1]
+          for e in exp.ledger.entries(group.steps.owner, "eval_group")))
+
+  history = {}
+  for k in (1, 2):
+    cfg = _cfg(epochs=2)
+    cfg.eval.num_buckets = k
+    exp = _exp(tiny_data, tmp_path / f"m{k}", cfg)
+    assert exp.shapes.num_buckets == 2
+    history[k] = training.train_run(exp, "gated", 0, tiny_data["train"], tiny_data["val"],
+                                    hooks=[Shapes()]).history
+    shapes, evals = seen["gated"]
+    assert evals == sorted(shapes.speech_buckets[-k:]), (k, evals, shapes)
+  for key in ("val_loss", "val_acc", "train_loss"):
+    np.testing.assert_allclose(history[1][key], history[2][key], rtol=1e-5, err_msg=key)
+  two = _cfg()
+  two.eval.num_buckets = 2
+  assert "eval_buckets" not in runs.fingerprint(two)
+  assert runs.fingerprint(_cfg())["eval_buckets"] == 1
+  with pytest.raises(runs.RunMismatch, match=r"eval_buckets: - → 1"):
+    training.train_run(_exp(tiny_data, tmp_path / "m2", _cfg(epochs=2)), "gated", 0,
+                       tiny_data["train"], tiny_data["val"])
+
+
 def test_metrics_jsonl_has_no_duplicates_after_resume(tiny_data, shared, tmp_path):
   exp = dataclasses.replace(_exp(tiny_data, tmp_path / "m", exp=shared),
                             results_dir=str(tmp_path))

@@ -62,6 +62,15 @@ class BatchShapes:
     raise ConfigError(f"{'text' if self.text_buckets else 'speech'} length {length} exceeds "
                      f"the largest bucket {limits[-1]}")
 
+  def largest(self, k: int) -> "BatchShapes":
+    """The ``k`` longest buckets (all of them when ``k >= num_buckets``): the shapes a
+    forward-only pass over data that fits these buckets compiles (``eval.num_buckets``)."""
+    if k >= self.num_buckets:
+      return self
+    if self.text_buckets:
+      return dataclasses.replace(self, text_buckets=self.text_buckets[-k:])
+    return dataclasses.replace(self, speech_buckets=self.speech_buckets[-k:])
+
   def assign(self, split: Split) -> np.ndarray:
     """Each utterance's bucket ``[N]``."""
     lengths = split.text_lengths if self.text_buckets else split.speech_lengths
