@@ -320,9 +320,9 @@ class Experiment:
     return sharding.shard_batch({k: v for k, v in batch.items() if k != "index"}, self.mesh)
 
   def plan(self, *splits: Split, batch_size: Optional[int] = None) -> batching.BatchShapes:
-    """Batch shapes for evaluating ``splits``: ``eval.num_buckets`` of them (the eval batch
-    size by default)."""
-    return batching.plan_shapes(list(splits), self.config.eval.num_buckets,
+    """Batch shapes for evaluating ``splits``: :func:`~fusion_jax.configs.eval_buckets` of
+    them (the eval batch size by default)."""
+    return batching.plan_shapes(list(splits), configs.eval_buckets(self.config),
                                 self.config.data.bucket_multiple,
                                 batch_size=batch_size or self.config.eval.batch_size)
 

@@ -250,7 +250,7 @@ def train_group(exp: Experiment, group: Group, train: Split, val: Split,
   metric = configs.selection_metric(exp.config)
   if group.start_epoch < group.epochs:   # (a finished group uploads and compiles nothing)
     train_data = exp.device_split(train, group.shapes)
-    val_data = exp.device_split(val, group.shapes.largest(exp.config.eval.num_buckets))
+    val_data = exp.device_split(val, group.shapes.largest(configs.eval_buckets(exp.config)))
     seconds = precompile(exp, group, train_data, val_data)
     group.compile_seconds += seconds
     for hook in hooks:

@@ -72,7 +72,7 @@ def fingerprint(config) -> dict:
   metric = configs.selection_metric(config)   # (absent when accuracy: earlier runs resume)
   # validation in fewer buckets than training changes its sums by float rounding (absent
   # when it uses them all, as every run did before eval.num_buckets: those runs resume)
-  eval_buckets = config.get("eval", {}).get("num_buckets", config.data.num_buckets)
+  eval_buckets = configs.eval_buckets(config)
   return json.loads(json.dumps(dict(
       model=dict(config.model), optim=dict(config.optim), batch_size=config.train.batch_size,
       num_buckets=config.data.num_buckets,

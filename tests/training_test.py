@@ -327,7 +327,7 @@ def test_train_step_traced_once_per_bucket(tiny_data, tmp_path):
 def test_validation_compiles_eval_num_buckets_shapes(tiny_data, tmp_path):
   """eval.num_buckets = 1 evaluates validation in the largest training bucket only (one
   program), with the sums of the per-bucket passes up to float rounding; it is part of the
-  run's identity, and all the buckets (the earlier behaviour) leave the identity as it was."""
+  run's identity, and all the buckets (the default) leave the identity as it was."""
   seen = {}
 
   class Shapes(loop.Hook):
@@ -341,19 +341,20 @@ def test_validation_compiles_eval_num_buckets_shapes(tiny_data, tmp_path):
     cfg = _cfg(epochs=2)
     cfg.eval.num_buckets = k
     exp = _exp(tiny_data, tmp_path / f"m{k}", cfg)
-    assert exp.shapes.num_buckets == 2
+    assert exp.shapes.num_buckets == 2 and exp.plan(tiny_data["val"]).num_buckets == k  # (test)
     history[k] = training.train_run(exp, "gated", 0, tiny_data["train"], tiny_data["val"],
                                     hooks=[Shapes()]).history
     shapes, evals = seen["gated"]
     assert evals == sorted(shapes.speech_buckets[-k:]), (k, evals, shapes)
   for key in ("val_loss", "val_acc", "train_loss"):
     np.testing.assert_allclose(history[1][key], history[2][key], rtol=1e-5, err_msg=key)
-  two = _cfg()
-  two.eval.num_buckets = 2
-  assert "eval_buckets" not in runs.fingerprint(two)
-  assert runs.fingerprint(_cfg())["eval_buckets"] == 1
+  one, two = _cfg(epochs=2), _cfg()
+  one.eval.num_buckets, two.eval.num_buckets = 1, 2
+  assert "eval_buckets" not in runs.fingerprint(two) and "eval_buckets" not in runs.fingerprint(
+      _cfg())   # (0, the default: the training buckets)
+  assert runs.fingerprint(one)["eval_buckets"] == 1
   with pytest.raises(runs.RunMismatch, match=r"eval_buckets: - → 1"):
-    training.train_run(_exp(tiny_data, tmp_path / "m2", _cfg(epochs=2)), "gated", 0,
+    training.train_run(_exp(tiny_data, tmp_path / "m2", one), "gated", 0,
                        tiny_data["train"], tiny_data["val"])
 
 
