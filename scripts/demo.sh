@@ -3,7 +3,7 @@
 # demo data (original .pt/.csv layout) -> train the variants -> evaluate on test (with the
 # embedding analysis, as the original's test.py).
 # Output: demo_run/{data,models,results}. A few minutes on 2 CPU cores; reruns reuse checkpoints.
-# The original's four fusion heads and both unimodal baselines by default (12 min cold on
+# The original's four fusion heads and both unimodal baselines by default (7–12 min cold on
 # 2 cores, BUILD_NOTES "Demo"); DEMO_VARIANTS=all adds the five other heads (the README's
 # full table).
 set -euo pipefail
