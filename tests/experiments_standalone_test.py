@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from fusion_jax import data
+from tests.conftest import write_split
 from tests.binaries import OUTSIDE, TINY, assert_png, extract_tone_corpus, run
 from tests.features_test import has
 
@@ -325,3 +326,30 @@ def test_wav_files_to_training_to_prediction_and_a_portable_exported_model(tmp_p
   nosuch = run("predict.py", "--model=nosuch", str(tmp_path / "talk.wav"), check=False)
   assert nosuch.returncode == 2 and "Traceback" not in nosuch.stderr
   assert "nosuch" in nosuch.stderr and "shipped models: ravdess" in nosuch.stderr
+
+
+def test_a_binary_forked_from_the_server_behaves_as_a_fresh_process(tmp_path, monkeypatch):
+  """tests/binary_server.py: the same output files, stdout and exit codes as ``python
+  script.py`` (a result, a one-line error, a flag error)."""
+  from tests import binaries  # pylint: disable=import-outside-toplevel
+  speech, text, _ = write_split(tmp_path, n=12)
+  cases = {"stats": ["padding_stats.py", f"--speech_features={speech}",
+                     f"--text_features={text}", "--batch_size=4", "--num_buckets=1,2"],
+           "missing": ["padding_stats.py", f"--speech_features={tmp_path}/none.pt",
+                       f"--text_features={text}"],
+           "flag": ["padding_stats.py", "--no_such_flag"]}
+  seen, served = {}, {}
+  for mode in ("1", "0"):
+    monkeypatch.setenv("FUSION_JAX_TEST_FORK_SERVER", mode)
+    before = binaries._SERVER.served   # pylint: disable=protected-access
+    for name, (script, *args) in cases.items():
+      seen[mode, name] = run(script, *args, check=False)
+    served[mode] = binaries._SERVER.served - before   # pylint: disable=protected-access
+  assert served == {"1": len(cases), "0": 0}
+  for name in cases:
+    forked, fresh = seen["1", name], seen["0", name]
+    assert forked.returncode == fresh.returncode and forked.stdout == fresh.stdout, name
+    assert forked.stderr.strip().splitlines()[-1:] == fresh.stderr.strip().splitlines()[-1:]
+  assert seen["1", "stats"].returncode == 0 and "buckets" in seen["1", "stats"].stdout
+  assert seen["1", "missing"].returncode != 0 and "none.pt" in seen["1", "missing"].stderr
+  assert seen["1", "flag"].returncode != 0 and "no_such_flag" in seen["1", "flag"].stderr
