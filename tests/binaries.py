@@ -2,7 +2,7 @@
 outside the repository, sharing the test session's compilation cache.
 
 A binary is forked from a server that has already imported the library and its
-dependencies (``tests/binary_server.py``: 3–4 s less per run), unless the call sets its own
+dependencies (``tests/binary_server.py``: ≈ 2 s less per run), unless the call sets its own
 environment or ``FUSION_JAX_TEST_FORK_SERVER=0``: then it is a fresh ``python script.py``.
 """
 

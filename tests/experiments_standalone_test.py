@@ -1,6 +1,7 @@
 """The binaries that make their own data, end to end as a user would (tiny config): --help,
 feature dims, the benchmark, feature extraction, the RAVDESS and MELD recipes, and wav files
-to prediction and a portable exported model."""
+to prediction and a portable exported model; and that the tests' fork server runs a binary
+as a fresh process would."""
 
 import json
 import os
