@@ -4,6 +4,9 @@ outside the repository, sharing the test session's compilation cache.
 A binary is forked from a server that has already imported the library and its
 dependencies (``tests/binary_server.py``: ≈ 2 s less per run), unless the call sets its own
 environment or ``FUSION_JAX_TEST_FORK_SERVER=0``: then it is a fresh ``python script.py``.
+The child gets the caller's whole environment; only the variables that are read while
+modules import (:data:`IMPORT_TIME`) must equal the server's, and a change there starts a
+new server.
 """
 
 import json
@@ -24,31 +27,43 @@ TINY = os.path.join(ROOT, "configs", "tiny.py")
 OUTSIDE = tempfile.mkdtemp(prefix="fusion_jax_cwd_")   # binaries run outside the repository
 
 
+# Variables read at interpreter start or module import (JAX's config, XLA, matplotlib):
+# the server's imports were made with its own values. Everything else (HF_HOME, what
+# pytest or a library sets in the test process later) is passed to each child.
+IMPORT_TIME = ("JAX_", "XLA_", "PYTHON", "MPL", "LD_", "HOME")
+
+
+def import_time(env: dict) -> dict:
+  return {k: v for k, v in env.items() if k.startswith(IMPORT_TIME)}
+
+
 class _ForkServer:
   """One ``tests/binary_server.py`` per test process, started at its first use."""
 
   def __init__(self):
     self.lock, self.proc, self.env, self.served = threading.Lock(), None, None, 0
+    self.started = 0
 
   def usable(self, env: dict) -> bool:
     if os.environ.get("FUSION_JAX_TEST_FORK_SERVER", "1") == "0":
       return False
-    # (what pytest and this switch set per test is read by no import)
-    env = {k: v for k, v in env.items()
-           if k not in ("FUSION_JAX_TEST_FORK_SERVER", "PYTEST_CURRENT_TEST")}
+    if self.proc is not None and (import_time(env) != self.env or self.proc.poll() is not None):
+      self.proc.stdin.close()
+      self.proc.wait()
+      self.proc = None
     if self.proc is None:
-      self.env = env
+      self.env, self.started = import_time(env), self.started + 1
       self.proc = subprocess.Popen(  # pylint: disable=consider-using-with
           [sys.executable, os.path.join(ROOT, "tests", "binary_server.py")], cwd=OUTSIDE,
           env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
       assert json.loads(self.proc.stdout.readline()).get("ready"), "fork server did not start"
-    return env == self.env and self.proc.poll() is None
+    return True
 
-  def run(self, argv: list, timeout: float) -> subprocess.CompletedProcess:
+  def run(self, argv: list, env: dict, timeout: float) -> subprocess.CompletedProcess:
     out = tempfile.mkdtemp(prefix="fusion_jax_binary_")
     paths = [os.path.join(out, name) for name in ("stdout", "stderr")]
-    self.proc.stdin.write(json.dumps(dict(argv=argv[1:], cwd=OUTSIDE, stdout=paths[0],
-                                          stderr=paths[1])) + "\n")
+    self.proc.stdin.write(json.dumps(dict(argv=argv[1:], cwd=OUTSIDE, env=env,
+                                          stdout=paths[0], stderr=paths[1])) + "\n")
     self.proc.stdin.flush()
     pid = json.loads(self.proc.stdout.readline())["pid"]
     timer = threading.Timer(timeout, lambda: os.kill(pid, 9))
@@ -75,7 +90,7 @@ def run(script, *args, check=True, env=None):
   argv = [sys.executable, os.path.join(ROOT, "experiments", script), *args]
   full_env = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}))
   with _SERVER.lock:
-    proc = _SERVER.run(argv, 900) if not env and _SERVER.usable(full_env) else None
+    proc = _SERVER.run(argv, full_env, 900) if not env and _SERVER.usable(full_env) else None
   if proc is None:
     proc = subprocess.run(argv, capture_output=True, text=True, cwd=OUTSIDE, timeout=900,
                           env=full_env)

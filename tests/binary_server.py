@@ -4,12 +4,13 @@ A binary in a fresh interpreter spends seconds importing JAX, Flax, orbax, matpl
 the library before it reads its flags (a tiny train.py: 3.6 s forked, 5.5 s fresh), and
 the suite runs binaries some hundred times. This process imports them once, initialises no
 JAX backend, and forks one child per request: the child starts from those imported modules
-(no device, no flags, no compiled program), takes the request's argv, working directory
-and output files, and runs the script as ``__main__``, as ``python script.py`` would. Only
-calls whose environment equals the server's own come here (module-level reads of the
-environment, such as JAX's config, were made with it); the others get a real subprocess.
+(no device, no flags, no compiled program), takes the request's argv, environment,
+working directory and output files, and runs the script as ``__main__``, as ``python
+script.py`` would. The variables read while modules import (JAX's config, XLA, matplotlib:
+``tests.binaries.IMPORT_TIME``) are the server's own; the caller starts another server when
+its values differ.
 
-Protocol (one JSON line each way, on stdin/stdout): ``{"argv", "cwd", "stdout",
+Protocol (one JSON line each way, on stdin/stdout): ``{"argv", "env", "cwd", "stdout",
 "stderr"}`` → ``{"pid"}`` when the child starts, then ``{"returncode"}`` when it ends.
 """
 
@@ -43,6 +44,8 @@ def _child(request) -> None:
   """Runs in the forked child: becomes ``python argv[0] argv[1:]`` and never returns."""
   code = 1
   try:
+    os.environ.clear()
+    os.environ.update(request["env"])
     os.chdir(request["cwd"])
     for name, path in (("stdout", request["stdout"]), ("stderr", request["stderr"])):
       fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)

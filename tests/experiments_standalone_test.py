@@ -347,6 +347,23 @@ def test_a_binary_forked_from_the_server_behaves_as_a_fresh_process(tmp_path, mo
       seen[mode, name] = run(script, *args, check=False)
     served[mode] = binaries._SERVER.served - before   # pylint: disable=protected-access
   assert served == {"1": len(cases), "0": 0}
+  # a variable set after the server started (pytest's, a library's) reaches the child and
+  # does not turn the server off; one read at import time starts another server
+  script = tmp_path / "env.py"
+  script.write_text("import os\nprint(os.environ.get('FUSION_JAX_PROBE'), "
+                    "os.environ.get('JAX_PROBE'))\n")
+  argv = [sys.executable, str(script)]
+  monkeypatch.setenv("FUSION_JAX_TEST_FORK_SERVER", "1")
+  started = binaries._SERVER.started   # pylint: disable=protected-access
+  for probe, jax_probe in (("a", None), ("b", None), ("b", "c")):
+    monkeypatch.setenv("FUSION_JAX_PROBE", probe)
+    if jax_probe:
+      monkeypatch.setenv("JAX_PROBE", jax_probe)
+    env = dict(os.environ)
+    assert binaries._SERVER.usable(env)   # pylint: disable=protected-access
+    out = binaries._SERVER.run(argv, env, 60)   # pylint: disable=protected-access
+    assert out.stdout.split() == [probe, str(jax_probe)]
+  assert binaries._SERVER.started == started + 1   # pylint: disable=protected-access
   for name in cases:
     forked, fresh = seen["1", name], seen["0", name]
     assert forked.returncode == fresh.returncode and forked.stdout == fresh.stdout, name
