@@ -359,7 +359,7 @@ def test_a_binary_forked_from_the_server_behaves_as_a_fresh_process(tmp_path, mo
     monkeypatch.setenv("FUSION_JAX_PROBE", probe)
     if jax_probe:
       monkeypatch.setenv("JAX_PROBE", jax_probe)
-    env = dict(os.environ)
+    env = dict(os.environ, JAX_PLATFORMS="cpu")   # as run() gives it
     assert binaries._SERVER.usable(env)   # pylint: disable=protected-access
     out = binaries._SERVER.run(argv, env, 60)   # pylint: disable=protected-access
     assert out.stdout.split() == [probe, str(jax_probe)]
