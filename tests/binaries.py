@@ -45,6 +45,8 @@ class _ForkServer:
     self.started = 0
 
   def usable(self, env: dict) -> bool:
+    """Whether ``env``'s call may be forked; (re)starts the server when its import-time
+    variables differ from ``env``'s or it has exited."""
     if os.environ.get("FUSION_JAX_TEST_FORK_SERVER", "1") == "0":
       return False
     if self.proc is not None and (import_time(env) != self.env or self.proc.poll() is not None):

@@ -347,7 +347,7 @@ def test_a_binary_forked_from_the_server_behaves_as_a_fresh_process(tmp_path, mo
       seen[mode, name] = run(script, *args, check=False)
     served[mode] = binaries._SERVER.served - before   # pylint: disable=protected-access
   assert served == {"1": len(cases), "0": 0}
-  # a variable set after the server started (pytest's, a library's) reaches the child and
+  # a variable set after the server started (as an earlier test did in CI) reaches the child and
   # does not turn the server off; one read at import time starts another server
   script = tmp_path / "env.py"
   script.write_text("import os\nprint(os.environ.get('FUSION_JAX_PROBE'), "
