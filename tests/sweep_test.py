@@ -16,6 +16,30 @@ from tests.binaries import TINY, assert_png, run
 optuna = pytest.importorskip("optuna")
 
 
+POSTGRES_URL = os.environ.get("FUSION_JAX_TEST_POSTGRES_URL", "")
+POSTGRES_SKIP = ("needs a PostgreSQL server: FUSION_JAX_TEST_POSTGRES_URL=postgresql://user@"
+                 "host:port/db (.ci/run starts a throwaway one: scripts/postgres.sh)")
+
+
+def _fresh_postgres_database(name: str) -> str:
+  """A new, empty database on the test server (each test its own study); returns its URL."""
+  import sqlalchemy  # pylint: disable=import-outside-toplevel
+  engine = sqlalchemy.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+  with engine.connect() as c:
+    c.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {name}"))
+    c.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+  engine.dispose()
+  return POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+def _rdb_url(tmp_path, name: str) -> str:
+  """An RDB for a study: a fresh PostgreSQL database ``name`` where the suite has a server
+  (as CI does), otherwise SQLite (also an RDBStorage: Optuna's heartbeat and retry)."""
+  if POSTGRES_URL:
+    return _fresh_postgres_database(f"{name}_{os.getpid()}")
+  return f"sqlite:///{tmp_path / 'study.db'}"
+
+
 def _space_file(tmp_path, body, name="space.py"):
   p = tmp_path / name
   p.write_text("import ml_collections\n\ndef get_config():\n  c = ml_collections.ConfigDict()\n"
@@ -120,6 +144,53 @@ def test_a_dead_workers_trial_is_retried_with_its_values(tmp_path):
   assert len([t for t in study.get_trials() if t.user_attrs.get("retry_of") == dead.number]) == 2
 
 
+RDB_STORAGES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.skipif(
+    not POSTGRES_URL, reason=POSTGRES_SKIP))]
+
+
+@pytest.mark.parametrize("storage", RDB_STORAGES)
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")
+def test_an_rdb_dead_workers_trial_is_retried_once_with_its_values_and_takes_no_slot(
+    tmp_path, storage, monkeypatch):
+  """RDB studies: Optuna's heartbeat marks a dead worker's trial failed, its retry reuses
+  its values (hence its run folder), and work() ends with exactly --trials complete trials.
+  (The end-to-end kill of a whole sweep, train.py runs and all, is the journal test below.)"""
+  space = sweeps.load_space(_space_file(tmp_path, SPACE))
+  url = (f"sqlite:///{tmp_path / 'study.db'}" if storage == "sqlite"
+         else _fresh_postgres_database(f"dead_worker_{os.getpid()}"))
+  study_dir = str(tmp_path / "s")
+  study = sweeps.open_study(study_dir, space, storage_url=url, seed=0, stale_seconds=1)
+  dead = study.ask()                           # a worker took it, beat once, then died
+  values = sweeps._trial_values(dead, space)  # pylint: disable=protected-access
+  study._storage.record_heartbeat(dead._trial_id)  # pylint: disable=protected-access
+  time.sleep(2.5)   # (> the 1 s grace period with room: SQLite's CURRENT_TIMESTAMP has 1 s steps)
+  ran = []
+
+  def fake_run_trial(study_dir_, values_, base_args, folds=(), log=print):
+    del study_dir_, base_args, folds, log
+    ran.append(dict(values_))
+    score = 0.5 + 0.1 * len(ran)
+    return [{"variants": {values_["train.variants"]: {"best_val_score_mean": score}}}]
+
+  monkeypatch.setattr(sweeps, "run_trial", fake_run_trial)
+  work = lambda n: sweeps.work(study_dir, space, [], trials=n, storage_url=url, seed=0,
+                               stale_seconds=1, log=lambda *_: None)
+  states = optuna.trial.TrialState
+  # --trials=1, its one slot held by the dead trial: the worker must still retry it
+  assert work(1) == 1 and ran == [values]
+  trials = optuna.load_study(study_name=sweeps.STUDY_NAME, storage=url).get_trials()
+  assert [t.state for t in trials if t.number == dead.number] == [states.FAIL]
+  retries = [t for t in trials if sweeps.retry_of(t) == dead.number]
+  assert len(retries) == 1 and retries[0].state == states.COMPLETE
+  assert retries[0].params == values and retries[0].user_attrs["run"] == sweeps.trial_key(
+      values)
+  # --trials=2 later: one new trial, since the retry took no slot
+  assert work(2) == 1 and len(ran) == 2
+  trials = optuna.load_study(study_name=sweeps.STUDY_NAME, storage=url).get_trials()
+  assert len([t for t in trials if t.state == states.COMPLETE]) == 2
+  assert sweeps.taken_slots(trials) == 2
+
+
 def test_an_rdb_url_holds_the_study_and_its_identity(tmp_path):
   space = sweeps.load_space(_space_file(tmp_path, SPACE))
   url = f"sqlite:///{tmp_path / 'study.db'}"
@@ -134,6 +205,8 @@ def test_an_rdb_url_holds_the_study_and_its_identity(tmp_path):
 
 
 def test_two_workers_sweep_report_and_the_best_trial_on_test(tmp_path):
+  """End to end on an RDB (PostgreSQL where the suite has one, as in CI; else SQLite); the
+  journal storage end to end is the kill test below."""
   spec = data.DemoSpec(sizes=(("train", 21), ("val", 14), ("test", 14)), speech_dim=8,
                        text_dim=8, speech_length=(4, 10), text_length=(2, 5), strength=0.5,
                        speech_median=7, text_median=3)
@@ -141,7 +214,8 @@ def test_two_workers_sweep_report_and_the_best_trial_on_test(tmp_path):
   study = tmp_path / "study"
   proc = run("sweep.py", f"--config={TINY}", f"--sweep={_space_file(tmp_path, SPACE)}",
              f"--study_dir={study}", "--workers=2", "--trials=2", f"--data_dir={tmp_path / 'd'}",
-             "--epochs=1", "--config.data.num_buckets=1", "--noanalysis")
+             "--epochs=1", "--config.data.num_buckets=1", "--noanalysis",
+             f"--storage={_rdb_url(tmp_path, 'two_workers')}")
   rows = list(csv.DictReader(open(study / "trials.csv", encoding="utf-8")))
   complete = [r for r in rows if r["state"] == "COMPLETE"]
   assert len(complete) == 2, rows
@@ -177,30 +251,12 @@ def test_a_failed_trial_names_its_binary_exit_code_last_line_and_log(tmp_path):
   assert msg.endswith(f"(log: {tmp_path / 'trials' / key / 'train.log'})")
 
 
-POSTGRES_URL = os.environ.get("FUSION_JAX_TEST_POSTGRES_URL", "")
-POSTGRES_SKIP = ("needs a PostgreSQL server: FUSION_JAX_TEST_POSTGRES_URL=postgresql://user@"
-                 "host:port/db (.ci/run starts a throwaway one: scripts/postgres.sh)")
-
-
-def _fresh_postgres_database(name: str) -> str:
-  """A new, empty database on the test server (each test its own study); returns its URL."""
-  import sqlalchemy  # pylint: disable=import-outside-toplevel
-  engine = sqlalchemy.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-  with engine.connect() as c:
-    c.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {name}"))
-    c.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
-  engine.dispose()
-  return POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
-
-
-@pytest.mark.parametrize("storage", ["journal", pytest.param("postgresql", marks=pytest.mark.
-                                     skipif(not POSTGRES_URL, reason=POSTGRES_SKIP))])
-def test_every_worker_killed_mid_trial_then_the_same_command_completes_the_study(tmp_path,
-                                                                                 storage):
+def test_every_worker_killed_mid_trial_then_the_same_command_completes_the_study(tmp_path):
   """SIGKILL to the whole sweep (its workers and their train.py runs) once a trial's first
   checkpoint is on disk; the same command again: the dead trials are retried with their
   values, resume their runs, and the study ends with exactly --trials complete trials.
-  Journal: our heartbeat files and reaper; PostgreSQL: Optuna's heartbeat and retry."""
+  Journal storage (our heartbeat files and reaper). An RDB's retry (Optuna's heartbeat) is
+  the RDB test above, and a PostgreSQL sweep end to end is the two-worker test."""
   import signal  # pylint: disable=import-outside-toplevel
   import subprocess  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
@@ -217,8 +273,6 @@ def test_every_worker_killed_mid_trial_then_the_same_command_completes_the_study
          "--config.train.checkpoint_every_seconds=0", "--config.train.batch_size=4",
          "--config.data.num_buckets=1", "--heartbeat_timeout=2", "--noevaluate_best",
          f"--compilation_cache_dir={COMPILATION_CACHE}"]
-  if storage == "postgresql":
-    cmd.append(f"--storage={_fresh_postgres_database(f'sweep_{os.getpid()}')}")
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   first = subprocess.Popen(cmd, cwd=OUTSIDE, env=env, start_new_session=True,  # pylint: disable=consider-using-with
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
