@@ -32,10 +32,11 @@ def _fresh_postgres_database(name: str) -> str:
   return POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
 
 
-def _rdb_url(tmp_path, name: str) -> str:
-  """An RDB for a study: a fresh PostgreSQL database ``name`` where the suite has a server
-  (as CI does), otherwise SQLite (also an RDBStorage: Optuna's heartbeat and retry)."""
-  if POSTGRES_URL:
+def _rdb_url(tmp_path, name: str, postgres: bool = bool(POSTGRES_URL)) -> str:
+  """An RDB for a study: a fresh PostgreSQL database ``name`` (by default where the suite
+  has a server, as CI does), otherwise SQLite (also an RDBStorage: Optuna's heartbeat and
+  retry)."""
+  if postgres:
     return _fresh_postgres_database(f"{name}_{os.getpid()}")
   return f"sqlite:///{tmp_path / 'study.db'}"
 
@@ -156,8 +157,7 @@ def test_an_rdb_dead_workers_trial_is_retried_once_with_its_values_and_takes_no_
   its values (hence its run folder), and work() ends with exactly --trials complete trials.
   (The end-to-end kill of a whole sweep, train.py runs and all, is the journal test below.)"""
   space = sweeps.load_space(_space_file(tmp_path, SPACE))
-  url = (f"sqlite:///{tmp_path / 'study.db'}" if storage == "sqlite"
-         else _fresh_postgres_database(f"dead_worker_{os.getpid()}"))
+  url = _rdb_url(tmp_path, "dead_worker", postgres=storage == "postgresql")
   study_dir = str(tmp_path / "s")
   study = sweeps.open_study(study_dir, space, storage_url=url, seed=0, stale_seconds=1)
   dead = study.ask()                           # a worker took it, beat once, then died
