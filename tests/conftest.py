@@ -3,7 +3,7 @@
 One persistent XLA compilation cache serves the whole session (this process and the
 binaries it starts): many tests compile the same tiny programs, and a cache hit is
 bit-identical to a fresh compile, so only time changes. Compiles use XLA's lowest
-backend optimisation level (set below, inherited by the binaries).
+backend optimisation level and its older CPU emitters (set below, inherited by the binaries).
 """
 
 import importlib.util
@@ -19,10 +19,13 @@ import pytest
 from fusion_jax import data
 
 # XLA's backend optimisations cost more than half of every compile and buy nothing for
-# models this small; semantics are unchanged (every comparison below is within one setting).
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                             + " --xla_backend_optimization_level=0").strip()
+# models this small, and its CPU fusion emitters (MLIR) compile slower than the older
+# elemental ones (a tiny model's gradient: 0.6x the compile time without them; two test
+# files, alternated: 0.75x; BUILD_NOTES, Test suite). Semantics are unchanged (every
+# comparison below is within one setting, or against a reference with a tolerance).
+for _flag in ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false"):
+  if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 COMPILATION_CACHE = os.environ.setdefault(
     "FUSION_JAX_TEST_XLA_CACHE", tempfile.mkdtemp(prefix="fusion_jax_test_xla_"))
 jax.config.update("jax_compilation_cache_dir", COMPILATION_CACHE)
