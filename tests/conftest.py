@@ -21,7 +21,7 @@ from fusion_jax import data
 # XLA's backend optimisations cost more than half of every compile and buy nothing for
 # models this small, and its CPU fusion emitters (MLIR) compile slower than the older
 # elemental ones (a tiny model's gradient: 0.6x the compile time without them; two test
-# files, alternated: 0.75x; BUILD_NOTES, Test suite). Semantics are unchanged (every
+# files, alternated: 0.75x; BUILD_NOTES, Tests and CI). Semantics are unchanged (every
 # comparison below is within one setting, or against a reference with a tolerance).
 for _flag in ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false"):
   if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
